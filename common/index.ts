@@ -1,0 +1,4 @@
+// The shared folder's public surface: errors, logging, and (as they land) safetensors I/O, config and metrics
+// helpers. Nothing here imports from the rest of the repository.
+export * from './errors';
+export * from './log';

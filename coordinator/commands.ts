@@ -1,0 +1,6 @@
+import type { Command } from 'commander';
+
+/** Subcommands about jobs: `launch`, `config`. */
+export function registerJobCommands(program: Command): void {
+  void program;
+}

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs on a fresh Debian machine: Debian's nats-server (JetStream) and the npm
+# packages from the lockfile. Idempotent: skips what is already there.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+if ! command -v nats-server >/dev/null 2>&1; then
+  echo "installing nats-server (Debian package)" >&2
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nats-server iproute2 >/dev/null
+fi
+
+if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  echo "installing npm packages (npm ci)" >&2
+  npm ci --no-audit --no-fund
+fi
