@@ -139,7 +139,7 @@ describe('FP16 backbone', () => {
     // The fp16 model differs from the fp32 one by more than float32 noise: the test would see a wrong file.
     const hidden32 = backbone.encode(pixels);
     const fp32 = lnVision(params, config, hidden32);
-    const diff = tf.max(tf.abs(tf.sub(fp32, embeds)));
+    const diff = tf.tidy(() => tf.max(tf.abs(tf.sub(fp32, embeds))));
     expect(diff.dataSync()[0]!).toBeGreaterThan(0);
     for (const t of [pixels, hidden, hidden32, embeds, fp32, diff]) t.dispose();
     expect(liveTensors()).toBe(before);
