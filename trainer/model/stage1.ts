@@ -82,6 +82,11 @@ export interface Stage1Options {
   trainable?: string[];
   /** Keep intermediate activations in `result.activations` (golden names); default false. */
   activations?: boolean;
+  /**
+   * Also return the gradient of the loss w.r.t. the gathered features (`result.gatheredGrads`), for gathering that
+   * passes gradients back (see `stage1FeatureBackward`); default false. Needs `inputs.gathered`.
+   */
+  gatheredGrads?: boolean;
 }
 
 export interface Stage1Result {
@@ -101,6 +106,8 @@ export interface Stage1Result {
   /** Negatives used for ITM, as rows of `[visionHidden ; extraVisionHidden]` and of the gathered texts. */
   negImageIndex?: number[];
   negTextIndex?: number[];
+  /** d loss / d gathered features ([N,Q,E], [N,E]) when `options.gatheredGrads`. */
+  gatheredGrads?: { allImageFeats: tf.Tensor3D; allTextFeat: tf.Tensor2D };
   /** Golden-named activations when asked (`image_embeds`, `query_output`, `itm_logits`, `itg_logits`, ...). */
   activations: Map<string, tf.Tensor>;
   /** Release every tensor in this result. */
@@ -369,15 +376,27 @@ export function stage1Step(params: Params, config: Blip2Config, inputs: Stage1In
   };
 
   const grads = new Map<string, tf.Tensor>();
+  let gatheredGrads: Stage1Result['gatheredGrads'];
   let totalTensor: tf.Scalar;
   if (options.grads ?? true) {
     const names = options.trainable ?? trainableNames(config, 1);
     const xs = names.map((n) => param(params, n));
+    if (options.gatheredGrads) {
+      if (!inputs.gathered) throw new Error('gatheredGrads needs inputs.gathered');
+      xs.push(inputs.gathered.allImageFeats, inputs.gathered.allTextFeat);
+    }
     // The engine's `gradients` with allowNoGradients: parameters that the selected objectives do not reach (e.g.
     // itm_head under ITC alone) get zero gradients instead of an error.
     const r = tf.engine().gradients(() => forward(params), xs, undefined, true);
     totalTensor = r.value as tf.Scalar;
     names.forEach((n, i) => grads.set(n, r.grads[i] ?? tf.zerosLike(xs[i]!)));
+    if (options.gatheredGrads) {
+      const n = names.length;
+      gatheredGrads = {
+        allImageFeats: (r.grads[n] ?? tf.zerosLike(xs[n]!)) as tf.Tensor3D,
+        allTextFeat: (r.grads[n + 1] ?? tf.zerosLike(xs[n + 1]!)) as tf.Tensor2D,
+      };
+    }
   } else {
     totalTensor = tf.tidy(() => forward(params));
   }
@@ -401,10 +420,13 @@ export function stage1Step(params: Params, config: Blip2Config, inputs: Stage1In
     itmWeightsI2t: kept.get('itmWeightsI2t') as tf.Tensor2D,
     negImageIndex,
     negTextIndex,
+    gatheredGrads,
     activations,
     dispose() {
       for (const t of kept.values()) t.dispose();
       for (const t of grads.values()) t.dispose();
+      gatheredGrads?.allImageFeats.dispose();
+      gatheredGrads?.allTextFeat.dispose();
     },
   };
   return result;
@@ -418,4 +440,38 @@ export function crossAttentionLayers(config: Blip2Config): number[] {
 /** ln_vision (= `vision_model.post_layernorm`): visionHidden [B,P,Dv] -> image_embeds [B,P,Dv]. */
 export function lnVision(params: Params, config: Blip2Config, visionHidden: tf.Tensor3D): tf.Tensor3D {
   return tf.tidy(() => layerNorm(params, 'vision_model.post_layernorm', visionHidden, config.vision.ln_vision_eps) as tf.Tensor3D);
+}
+
+/**
+ * Backward of the ITC features alone: gradients w.r.t. the trainable parameters of
+ * Σ imageFeats·dImageFeats + Σ textFeat·dTextFeat, i.e. the upstream gradients `dImageFeats` [B,Q,E] and
+ * `dTextFeat` [B,E] pushed through this rank's feature computation. With the gathered-feature gradients of all ranks
+ * summed and sliced to this rank, adding these to `stage1Step`'s grads gives the gradient of gathering that passes
+ * gradients back (golden `grad_full`), instead of LAVIS's detached gathering.
+ */
+export function stage1FeatureBackward(
+  params: Params,
+  config: Blip2Config,
+  inputs: Pick<Stage1Inputs, 'visionHidden' | 'inputIds' | 'attentionMask'>,
+  upstream: { imageFeats: tf.Tensor3D; textFeat: tf.Tensor2D },
+  trainable: string[] = trainableNames(config, 1),
+): Map<string, tf.Tensor> {
+  const xs = trainable.map((n) => param(params, n));
+  const attentionRows = inputs.attentionMask.arraySync();
+  const r = tf.engine().gradients(
+    () => {
+      const b = inputs.visionHidden.shape[0];
+      const embeds = layerNorm(params, 'vision_model.post_layernorm', inputs.visionHidden, config.vision.ln_vision_eps) as tf.Tensor3D;
+      const { imageFeats } = queryPass(params, config, projectImage(params, config, embeds), b);
+      const { textFeat } = textPass(params, config, inputs.inputIds, attentionRows);
+      return tf.add(tf.sum(tf.mul(imageFeats, upstream.imageFeats)), tf.sum(tf.mul(textFeat, upstream.textFeat))) as tf.Scalar;
+    },
+    xs,
+    undefined,
+    true,
+  );
+  r.value.dispose();
+  const out = new Map<string, tf.Tensor>();
+  trainable.forEach((n, i) => out.set(n, r.grads[i] ?? tf.zerosLike(xs[i]!)));
+  return out;
 }
