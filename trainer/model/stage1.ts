@@ -87,6 +87,11 @@ export interface Stage1Options {
    * passes gradients back (see `stage1FeatureBackward`); default false. Needs `inputs.gathered`.
    */
   gatheredGrads?: boolean;
+  /**
+   * Reuse each image's cross-attention keys/values across the ITC query pass and ITM's groups; default true.
+   * false recomputes them per pass and per ITM row as LAVIS does (same numbers, more work; the benchmark baseline).
+   */
+  reuseImageKeyValues?: boolean;
 }
 
 export interface Stage1Result {
@@ -291,9 +296,11 @@ export function stage1Step(params: Params, config: Blip2Config, inputs: Stage1In
     const extra = negs?.negVisionHidden ?? negs?.extraVisionHidden;
     const pool = extra ? (tf.concat([inputs.visionHidden, extra], 0) as tf.Tensor3D) : inputs.visionHidden; // [B+K,P,Dv]
     const imageEmbeds = layerNorm(p, 'vision_model.post_layernorm', pool, config.vision.ln_vision_eps) as tf.Tensor3D; // [B+K,P,Dv]
-    const cross = projectImage(p, config, imageEmbeds); // per cross layer [B+K,P,H]
+    const reuse = options.reuseImageKeyValues ?? true;
+    const cross = reuse ? projectImage(p, config, imageEmbeds) : undefined; // per cross layer [B+K,P,H]
+    const localEmbeds = () => (imageEmbeds.shape[0] === B ? imageEmbeds : (tf.slice(imageEmbeds, 0, B) as tf.Tensor3D));
 
-    const qp = queryPass(p, config, selectImages(cross, { begin: 0, size: B }), B);
+    const qp = queryPass(p, config, cross ? selectImages(cross, { begin: 0, size: B }) : projectImage(p, config, localEmbeds()), B);
     const tp = textPass(p, config, inputs.inputIds, attentionRows);
     keep('imageFeats', qp.imageFeats);
     keep('textFeat', tp.textFeat);
@@ -338,7 +345,8 @@ export function stage1Step(params: Params, config: Blip2Config, inputs: Stage1In
       const mask3 = tf.concat([inputs.attentionMask, inputs.attentionMask, negMask], 0) as tf.Tensor2D; // [3B,T]
       const h = embeddings(p, config, queryTokens(p, 3 * B), ids3); // [3B,Q+T,H]
       const selfMask = maskTensor(itmMask(mask3.arraySync(), Q)); // [3B,1,Q+T,Q+T]
-      const enc = qformerEncoder(p, config, h, { queryLength: Q, selfMask, cross: selectImages(cross, imageRows) });
+      const itmCross = cross ? selectImages(cross, imageRows) : projectImage(p, config, tf.gather(imageEmbeds, imageRows) as tf.Tensor3D);
+      const enc = qformerEncoder(p, config, h, { queryLength: Q, selfMask, cross: itmCross });
       const queryOut = tf.slice(enc.out, [0, 0, 0], [3 * B, Q, H]); // [3B,Q,H]
       const logits = tf.mean(linear(p, 'itm_head', queryOut), 1) as tf.Tensor2D; // [3B,2]
       keep('itmLogits', logits);
@@ -365,7 +373,7 @@ export function stage1Step(params: Params, config: Blip2Config, inputs: Stage1In
     }
 
     if (options.activations) {
-      keep('imageEmbeds', tf.slice(imageEmbeds, [0, 0, 0], [B, imageEmbeds.shape[1], imageEmbeds.shape[2]]));
+      keep('imageEmbeds', localEmbeds());
       keep('queryOutput', qp.queryOutput);
       keep('textLastHiddenState', tp.textOutput);
     }
