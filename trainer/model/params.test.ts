@@ -65,7 +65,7 @@ describe('parameters', () => {
     expect(a.get('temp')!.dataSync()[0]).toBeCloseTo(0.07, 7);
     expect(Array.from(a.get('qformer.layernorm.weight')!.dataSync()).every((v) => v === 1)).toBe(true);
     expect(Array.from(a.get('itm_head.bias')!.dataSync()).every((v) => v === 0)).toBe(true);
-    const w = a.get('embeddings.word_embeddings.weight')!.dataSync();
+    const w = Array.from(a.get('embeddings.word_embeddings.weight')!.dataSync());
     const std = Math.sqrt(w.reduce((s, v) => s + v * v, 0) / w.length);
     expect(std).toBeGreaterThan(0.017);
     expect(std).toBeLessThan(0.023);
