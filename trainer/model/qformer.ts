@@ -139,7 +139,8 @@ export function selectImages(cross: Map<number, KeyValue>, rows: tf.Tensor1D | {
       // Row selection as a product with a one-hot matrix: exact (each output is 1·x plus exact zeros), and its
       // gradient is a matmul too, far cheaper than gather/UnsortedSegmentSum over [N,P,H] blocks on wasm.
       const [n, P, H] = kv.k.shape;
-      const pick = tf.oneHot(rows, n, 1, 0, 'float32'); // [R,N]
+      // (int32 one-hot, then cast: tfjs-backend-wasm 4.22's OneHot writes integer bits into float32 outputs.)
+      const pick = tf.cast(tf.oneHot(rows, n), 'float32'); // [R,N]
       const sel = (t: tf.Tensor3D) => tf.reshape(tf.matMul(pick, tf.reshape(t, [n, P * H])), [rows.shape[0], P, H]) as tf.Tensor3D;
       out.set(i, { k: sel(kv.k), v: sel(kv.v) });
     }
