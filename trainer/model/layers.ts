@@ -97,13 +97,13 @@ export function mergeHeads(x: tf.Tensor): tf.Tensor3D {
 }
 
 /**
- * Scaled dot-product attention. q [B,Sq,H], k/v [B,Sk,H]; `additiveMask` broadcasts to [B,1,Sq,Sk] (0 or -10000).
+ * Scaled dot-product attention. q [B,Sq,H], k/v [B,Sk,H] (or already split into heads, [B,n,Sk,d]); `additiveMask` broadcasts to [B,1,Sq,Sk] (0 or -10000).
  * Scores are (q·kᵀ)/sqrt(d) + mask, as BertSelfAttention. Returns [B,Sq,H].
  */
 export function attention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, numHeads: number, additiveMask?: tf.Tensor): tf.Tensor3D {
   const qh = splitHeads(q, numHeads); // [B,n,Sq,d]
-  const kh = splitHeads(k, numHeads); // [B,n,Sk,d]
-  const vh = splitHeads(v, numHeads); // [B,n,Sk,d]
+  const kh = k.rank === 4 ? (k as tf.Tensor4D) : splitHeads(k, numHeads); // [B,n,Sk,d] (given split, or split here)
+  const vh = v.rank === 4 ? (v as tf.Tensor4D) : splitHeads(v, numHeads); // [B,n,Sk,d]
   const d = qh.shape[3];
   let scores = tf.div(tf.matMul(qh, kh, false, true), Math.sqrt(d)); // [B,n,Sq,Sk]
   if (additiveMask) scores = tf.add(scores, additiveMask);
