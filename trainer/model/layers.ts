@@ -104,8 +104,11 @@ export function attention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, numHeads: nu
   const qh = splitHeads(q, numHeads); // [B,n,Sq,d]
   const kh = k.rank === 4 ? (k as tf.Tensor4D) : splitHeads(k, numHeads); // [B,n,Sk,d] (given split, or split here)
   const vh = v.rank === 4 ? (v as tf.Tensor4D) : splitHeads(v, numHeads); // [B,n,Sk,d]
-  const d = qh.shape[3];
-  let scores = tf.div(tf.matMul(qh, kh, false, true), Math.sqrt(d)); // [B,n,Sq,Sk]
+  const scale = Math.sqrt(qh.shape[3]);
+  // When sqrt(d) is a power of two (d = 64: BERT-base and the small preset), dividing q first is bit-identical to
+  // dividing the scores and touches a [B,n,Sq,d] tensor instead of [B,n,Sq,Sk].
+  const exact = Number.isInteger(Math.log2(scale));
+  let scores = exact ? tf.matMul(tf.div(qh, scale), kh, false, true) : tf.div(tf.matMul(qh, kh, false, true), scale); // [B,n,Sq,Sk]
   if (additiveMask) scores = tf.add(scores, additiveMask);
   const probs = tf.softmax(scores); // [B,n,Sq,Sk]
   return mergeHeads(tf.matMul(probs, vh)); // [B,Sq,H]
