@@ -30,7 +30,7 @@ export * from './config';
 export { initEngine, engineName, tf } from './engine';
 export * from './params';
 export { VisionBackbone, visionBlock } from './vision';
-export { linear, layerNorm, gelu, attention, l2normalize, crossEntropySum, stopGradient } from './layers';
+export { linear, layerNorm, gelu, attention, splitHeads, mergeHeads, l2normalize, crossEntropySum, stopGradient } from './layers';
 export { embeddings, qformerLayer, qformerEncoder, projectImage, selectImages, lmHead, additiveMask, type KeyValue, type HeadKeyValue } from './qformer';
 export * from './stage1';
 export * from './masks';
