@@ -1,0 +1,316 @@
+/**
+ * Fast MatMul for tfjs `wasm`. The stock kernel (tfjs-backend-wasm/src/cc/kernels/_FusedMatMul.cc) reaches
+ * XNNPACK's GEMM only when both inputs are untransposed and have a batch size of 1; any transposed or batched input
+ * falls to a scalar triple loop (1–4 GFLOP/s against 40–80). The gradient of every matmul has a transposed input,
+ * so training ran almost entirely on the slow loop. This kernel always reaches the fast path:
+ *  - a transposed input is transposed explicitly first (the wasm Transpose kernel);
+ *  - when `b` has no batch (a weight), the batch of `a` folds into rows: [B, M, K]·[K, N] is one [B·M, K]·[K, N];
+ *  - otherwise each batch runs as one 2-D GEMM on *views* (C-side tensor ids pointing into the inputs' and the
+ *    output's memory; nothing is copied), which also gives numpy-style broadcasting of the batch dimensions.
+ * `_FusedMatMul` (matmul + bias + activation) gets the same, and a correct bias on batched inputs.
+ * The BatchMatMul gradient is re-registered so that it, too, reaches the fast path and handles broadcasting.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import {
+  dataOf,
+  heapF32,
+  makeView,
+  releaseView,
+  runWasmKernel,
+  type WasmBackend,
+} from './wasm-backend';
+
+type MatMulFn = (
+  aId: number,
+  aShape: Uint8Array,
+  aRank: number,
+  bId: number,
+  bShape: Uint8Array,
+  bRank: number,
+  transposeA: boolean,
+  transposeB: boolean,
+  outId: number,
+) => void;
+
+let gemm: MatMulFn | undefined;
+
+const shapeBytes = (shape: number[]) => new Uint8Array(new Int32Array(shape).buffer);
+const sizeOf = (shape: number[]) => shape.reduce((p, d) => p * d, 1);
+
+/** Swaps the last two axes (a copy). */
+function transposeLast2(backend: WasmBackend, x: tf.TensorInfo): tf.TensorInfo {
+  const rank = x.shape.length;
+  const perm = [...Array(rank - 2).keys(), rank - 1, rank - 2];
+  return runWasmKernel('Transpose', { x }, backend, { perm });
+}
+
+interface Operands {
+  /** `a` as [..., M, K] and `b` as [..., K, N], transposed copies where needed. */
+  a: tf.TensorInfo;
+  b: tf.TensorInfo;
+  /** Tensors this kernel allocated and must dispose. */
+  temps: tf.TensorInfo[];
+  m: number;
+  k: number;
+  n: number;
+  aOuter: number[];
+  bOuter: number[];
+  outOuter: number[];
+}
+
+function operands(
+  kernel: string,
+  backend: WasmBackend,
+  a: tf.TensorInfo,
+  b: tf.TensorInfo,
+  transposeA: boolean,
+  transposeB: boolean,
+): Operands {
+  if (a.dtype !== 'float32' || b.dtype !== 'float32') {
+    throw new Error(`${kernel} on wasm takes float32 inputs, got a: ${a.dtype}, b: ${b.dtype}`);
+  }
+  const ra = a.shape.length;
+  const rb = b.shape.length;
+  if (ra < 2 || rb < 2) throw new Error(`${kernel} needs inputs of rank ≥ 2, got a: [${a.shape}], b: [${b.shape}]`);
+  const m = transposeA ? a.shape[ra - 1]! : a.shape[ra - 2]!;
+  const k = transposeA ? a.shape[ra - 2]! : a.shape[ra - 1]!;
+  const kb = transposeB ? b.shape[rb - 1]! : b.shape[rb - 2]!;
+  const n = transposeB ? b.shape[rb - 2]! : b.shape[rb - 1]!;
+  if (k !== kb) {
+    throw new Error(
+      `${kernel}: inner dimensions must match, got a: [${a.shape}] (transposeA=${transposeA}) and ` +
+        `b: [${b.shape}] (transposeB=${transposeB}): ${k} ≠ ${kb}`,
+    );
+  }
+  const aOuter = a.shape.slice(0, -2);
+  const bOuter = b.shape.slice(0, -2);
+  const outOuter = tf.broadcast_util.assertAndGetBroadcastShape(aOuter, bOuter);
+  const temps: tf.TensorInfo[] = [];
+  let a2 = a;
+  let b2 = b;
+  if (transposeA && m > 1 && k > 0) temps.push((a2 = transposeLast2(backend, a)));
+  else if (transposeA) a2 = { ...a, shape: [...aOuter, m, k] }; // one row or empty: same memory either way
+  if (transposeB && k > 1 && n > 0) temps.push((b2 = transposeLast2(backend, b)));
+  else if (transposeB) b2 = { ...b, shape: [...bOuter, k, n] };
+  return { a: a2, b: b2, temps, m, k, n, aOuter, bOuter, outOuter };
+}
+
+/** Flat index into an operand's batch for each flat index of the broadcast output batch. */
+function batchIndex(outOuter: number[], opOuter: number[]): (i: number) => number {
+  const offset = outOuter.length - opOuter.length;
+  return (i: number) => {
+    let index = 0;
+    let stride = 1;
+    for (let d = outOuter.length - 1; d >= 0; d--) {
+      const coord = i % outOuter[d]!;
+      i = Math.floor(i / outOuter[d]!);
+      const od = d - offset;
+      if (od >= 0) {
+        if (opOuter[od]! !== 1) index += coord * stride;
+        stride *= opOuter[od]!;
+      }
+    }
+    return index;
+  };
+}
+
+function batchMatMul(args: {
+  inputs: tf.NamedTensorInfoMap;
+  backend: WasmBackend;
+  attrs: { transposeA: boolean; transposeB: boolean };
+}): tf.TensorInfo {
+  const { inputs, backend, attrs } = args;
+  const ops = operands('BatchMatMul', backend, inputs.a!, inputs.b!, attrs.transposeA, attrs.transposeB);
+  const { m, k, n, aOuter, bOuter, outOuter } = ops;
+  const out = backend.makeOutput([...outOuter, m, n], 'float32');
+  try {
+    const outData = dataOf(backend, out);
+    if (sizeOf(out.shape) === 0) return out;
+    if (k === 0) {
+      heapF32(backend).fill(0, outData.memoryOffset / 4, outData.memoryOffset / 4 + sizeOf(out.shape));
+      return out;
+    }
+    const aData = dataOf(backend, ops.a);
+    const bData = dataOf(backend, ops.b);
+    const batch = sizeOf(outOuter);
+    const batchA = sizeOf(aOuter);
+    const batchB = sizeOf(bOuter);
+    if (batchB === 1 && batchA === batch) {
+      // b is a single matrix: all rows of a in one GEMM.
+      gemm!(aData.id, shapeBytes([1, batchA * m, k]), 3, bData.id, shapeBytes([1, k, n]), 3, false, false, outData.id);
+      return out;
+    }
+    const aIndex = batchIndex(outOuter, aOuter);
+    const bIndex = batchIndex(outOuter, bOuter);
+    const aShape = shapeBytes([1, m, k]);
+    const bShape = shapeBytes([1, k, n]);
+    for (let i = 0; i < batch; i++) {
+      const aId = batchA === 1 ? aData.id : makeView(backend, aData.memoryOffset + aIndex(i) * m * k * 4, m * k);
+      const bId = batchB === 1 ? bData.id : makeView(backend, bData.memoryOffset + bIndex(i) * k * n * 4, k * n);
+      const outId = makeView(backend, outData.memoryOffset + i * m * n * 4, m * n);
+      try {
+        gemm!(aId, aShape, 3, bId, bShape, 3, false, false, outId);
+      } finally {
+        if (aId !== aData.id) releaseView(backend, aId);
+        if (bId !== bData.id) releaseView(backend, bId);
+        releaseView(backend, outId);
+      }
+    }
+    return out;
+  } catch (e) {
+    backend.disposeData(out.dataId);
+    throw e;
+  } finally {
+    for (const t of ops.temps) backend.disposeData(t.dataId);
+  }
+}
+
+/** Applies a fused activation with the backend's own kernels; disposes `x` when it returns a new tensor. */
+function activate(
+  backend: WasmBackend,
+  x: tf.TensorInfo,
+  activation: string,
+  preluWeights: tf.TensorInfo | undefined,
+  leakyreluAlpha: number | undefined,
+): tf.TensorInfo {
+  let y: tf.TensorInfo;
+  switch (activation) {
+    case 'linear':
+      return x;
+    case 'relu':
+      y = runWasmKernel('Relu', { x }, backend);
+      break;
+    case 'relu6':
+      y = runWasmKernel('Relu6', { x }, backend);
+      break;
+    case 'elu':
+      y = runWasmKernel('Elu', { x }, backend);
+      break;
+    case 'sigmoid':
+      y = runWasmKernel('Sigmoid', { x }, backend);
+      break;
+    case 'leakyrelu':
+      y = runWasmKernel('LeakyRelu', { x }, backend, { alpha: leakyreluAlpha ?? 0.2 });
+      break;
+    case 'prelu':
+      y = runWasmKernel('Prelu', { x, alpha: preluWeights! }, backend);
+      break;
+    default:
+      throw new Error(`_FusedMatMul: activation ${JSON.stringify(activation)} is not supported on wasm`);
+  }
+  backend.disposeData(x.dataId);
+  return y;
+}
+
+/**
+ * `_FusedMatMul` (matmul + bias + activation). With one matrix as b it runs the stock fused kernel on folded,
+ * untransposed operands. With a batched b the stock kernel's scalar loop also adds the bias wrongly (it indexes the
+ * bias by the flat output position, not by column), so that case runs our batched matmul and the backend's Add and
+ * activation kernels.
+ */
+function makeFusedMatMul(stock: tf.KernelConfig): tf.KernelFunc {
+  return (args) => {
+    const { inputs, attrs } = args;
+    const backend = args.backend as WasmBackend;
+    const { transposeA, transposeB, activation, leakyreluAlpha } = attrs as {
+      transposeA: boolean;
+      transposeB: boolean;
+      activation: string;
+      leakyreluAlpha?: number;
+    };
+    const a = inputs.a!;
+    const b = inputs.b!;
+    if (sizeOf(b.shape.slice(0, -2)) !== 1) {
+      let out = batchMatMul({ inputs: { a, b }, backend, attrs: { transposeA, transposeB } });
+      if (inputs.bias) {
+        const biased = runWasmKernel('Add', { a: out, b: inputs.bias }, backend);
+        backend.disposeData(out.dataId);
+        out = biased;
+      }
+      return activate(backend, out, activation, inputs.preluActivationWeights, leakyreluAlpha);
+    }
+    const ops = operands('_FusedMatMul', backend, a, b, transposeA, transposeB);
+    try {
+      const rows = sizeOf(ops.aOuter) * ops.m;
+      const out = stock.kernelFunc({
+        ...args,
+        inputs: { ...inputs, a: { ...ops.a, shape: [1, rows, ops.k] }, b: { ...ops.b, shape: [1, ops.k, ops.n] } },
+        attrs: { ...attrs, transposeA: false, transposeB: false },
+      }) as tf.TensorInfo;
+      out.shape = [...ops.outOuter, ops.m, ops.n];
+      return out;
+    } finally {
+      for (const t of ops.temps) backend.disposeData(t.dataId);
+    }
+  };
+}
+
+/** Sums `x` over the axes that broadcasting added or stretched, so that it has `shape`. */
+function reduceTo(x: tf.Tensor, shape: number[]): tf.Tensor {
+  if (x.shape.length === shape.length && x.shape.every((d, i) => d === shape[i])) return x;
+  const lead = x.shape.length - shape.length;
+  const axes: number[] = [];
+  for (let i = 0; i < x.shape.length; i++) {
+    if (i < lead || (shape[i - lead] === 1 && x.shape[i] !== 1)) axes.push(i);
+  }
+  return tf.reshape(tf.sum(x, axes), shape);
+}
+
+/**
+ * Gradient of BatchMatMul (the stock one, tfjs-core/src/gradients/BatchMatMul_grad.ts, plus broadcasting): with
+ * A = op(a), B = op(b): dA = dy·Bᵀ, dB = Aᵀ·dy, summed over broadcast batch axes. When b is one matrix shared by
+ * a batched a, dB folds the batch into one GEMM over all rows instead of a batch of GEMMs and a sum.
+ */
+export const batchMatMulGradConfig: tf.GradConfig = {
+  kernelName: tf.BatchMatMul,
+  inputsToSave: ['a', 'b'],
+  gradFunc: (dy, saved, attrs) => {
+    const [a, b] = saved as [tf.Tensor, tf.Tensor];
+    const { transposeA, transposeB } = attrs as unknown as { transposeA: boolean; transposeB: boolean };
+    const g = dy as tf.Tensor;
+    const ra = a.shape.length;
+    const k = transposeA ? a.shape[ra - 2]! : a.shape[ra - 1]!;
+    const n = g.shape[g.shape.length - 1]!;
+    const bIsMatrix = sizeOf(b.shape.slice(0, -2)) === 1;
+    return {
+      a: () =>
+        reduceTo(transposeA ? tf.matMul(b, g, transposeB, true) : tf.matMul(g, b, false, !transposeB), a.shape),
+      b: () => {
+        if (bIsMatrix && !transposeA && ra > 2) {
+          const a2 = tf.reshape(a, [-1, k]); // [B·M, K]
+          const g2 = tf.reshape(g, [-1, n]); // [B·M, N]
+          const db = transposeB ? tf.matMul(g2, a2, true, false) : tf.matMul(a2, g2, true, false);
+          return tf.reshape(db, b.shape);
+        }
+        return reduceTo(transposeB ? tf.matMul(g, a, true, transposeA) : tf.matMul(a, g, !transposeA, false), b.shape);
+      },
+    };
+  },
+};
+
+let installed = false;
+
+/** Replaces the wasm BatchMatMul and _FusedMatMul kernels and the BatchMatMul gradient. Call once wasm is active. */
+export function installWasmMatMul(backend: WasmBackend): void {
+  if (installed) return;
+  const stockBatch = tf.getKernel(tf.BatchMatMul, 'wasm');
+  const stockFused = tf.getKernel(tf._FusedMatMul, 'wasm');
+  if (!stockBatch || !stockFused) throw new Error('the wasm backend has no BatchMatMul/_FusedMatMul kernel to replace');
+  gemm = backend.wasm.cwrap(tf.BatchMatMul, null, [
+    'number', // a_id
+    'array', // a_shape
+    'number', // a_shape length
+    'number', // b_id
+    'array', // b_shape
+    'number', // b_shape length
+    'number', // transpose_a
+    'number', // transpose_b
+    'number', // out_id
+  ]) as MatMulFn;
+  tf.unregisterKernel(tf.BatchMatMul, 'wasm');
+  tf.registerKernel({ kernelName: tf.BatchMatMul, backendName: 'wasm', kernelFunc: batchMatMul as unknown as tf.KernelFunc });
+  tf.unregisterKernel(tf._FusedMatMul, 'wasm');
+  tf.registerKernel({ kernelName: tf._FusedMatMul, backendName: 'wasm', kernelFunc: makeFusedMatMul(stockFused) });
+  tf.registerGradient(batchMatMulGradConfig);
+  installed = true;
+}
