@@ -13,6 +13,7 @@ import * as tf from '@tensorflow/tfjs-core';
 // tfjs-core's Node bundle has no gradients; the @tensorflow/tfjs bundle registers them all (the same core instance).
 import '@tensorflow/tfjs';
 import { createLogger } from '../../common';
+import { loadNativeBlas, type NativeBlas } from './engine/native-blas';
 import { installWasmMatMul } from './engine/wasm-matmul';
 import { installWasmSegmentSum } from './engine/wasm-segment-sum';
 import { startThreadedWasm, WASM_MAX_THREADS } from './engine/wasm-threads';
@@ -34,12 +35,22 @@ export interface EngineOptions {
    * benchmarks that need the baseline.
    */
   stockWasm?: boolean;
+  /**
+   * Matmul of the wasm engine: `openblas` (the native addon built by `npm run build:native`; an error when it is
+   * missing), `xnnpack` (wasm), or `auto` (default): openblas when the addon loads, else xnnpack.
+   * Env: BLIP2_ENGINE_MATMUL.
+   */
+  matmul?: 'auto' | EngineMatMul;
 }
+
+export type EngineMatMul = 'openblas' | 'xnnpack' | 'tensorflow' | 'cpu';
 
 export interface EngineInfo {
   name: EngineName;
   /** Threads the engine computes on (wasm: the XNNPACK pool the backend reports; cpu: 1; tensorflow: its own). */
   threads: number;
+  /** What runs MatMul/BatchMatMul. */
+  matmul: EngineMatMul;
 }
 
 const log = createLogger('engine');
@@ -63,10 +74,25 @@ async function tryTensorflow(): Promise<EngineInfo | undefined> {
   try {
     await import('@tensorflow/tfjs-node-gpu' as string);
     if (!(await tf.setBackend('tensorflow'))) return undefined;
-    return { name: 'tensorflow', threads: defaultThreads() };
+    return { name: 'tensorflow', threads: defaultThreads(), matmul: 'tensorflow' };
   } catch {
     return undefined;
   }
+}
+
+/** The matmul asked for (`matmul: 'openblas'`) cannot be had: a setup error, not a reason to fall back. */
+export class MatMulUnavailableError extends Error {}
+
+function chooseBlas(options: EngineOptions, threads: number): NativeBlas | undefined {
+  const wanted = options.matmul ?? (process.env.BLIP2_ENGINE_MATMUL as EngineOptions['matmul']) ?? 'auto';
+  if (!['auto', 'openblas', 'xnnpack'].includes(wanted)) {
+    throw new MatMulUnavailableError(`engine matmul must be auto, openblas or xnnpack, got ${JSON.stringify(wanted)}`);
+  }
+  if (wanted === 'xnnpack') return undefined;
+  const { blas, reason } = loadNativeBlas(threads);
+  if (!blas && wanted === 'openblas') throw new MatMulUnavailableError(`matmul 'openblas' unavailable: ${reason}`);
+  if (!blas) log.info('native BLAS not used; matmul runs on wasm XNNPACK', { reason });
+  return blas;
 }
 
 async function tryWasm(options: EngineOptions): Promise<EngineInfo | undefined> {
@@ -76,17 +102,19 @@ async function tryWasm(options: EngineOptions): Promise<EngineInfo | undefined> 
       await import('@tensorflow/tfjs-backend-wasm');
       if (!(await tf.setBackend('wasm'))) return undefined;
       const { getThreadsCount } = await import('@tensorflow/tfjs-backend-wasm');
-      return { name: 'wasm', threads: getThreadsCount() };
+      return { name: 'wasm', threads: getThreadsCount(), matmul: 'xnnpack' };
     }
     const actual = await startThreadedWasm(threads);
     if (actual !== threads) {
       throw new Error(`the wasm backend runs ${actual} threads where ${threads} were asked for`);
     }
     const backend = tf.backend() as unknown as WasmBackend;
-    installWasmMatMul(backend);
+    const blas = chooseBlas(options, threads);
+    installWasmMatMul(backend, blas);
     installWasmSegmentSum();
-    return { name: 'wasm', threads: actual };
+    return { name: 'wasm', threads: actual, matmul: blas ? 'openblas' : 'xnnpack' };
   } catch (e) {
+    if (e instanceof MatMulUnavailableError) throw e;
     log.warn('wasm engine failed to start', { error: e instanceof Error ? e.message : String(e) });
     return undefined;
   }
@@ -94,7 +122,7 @@ async function tryWasm(options: EngineOptions): Promise<EngineInfo | undefined> 
 
 async function tryCpu(): Promise<EngineInfo | undefined> {
   await import('@tensorflow/tfjs-backend-cpu');
-  return (await tf.setBackend('cpu')) ? { name: 'cpu', threads: 1 } : undefined;
+  return (await tf.setBackend('cpu')) ? { name: 'cpu', threads: 1, matmul: 'cpu' } : undefined;
 }
 
 /** Initialise the engine once per process; later calls return the engine already chosen. */
@@ -113,7 +141,7 @@ export async function initEngine(options: EngineOptions = {}): Promise<EngineNam
     if (info) {
       await tf.ready();
       current = info;
-      log.info('tensor engine selected', { engine: info.name, threads: info.threads });
+      log.info('tensor engine selected', { engine: info.name, threads: info.threads, matmul: info.matmul });
       return info.name;
     }
   }
@@ -123,6 +151,11 @@ export async function initEngine(options: EngineOptions = {}): Promise<EngineNam
 /** The engine chosen by `initEngine`, or undefined before it. */
 export function engineName(): EngineName | undefined {
   return current?.name;
+}
+
+/** Engine, thread count and matmul chosen by `initEngine`, or undefined before it (for metric labels and logs). */
+export function engineInfo(): Readonly<EngineInfo> | undefined {
+  return current;
 }
 
 /** The thread count of the engine chosen by `initEngine`, or undefined before it. */

