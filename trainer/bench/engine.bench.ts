@@ -44,7 +44,7 @@ function median(xs: number[]): number {
 }
 
 /** One Q-Former layer of BERT-base with cross-attention (blip2-opt-2.7b's), forward and backward. */
-async function layerSeconds(reps: number): Promise<number> {
+async function layerSeconds(reps: number, profile = false): Promise<number> {
   const B = 8, NQ = 32, NT = 32, H = 768, HEADS = 12, DH = 64, FFN = 3072, S = 257, HI = 1408;
   const L = NQ + NT;
   const params: Record<string, tf.Tensor> = {};
@@ -117,13 +117,30 @@ async function layerSeconds(reps: number): Promise<number> {
     return (performance.now() - t0) / 1000;
   };
   step(); // warm-up: XNNPACK operator creation, heap growth
+  if (profile) {
+    const info = await tf.profile(() => {
+      step();
+    });
+    const byKernel = new Map<string, { ms: number; calls: number }>();
+    for (const k of info.kernels) {
+      const e = byKernel.get(k.name) ?? { ms: 0, calls: 0 };
+      e.ms += Number(k.kernelTimeMs);
+      e.calls++;
+      byKernel.set(k.name, e);
+    }
+    const total = [...byKernel.values()].reduce((t, e) => t + e.ms, 0);
+    process.stderr.write(`kernel time by kernel (one step, total ${total.toFixed(0)} ms):\n`);
+    for (const [name, e] of [...byKernel.entries()].sort((x, y) => y[1].ms - x[1].ms).slice(0, 25)) {
+      process.stderr.write(`  ${name.padEnd(24)} ${e.ms.toFixed(1).padStart(8)} ms  ${String(e.calls).padStart(5)} calls\n`);
+    }
+  }
   const times: number[] = [];
   for (let i = 0; i < reps; i++) times.push(step());
   tf.dispose([...Object.values(params), hidden, image, mask]);
   return median(times);
 }
 
-async function child(spec: EngineSpec, reps: number, skipLayer: boolean): Promise<Result> {
+async function child(spec: EngineSpec, reps: number, skipLayer: boolean, profile: boolean): Promise<Result> {
   await initEngine({ engine: spec.engine, threads: spec.threads, stockWasm: spec.stockWasm, matmul: spec.matmul });
   const matmul: Record<string, number> = {};
   for (const [key, [m, k, n]] of Object.entries(MATMULS)) {
@@ -147,7 +164,9 @@ async function child(spec: EngineSpec, reps: number, skipLayer: boolean): Promis
     tf.dispose([a, b]);
   }
   const result: Result = { id: spec.id, threads: engineInfo()!.threads, matmul };
-  if (!skipLayer && !spec.smallOnly) result.layerSeconds = await layerSeconds(spec.stockWasm ? Math.min(reps, 2) : reps);
+  if (!skipLayer && !spec.smallOnly) {
+    result.layerSeconds = await layerSeconds(spec.stockWasm ? Math.min(reps, 2) : reps, profile);
+  }
   return result;
 }
 
@@ -157,13 +176,22 @@ async function main() {
     .option('--reps <n>', 'repetitions per measurement (median reported)', '3')
     .option('--threads <n>', 'threads for our wasm engine (default: the CPU cores, at most 8)')
     .option('--skip-layer', 'matmuls only')
+    .option('--only <ids>', 'comma-separated engine ids to run (wasm-stock-1, cpu, xnn-1, xnn-N, blas-1, blas-N)')
+    .option('--profile', 'print the layer step\'s kernel time by kernel (stderr of each engine)')
     .option('--child <json>', 'internal: run one engine and print its result as JSON')
     .parse();
-  const opts = program.opts<{ reps: string; threads?: string; skipLayer?: boolean; child?: string }>();
+  const opts = program.opts<{
+    reps: string;
+    threads?: string;
+    skipLayer?: boolean;
+    only?: string;
+    profile?: boolean;
+    child?: string;
+  }>();
   const reps = Number(opts.reps);
   if (!Number.isInteger(reps) || reps < 1) throw new Error(`--reps must be a positive integer, got ${opts.reps}`);
   if (opts.child) {
-    const res = await child(JSON.parse(opts.child) as EngineSpec, reps, !!opts.skipLayer);
+    const res = await child(JSON.parse(opts.child) as EngineSpec, reps, !!opts.skipLayer, !!opts.profile);
     process.stdout.write(`RESULT ${JSON.stringify(res)}\n`);
     process.exit(0);
   }
@@ -177,10 +205,13 @@ async function main() {
     { id: 'blas-1', label: 'ours: wasm + OpenBLAS, 1 thread', engine: 'wasm', threads: 1, matmul: 'openblas' },
     { id: `blas-${threads}`, label: `ours: wasm + OpenBLAS, ${threads} threads`, engine: 'wasm', threads, matmul: 'openblas' },
   ];
+  const only = opts.only?.split(',');
+  const loadStart = os.loadavg();
   const results: (Result & { label: string })[] = [];
-  for (const spec of specs) {
+  for (const spec of specs.filter((s) => !only || only.includes(s.id))) {
     const args = ['tsx', fileURLToPath(import.meta.url), '--reps', String(reps), '--child', JSON.stringify(spec)];
     if (opts.skipLayer) args.push('--skip-layer');
+    if (opts.profile) args.push('--profile');
     process.stderr.write(`running ${spec.label}…\n`);
     const run = spawnSync('npx', args, { encoding: 'utf8' });
     const line = run.stdout.split('\n').find((l) => l.startsWith('RESULT '));
@@ -188,10 +219,12 @@ async function main() {
       process.stderr.write(`${spec.label} failed (exit ${run.status}):\n${run.stderr.slice(-2000)}\n`);
       continue;
     }
+    if (opts.profile) process.stderr.write(run.stderr.split('\n').filter((l) => !l.includes('[engine]')).join('\n'));
     results.push({ ...(JSON.parse(line.slice(7)) as Result), label: spec.label });
   }
   const base = results.find((r) => r.id === 'wasm-stock-1');
   console.log(`\nmachine: ${os.cpus()[0]?.model ?? 'unknown'}, ${cores} logical cores, Node ${process.version}`);
+  console.log(`load average at start ${loadStart.map((l) => l.toFixed(1)).join(' ')}, at end ${os.loadavg().map((l) => l.toFixed(1)).join(' ')}`);
   console.log('matmul (median; GFLOP/s; ratio against the baseline measured in this run)');
   for (const [key, [m, k, n]] of Object.entries(MATMULS)) {
     const flops = 2 * m * k * n;

@@ -14,6 +14,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs';
 import { createLogger } from '../../common';
 import { loadNativeBlas, type NativeBlas } from './engine/native-blas';
+import { installWasmIdentity } from './engine/wasm-identity';
 import { installWasmMatMul } from './engine/wasm-matmul';
 import { installWasmSegmentSum } from './engine/wasm-segment-sum';
 import { startThreadedWasm, WASM_MAX_THREADS } from './engine/wasm-threads';
@@ -112,6 +113,7 @@ async function tryWasm(options: EngineOptions): Promise<EngineInfo | undefined> 
     const blas = chooseBlas(options, threads);
     installWasmMatMul(backend, blas);
     installWasmSegmentSum();
+    installWasmIdentity();
     return { name: 'wasm', threads: actual, matmul: blas ? 'openblas' : 'xnnpack' };
   } catch (e) {
     if (e instanceof MatMulUnavailableError) throw e;

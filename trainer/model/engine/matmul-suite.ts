@@ -150,6 +150,21 @@ export function matMulSuite(matmul: EngineMatMul & ('openblas' | 'xnnpack')): vo
       }
     });
 
+    test('one tensor data read as b under two shapes (reshape shares it) gives both right results', async () => {
+      // XNNPACK caches packed weights by tensor id; a reshape shares the id with a different shape.
+      const w = tf.randomNormal([6, 4], 0, 1, 'float32', 9);
+      const w2 = tf.reshape(w, [4, 6]);
+      const x1 = tf.randomNormal([2, 6], 0, 1, 'float32', 10);
+      const x2 = tf.randomNormal([3, 4], 0, 1, 'float32', 11);
+      const run = async () => Promise.all([tf.matMul(x1, w), tf.matMul(x2, w2), tf.matMul(x1, w)].map((t) => t.data()));
+      const got = await run();
+      await tf.setBackend('cpu');
+      const want = await run();
+      await tf.setBackend('wasm');
+      for (let i = 0; i < 3; i++) expect(maxRelErr(got[i]!, want[i]!)).toBeLessThan(1e-5);
+      tf.dispose([w, w2, x1, x2]);
+    });
+
     test('rejects mismatched inner dimensions with a message naming both shapes', () => {
       const a = tf.zeros([2, 3]);
       const b = tf.zeros([4, 5]);

@@ -31,6 +31,7 @@ export interface WasmBackend extends tf.KernelBackend {
   dataIdNextNumber: number;
   makeOutput(shape: number[], dtype: tf.DataType, memoryOffset?: number): tf.TensorInfo;
   disposeData(dataId: tf.DataId, force?: boolean): boolean;
+  incRef(dataId: tf.DataId): void;
 }
 
 export function dataOf(backend: WasmBackend, t: tf.TensorInfo): WasmTensorData {

@@ -7,7 +7,7 @@
  *  - when `b` has no batch (a weight), the batch of `a` folds into rows: [B, M, K]·[K, N] is one [B·M, K]·[K, N];
  *  - otherwise each batch runs as one 2-D GEMM on *views* (C-side tensor ids pointing into the inputs' and the
  *    output's memory; nothing is copied), which also gives numpy-style broadcasting of the batch dimensions.
- * `_FusedMatMul` (matmul + bias + activation) gets the same, and a correct bias on batched inputs.
+ * `_FusedMatMul` (matmul + bias + activation) runs as this matmul, then bias and activation kernels.
  * The BatchMatMul gradient is re-registered so that it, too, reaches the fast path and handles broadcasting.
  * When the native OpenBLAS addon is loaded (./native-blas.ts), both kernels hand the tensors' heap memory to
  * `cblas_sgemm` instead (transposes and batch strides included, no copies), 3–5× faster than XNNPACK here.
@@ -99,7 +99,9 @@ function operands(
   let b2 = b;
   if (transposeA && m > 1 && k > 0) temps.push((a2 = transposeLast2(backend, a)));
   else if (transposeA) a2 = { ...a, shape: [...aOuter, m, k] }; // one row or empty: same memory either way
-  if (transposeB && k > 1 && n > 0) temps.push((b2 = transposeLast2(backend, b)));
+  // b is always transposed by a copy: XNNPACK caches its packed weights under b's tensor id, whatever the shape, so
+  // b's memory must never be read with another shape under the same id.
+  if (transposeB && k > 0 && n > 0) temps.push((b2 = transposeLast2(backend, b)));
   else if (transposeB) b2 = { ...b, shape: [...bOuter, k, n] };
   return { a: a2, b: b2, temps, m, k, n, aOuter, bOuter, outOuter };
 }
@@ -194,9 +196,17 @@ function batchMatMul(args: {
     const batch = sizeOf(outOuter);
     const batchA = sizeOf(aOuter);
     const batchB = sizeOf(bOuter);
+    // b always goes in under a fresh id (a view), released after the call: XNNPACK caches the operator (packed
+    // weights) under b's id without its shape, and tfjs shares one id among tensors of different shapes (Reshape,
+    // Identity). Packing b costs K·N against the GEMM's M·K·N.
     if (batchB === 1 && batchA === batch) {
       // b is a single matrix: all rows of a in one GEMM.
-      gemm!(aData.id, shapeBytes([1, batchA * m, k]), 3, bData.id, shapeBytes([1, k, n]), 3, false, false, outData.id);
+      const bId = makeView(backend, bData.memoryOffset, k * n);
+      try {
+        gemm!(aData.id, shapeBytes([1, batchA * m, k]), 3, bId, shapeBytes([1, k, n]), 3, false, false, outData.id);
+      } finally {
+        releaseView(backend, bId);
+      }
       return out;
     }
     const aIndex = batchIndex(outOuter, aOuter);
@@ -205,13 +215,13 @@ function batchMatMul(args: {
     const bShape = shapeBytes([1, k, n]);
     for (let i = 0; i < batch; i++) {
       const aId = batchA === 1 ? aData.id : makeView(backend, aData.memoryOffset + aIndex(i) * m * k * 4, m * k);
-      const bId = batchB === 1 ? bData.id : makeView(backend, bData.memoryOffset + bIndex(i) * k * n * 4, k * n);
+      const bId = makeView(backend, bData.memoryOffset + bIndex(i) * k * n * 4, k * n);
       const outId = makeView(backend, outData.memoryOffset + i * m * n * 4, m * n);
       try {
         gemm!(aId, aShape, 3, bId, bShape, 3, false, false, outId);
       } finally {
         if (aId !== aData.id) releaseView(backend, aId);
-        if (bId !== bData.id) releaseView(backend, bId);
+        releaseView(backend, bId);
         releaseView(backend, outId);
       }
     }
@@ -262,47 +272,27 @@ function activate(
 }
 
 /**
- * `_FusedMatMul` (matmul + bias + activation). With one matrix as b it runs the stock fused kernel on folded,
- * untransposed operands. With a batched b the stock kernel's scalar loop also adds the bias wrongly (it indexes the
- * bias by the flat output position, not by column), so that case runs our batched matmul and the backend's Add and
- * activation kernels.
+ * `_FusedMatMul` (matmul + bias + activation) as our BatchMatMul, then the backend's Add and activation kernels.
+ * The stock fused kernel is not used: on its scalar path it adds the bias by flat output position instead of by
+ * column, and its XNNPACK path caches packed weights under b's id (see above).
  */
-function makeFusedMatMul(stock: tf.KernelConfig): tf.KernelFunc {
-  return (args) => {
-    const { inputs, attrs } = args;
-    const backend = args.backend as WasmBackend;
-    const { transposeA, transposeB, activation, leakyreluAlpha } = attrs as {
-      transposeA: boolean;
-      transposeB: boolean;
-      activation: string;
-      leakyreluAlpha?: number;
-    };
-    const a = inputs.a!;
-    const b = inputs.b!;
-    if (blas || sizeOf(b.shape.slice(0, -2)) !== 1) {
-      let out = batchMatMul({ inputs: { a, b }, backend, attrs: { transposeA, transposeB } });
-      if (inputs.bias) {
-        const biased = runWasmKernel('Add', { a: out, b: inputs.bias }, backend);
-        backend.disposeData(out.dataId);
-        out = biased;
-      }
-      return activate(backend, out, activation, inputs.preluActivationWeights, leakyreluAlpha);
-    }
-    const ops = operands('_FusedMatMul', backend, a, b, transposeA, transposeB);
-    try {
-      const rows = sizeOf(ops.aOuter) * ops.m;
-      const out = stock.kernelFunc({
-        ...args,
-        inputs: { ...inputs, a: { ...ops.a, shape: [1, rows, ops.k] }, b: { ...ops.b, shape: [1, ops.k, ops.n] } },
-        attrs: { ...attrs, transposeA: false, transposeB: false },
-      }) as tf.TensorInfo;
-      out.shape = [...ops.outOuter, ops.m, ops.n];
-      return out;
-    } finally {
-      for (const t of ops.temps) backend.disposeData(t.dataId);
-    }
+const fusedMatMul: tf.KernelFunc = (args) => {
+  const { inputs, attrs } = args;
+  const backend = args.backend as WasmBackend;
+  const { transposeA, transposeB, activation, leakyreluAlpha } = attrs as {
+    transposeA: boolean;
+    transposeB: boolean;
+    activation: string;
+    leakyreluAlpha?: number;
   };
-}
+  let out = batchMatMul({ inputs: { a: inputs.a!, b: inputs.b! }, backend, attrs: { transposeA, transposeB } });
+  if (inputs.bias) {
+    const biased = runWasmKernel('Add', { a: out, b: inputs.bias }, backend);
+    backend.disposeData(out.dataId);
+    out = biased;
+  }
+  return activate(backend, out, activation, inputs.preluActivationWeights, leakyreluAlpha);
+};
 
 /** Sums `x` over the axes that broadcasting added or stretched, so that it has `shape`. */
 function reduceTo(x: tf.Tensor, shape: number[]): tf.Tensor {
@@ -356,9 +346,9 @@ let installed = false;
 export function installWasmMatMul(backend: WasmBackend, nativeBlas?: NativeBlas): void {
   if (installed) return;
   blas = nativeBlas;
-  const stockBatch = tf.getKernel(tf.BatchMatMul, 'wasm');
-  const stockFused = tf.getKernel(tf._FusedMatMul, 'wasm');
-  if (!stockBatch || !stockFused) throw new Error('the wasm backend has no BatchMatMul/_FusedMatMul kernel to replace');
+  if (!tf.getKernel(tf.BatchMatMul, 'wasm') || !tf.getKernel(tf._FusedMatMul, 'wasm')) {
+    throw new Error('the wasm backend has no BatchMatMul/_FusedMatMul kernel to replace');
+  }
   gemm = backend.wasm.cwrap(tf.BatchMatMul, null, [
     'number', // a_id
     'array', // a_shape
@@ -373,7 +363,7 @@ export function installWasmMatMul(backend: WasmBackend, nativeBlas?: NativeBlas)
   tf.unregisterKernel(tf.BatchMatMul, 'wasm');
   tf.registerKernel({ kernelName: tf.BatchMatMul, backendName: 'wasm', kernelFunc: batchMatMul as unknown as tf.KernelFunc });
   tf.unregisterKernel(tf._FusedMatMul, 'wasm');
-  tf.registerKernel({ kernelName: tf._FusedMatMul, backendName: 'wasm', kernelFunc: makeFusedMatMul(stockFused) });
+  tf.registerKernel({ kernelName: tf._FusedMatMul, backendName: 'wasm', kernelFunc: fusedMatMul });
   tf.registerGradient(batchMatMulGradConfig);
   installed = true;
 }
