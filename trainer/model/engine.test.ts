@@ -1,12 +1,44 @@
+import os from 'node:os';
 import { expect, test } from 'vitest';
-import { initEngine, tf } from './engine';
+import { engineName, engineThreads, initEngine, tf } from './engine';
+import { WASM_MAX_THREADS } from './engine/wasm-threads';
 
-test('engine starts, computes a matmul correctly, and leaks no tensors', async () => {
-  const name = await initEngine();
-  expect(['tensorflow', 'wasm', 'cpu']).toContain(name);
+// The stock backend caps its pool at half the logical cores; ask for one more than that to show the cap is gone.
+const stockCap = Math.max(1, Math.floor(os.cpus().length / 2));
+const threads = Math.min(WASM_MAX_THREADS, stockCap + 1);
+
+test('the wasm engine runs the thread count asked for, beyond the stock half-the-cores cap', async () => {
+  expect(engineName()).toBeUndefined();
+  const name = await initEngine({ engine: 'wasm', threads });
+  expect(name).toBe('wasm');
+  expect(engineName()).toBe('wasm');
+  expect(engineThreads()).toBe(threads);
+  const wasm = await import('@tensorflow/tfjs-backend-wasm');
+  expect(wasm.getThreadsCount()).toBe(threads);
+  expect(tf.getBackend()).toBe('wasm');
+  // A second call keeps the engine already chosen.
+  expect(await initEngine({ engine: 'cpu' })).toBe('wasm');
+});
+
+test('engine computes a matmul correctly and leaks no tensors', async () => {
+  await initEngine({ engine: 'wasm', threads });
   const before = tf.memory().numTensors;
   const out = tf.tidy(() => tf.matMul(tf.tensor2d([[1, 2], [3, 4]]), tf.tensor2d([[5, 6], [7, 8]])));
   expect(Array.from(await out.data())).toEqual([19, 22, 43, 50]);
   out.dispose();
   expect(tf.memory().numTensors).toBe(before);
+});
+
+test('a large threaded matmul is correct (work split across the pool)', async () => {
+  await initEngine({ engine: 'wasm', threads });
+  const a = tf.randomUniform([300, 200], -1, 1, 'float32', 1);
+  const b = tf.randomUniform([200, 100], -1, 1, 'float32', 2);
+  const out = tf.matMul(a, b);
+  const [av, bv, ov] = [a.dataSync(), b.dataSync(), out.dataSync()];
+  for (const [i, j] of [[0, 0], [150, 50], [299, 99], [7, 93]] as const) {
+    let want = 0;
+    for (let k = 0; k < 200; k++) want += av[i * 200 + k]! * bv[k * 100 + j]!;
+    expect(ov[i * 100 + j]).toBeCloseTo(want, 4);
+  }
+  tf.dispose([a, b, out]);
 });
