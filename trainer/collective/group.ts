@@ -302,12 +302,18 @@ export class CollectiveGroup {
     await this.ring.barrier();
   }
 
-  /** Closes links and the server; pending collectives fail with CollectiveError('closed'). */
+  /**
+   * Closes links and the server (waiting briefly so that neighbours receive our last frames); pending collectives
+   * fail with CollectiveError('closed').
+   */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    // After a failure only the ABORT frames need to get out; otherwise give neighbours time to take our last
+    // frames and BYE.
+    const graceMs = this.ring.failed ? 250 : Math.min(this.options.timeoutMs, 2000);
     this.ring.fail(new CollectiveError('collective group closed', 'closed', 'close', -1, this.generation), false);
-    await this.transport.close();
+    await this.transport.close(graceMs);
   }
 }
 

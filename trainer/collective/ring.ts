@@ -82,6 +82,10 @@ export class Ring {
     return this.view?.rank ?? -1;
   }
 
+  get failed(): CollectiveError | null {
+    return this.failure;
+  }
+
   /** Starts a generation: forgets any failure and operation of the previous one. */
   reset(view: RingView): void {
     if (this.op) {
