@@ -14,7 +14,8 @@
  *    its samples has committed; a cursor inside a partly consumed shard goes into the checkpoint, and
  *    `cursorFor` restores it when the descriptor comes back.
  * 5. A trainer that dies stops signalling; after `ack_wait` the server redelivers its descriptors to the others.
- * 6. A descriptor that does not parse is terminated (`term`), counted and logged: never redelivered.
+ * 6. A descriptor that does not parse is terminated (`term`), removed from the stream (servers before 2.10 keep
+ *    terminated messages in a work queue), counted and logged: never redelivered.
  * 7. `next()` returns null when the epoch is drained: nothing pending and no other trainer holds a lease that
  *    could come back.
  */
@@ -257,6 +258,7 @@ export class ShardConsumer {
   private readonly js: JetStreamClient;
   private consumer: Consumer | undefined;
   private readonly held = new Set<LeasedShard>();
+  private jsm: JetStreamManager | undefined;
   private readonly metrics: TrainerDataMetrics | undefined;
   private readonly log: Logger;
   private readonly heartbeatMs: number;
@@ -291,6 +293,8 @@ export class ShardConsumer {
           descriptor = parseDescriptor(msg.data);
         } catch (e) {
           msg.term(`descriptor rejected: ${(e as Error).message.slice(0, 200)}`);
+          // Servers before 2.10 keep a terminated message in a work-queue stream: remove it so the queue empties.
+          await this.removeFromStream(msg.seq);
           this.metrics?.descriptorsRejected.inc();
           this.log.error('descriptor rejected (terminated)', { seq: msg.seq, error: (e as Error).message });
           continue;
@@ -316,6 +320,15 @@ export class ShardConsumer {
       if (info.num_pending === 0 && info.num_ack_pending <= this.held.size) return null;
     }
     return null;
+  }
+
+  private async removeFromStream(seq: number): Promise<void> {
+    try {
+      const jsm = (this.jsm ??= await jetstreamManager(this.options.nc));
+      await jsm.streams.deleteMessage(this.q.stream, seq, false);
+    } catch (e) {
+      this.log.warn('could not remove a rejected descriptor from the stream', { seq, error: (e as Error).message });
+    }
   }
 
   /** Stops pulling; hands back every lease still held so other trainers get them without waiting for ack_wait. */
