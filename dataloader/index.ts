@@ -40,7 +40,7 @@ export {
   createBatchStream, localShardSource, swapLeftRight,
   type Batch, type BatchStream, type BatchStreamOptions, type ShardCursor, type ShardLease, type ShardSource,
 } from './batchStream';
-export { TransformPool, type TransformPoolOptions, type TransformResult } from './workers/pool';
+export { TransformPool, TransformWorkerError, type TransformPoolOptions, type TransformResult } from './workers/pool';
 export {
   ShardPublisher, ShardConsumer, LeasedShard,
   type ShardQueueOptions, type ShardPublisherOptions, type ShardConsumerOptions, type EpochProgress,

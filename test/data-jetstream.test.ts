@@ -77,6 +77,10 @@ describe('JetStream shard dispatch', () => {
     // `held` has outlived several ack_waits thanks to working(); b gets nothing more until it is acked.
     await new Promise((r) => setTimeout(r, 1500));
     expect(held.held).toBe(true);
+    // A trainer with endOfEpoch 'queue-empty' does not wait for leases held elsewhere.
+    const eager = new ShardConsumer({ nc: await newConn(), ...q, endOfEpoch: 'queue-empty' });
+    expect(await eager.next()).toBeNull();
+    expect(held.held).toBe(true);
     const drained = b.next();
     await new Promise((r) => setTimeout(r, 300));
     await held.ack();
