@@ -57,6 +57,10 @@ export interface ShardCursor<L extends ShardLease = ShardLease> {
   done: boolean;
 }
 
+/**
+ * One batch. The last batch of a stream may be short, and may even be empty (`batchSize` 0) when it only reports
+ * shards completed by samples that were skipped: skip the step, but still ack its `completed` after the next commit.
+ */
 export interface Batch<L extends ShardLease = ShardLease> {
   /** Stable ids `<dataset>/<shard>/<key>`, one per row: what the sample ledger records. */
   sampleIds: string[];
@@ -109,7 +113,10 @@ type Entry<L> =
   | { kind: 'end'; lease: L };
 
 export interface BatchStream<L extends ShardLease> extends AsyncIterableIterator<Batch<L>> {
-  /** Stops reading, terminates the workers. Leases are the caller's to ack or nak. */
+  /**
+   * Stops reading, terminates the workers. Leases are the caller's to ack or nak: after a rollback or at
+   * shutdown, `ShardConsumer.close()` naks every lease still held (their cursors come from the checkpoint).
+   */
   close(): Promise<void>;
 }
 
