@@ -29,6 +29,7 @@ describe('JetStream shard dispatch', () => {
     const registry = new Registry();
     const pub = new ShardPublisher({ nc, ...q, registry });
     await pub.ensureStream();
+    await new ShardPublisher({ nc, ...q }).ensureStream(); // a restarted coordinator: idempotent
     const plan = planEpoch({ index, epoch: 0, seed: 1 });
     expect(await pub.publishEpoch(plan)).toEqual({ published: 20, duplicates: 0 });
     // Publishing the same plan again inside the duplicate window stores nothing new.
