@@ -66,6 +66,9 @@ describe('synthetic caption dataset', () => {
     expect(seen((s) => s.objects[0].size + s.objects[1].size)).toBe(4);
     expect(seen((s) => s.relation)).toBe(4);
     expect(seen((s) => s.captions[0]!)).toBeGreaterThan(300);
+    const yesNo = scenes.map((s) => s.qa.at(-1)!.answer);
+    expect(yesNo.filter((a) => a === 'yes').length / yesNo.length).toBeGreaterThan(0.4);
+    expect(yesNo.filter((a) => a === 'no').length / yesNo.length).toBeGreaterThan(0.4);
     // The two objects always differ in colour and shape, so questions about "the circle" have one answer.
     for (const s of scenes) {
       expect(s.objects[0].colour).not.toBe(s.objects[1].colour);
