@@ -95,9 +95,11 @@ test('SIGKILL of a trainer holding unacked work: the epoch completes, every samp
   const ledger = new SampleLedger();
   const byPid = new Map<number, number>();
   for (const line of readFileSync(commitFile, 'utf8').trim().split('\n')) {
-    const c = JSON.parse(line) as { pid: number; epoch: number; ids: string[] };
-    ledger.record(c.epoch, c.ids);
-    byPid.set(c.pid, (byPid.get(c.pid) ?? 0) + c.ids.length);
+    const c = JSON.parse(line) as { pid: number; newSamples: Record<string, string[]> };
+    for (const [epoch, ids] of Object.entries(c.newSamples)) {
+      ledger.record(Number(epoch), ids);
+      byPid.set(c.pid, (byPid.get(c.pid) ?? 0) + ids.length);
+    }
   }
   expect(byPid.get(victim.proc.pid!)).toBeGreaterThan(0); // the victim committed work before it died
   expect(byPid.get(survivor.proc.pid!)).toBeGreaterThan(0);
