@@ -104,6 +104,6 @@ test('SIGKILL of a trainer holding unacked work: the epoch completes, every samp
   expect(byPid.get(victim.proc.pid!)).toBeGreaterThan(0); // the victim committed work before it died
   expect(byPid.get(survivor.proc.pid!)).toBeGreaterThan(0);
   expect(ledger.check(0, expected)).toEqual({ ok: true, missing: [], duplicates: [], unexpected: [] });
-  expect(await pub.progress()).toEqual({ pending: 0, inFlight: 0, remaining: 0 });
+  expect(await pub.progress()).toEqual({ pending: 0, inFlight: 0, remaining: 0, exhausted: 0 });
   await pub.deleteStream();
 }, 120_000);
