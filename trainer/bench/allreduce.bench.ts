@@ -24,6 +24,8 @@ const selfPath = fileURLToPath(import.meta.url);
 
 // ---- worker (one rank) ------------------------------------------------------------------------------------------
 
+type BenchOp = 'allreduce' | 'broadcast' | 'allgather';
+
 interface WorkerArgs {
   rank: number;
   worldSize: number;
@@ -34,7 +36,7 @@ type Command_ =
   | { cmd: 'connect'; peers: { rank: number; host: string; port: number }[] }
   | { cmd: 'raw-listen' }
   | { cmd: 'raw-send'; host: string; port: number; bytes: number }
-  | { cmd: 'allreduce'; elements: number; iters: number; warmup: number; fp16: boolean }
+  | { cmd: 'allreduce'; elements: number; iters: number; warmup: number; fp16: boolean; op: BenchOp }
   | { cmd: 'exit' };
 
 async function worker(a: WorkerArgs): Promise<void> {
@@ -109,15 +111,17 @@ async function worker(a: WorkerArgs): Promise<void> {
         await group.barrier();
         const c0 = process.cpuUsage();
         const t0 = process.hrtime.bigint();
-        await group.allReduce([buf], { fp16Wire: c.fp16 });
+        if (c.op === 'broadcast') await group.broadcast(buf, 0);
+        else if (c.op === 'allgather') await group.allGather(buf.subarray(0, Math.floor(c.elements / a.worldSize)));
+        else await group.allReduce([buf], { fp16Wire: c.fp16 });
         const ms = Number(process.hrtime.bigint() - t0) / 1e6;
         const cpu = process.cpuUsage(c0);
         if (i >= c.warmup) {
           times.push(ms);
           cpuMs += (cpu.user + cpu.system) / 1000 / c.iters;
         }
-        const want = (a.worldSize * (a.worldSize + 1)) / 2;
-        if (buf[0] !== want || buf[c.elements - 1] !== want || buf[c.elements >> 1] !== want) {
+        const want = c.op === 'allreduce' ? (a.worldSize * (a.worldSize + 1)) / 2 : c.op === 'broadcast' ? 1 : a.rank + 1;
+        if (buf[0] !== want || (c.op !== 'allgather' && (buf[c.elements - 1] !== want || buf[c.elements >> 1] !== want))) {
           throw new Error(`rank ${a.rank}: wrong sum ${buf[0]} (want ${want})`);
         }
       }
@@ -240,13 +244,15 @@ async function main(): Promise<void> {
     .option('--mb <m>', 'largest tensor, in MiB of fp32 (sizes 1, 4, 16, ... up to it)', parseIntArg('--mb', 1), 64)
     .option('--link <rate>', 'run each rank in its own network namespace behind a veth limited to this tc rate (e.g. 1gbit)')
     .option('--fp16', 'send fp16 on the wire (algbw counts fp32 bytes)', false)
+    .option('--op <op>', 'collective to time: allreduce, broadcast (from rank 0) or allgather (size = all blocks together)', 'allreduce')
     .option('--iters <k>', 'timed iterations per size (median reported)', parseIntArg('--iters', 1), 5)
     .option('--warmup <k>', 'untimed iterations per size', parseIntArg('--warmup', 0), 1)
     .option('--chunk-kb <k>', 'largest payload of one gRPC message, KiB', parseIntArg('--chunk-kb', 16), 1024)
     .option('--raw-mb <m>', 'MiB sent for the raw TCP baseline', parseIntArg('--raw-mb', 1), 256)
     .option('--cpu-prof-dir <dir>', 'write a V8 CPU profile of every rank process into this folder');
   program.parse();
-  const o = program.opts<{ ranks: number; mb: number; link?: string; fp16: boolean; iters: number; warmup: number; chunkKb: number; rawMb: number; cpuProfDir?: string }>();
+  const o = program.opts<{ ranks: number; mb: number; link?: string; fp16: boolean; iters: number; warmup: number; chunkKb: number; rawMb: number; cpuProfDir?: string; op: BenchOp }>();
+  if (!['allreduce', 'broadcast', 'allgather'].includes(o.op)) throw new InvalidArgumentError(`--op must be allreduce, broadcast or allgather; got "${o.op}"`);
   if (o.link !== undefined && !/^\d+(\.\d+)?([kmg]?bit|[kmg]?bps)$/i.test(o.link)) {
     throw new InvalidArgumentError(`--link must be a tc rate such as 1gbit or 500mbit; got "${o.link}"`);
   }
@@ -281,21 +287,31 @@ async function main(): Promise<void> {
     const raw1 = await rawOnce();
 
     const machine = `${(await import('node:os')).cpus().length} CPUs, ${(await import('node:os')).cpus()[0]?.model ?? '?'}`;
-    console.log(`# ring all-reduce over gRPC: ${n} ranks, ${o.link ? `network namespaces, ${o.link} veth links` : 'loopback'}, ${o.fp16 ? 'fp16' : 'fp32'} on the wire, chunk ${o.chunkKb} KiB, median of ${o.iters}; ${machine}`);
+    console.log(`# ring ${o.op} over gRPC: ${n} ranks, ${o.link ? `network namespaces, ${o.link} veth links` : 'loopback'}, ${o.fp16 ? 'fp16' : 'fp32'} on the wire, chunk ${o.chunkKb} KiB, median of ${o.iters}; ${machine}`);
     console.log('size_MiB  time_ms  algbw_MBps  busbw_MBps  busbw/raw  cpu_ms/rank');
     let lastBus = 0;
     for (const mib of sizes) {
       const elements = (mib * MiB) / 4;
-      const res = await Promise.all(ranks.map((r) => r.ask<{ times: number[]; cpuMs: number }>({ cmd: 'allreduce', elements, iters: o.iters, warmup: o.warmup, fp16: o.fp16 })));
+      const res = await Promise.all(ranks.map((r) => r.ask<{ times: number[]; cpuMs: number }>({ cmd: 'allreduce', elements, iters: o.iters, warmup: o.warmup, fp16: o.fp16, op: o.op })));
       // Per iteration, the slowest rank's time (the collective is done when every rank is).
       const perIter = res[0]!.times.map((_, i) => Math.max(...res.map((x) => x.times[i]!)));
       const ms = median(perIter);
       const algbw = (mib * MiB) / 1e6 / (ms / 1000);
-      const busbw = (algbw * 2 * (n - 1)) / n;
+      // NCCL's bus-bandwidth factors: all-reduce 2(N-1)/N, all-gather (N-1)/N, broadcast 1.
+      const busbw = algbw * (o.op === 'allreduce' ? (2 * (n - 1)) / n : o.op === 'allgather' ? (n - 1) / n : 1);
       lastBus = busbw;
       console.log(`${String(mib).padStart(8)}  ${ms.toFixed(1).padStart(7)}  ${algbw.toFixed(0).padStart(10)}  ${busbw.toFixed(0).padStart(10)}  ${(busbw / raw1).toFixed(3).padStart(9)}  ${(res.reduce((t, x) => t + x.cpuMs, 0) / n).toFixed(0).padStart(11)}`);
     }
     const raw2 = await rawOnce();
+    if (netns) {
+      // TCP retransmissions and timeouts inside the namespaces (losses at the rate limiter stall a stream).
+      const stat = (ns: string) => {
+        const out = execFileSync('ip', ['netns', 'exec', ns, 'nstat', '-az', 'TcpRetransSegs', 'TcpExtTCPTimeouts', 'TcpOutSegs'], { encoding: 'utf8' });
+        const get = (k: string) => Number(out.match(new RegExp(`${k}\\s+(\\d+)`))?.[1] ?? NaN);
+        return `${get('TcpRetransSegs')}/${get('TcpOutSegs')} retransmitted, ${get('TcpExtTCPTimeouts')} timeouts`;
+      };
+      console.log(`# tcp: ${netns.names.map((ns, r) => `rank ${r}: ${stat(ns)}`).join('; ')}`);
+    }
     const raw = Math.max(raw1, raw2);
     console.log(`raw_tcp_MBps ${raw.toFixed(0)} (two processes, same path; runs ${raw1.toFixed(0)} and ${raw2.toFixed(0)})`);
     console.log(`busbw_MBps ${lastBus.toFixed(0)}`);
