@@ -14,6 +14,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs';
 import { createLogger } from '../../common';
 import { loadNativeBlas, type NativeBlas } from './engine/native-blas';
+import { installWasmCpuFallbacks } from './engine/wasm-cpu-fallback';
 import { installWasmIdentity } from './engine/wasm-identity';
 import { installWasmMatMul } from './engine/wasm-matmul';
 import { installWasmSegmentSum } from './engine/wasm-segment-sum';
@@ -114,6 +115,7 @@ async function tryWasm(options: EngineOptions): Promise<EngineInfo | undefined> 
     installWasmMatMul(backend, blas);
     installWasmSegmentSum();
     installWasmIdentity();
+    installWasmCpuFallbacks();
     return { name: 'wasm', threads: actual, matmul: blas ? 'openblas' : 'xnnpack' };
   } catch (e) {
     if (e instanceof MatMulUnavailableError) throw e;
