@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process';
 import os from 'node:os';
 import { expect, test } from 'vitest';
 import { engineName, engineThreads, initEngine, tf } from './engine';
@@ -41,4 +42,15 @@ test('a large threaded matmul is correct (work split across the pool)', async ()
     expect(ov[i * 100 + j]).toBeCloseTo(want, 4);
   }
   tf.dispose([a, b, out]);
+});
+
+test('a process that used the threaded engine exits by itself (pool workers do not hold it)', () => {
+  const script =
+    "import { initEngine, tf } from './trainer/model/engine';" +
+    "initEngine({ engine: 'wasm', threads: 2 }).then(() => { tf.matMul(tf.ones([200, 200]), tf.ones([200, 200])).dataSync(); });";
+  const started = Date.now();
+  const run = spawnSync('npx', ['tsx', '-e', script], { encoding: 'utf8', timeout: 60_000 });
+  expect(run.error, 'timed out: the process did not exit').toBeUndefined();
+  expect(run.status, run.stderr).toBe(0);
+  expect(Date.now() - started).toBeLessThan(60_000);
 });
