@@ -20,6 +20,7 @@ interface EngineSpec {
   threads?: number;
   stockWasm?: boolean;
   matmul?: EngineOptions['matmul'];
+  matmulThreads?: number;
   /** Only the small matmul (too slow for the rest). */
   smallOnly?: boolean;
 }
@@ -141,7 +142,13 @@ async function layerSeconds(reps: number, profile = false): Promise<number> {
 }
 
 async function child(spec: EngineSpec, reps: number, skipLayer: boolean, profile: boolean): Promise<Result> {
-  await initEngine({ engine: spec.engine, threads: spec.threads, stockWasm: spec.stockWasm, matmul: spec.matmul });
+  await initEngine({
+    engine: spec.engine,
+    threads: spec.threads,
+    stockWasm: spec.stockWasm,
+    matmul: spec.matmul,
+    matmulThreads: spec.matmulThreads,
+  });
   const matmul: Record<string, number> = {};
   for (const [key, [m, k, n]] of Object.entries(MATMULS)) {
     if (spec.smallOnly && key !== SMALL) continue;
@@ -204,6 +211,14 @@ async function main() {
     { id: `xnn-${threads}`, label: `ours: wasm + XNNPACK, ${threads} threads`, engine: 'wasm', threads, matmul: 'xnnpack' },
     { id: 'blas-1', label: 'ours: wasm + OpenBLAS, 1 thread', engine: 'wasm', threads: 1, matmul: 'openblas' },
     { id: `blas-${threads}`, label: `ours: wasm + OpenBLAS, ${threads} threads`, engine: 'wasm', threads, matmul: 'openblas' },
+    {
+      id: `blas-${threads}-wasm-1`,
+      label: `ours: wasm 1 thread + OpenBLAS ${threads}`,
+      engine: 'wasm',
+      threads: 1,
+      matmul: 'openblas',
+      matmulThreads: threads,
+    },
   ];
   const only = opts.only?.split(',');
   const loadStart = os.loadavg();

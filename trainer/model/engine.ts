@@ -43,6 +43,8 @@ export interface EngineOptions {
    * Env: BLIP2_ENGINE_MATMUL.
    */
   matmul?: 'auto' | EngineMatMul;
+  /** Threads of the OpenBLAS matmul, 1…64; default: `threads`. Env: BLIP2_ENGINE_MATMUL_THREADS. */
+  matmulThreads?: number;
 }
 
 export type EngineMatMul = 'openblas' | 'xnnpack' | 'tensorflow' | 'cpu';
@@ -91,7 +93,13 @@ function chooseBlas(options: EngineOptions, threads: number): NativeBlas | undef
     throw new MatMulUnavailableError(`engine matmul must be auto, openblas or xnnpack, got ${JSON.stringify(wanted)}`);
   }
   if (wanted === 'xnnpack') return undefined;
-  const { blas, reason } = loadNativeBlas(threads);
+  const raw =
+    options.matmulThreads ??
+    (process.env.BLIP2_ENGINE_MATMUL_THREADS ? Number(process.env.BLIP2_ENGINE_MATMUL_THREADS) : threads);
+  if (!Number.isInteger(raw) || raw < 1 || raw > 64) {
+    throw new MatMulUnavailableError(`engine matmulThreads must be an integer in 1…64, got ${String(raw)}`);
+  }
+  const { blas, reason } = loadNativeBlas(raw);
   if (!blas && wanted === 'openblas') throw new MatMulUnavailableError(`matmul 'openblas' unavailable: ${reason}`);
   if (!blas) log.info('native BLAS not used; matmul runs on wasm XNNPACK', { reason });
   return blas;
