@@ -1,11 +1,34 @@
+import { spawnSync } from 'node:child_process';
 import os from 'node:os';
 import { expect, test } from 'vitest';
-import { engineName, engineThreads, initEngine, tf } from './engine';
+import {
+  EngineOptionsError,
+  engineInfo,
+  engineName,
+  engineThreads,
+  initEngine,
+  resolveEngineOptions,
+  tf,
+} from './engine';
 import { WASM_MAX_THREADS } from './engine/wasm-threads';
 
 // The stock backend caps its pool at half the logical cores; ask for one more than that to show the cap is gone.
 const stockCap = Math.max(1, Math.floor(os.cpus().length / 2));
 const threads = Math.min(WASM_MAX_THREADS, stockCap + 1);
+
+test('engine options: defaults, and bad values rejected before anything starts, naming the value', async () => {
+  const defaults = resolveEngineOptions({ engine: 'wasm' });
+  expect(defaults.threads).toBe(Math.min(WASM_MAX_THREADS, os.availableParallelism()));
+  expect(defaults.matmulThreads).toBe(defaults.threads);
+  expect(defaults.matmul).toBe('auto');
+  expect(() => resolveEngineOptions({ threads: 0 })).toThrow(/threads must be an integer in 1…8, got 0/);
+  expect(() => resolveEngineOptions({ threads: 2.5 })).toThrow(EngineOptionsError);
+  expect(() => resolveEngineOptions({ matmul: 'mkl' as 'auto' })).toThrow(/matmul must be .* got "mkl"/);
+  expect(() => resolveEngineOptions({ engine: 'webgl' as 'auto' })).toThrow(/got "webgl"/);
+  expect(() => resolveEngineOptions({ matmulThreads: 65 })).toThrow(/matmulThreads .* got 65/);
+  await expect(initEngine({ engine: 'wasm', threads: 99 })).rejects.toThrow(/got 99/);
+  expect(engineName()).toBeUndefined();
+});
 
 test('the wasm engine runs the thread count asked for, beyond the stock half-the-cores cap', async () => {
   expect(engineName()).toBeUndefined();
@@ -13,6 +36,7 @@ test('the wasm engine runs the thread count asked for, beyond the stock half-the
   expect(name).toBe('wasm');
   expect(engineName()).toBe('wasm');
   expect(engineThreads()).toBe(threads);
+  expect(['openblas', 'xnnpack']).toContain(engineInfo()?.matmul);
   const wasm = await import('@tensorflow/tfjs-backend-wasm');
   expect(wasm.getThreadsCount()).toBe(threads);
   expect(tf.getBackend()).toBe('wasm');
@@ -41,4 +65,15 @@ test('a large threaded matmul is correct (work split across the pool)', async ()
     expect(ov[i * 100 + j]).toBeCloseTo(want, 4);
   }
   tf.dispose([a, b, out]);
+});
+
+test('a process that used the threaded engine exits by itself (pool workers do not hold it)', () => {
+  const script =
+    "import { initEngine, tf } from './trainer/model/engine';" +
+    "initEngine({ engine: 'wasm', threads: 2 }).then(() => { tf.matMul(tf.ones([200, 200]), tf.ones([200, 200])).dataSync(); });";
+  const started = Date.now();
+  const run = spawnSync('npx', ['tsx', '-e', script], { encoding: 'utf8', timeout: 60_000 });
+  expect(run.error, 'timed out: the process did not exit').toBeUndefined();
+  expect(run.status, run.stderr).toBe(0);
+  expect(Date.now() - started).toBeLessThan(60_000);
 });

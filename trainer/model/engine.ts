@@ -14,6 +14,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs';
 import { createLogger } from '../../common';
 import { loadNativeBlas, type NativeBlas } from './engine/native-blas';
+import { installWasmCpuFallbacks } from './engine/wasm-cpu-fallback';
 import { installWasmIdentity } from './engine/wasm-identity';
 import { installWasmMatMul } from './engine/wasm-matmul';
 import { installWasmSegmentSum } from './engine/wasm-segment-sum';
@@ -42,6 +43,8 @@ export interface EngineOptions {
    * Env: BLIP2_ENGINE_MATMUL.
    */
   matmul?: 'auto' | EngineMatMul;
+  /** Threads of the OpenBLAS matmul, 1…64; default: `threads`. Env: BLIP2_ENGINE_MATMUL_THREADS. */
+  matmulThreads?: number;
 }
 
 export type EngineMatMul = 'openblas' | 'xnnpack' | 'tensorflow' | 'cpu';
@@ -62,13 +65,50 @@ function defaultThreads(): number {
   return Math.max(1, Math.min(WASM_MAX_THREADS, cores));
 }
 
-function resolveThreads(options: EngineOptions): number {
-  const raw = options.threads ?? (process.env.BLIP2_ENGINE_THREADS ? Number(process.env.BLIP2_ENGINE_THREADS) : undefined);
-  if (raw === undefined) return defaultThreads();
-  if (!Number.isInteger(raw) || raw < 1 || raw > WASM_MAX_THREADS) {
-    throw new RangeError(`engine threads must be an integer in 1…${WASM_MAX_THREADS}, got ${String(raw)}`);
+/** Engine options with defaults filled in and every value checked. */
+export interface ResolvedEngineOptions {
+  engine: EngineName | 'auto';
+  threads: number;
+  stockWasm: boolean;
+  matmul: 'auto' | 'openblas' | 'xnnpack';
+  matmulThreads: number;
+}
+
+/** Bad engine options: the caller's configuration is wrong; nothing was started. */
+export class EngineOptionsError extends Error {}
+
+function envNumber(name: string): number | undefined {
+  const raw = process.env[name];
+  if (raw === undefined || raw === '') return undefined;
+  const value = Number(raw);
+  if (!Number.isFinite(value)) throw new EngineOptionsError(`${name} must be a number, got ${JSON.stringify(raw)}`);
+  return value;
+}
+
+export function resolveEngineOptions(options: EngineOptions = {}): ResolvedEngineOptions {
+  const engine = options.engine ?? ((process.env.BLIP2_ENGINE as EngineName | undefined) || 'auto');
+  if (!['auto', 'tensorflow', 'wasm', 'cpu'].includes(engine)) {
+    throw new EngineOptionsError(`engine must be auto, tensorflow, wasm or cpu, got ${JSON.stringify(engine)}`);
   }
-  return raw;
+  const threads = options.threads ?? envNumber('BLIP2_ENGINE_THREADS') ?? defaultThreads();
+  if (!Number.isInteger(threads) || threads < 1 || threads > WASM_MAX_THREADS) {
+    throw new EngineOptionsError(`engine threads must be an integer in 1…${WASM_MAX_THREADS}, got ${String(threads)}`);
+  }
+  const matmul = options.matmul ?? ((process.env.BLIP2_ENGINE_MATMUL as EngineOptions['matmul']) || 'auto');
+  if (!['auto', 'openblas', 'xnnpack'].includes(matmul)) {
+    throw new EngineOptionsError(`engine matmul must be auto, openblas or xnnpack, got ${JSON.stringify(matmul)}`);
+  }
+  const matmulThreads = options.matmulThreads ?? envNumber('BLIP2_ENGINE_MATMUL_THREADS') ?? threads;
+  if (!Number.isInteger(matmulThreads) || matmulThreads < 1 || matmulThreads > 64) {
+    throw new EngineOptionsError(`engine matmulThreads must be an integer in 1…64, got ${String(matmulThreads)}`);
+  }
+  return {
+    engine,
+    threads,
+    stockWasm: options.stockWasm ?? false,
+    matmul: matmul as ResolvedEngineOptions['matmul'],
+    matmulThreads,
+  };
 }
 
 async function tryTensorflow(): Promise<EngineInfo | undefined> {
@@ -84,20 +124,18 @@ async function tryTensorflow(): Promise<EngineInfo | undefined> {
 /** The matmul asked for (`matmul: 'openblas'`) cannot be had: a setup error, not a reason to fall back. */
 export class MatMulUnavailableError extends Error {}
 
-function chooseBlas(options: EngineOptions, threads: number): NativeBlas | undefined {
-  const wanted = options.matmul ?? (process.env.BLIP2_ENGINE_MATMUL as EngineOptions['matmul']) ?? 'auto';
-  if (!['auto', 'openblas', 'xnnpack'].includes(wanted)) {
-    throw new MatMulUnavailableError(`engine matmul must be auto, openblas or xnnpack, got ${JSON.stringify(wanted)}`);
+function chooseBlas(options: ResolvedEngineOptions): NativeBlas | undefined {
+  if (options.matmul === 'xnnpack') return undefined;
+  const { blas, reason } = loadNativeBlas(options.matmulThreads);
+  if (!blas && options.matmul === 'openblas') {
+    throw new MatMulUnavailableError(`matmul 'openblas' unavailable: ${reason}`);
   }
-  if (wanted === 'xnnpack') return undefined;
-  const { blas, reason } = loadNativeBlas(threads);
-  if (!blas && wanted === 'openblas') throw new MatMulUnavailableError(`matmul 'openblas' unavailable: ${reason}`);
   if (!blas) log.info('native BLAS not used; matmul runs on wasm XNNPACK', { reason });
   return blas;
 }
 
-async function tryWasm(options: EngineOptions): Promise<EngineInfo | undefined> {
-  const threads = resolveThreads(options);
+async function tryWasm(options: ResolvedEngineOptions): Promise<EngineInfo | undefined> {
+  const { threads } = options;
   try {
     if (options.stockWasm) {
       await import('@tensorflow/tfjs-backend-wasm');
@@ -105,15 +143,16 @@ async function tryWasm(options: EngineOptions): Promise<EngineInfo | undefined> 
       const { getThreadsCount } = await import('@tensorflow/tfjs-backend-wasm');
       return { name: 'wasm', threads: getThreadsCount(), matmul: 'xnnpack' };
     }
+    const blas = chooseBlas(options); // first: a missing addon that was asked for stops everything
     const actual = await startThreadedWasm(threads);
     if (actual !== threads) {
       throw new Error(`the wasm backend runs ${actual} threads where ${threads} were asked for`);
     }
     const backend = tf.backend() as unknown as WasmBackend;
-    const blas = chooseBlas(options, threads);
     installWasmMatMul(backend, blas);
     installWasmSegmentSum();
     installWasmIdentity();
+    installWasmCpuFallbacks();
     return { name: 'wasm', threads: actual, matmul: blas ? 'openblas' : 'xnnpack' };
   } catch (e) {
     if (e instanceof MatMulUnavailableError) throw e;
@@ -127,18 +166,20 @@ async function tryCpu(): Promise<EngineInfo | undefined> {
   return (await tf.setBackend('cpu')) ? { name: 'cpu', threads: 1, matmul: 'cpu' } : undefined;
 }
 
-/** Initialise the engine once per process; later calls return the engine already chosen. */
+/**
+ * Initialise the engine once per process; later calls return the engine already chosen. Bad options throw an
+ * `EngineOptionsError` before anything starts; `matmul: 'openblas'` without the addon throws `MatMulUnavailableError`.
+ */
 export async function initEngine(options: EngineOptions = {}): Promise<EngineName> {
   if (current) return current.name;
-  const wanted = options.engine ?? ((process.env.BLIP2_ENGINE as EngineName | undefined) || 'auto');
-  const order: EngineName[] = wanted === 'auto' ? ['tensorflow', 'wasm', 'cpu'] : [wanted];
+  const resolved = resolveEngineOptions(options);
+  const order: EngineName[] = resolved.engine === 'auto' ? ['tensorflow', 'wasm', 'cpu'] : [resolved.engine];
   const tries: Record<EngineName, () => Promise<EngineInfo | undefined>> = {
     tensorflow: tryTensorflow,
-    wasm: () => tryWasm(options),
+    wasm: () => tryWasm(resolved),
     cpu: tryCpu,
   };
   for (const name of order) {
-    if (!(name in tries)) throw new Error(`unknown engine ${JSON.stringify(name)}: use auto, tensorflow, wasm or cpu`);
     const info = await tries[name]();
     if (info) {
       await tf.ready();

@@ -106,5 +106,14 @@ export async function startThreadedWasm(threads: number): Promise<number> {
     URL.createObjectURL = originalCreateObjectURL;
     os.cpus = originalCpus;
   }
+  // The pool's threads live as long as the backend and keep their workers ref'ed: a process that is done would
+  // never exit. Unref them (the work they do is always awaited by the main thread).
+  const pthreads = (tf.backend() as unknown as { wasm: { PThread?: PThreadTable } }).wasm.PThread;
+  for (const worker of [...(pthreads?.runningWorkers ?? []), ...(pthreads?.unusedWorkers ?? [])]) worker.unref();
   return wasm.getThreadsCount();
+}
+
+interface PThreadTable {
+  runningWorkers: { unref(): void }[];
+  unusedWorkers: { unref(): void }[];
 }
