@@ -18,6 +18,7 @@ import { installWasmCpuFallbacks } from './engine/wasm-cpu-fallback';
 import { installWasmIdentity } from './engine/wasm-identity';
 import { installWasmMatMul } from './engine/wasm-matmul';
 import { installWasmSegmentSum } from './engine/wasm-segment-sum';
+import { installWasmSum } from './engine/wasm-sum';
 import { startThreadedWasm, WASM_MAX_THREADS } from './engine/wasm-threads';
 import type { WasmBackend } from './engine/wasm-backend';
 
@@ -150,6 +151,7 @@ async function tryWasm(options: ResolvedEngineOptions): Promise<EngineInfo | und
     }
     const backend = tf.backend() as unknown as WasmBackend;
     installWasmMatMul(backend, blas);
+    if (blas) installWasmSum(blas);
     installWasmSegmentSum();
     installWasmIdentity();
     installWasmCpuFallbacks();
