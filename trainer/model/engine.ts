@@ -16,7 +16,7 @@ import { createLogger } from '../../common';
 import { loadNativeBlas, type NativeBlas } from './engine/native-blas';
 import { installWasmCpuFallbacks } from './engine/wasm-cpu-fallback';
 import { installWasmIdentity } from './engine/wasm-identity';
-import { installWasmMatMul } from './engine/wasm-matmul';
+import { batchMatMulGradConfig, installWasmMatMul } from './engine/wasm-matmul';
 import { installWasmSegmentSum } from './engine/wasm-segment-sum';
 import { installWasmSum } from './engine/wasm-sum';
 import { startThreadedWasm, WASM_MAX_THREADS } from './engine/wasm-threads';
@@ -175,6 +175,9 @@ async function tryCpu(): Promise<EngineInfo | undefined> {
 export async function initEngine(options: EngineOptions = {}): Promise<EngineName> {
   if (current) return current.name;
   const resolved = resolveEngineOptions(options);
+  // Our BatchMatMul gradient (broadcasting, batch folding) serves every engine, so that all compute alike; the
+  // stock-wasm baseline keeps the stock one.
+  if (!resolved.stockWasm) tf.registerGradient(batchMatMulGradConfig);
   const order: EngineName[] = resolved.engine === 'auto' ? ['tensorflow', 'wasm', 'cpu'] : [resolved.engine];
   const tries: Record<EngineName, () => Promise<EngineInfo | undefined>> = {
     tensorflow: tryTensorflow,
