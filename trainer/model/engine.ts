@@ -16,6 +16,7 @@ import { createLogger } from '../../common';
 import { loadNativeBlas, type NativeBlas } from './engine/native-blas';
 import { installWasmCpuFallbacks } from './engine/wasm-cpu-fallback';
 import { installWasmIdentity } from './engine/wasm-identity';
+import { installWasmOneHot } from './engine/wasm-one-hot';
 import { batchMatMulGradConfig, installWasmMatMul } from './engine/wasm-matmul';
 import { installWasmSegmentSum } from './engine/wasm-segment-sum';
 import { installWasmSum } from './engine/wasm-sum';
@@ -154,6 +155,7 @@ async function tryWasm(options: ResolvedEngineOptions): Promise<EngineInfo | und
     if (blas) installWasmSum(blas);
     installWasmSegmentSum();
     installWasmIdentity();
+    installWasmOneHot();
     installWasmCpuFallbacks();
     return { name: 'wasm', threads: actual, matmul: blas ? 'openblas' : 'xnnpack' };
   } catch (e) {
