@@ -1,16 +1,21 @@
 // `blip2 data synth` and `blip2 data index` through the real command (bin/blip2.js).
 import { execFile } from 'node:child_process';
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { readFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { expect, test } from 'vitest';
+import { expect, test, afterAll } from 'vitest';
+
+const tempDirs: string[] = [];
+const tempDir = (prefix: string) => { const d = mkdtempSync(join(tmpdir(), prefix)); tempDirs.push(d); return d; };
+afterAll(() => { for (const d of tempDirs) rmSync(d, { recursive: true, force: true }); });
+
 
 const run = promisify(execFile);
 const bin = join(import.meta.dirname, '..', 'bin', 'blip2.js');
 
 test('data synth writes shards, tokenizer and index; data index reproduces the index; bad flags are named', async () => {
-  const out = mkdtempSync(join(tmpdir(), 'blip2-cli-'));
+  const out = tempDir('blip2-cli-');
   const { stdout } = await run(process.execPath, [bin, 'data', 'synth', '--out', out, '--samples', '30', '--shard-size', '10', '--image-size', '32', '--seed', '4']);
   expect(stdout).toMatch(/train: 27 samples in 3 shards/);
   expect(stdout).toMatch(/val: 3 samples in 1 shards/);

@@ -80,6 +80,11 @@ export interface EpochProgress {
   inFlight: number;
   /** Messages still in the stream (work-queue: acked ones are removed). */
   remaining: number;
+  /**
+   * In the stream but neither pending nor in flight: descriptors that used up `max_deliver` (their samples are
+   * lost to this epoch unless republished). The coordinator should log and alert on this.
+   */
+  exhausted: number;
 }
 
 export interface ShardPublisherOptions extends ShardQueueOptions {
@@ -168,11 +173,15 @@ export class ShardPublisher {
   async progress(): Promise<EpochProgress> {
     const jsm = await this.manager();
     const [ci, si] = await Promise.all([jsm.consumers.info(this.q.stream, this.q.durable), jsm.streams.info(this.q.stream)]);
-    const p = { pending: ci.num_pending, inFlight: ci.num_ack_pending, remaining: si.state.messages };
+    const p = {
+      pending: ci.num_pending, inFlight: ci.num_ack_pending, remaining: si.state.messages,
+      exhausted: Math.max(0, si.state.messages - ci.num_pending - ci.num_ack_pending),
+    };
     if (this.registry) {
       const m = coordinatorDataMetrics(this.registry);
       m.shardsPending.set(p.pending);
       m.shardsInFlight.set(p.inFlight);
+      m.shardsExhausted.set(p.exhausted);
     }
     return p;
   }

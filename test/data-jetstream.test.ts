@@ -34,7 +34,7 @@ describe('JetStream shard dispatch', () => {
     expect(await pub.publishEpoch(plan)).toEqual({ published: 20, duplicates: 0 });
     // Publishing the same plan again inside the duplicate window stores nothing new.
     expect(await pub.publishEpoch(plan)).toEqual({ published: 0, duplicates: 20 });
-    expect(await pub.progress()).toEqual({ pending: 20, inFlight: 0, remaining: 20 });
+    expect(await pub.progress()).toEqual({ pending: 20, inFlight: 0, remaining: 20, exhausted: 0 });
 
     const seen: string[] = [];
     const trainer = async () => {
@@ -51,7 +51,7 @@ describe('JetStream shard dispatch', () => {
     };
     await Promise.all([trainer(), trainer()]);
     expect(seen.sort()).toEqual(plan.map((d) => d.id).sort());
-    expect(await pub.progress()).toEqual({ pending: 0, inFlight: 0, remaining: 0 });
+    expect(await pub.progress()).toEqual({ pending: 0, inFlight: 0, remaining: 0, exhausted: 0 });
     const text = await registry.metrics();
     expect(text).toMatch(/blip2_coordinator_shards_published_total 20/);
     expect(text).toMatch(/blip2_coordinator_shards_pending 0/);
@@ -86,7 +86,7 @@ describe('JetStream shard dispatch', () => {
     await new Promise((r) => setTimeout(r, 300));
     await held.ack();
     expect(await drained).toBeNull();
-    expect(await pub.progress()).toEqual({ pending: 0, inFlight: 0, remaining: 0 });
+    expect(await pub.progress()).toEqual({ pending: 0, inFlight: 0, remaining: 0, exhausted: 0 });
     abandoned.nak(); // settles the local timer; the server already moved on
     await pub.deleteStream();
   });
@@ -129,8 +129,21 @@ describe('JetStream shard dispatch', () => {
     // Longer than ack_wait: a terminated message would have come back by now if it were merely unacked.
     await new Promise((r) => setTimeout(r, 1300));
     expect(await c.next()).toBeNull();
-    expect(await pub.progress()).toEqual({ pending: 0, inFlight: 0, remaining: 0 });
+    expect(await pub.progress()).toEqual({ pending: 0, inFlight: 0, remaining: 0, exhausted: 0 });
     expect(await registry.metrics()).toMatch(/blip2_trainer_data_descriptors_rejected_total 2/);
+    await pub.deleteStream();
+  });
+
+  test('a descriptor that used up max_deliver is reported as exhausted, not leased again', async () => {
+    const q = { ...queue(1000), maxDeliver: 1 };
+    const pub = new ShardPublisher({ nc, ...q });
+    await pub.ensureStream();
+    await pub.publishEpoch(planEpoch({ index, epoch: 0, seed: 4 }).slice(0, 1));
+    const c = new ShardConsumer({ nc: await newConn(), ...q });
+    const lease = (await c.next())!;
+    lease.nak();
+    expect(await c.next()).toBeNull();
+    expect(await pub.progress()).toEqual({ pending: 0, inFlight: 0, remaining: 1, exhausted: 1 });
     await pub.deleteStream();
   });
 });

@@ -2,13 +2,18 @@
 // a partly read, unacked shard. Its shard is redelivered after ack_wait and resumed from the committed cursor; the
 // epoch completes and the ledger shows every sample exactly once.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { afterAll, expect, inject, test } from 'vitest';
 import { loadIndex, planEpoch, SampleLedger, ShardPublisher, writeSynthDataset } from '../dataloader';
+
+const tempDirs: string[] = [];
+const tempDir = (prefix: string) => { const d = mkdtempSync(join(tmpdir(), prefix)); tempDirs.push(d); return d; };
+afterAll(() => { for (const d of tempDirs) rmSync(d, { recursive: true, force: true }); });
+
 
 const children: ChildProcess[] = [];
 let nc: NatsConnection | undefined;
@@ -50,7 +55,7 @@ function startTrainer(config: object): Trainer {
 }
 
 test('SIGKILL of a trainer holding unacked work: the epoch completes, every sample exactly once', async () => {
-  const root = mkdtempSync(join(tmpdir(), 'blip2-sigkill-'));
+  const root = tempDir('blip2-sigkill-');
   await writeSynthDataset({ out: root, samples: 80, shardSize: 10, imageSize: 32, seed: 11 });
   const index = loadIndex(join(root, 'index.json'));
   const expected = index.datasets[0]!.shards.flatMap((s, i) => Array.from({ length: s.samples }, (_, k) => `train/${s.path}/${String(i * 10 + k).padStart(9, '0')}`));
@@ -90,13 +95,15 @@ test('SIGKILL of a trainer holding unacked work: the epoch completes, every samp
   const ledger = new SampleLedger();
   const byPid = new Map<number, number>();
   for (const line of readFileSync(commitFile, 'utf8').trim().split('\n')) {
-    const c = JSON.parse(line) as { pid: number; epoch: number; ids: string[] };
-    ledger.record(c.epoch, c.ids);
-    byPid.set(c.pid, (byPid.get(c.pid) ?? 0) + c.ids.length);
+    const c = JSON.parse(line) as { pid: number; newSamples: Record<string, string[]> };
+    for (const [epoch, ids] of Object.entries(c.newSamples)) {
+      ledger.record(Number(epoch), ids);
+      byPid.set(c.pid, (byPid.get(c.pid) ?? 0) + ids.length);
+    }
   }
   expect(byPid.get(victim.proc.pid!)).toBeGreaterThan(0); // the victim committed work before it died
   expect(byPid.get(survivor.proc.pid!)).toBeGreaterThan(0);
   expect(ledger.check(0, expected)).toEqual({ ok: true, missing: [], duplicates: [], unexpected: [] });
-  expect(await pub.progress()).toEqual({ pending: 0, inFlight: 0, remaining: 0 });
+  expect(await pub.progress()).toEqual({ pending: 0, inFlight: 0, remaining: 0, exhausted: 0 });
   await pub.deleteStream();
 }, 120_000);

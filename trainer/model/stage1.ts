@@ -119,8 +119,9 @@ export interface Stage1Result {
   dispose(): void;
 }
 
-/** 0/1 mask [B,Sq,Sk] -> additive [B,1,Sq,Sk]. */
-export function maskTensor(mask: AttentionMask): tf.Tensor4D {
+/** 0/1 mask [B,Sq,Sk] -> additive [B,1,Sq,Sk]; undefined when nothing is masked (adding zeros changes nothing). */
+export function maskTensor(mask: AttentionMask): tf.Tensor4D | undefined {
+  if (mask.data.every((v) => v === 1)) return undefined;
   return tf.tidy(() => additiveMask(tf.tensor3d(mask.data, mask.shape, 'int32')));
 }
 
@@ -128,18 +129,19 @@ export function maskTensor(mask: AttentionMask): tf.Tensor4D {
 function queryPass(p: Params, config: Blip2Config, cross: Map<number, KeyValue>, batch: number) {
   const q = config.qformer;
   const h = embeddings(p, config, queryTokens(p, batch)); // [B,Q,H]
-  const selfMask = maskTensor(itcQueryMask(batch, q.num_query_tokens)); // [B,1,Q,Q], no effect (all ones)
+  const selfMask = maskTensor(itcQueryMask(batch, q.num_query_tokens)); // all ones: none
   const enc = qformerEncoder(p, config, h, { queryLength: q.num_query_tokens, cross, selfMask }); // [B,Q,H]
   const imageFeats = l2normalize(linear(p, 'vision_projection', enc.out)) as tf.Tensor3D; // [B,Q,E]
   return { queryOutput: enc.out, kv: enc.kv, imageFeats };
 }
 
 /** Text side of ITC: text-only bidirectional pass, pads masked; l2norm(text_projection([CLS] output)). */
-function textPass(p: Params, config: Blip2Config, inputIds: tf.Tensor2D, attentionMask: number[][]) {
+function textPass(p: Params, config: Blip2Config, inputIds: tf.Tensor2D, attentionMask: number[][], allRows = false) {
   const [b] = inputIds.shape;
   const H = config.qformer.hidden_size;
   const h = embeddings(p, config, undefined, inputIds); // [B,T,H]
-  const enc = qformerEncoder(p, config, h, { queryLength: 0, selfMask: maskTensor(itcTextMask(attentionMask)) }); // [B,T,H]
+  // Only the [CLS] row of the last layer is read (unless all rows are asked for, as activations).
+  const enc = qformerEncoder(p, config, h, { queryLength: 0, selfMask: maskTensor(itcTextMask(attentionMask)), lastLayerRows: allRows ? undefined : 1 }); // [B,T|1,H]
   const cls = tf.reshape(tf.slice(enc.out, [0, 0, 0], [b, 1, H]), [b, H]); // [B,H]
   const textFeat = l2normalize(linear(p, 'text_projection', cls)) as tf.Tensor2D; // [B,E]
   return { textOutput: enc.out, textFeat };
@@ -301,7 +303,7 @@ export function stage1Step(params: Params, config: Blip2Config, inputs: Stage1In
     const localEmbeds = () => (imageEmbeds.shape[0] === B ? imageEmbeds : (tf.slice(imageEmbeds, 0, B) as tf.Tensor3D));
 
     const qp = queryPass(p, config, cross ? selectImages(cross, { begin: 0, size: B }) : projectImage(p, config, localEmbeds()), B);
-    const tp = textPass(p, config, inputs.inputIds, attentionRows);
+    const tp = textPass(p, config, inputs.inputIds, attentionRows, options.activations);
     keep('imageFeats', qp.imageFeats);
     keep('textFeat', tp.textFeat);
 
@@ -346,8 +348,9 @@ export function stage1Step(params: Params, config: Blip2Config, inputs: Stage1In
       const h = embeddings(p, config, queryTokens(p, 3 * B), ids3); // [3B,Q+T,H]
       const selfMask = maskTensor(itmMask(mask3.arraySync(), Q)); // [3B,1,Q+T,Q+T]
       const itmCross = cross ? selectImages(cross, imageRows) : projectImage(p, config, tf.gather(imageEmbeds, imageRows) as tf.Tensor3D);
-      const enc = qformerEncoder(p, config, h, { queryLength: Q, selfMask, cross: itmCross });
-      const queryOut = tf.slice(enc.out, [0, 0, 0], [3 * B, Q, H]); // [3B,Q,H]
+      // Only the query rows of the last layer are read.
+      const enc = qformerEncoder(p, config, h, { queryLength: Q, selfMask, cross: itmCross, lastLayerRows: Q });
+      const queryOut = enc.out; // [3B,Q,H]
       const logits = tf.mean(linear(p, 'itm_head', queryOut), 1) as tf.Tensor2D; // [3B,2]
       keep('itmLogits', logits);
       const labels = tf.tensor1d([...positives.map(() => 1), ...positives.map(() => 0), ...positives.map(() => 0)], 'int32');
