@@ -37,7 +37,8 @@ function makeSum(stock: tf.KernelConfig, blas: NativeBlas): tf.KernelFunc {
       return out;
     }
     // [1, rows] · [rows, cols] → [1, cols]
-    blas.sgemm(onesOf(rows), heap.subarray(xAt, xAt + rows * cols), heap.subarray(outAt, outAt + cols), 1, cols, rows, false, false, 1, 0, 0);
+    const xRows = heap.subarray(xAt, xAt + rows * cols);
+    blas.sgemm(onesOf(rows), xRows, heap.subarray(outAt, outAt + cols), 1, cols, rows, false, false, 1, 0, 0);
     return out;
   };
 }
