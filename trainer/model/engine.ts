@@ -61,6 +61,7 @@ export interface EngineInfo {
 
 const log = createLogger('engine');
 let current: EngineInfo | undefined;
+let starting: Promise<EngineName> | undefined;
 
 function defaultThreads(): number {
   const cores = typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length;
@@ -176,6 +177,14 @@ async function tryCpu(): Promise<EngineInfo | undefined> {
  */
 export async function initEngine(options: EngineOptions = {}): Promise<EngineName> {
   if (current) return current.name;
+  // Concurrent first calls share one start-up (a second would start the backend twice).
+  starting ??= startEngine(options).finally(() => {
+    starting = undefined;
+  });
+  return starting;
+}
+
+async function startEngine(options: EngineOptions): Promise<EngineName> {
   const resolved = resolveEngineOptions(options);
   // Our BatchMatMul gradient (broadcasting, batch folding) serves every engine, so that all compute alike; the
   // stock-wasm baseline keeps the stock one.
