@@ -17,7 +17,22 @@ import { createServer, connect as tcpConnect, type Socket } from 'node:net';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { Command, InvalidArgumentError } from 'commander';
+import * as grpc from '@grpc/grpc-js';
 import { createCollectiveGroup, type CollectiveGroup } from '../collective';
+
+const passThrough = (b: Buffer) => b;
+/** A bare gRPC stream with the ring's settings (pass-through Buffers, big window): the gRPC stack's own limit. */
+const streamService: grpc.ServiceDefinition = {
+  Pull: {
+    path: '/blip2.bench.v1.Stream/Pull',
+    requestStream: true,
+    responseStream: true,
+    requestSerialize: passThrough,
+    requestDeserialize: passThrough,
+    responseSerialize: passThrough,
+    responseDeserialize: passThrough,
+  },
+};
 
 const MiB = 1024 * 1024;
 const selfPath = fileURLToPath(import.meta.url);
@@ -37,6 +52,8 @@ type Command_ =
   | { cmd: 'connect'; peers: { rank: number; host: string; port: number }[] }
   | { cmd: 'raw-listen' }
   | { cmd: 'raw-send'; host: string; port: number; bytes: number }
+  | { cmd: 'grpc-listen'; bytes: number; chunkBytes: number }
+  | { cmd: 'grpc-recv'; host: string; port: number; chunkBytes: number }
   | { cmd: 'allreduce'; elements: number; iters: number; warmup: number; fp16: boolean; op: BenchOp }
   | { cmd: 'exit' };
 
@@ -53,6 +70,7 @@ async function worker(a: WorkerArgs): Promise<void> {
   });
   reply({ port: group.address.port });
   let rawReceived: Promise<void> | null = null;
+  let grpcServer: grpc.Server | null = null;
   for await (const line of createInterface({ input: process.stdin })) {
     const c = JSON.parse(line) as Command_;
     if (c.cmd === 'connect') {
@@ -86,6 +104,47 @@ async function worker(a: WorkerArgs): Promise<void> {
         });
       });
       reply({ port: (server.address() as { port: number }).port });
+    } else if (c.cmd === 'grpc-listen') {
+      // Serves one stream that writes `bytes` in chunkBytes messages on the response side (as the ring does).
+      const server = new grpc.Server({ 'grpc.max_send_message_length': c.chunkBytes + 65536, 'grpc.max_receive_message_length': c.chunkBytes + 65536 });
+      server.addService(streamService, {
+        Pull: (call: grpc.ServerDuplexStream<Buffer, Buffer>) => {
+          const msg = Buffer.alloc(c.chunkBytes, 3);
+          let left = c.bytes;
+          const pump = () => {
+            while (left > 0) {
+              const n = Math.min(left, msg.length);
+              left -= n;
+              if (!call.write(n === msg.length ? msg : msg.subarray(0, n))) return void call.once('drain', pump);
+            }
+            call.end();
+          };
+          call.on('error', () => {});
+          pump();
+        },
+      });
+      const port = await new Promise<number>((resolve, reject) =>
+        server.bindAsync('0.0.0.0:0', grpc.ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))),
+      );
+      grpcServer = server;
+      reply({ port });
+    } else if (c.cmd === 'grpc-recv') {
+      const client = new grpc.Client(`${c.host}:${c.port}`, grpc.credentials.createInsecure(), {
+        'grpc-node.flow_control_window': 32 * MiB,
+        'grpc.max_receive_message_length': c.chunkBytes + 65536,
+      });
+      const t0 = process.hrtime.bigint();
+      const call = client.makeBidiStreamRequest('/blip2.bench.v1.Stream/Pull', passThrough, passThrough, new grpc.Metadata());
+      let got = 0;
+      call.on('data', (b: Buffer) => (got += b.length));
+      await new Promise<void>((resolve, reject) => {
+        call.on('status', (st: grpc.StatusObject) => (st.code === grpc.status.OK ? resolve() : reject(new Error(st.details))));
+        call.on('error', reject);
+      });
+      const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+      client.close();
+      grpcServer?.forceShutdown();
+      reply({ MBps: got / 1e6 / seconds });
     } else if (c.cmd === 'raw-send') {
       const s = tcpConnect(c.port, c.host);
       await once(s, 'connect');
@@ -288,6 +347,11 @@ async function main(): Promise<void> {
       return MBps;
     };
     const raw1 = await rawOnce();
+    const grpcOnce = async () => {
+      const { port } = await ranks[1]!.ask<{ port: number }>({ cmd: 'grpc-listen', bytes: o.rawMb * MiB, chunkBytes: o.chunkKb * 1024 });
+      const { MBps } = await ranks[0]!.ask<{ MBps: number }>({ cmd: 'grpc-recv', host: hosts[1]!, port, chunkBytes: o.chunkKb * 1024 });
+      return MBps;
+    };
 
     const machine = `${(await import('node:os')).cpus().length} CPUs, ${(await import('node:os')).cpus()[0]?.model ?? '?'}`;
     console.log(`# ring ${o.op} over gRPC: ${n} ranks, ${o.link ? `network namespaces, ${o.link} veth links` : 'loopback'}, ${o.fp16 ? 'fp16' : 'fp32'} on the wire, chunk ${o.chunkKb} KiB, ${o.streams} stream(s) per link, median of ${o.iters}; ${machine}`);
@@ -317,7 +381,9 @@ async function main(): Promise<void> {
       console.log(`# tcp: ${netns.names.map((ns, r) => `rank ${r}: ${stat(ns)}`).join('; ')}`);
     }
     const raw = Math.max(raw1, raw2);
+    const grpcStream = await grpcOnce();
     console.log(`raw_tcp_MBps ${raw.toFixed(0)} (two processes, same path; runs ${raw1.toFixed(0)} and ${raw2.toFixed(0)})`);
+    console.log(`grpc_stream_MBps ${grpcStream.toFixed(0)} (one gRPC stream, same processes and settings, ${o.chunkKb} KiB messages: the gRPC stack's own one-way limit)`);
     console.log(`busbw_MBps ${lastBus.toFixed(0)}`);
     console.log(`busbw_ratio ${(lastBus / raw).toFixed(3)}`);
     await Promise.all(ranks.map((r) => r.ask({ cmd: 'exit' })));
