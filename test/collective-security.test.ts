@@ -92,6 +92,8 @@ describe('collective authentication and generations', () => {
     await Promise.all([a.allReduce([x]), b.allReduce([y])]);
     expect(Array.from(x)).toEqual([11, 22, 33]);
     expect(Array.from(y)).toEqual([11, 22, 33]);
+    expect(a.stats().allReduce).toMatchObject({ calls: 1, bytes: 12 });
+    expect(a.stats().allReduce.seconds).toBeGreaterThan(0);
   });
 });
 

@@ -97,6 +97,21 @@ export interface ConnectOptions {
   peers: PeerAddress[];
 }
 
+/** Cumulative counters of completed collectives of one kind (for metrics such as bus bandwidth). */
+export interface CollectiveOpStats {
+  calls: number;
+  /** fp32 bytes: all-reduce, the tensors; all-gather, all blocks together; broadcast, the buffer. */
+  bytes: number;
+  seconds: number;
+}
+
+export interface CollectiveStats {
+  allReduce: CollectiveOpStats;
+  allGather: CollectiveOpStats;
+  broadcast: CollectiveOpStats;
+  barrier: CollectiveOpStats;
+}
+
 export interface AllReduceOptions {
   /** 'sum' (default) or 'mean'. With `weight`, 'mean' is Σ weight_r·x_r / Σ weight_r. */
   op?: 'sum' | 'mean';
@@ -115,6 +130,27 @@ export class CollectiveGroup {
   private viewState: RingView | null = null;
   private staging = new Float32Array(0);
   private closed = false;
+  private readonly counters: CollectiveStats = {
+    allReduce: { calls: 0, bytes: 0, seconds: 0 },
+    allGather: { calls: 0, bytes: 0, seconds: 0 },
+    broadcast: { calls: 0, bytes: 0, seconds: 0 },
+    barrier: { calls: 0, bytes: 0, seconds: 0 },
+  };
+
+  /**
+   * Counters of completed collectives since the group was created (busbw of all-reduce =
+   * bytes/seconds × 2(N-1)/N). A copy.
+   */
+  stats(): CollectiveStats {
+    return structuredClone(this.counters);
+  }
+
+  private count(kind: keyof CollectiveStats, bytes: number, startNs: bigint): void {
+    const c = this.counters[kind];
+    c.calls++;
+    c.bytes += bytes;
+    c.seconds += Number(process.hrtime.bigint() - startNs) / 1e9;
+  }
 
   private constructor(
     readonly options: ResolvedCollectiveGroupOptions,
@@ -205,6 +241,12 @@ export class CollectiveGroup {
     if (!Array.isArray(tensors) || tensors.some((t) => !(t instanceof Float32Array))) {
       throw new UsageError('allReduce: tensors must be an array of Float32Array');
     }
+    const start = process.hrtime.bigint();
+    await this.allReduceBuckets(tensors, opts);
+    this.count('allReduce', tensors.reduce((n, t) => n + t.byteLength, 0), start);
+  }
+
+  private async allReduceBuckets(tensors: Float32Array[], opts: AllReduceOptions): Promise<void> {
     const op = opts.op ?? 'sum';
     if (op !== 'sum' && op !== 'mean') throw new UsageError(`allReduce: op must be 'sum' or 'mean'; got ${JSON.stringify(op)}`);
     if (opts.weight !== undefined && (op !== 'mean' || !Number.isFinite(opts.weight) || opts.weight < 0)) {
@@ -272,7 +314,9 @@ export class CollectiveGroup {
     if (block.length % rowWidth !== 0) {
       throw new UsageError(`allGather: block of ${block.length} elements is not whole rows of width ${rowWidth}`);
     }
+    const start = process.hrtime.bigint();
     const blocks = await this.ring.allGather(block);
+    this.count('allGather', blocks.reduce((n, b) => n + b.byteLength, 0), start);
     blocks.forEach((b, r) => {
       if (b.length % rowWidth !== 0) {
         throw new CollectiveError(`allGather: rank ${r} sent ${b.length} elements, not whole rows of width ${rowWidth}`, 'mismatch', 'allGather', r, this.generation);
@@ -287,12 +331,16 @@ export class CollectiveGroup {
     if (!Number.isSafeInteger(root) || root < 0 || root >= this.worldSize) {
       throw new UsageError(`broadcast: root must be a rank in 0..${this.worldSize - 1}; got ${root}`);
     }
+    const start = process.hrtime.bigint();
     await this.ring.broadcast(data, root);
+    this.count('broadcast', data.byteLength, start);
   }
 
   /** Resolves once every rank of the generation has entered it. */
   async barrier(): Promise<void> {
+    const start = process.hrtime.bigint();
     await this.ring.barrier();
+    this.count('barrier', 0, start);
   }
 
   /**
