@@ -12,7 +12,7 @@
  *     counter-based generator keyed by (seed, step, global row), so they do not depend on the world shape; fixed
  *     negatives can be given instead (tests).
  *  4. Fetch negatives that live on other ranks: the requested global rows are all-gathered, then each rank sends
- *     the pre-`ln_vision` hidden states of its rows that anyone asked for (only those). The model applies
+ *     the pre-`ln_vision` hidden states of its rows that anyone asked for (only those); local negatives are reused. The model applies
  *     `ln_vision` locally to them, so the gradient w.r.t. `ln_vision` of a negative image is computed where it is
  *     used and summed by the all-reduce, the same as LAVIS's `all_gather_with_grad` sending it back to its owner
  *     (the ViT is frozen, so nothing flows further).
@@ -77,8 +77,14 @@ export interface Stage1LossInputs {
   globalBatch: number;
   /** Global index of this rank's first row (ITC targets are rankOffset + i). */
   rankOffset: number;
-  /** Per local row: the negative image's pre-ln_vision hidden states [batch, S, Dv] and negative text [batch, T]. */
-  negVisionHidden: Float32Array;
+  /**
+   * Per local row, the row of its negative image in [local visionHidden ; extraVisionHidden]: local negatives reuse
+   * the local rows, negatives owned by other ranks come as `extraVisionHidden` [K, S, Dv] (pre-ln_vision).
+   */
+  negImageRows: Int32Array;
+  extraVisionHidden: Float32Array;
+  extraRows: number;
+  /** Negative text of each local image: [batch, T] ids and mask. */
   negTextIds: Int32Array;
   negTextMask: Int32Array;
   normalisers: Stage1Normalisers;
@@ -234,10 +240,13 @@ export function sampleNegatives(
 
 const OBJECTIVES: Objective[] = ['itc', 'itm', 'itg'];
 
-/** One synchronous stage-1 step over the collective group; every rank calls it with its own batch. */
+/**
+ * One synchronous stage-1 step over the collective group; every rank calls it with its own batch (possibly empty).
+ * Returns null, on every rank, when the global batch is empty (no rank had data left).
+ */
 export async function distributedStage1Step(
   model: Stage1Model, coll: StepCollective, local: LocalBatch, negatives: NegativeChoice,
-): Promise<Stage1StepResult> {
+): Promise<Stage1StepResult | null> {
   const d = model.dims;
   const Q = d.numQueryTokens, E = d.embedDim, T = d.textLen, S = d.visionSeqLen, Dv = d.visionWidth;
   const b = local.batch;
@@ -275,7 +284,7 @@ export async function distributedStage1Step(
     return g.length / rowLen;
   });
   const B = batchSizes.reduce((a, c) => a + c, 0);
-  if (B === 0) throw new StepInputError('the global batch is empty on every rank');
+  if (B === 0) return null; // every rank is out of data: the epoch is over
   const rankOffset = batchSizes.slice(0, coll.rank).reduce((a, c) => a + c, 0);
   const allImageFeats = new Float32Array(B * Q * E);
   const allTextFeat = new Float32Array(B * E);
@@ -315,10 +324,14 @@ export async function distributedStage1Step(
     fb += now() - t0;
   }
 
-  // 4. Negative images from whichever rank holds them; negative texts from the gathered ids.
+  // 4. Negative images: local ones by row, the others fetched from their owners; negative texts from the gathered ids.
   t0 = now();
-  const negVisionHidden = await fetchRows(coll, local.visionHidden, visionRow, batchSizes, negImageIdx);
+  const localRange = (g: number) => g >= rankOffset && g < rankOffset + b;
+  const remote = [...new Set(Array.from(negImageIdx).filter((g) => !localRange(g)))].sort((x, y) => x - y);
+  const extraVisionHidden = await fetchRows(coll, local.visionHidden, visionRow, batchSizes, remote);
   comm += now() - t0;
+  const extraAt = new Map(remote.map((g, k) => [g, b + k]));
+  const negImageRows = Int32Array.from(negImageIdx, (g) => (localRange(g) ? g - rankOffset : extraAt.get(g)!));
   const negTextIds = new Int32Array(b * T);
   const negTextMask = new Int32Array(b * T);
   for (let i = 0; i < b; i++) {
@@ -337,7 +350,8 @@ export async function distributedStage1Step(
   const flat = new Float32Array(total + OBJECTIVES.length);
   if (b > 0) {
     const out = model.lossAndGrads({
-      batch: local, allImageFeats, allTextFeat, globalBatch: B, rankOffset, negVisionHidden, negTextIds, negTextMask, normalisers,
+      batch: local, allImageFeats, allTextFeat, globalBatch: B, rankOffset, negImageRows, extraVisionHidden, extraRows: remote.length,
+      negTextIds, negTextMask, normalisers,
     });
     for (const p of model.trainable) {
       const g = out.grads.get(p.name);
