@@ -373,7 +373,9 @@ export function stage1Step(params: Params, config: Blip2Config, inputs: Stage1In
   if (options.grads ?? true) {
     const names = options.trainable ?? trainableNames(config, 1);
     const xs = names.map((n) => param(params, n));
-    const r = tf.valueAndGrads(() => forward(params))(xs);
+    // The engine's `gradients` with allowNoGradients: parameters that the selected objectives do not reach (e.g.
+    // itm_head under ITC alone) get zero gradients instead of an error.
+    const r = tf.engine().gradients(() => forward(params), xs, undefined, true);
     totalTensor = r.value as tf.Scalar;
     names.forEach((n, i) => grads.set(n, r.grads[i] ?? tf.zerosLike(xs[i]!)));
   } else {
