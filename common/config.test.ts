@@ -39,10 +39,13 @@ describe('sources and precedence', () => {
   });
 
   test('JSON file, relative paths resolved against the file', () => {
-    const json = file('b.json', JSON.stringify({ job: { runDir: 'out' }, data: { datasets: [{ name: 'coco', format: 'coco', path: 'data/coco' }] } }));
-    const { config } = loadJobConfig({ file: json, env: {} });
+    const json = file('b.json', JSON.stringify({ job: { runDir: 'out' }, data: { root: 'data', datasets: ['coco', 'vg'] } }));
+    const { config } = loadJobConfig({ file: json, env: { BLIP2_DATA_WORKERS: '2' } });
     expect(config.job.runDir).toBe(join(dir, 'out'));
-    expect(config.data.datasets).toEqual([{ name: 'coco', format: 'coco', path: join(dir, 'data/coco') }]);
+    expect(config.data.root).toBe(join(dir, 'data'));
+    expect(config.data.tokenizer).toBe(join(dir, 'data', 'tokenizer.json'));
+    expect(config.data.datasets).toEqual(['coco', 'vg']);
+    expect(loadJobConfig({ env: { BLIP2_DATA_DATASETS: 'a, b' } }).config.data.datasets).toEqual(['a', 'b']);
   });
 
   test('overrides apply unless env or a flag sets the key', () => {
@@ -67,7 +70,7 @@ describe('strict validation names the key, the value and the rule', () => {
     [{ argv: ['--grpc.port', '70000'] }, /grpc\.port: must be a TCP port.*value was 70000/],
     [{ argv: ['--nats.url', 'http://x:4222'] }, /nats\.url: must be empty .*value was "http:\/\/x:4222"/],
     [{ argv: ['--metrics.enabled', 'yes'] }, /metrics\.enabled: must be true or false: value was "yes"/],
-    [{ argv: ['--data.datasets', '[{"name":"a","format":"tar","path":"x"}]'] }, /data\.datasets: entry 0 \(a\): format must be one of synth, webdataset, jsonl, csv, coco/],
+    [{ argv: ['--data.datasets', 'coco,co co'] }, /data\.datasets: dataset name "co co" must match/],
     [{ argv: ['--world.min', '5', '--world.max', '2'] }, /world\.min \(5\) must be <= world\.max \(2\)/],
     [{ argv: ['--membership.heartbeatMs', '900', '--membership.timeoutMs', '1000'] }, /membership\.timeoutMs \(1000\) must be at least twice/],
     [{ argv: ['--grpc.tls.certFile', 'a.pem'] }, /must be set together/],

@@ -18,20 +18,15 @@ import { UsageError } from './errors';
 export class ConfigError extends UsageError {}
 
 export type LogLevelName = 'debug' | 'info' | 'warn' | 'error';
-export type DatasetFormat = 'synth' | 'webdataset' | 'jsonl' | 'csv' | 'coco';
-
-/** One dataset of the job. `path` is a directory or file (relative paths are relative to the config file). */
-export interface DatasetSpec {
-  name: string;
-  format: DatasetFormat;
-  path: string;
-}
 
 export interface JobConfig {
   job: { id: string; token: string; runDir: string };
   node: { id: string };
   model: { preset: string; config: string; checkpoint: string };
-  data: { datasets: DatasetSpec[]; samplesPerShard: number; synthSamples: number; synthImageSize: number };
+  data: {
+    root: string; datasets: string[]; tokenizer: string; samplesPerShard: number; workers: number; ackWaitMs: number;
+    synthSamples: number; synthImageSize: number;
+  };
   train: { stage: number; batchSizePerTrainer: number; epochs: number; maxSteps: number; seed: number };
   optim: {
     lr: number; minLr: number; warmupLr: number; warmupSteps: number; schedule: 'cosine' | 'constant';
@@ -107,32 +102,17 @@ convict.addFormats({
       }
     },
   },
-  'dataset-list': {
-    name: 'dataset-list',
-    coerce: (v: unknown) => {
-      if (typeof v !== 'string') return v;
-      try {
-        return JSON.parse(v) as unknown;
-      } catch {
-        return v; // validate() then reports it, quoting the value
-      }
-    },
+  'dataset-names': {
+    name: 'dataset-names',
+    coerce: (v: unknown) => (typeof v === 'string' ? (v.trim() === '' ? [] : v.split(',').map((x) => x.trim())) : v),
     validate(v: unknown) {
-      if (!Array.isArray(v)) throw new Error('must be a list of {name, format, path}');
-      const formats = ['synth', 'webdataset', 'jsonl', 'csv', 'coco'];
-      const names = new Set<string>();
-      v.forEach((d: unknown, i: number) => {
-        if (typeof d !== 'object' || d === null || Array.isArray(d)) throw new Error(`entry ${i} must be an object {name, format, path}`);
-        const extra = Object.keys(d).filter((k) => !['name', 'format', 'path'].includes(k));
-        if (extra.length) throw new Error(`entry ${i} has unknown key(s) ${extra.join(', ')}: allowed are name, format, path`);
-        const { name, format, path } = d as Record<string, unknown>;
-        if (typeof name !== 'string' || !/^[A-Za-z0-9_-]{1,64}$/.test(name))
-          throw new Error(`entry ${i}: name must be 1-64 characters of A-Z, a-z, 0-9, "_" or "-"`);
-        if (names.has(name)) throw new Error(`entry ${i}: name "${name}" is used twice`);
-        names.add(name);
-        if (typeof format !== 'string' || !formats.includes(format)) throw new Error(`entry ${i} (${name}): format must be one of ${formats.join(', ')}`);
-        if (typeof path !== 'string' || (path === '' && format !== 'synth')) throw new Error(`entry ${i} (${name}): path must be a non-empty string`);
-      });
+      if (!Array.isArray(v)) throw new Error('must be a list of dataset names of the index (comma-separated in env and flags)');
+      const seen = new Set<string>();
+      for (const name of v) {
+        if (typeof name !== 'string' || !/^[A-Za-z0-9._-]+$/.test(name)) throw new Error(`dataset name ${JSON.stringify(name)} must match [A-Za-z0-9._-]+`);
+        if (seen.has(name)) throw new Error(`dataset name ${JSON.stringify(name)} is listed twice`);
+        seen.add(name);
+      }
     },
   },
 });
@@ -159,12 +139,19 @@ const schema = {
     checkpoint: { doc: 'Checkpoint directory to start from (weights only; step 0). Empty: fresh initialisation.', format: String, default: '' },
   },
   data: {
-    datasets: {
-      doc: 'Datasets: a list of {name, format: synth|webdataset|jsonl|csv|coco, path}. Empty: the synthetic dataset generated into the run dir.',
-      format: 'dataset-list', default: [] as DatasetSpec[],
+    root: {
+      doc: 'Data folder holding index.json (written by `blip2 data index` or `blip2 data synth`). Empty: the synthetic dataset, generated into <runDir>/data.',
+      format: String, default: '',
     },
-    samplesPerShard: { doc: 'Samples per shard descriptor.', format: 'int-positive', default: 16 },
-    synthSamples: { doc: 'Samples of the synthetic dataset when it is generated.', format: 'int-positive', default: 128 },
+    datasets: {
+      doc: 'Names of the index\'s datasets to train on (comma-separated in env and flags). Empty: every dataset whose split is not val or test.',
+      format: 'dataset-names', default: [] as string[],
+    },
+    tokenizer: { doc: 'tokenizer.json of the captions. Empty: <data.root>/tokenizer.json.', format: String, default: '' },
+    samplesPerShard: { doc: 'Most samples in one shard descriptor (larger shards are split into ranges).', format: 'int-positive', default: 16 },
+    workers: { doc: 'Image transform worker threads per trainer.', format: 'int-nonneg', default: 1 },
+    ackWaitMs: { doc: 'A shard descriptor held this long without a sign of life is redelivered to another trainer.', format: 'int-positive', default: 60_000 },
+    synthSamples: { doc: 'Samples of the synthetic dataset when it is generated (train + val).', format: 'int-positive', default: 128 },
     synthImageSize: { doc: 'Side in pixels of the synthetic images.', format: 'int-positive', default: 32 },
   },
   train: {
@@ -393,7 +380,8 @@ export function loadJobConfig(o: LoadJobConfigOptions = {}): LoadedJobConfig {
   c.model.checkpoint = abs(c.model.checkpoint);
   c.nats.credsFile = abs(c.nats.credsFile);
   c.grpc.tls = { certFile: abs(c.grpc.tls.certFile), keyFile: abs(c.grpc.tls.keyFile), caFile: abs(c.grpc.tls.caFile) };
-  c.data.datasets = c.data.datasets.map((d) => ({ ...d, path: abs(d.path) }));
+  c.data.root = c.data.root ? abs(c.data.root) : join(c.job.runDir, 'data');
+  c.data.tokenizer = c.data.tokenizer ? abs(c.data.tokenizer) : join(c.data.root, 'tokenizer.json');
   if (!c.node.id) c.node.id = `${hostname()}-${process.pid}`;
   if (!c.grpc.advertiseHost) c.grpc.advertiseHost = c.grpc.host;
 

@@ -9,7 +9,7 @@
  *     with compare-and-set; on a revision conflict re-read the state and go to 2; 5. run the actions.
  */
 import { timingSafeEqual } from 'node:crypto';
-import type { Msg, NatsConnection, Subscription } from '@nats-io/nats-core';
+import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
 import { createLogger, type Logger } from '../common';
 import { CoordinatorMetrics } from './metrics';
 import { initialState, step, type JobAction, type JobEvent, type ProtocolOptions } from './protocol';

@@ -3,7 +3,7 @@
  * and commits by watching the job state in NATS KV, send requests (failure, commit, epochDone, leave) to the
  * coordinator. Requests retry while no coordinator answers (it may be restarting) and are idempotent there.
  */
-import type { NatsConnection } from '@nats-io/nats-core';
+import type { NatsConnection } from '@nats-io/transport-node';
 import { Blip2Error, createLogger, type Logger } from '../common';
 import { assignmentOf } from './protocol';
 import { JobStore } from './store';

@@ -2,7 +2,7 @@
  * The job state in NATS KV: one JSON value under `state` in bucket `blip2-job-<jobId>`, written only with
  * compare-and-set on the entry's revision (the fencing token), so two writers can never both win.
  */
-import type { NatsConnection } from '@nats-io/nats-core';
+import type { NatsConnection } from '@nats-io/transport-node';
 import { Kvm, type KV } from '@nats-io/kv';
 import { Blip2Error } from '../common';
 import { jobSubjects, type JobState } from './types';
