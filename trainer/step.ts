@@ -379,3 +379,27 @@ export async function distributedStage1Step(
     allReduceBytes: flat.byteLength, allReduceSeconds,
   };
 }
+
+/** The step's view of a collective group from trainer/collective (sum all-reduce in place, variable all-gather). */
+export function collectiveAdapter(group: {
+  readonly rank: number;
+  readonly worldSize: number;
+  allGather(block: Float32Array): Promise<Float32Array[]>;
+  allReduce(tensors: Float32Array[], opts?: { op?: 'sum' | 'mean' }): Promise<void>;
+  broadcast(data: Float32Array, root: number): Promise<void>;
+}): StepCollective & { broadcast(data: Float32Array, root: number): Promise<void> } {
+  return {
+    get rank() {
+      return group.rank;
+    },
+    get worldSize() {
+      return group.worldSize;
+    },
+    allGather: (block) => group.allGather(block),
+    async allReduce(data) {
+      await group.allReduce([data], { op: 'sum' });
+      return data;
+    },
+    broadcast: (data, root) => group.broadcast(data, root),
+  };
+}
