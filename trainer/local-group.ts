@@ -4,7 +4,7 @@
  * algorithm be tested without a network (the gRPC collectives are tested across processes elsewhere).
  * Operations must be called in the same order on every member, as with any collective.
  */
-import type { StepCollective } from './step';
+import type { LoopCollective } from './loop';
 
 interface Pending {
   blocks: (Float32Array | undefined)[];
@@ -12,7 +12,7 @@ interface Pending {
   resolve: (() => void)[];
 }
 
-export function createLocalGroup(worldSize: number): StepCollective[] {
+export function createLocalGroup(worldSize: number): LoopCollective[] {
   if (!Number.isInteger(worldSize) || worldSize < 1) throw new RangeError(`worldSize ${worldSize} must be an integer ≥ 1`);
   const ops = new Map<number, Pending>();
   const exchange = async (rank: number, op: number, block: Float32Array): Promise<Float32Array[]> => {
@@ -40,6 +40,10 @@ export function createLocalGroup(worldSize: number): StepCollective[] {
         // Sum in rank order on every member, so that all members get bit-identical results.
         for (const b of blocks) for (let i = 0; i < out.length; i++) out[i]! += b[i]!;
         return out;
+      },
+      async broadcast(data: Float32Array, root: number) {
+        const blocks = await exchange(rank, op++, data);
+        data.set(blocks[root]!);
       },
     };
   });
