@@ -27,7 +27,7 @@ function sampleState(step = 7): CheckpointState {
   return {
     step, epoch: 1, stepInEpoch: 2, params, optimizer: opt.state(), optimizerOptions: opt.options,
     rng: { seed: 42 }, cursors: { 'coco/shard-0003': 17 }, ackedShards: ['coco/shard-0001'], configHash: 'abc123',
-    parent: 'step-00000005', extra: { generation: 3 },
+    parent: 'step-00000005', extra: { generation: 3 }, files: { 'ledger.json': '{"0":["a","b"]}' },
   };
 }
 
@@ -37,7 +37,7 @@ describe('checkpoint', () => {
     const dir = writeCheckpoint(root, s);
     expect(dir).toBe(join(root, 'step-00000007'));
     expect(readdirSync(root)).toEqual(['step-00000007']);
-    expect(readdirSync(dir).sort()).toEqual([META_FILE, MODEL_FILE, OPTIMIZER_FILE].sort());
+    expect(readdirSync(dir).sort()).toEqual([META_FILE, MODEL_FILE, OPTIMIZER_FILE, 'ledger.json'].sort());
     const r = readCheckpoint(dir, { configHash: 'abc123', params: [...s.params].map(([name, p]) => ({ name, shape: p.shape })) });
     expect(r.step).toBe(7);
     expect(r.epoch).toBe(1);
@@ -48,6 +48,7 @@ describe('checkpoint', () => {
     expect(r.ackedShards).toEqual(['coco/shard-0001']);
     expect(r.parent).toBe('step-00000005');
     expect(r.extra).toEqual({ generation: 3 });
+    expect(r.files).toEqual({ 'ledger.json': '{"0":["a","b"]}' });
     expect(r.optimizerOptions).toEqual(s.optimizerOptions);
     for (const [name, p] of s.params) {
       expect(r.params.get(name)!.shape).toEqual(p.shape);
@@ -87,6 +88,9 @@ describe('checkpoint', () => {
     expect(() => readCheckpoint(dir)).toThrow(new RegExp(`${f}: not valid JSON`));
     writeFileSync(f, text);
     expect(readCheckpoint(dir).step).toBe(7);
+    writeFileSync(join(dir, 'ledger.json'), '{"0":["a","c"]}');
+    expect(() => readCheckpoint(dir)).toThrow(new RegExp(`${join(dir, 'ledger.json')}: sha256 .* \\(corrupted\\)`));
+    writeFileSync(join(dir, 'ledger.json'), '{"0":["a","b"]}');
     rmSync(join(dir, MODEL_FILE));
     expect(() => readCheckpoint(dir)).toThrow(new RegExp(`${join(dir, MODEL_FILE)}: cannot read checkpoint file`));
   });

@@ -5,7 +5,8 @@
  *     model.safetensors      trainable parameters, float32, under their checkpoint (Hugging Face) names
  *     optimizer.safetensors  AdamW moments: `exp_avg.<name>`, `exp_avg_sq.<name>`
  *     checkpoint.json        step, epoch, RNG state, data cursors, config hash, parent, optimiser step and options,
- *                            the size and sha256 of both tensor files, and its own sha256 (field `sha256`)
+ *                            the size and sha256 of every other file, and its own sha256 (field `sha256`)
+ *     ledger.json …          optional further files (`files`), checksummed the same way
  *
  * Writing: everything goes into a temporary sibling directory (`.step-…tmp-<pid>-<n>`), each file is fsynced, then
  * the directory is renamed into place and the root fsynced, so a reader never sees a half-written checkpoint.
@@ -61,6 +62,8 @@ export interface CheckpointState {
   parent: string | null;
   /** Anything else the loop wants to keep (JSON). */
   extra?: Record<string, unknown>;
+  /** Further files written into the checkpoint directory (checksummed like the tensors), e.g. `ledger.json`. */
+  files?: Record<string, string>;
 }
 
 interface FileEntry {
@@ -179,6 +182,13 @@ export function writeCheckpoint(root: string, state: CheckpointState, options: W
       [OPTIMIZER_FILE]: { bytes: optimBytes.byteLength, sha256: sha256(optimBytes) },
     },
   };
+  const extraFiles = Object.entries(state.files ?? {});
+  for (const [name, text] of extraFiles) {
+    if (!/^[A-Za-z0-9._-]+$/.test(name) || [MODEL_FILE, OPTIMIZER_FILE, META_FILE].includes(name)) {
+      throw new CheckpointError(`checkpoint file name "${name}" is invalid or reserved`);
+    }
+    body.files[name] = { bytes: Buffer.byteLength(text, 'utf8'), sha256: sha256(text) };
+  }
   const meta: CheckpointMeta = { ...body, sha256: metaDigest(body) };
 
   const tmp = join(absRoot, `.${base}.tmp-${process.pid}-${++tmpCounter}`);
@@ -187,6 +197,7 @@ export function writeCheckpoint(root: string, state: CheckpointState, options: W
   try {
     writeFileSynced(join(tmp, MODEL_FILE), modelBytes);
     writeFileSynced(join(tmp, OPTIMIZER_FILE), optimBytes);
+    for (const [name, text] of extraFiles) writeFileSynced(join(tmp, name), text);
     writeFileSynced(join(tmp, META_FILE), JSON.stringify(meta, null, 1) + '\n');
     fsyncDir(tmp);
     let name = base;
@@ -252,7 +263,7 @@ export interface ReadCheckpointOptions {
 }
 
 /** Reads a checkpoint directory, verifying every checksum and shape before returning anything. */
-export function readCheckpoint(dir: string, options: ReadCheckpointOptions = {}): CheckpointState & { dir: string; meta: CheckpointMeta } {
+export function readCheckpoint(dir: string, options: ReadCheckpointOptions = {}): CheckpointState & { dir: string; meta: CheckpointMeta; files: Record<string, string> } {
   const abs = resolve(dir);
   const meta = readCheckpointMeta(abs);
   const metaPath = join(abs, META_FILE);
@@ -295,6 +306,10 @@ export function readCheckpoint(dir: string, options: ReadCheckpointOptions = {})
       );
     }
   }
+  const files: Record<string, string> = {};
+  for (const name of Object.keys(meta.files)) {
+    if (name !== MODEL_FILE && name !== OPTIMIZER_FILE) files[name] = readVerified(abs, name, meta.files[name]).toString('utf8');
+  }
   const params = new Map<string, ParamValue>();
   const expAvg = new Map<string, Float32Array>();
   const expAvgSq = new Map<string, Float32Array>();
@@ -318,6 +333,7 @@ export function readCheckpoint(dir: string, options: ReadCheckpointOptions = {})
     configHash: meta.configHash,
     parent: meta.parent,
     extra: meta.extra,
+    files,
   };
 }
 

@@ -8,8 +8,9 @@
  *     `distributedStage1Step` (a rank out of data takes part with an empty batch), then the same AdamW update on
  *     every rank (the all-reduced gradient is bit-identical everywhere, so parameters stay identical).
  *  3. Every `checkpointEvery` steps, at `maxSteps` and at the end of an epoch, a commit: ranks all-gather their shard
- *     cursors, finished shards and trained sample ids; rank 0 writes the checkpoint and proposes the commit; all
- *     wait until it is recorded, then ack the shards it contains (exactly-once: a shard is acked only when a
+ *     cursors, finished shards and trained sample ids; rank 0 writes the checkpoint (with `ledger.json`: the sample
+ *     ids of every epoch in the committed model, cumulative along the chain of parents) and proposes the commit;
+ *     all wait until it is recorded, then ack the shards it contains (exactly-once: a shard is acked only when a
  *     committed checkpoint contains all of its samples).
  *  4. The epoch ends when a step finds every rank without data and rank 0 sees the shard queue empty with no lease
  *     held outside this generation (a lease of a lost trainer comes back after the queue's ack wait).
@@ -176,11 +177,14 @@ export async function runGeneration<L extends TrainLease>(
   let step: number, epoch: number, stepInEpoch: number;
   let lastCommit: CommitRecord | null = g.restore;
   let values: Map<string, Float32Array>;
+  /** Sample ids in the committed model, per epoch (`ledger.json` of every checkpoint, cumulative along parents). */
+  let ledger: Record<string, string[]> = {};
   if (g.restore) {
     const t0 = performance.now();
     const ck = readCheckpoint(g.restore.checkpointDir, { configHash: o.configHash, params: runtime.trainable });
     values = new Map([...ck.params].map(([k, v]) => [k, v.data]));
     optimizer.loadState(ck.optimizer);
+    if (ck.files['ledger.json']) ledger = JSON.parse(ck.files['ledger.json']) as Record<string, string[]>;
     step = ck.step;
     if (g.epoch === ck.epoch) {
       epoch = ck.epoch;
@@ -239,6 +243,7 @@ export async function runGeneration<L extends TrainLease>(
       delete cursors[id];
     }
     const ids = all.flatMap((r) => r.samples);
+    const nextLedger = { ...ledger, [epoch]: [...(ledger[epoch] ?? []), ...ids] };
     if (g.rank === 0) {
       const t0 = performance.now();
       const s = optimizer.state();
@@ -248,6 +253,7 @@ export async function runGeneration<L extends TrainLease>(
         optimizer: s, optimizerOptions: optimizer.options, rng: { seed: o.seed, scheme: 'counter(seed, step, global row)' },
         cursors, ackedShards: [...acked], configHash: o.configHash, parent,
         extra: { generation: g.generation, worldSize: g.worldSize, samples: { epoch, ids } },
+        files: { 'ledger.json': JSON.stringify(nextLedger) },
       });
       core.metrics?.observeCheckpoint('write', (performance.now() - t0) / 1000);
       await g.commits.propose({
@@ -266,6 +272,7 @@ export async function runGeneration<L extends TrainLease>(
     core.metrics?.setShardsPending(g.data.heldLeases());
     if (g.rank === 0 && o.ledgerPath && ids.length) appendFileSync(o.ledgerPath, JSON.stringify({ epoch, step, ids }) + '\n');
     lastCommit = committed;
+    ledger = nextLedger;
     parent = basename(committed.checkpointDir);
     samplesCommitted += ids.length;
     samplesSinceCommit = [];

@@ -95,6 +95,9 @@ describe('resume from a checkpoint', () => {
       const expected = planEpoch({ index, epoch: e, seed: 11, shardSizeSamples: 5 }).reduce((n, d) => n + d.end - d.start, 0);
       expect(ids.length).toBe(expected);
       expect(new Set(ids).size).toBe(expected);
+      // The final checkpoint's ledger.json (cumulative along its parents) says the same.
+      const cumulative = JSON.parse(readFileSync(join(jb.job.committed!.checkpointDir, 'ledger.json'), 'utf8')) as Record<string, string[]>;
+      expect([...cumulative[e]!].sort()).toEqual([...ids].sort());
     }
   });
 });
