@@ -269,7 +269,7 @@ export class Coordinator {
     m.committedStep.set(s.committed?.step ?? 0);
     const acked = s.committed?.epoch === s.epoch ? s.committed.ackedShards.length : 0;
     m.syncLedger(s.ledger.commits, s.ledger.shardsAcked);
-    m.shardsPending.set(s.publishedEpoch === s.epoch ? Math.max(0, s.epochShards - acked) : 0);
+    m.shardsUncommitted.set(s.publishedEpoch === s.epoch ? Math.max(0, s.epochShards - acked) : 0);
     m.samplesCommitted.set(s.ledger.samplesCommitted);
     m.finished.set(s.status === 'finished' ? 1 : 0);
   }

@@ -154,7 +154,8 @@ export class JobMember {
     this.closed = true;
     if (this.heartbeat) clearInterval(this.heartbeat);
     try {
-      await this.request({ type: 'leave', token: this.o.token, nodeId: this.o.nodeId }, 5000);
+      // A finished job has no members to leave (and its coordinator may be gone).
+      if (this.state?.status !== 'finished') await this.request({ type: 'leave', token: this.o.token, nodeId: this.o.nodeId }, 5000);
     } finally {
       this.close();
     }

@@ -7,7 +7,7 @@ export class CoordinatorMetrics {
   readonly generation: Gauge;
   readonly epoch: Gauge;
   readonly committedStep: Gauge;
-  readonly shardsPending: Gauge;
+  readonly shardsUncommitted: Gauge;
   readonly samplesCommitted: Gauge;
   readonly finished: Gauge;
   readonly shardsAcked: Counter;
@@ -23,7 +23,8 @@ export class CoordinatorMetrics {
     this.generation = gauge('generation', 'Current generation (increases whenever the world changes).');
     this.epoch = gauge('epoch', 'Epoch being trained.');
     this.committedStep = gauge('committed_step', 'Step of the last committed checkpoint.');
-    this.shardsPending = gauge('shards_pending', 'Shard descriptors of the current epoch not yet in a committed checkpoint.');
+    // blip2_coordinator_shards_pending / _in_flight (JetStream's view) come from the dataloader's ShardPublisher.
+    this.shardsUncommitted = gauge('shards_uncommitted', 'Shard descriptors of the current epoch not yet in a committed checkpoint.');
     this.samplesCommitted = gauge('samples_committed', 'Samples trained in the last committed checkpoint since the job began.');
     this.finished = gauge('job_finished', '1 once the job has finished.');
     this.shardsAcked = counter('shards_acked_total', 'Shard descriptors committed (and released for ack).');

@@ -1,5 +1,5 @@
 // Types of the job protocol shared by the coordinator and the membership client (see JOB-CONTRACT).
-import { Blip2Error } from '../common';
+import { Blip2Error, UsageError } from '../common';
 
 export interface PeerInfo {
   rank: number;
@@ -95,7 +95,7 @@ export function jobSubjects(jobId: string) {
 }
 
 /** The job token was refused: fix the configuration (job.token); retrying does not help. */
-export class AuthError extends Blip2Error {}
+export class AuthError extends UsageError {}
 /** The job has finished: the trainer exits 0. */
 export class JobFinishedError extends Blip2Error {}
 /** The generation changed while waiting for something of the old one: abort the step, wait for the next assignment. */
