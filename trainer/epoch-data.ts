@@ -194,6 +194,13 @@ export class JetStreamEpochData implements EpochData<LeasedShard> {
             this.log.error('descriptor rejected (terminated)', { seq: msg.seq, error: (e as Error).message });
             continue;
           }
+          if ([...this.held].some((l) => l.descriptor.id === d.id)) {
+            // The server can hand out a message again while an earlier delivery is still held here (a nack of a
+            // previous generation's delivery racing with its redelivery). Training it twice would break
+            // exactly-once: leave this copy alone; it disappears when the held lease is acked.
+            this.log.warn('descriptor delivered again while held: ignoring the copy', { id: d.id, seq: msg.seq, deliveryCount: msg.info.deliveryCount });
+            continue;
+          }
           const lease = new LeasedShard(d, msg, heartbeatMs, opts.cursorFor(d), (l) => this.held.delete(l));
           if (d.epoch < epoch || opts.skip(d) || lease.cursor >= d.end) {
             // Already committed (an ack that did not reach the server before a failure), or a stale epoch.

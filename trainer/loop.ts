@@ -170,7 +170,10 @@ export async function runGeneration<L extends TrainLease>(
   const log = (core.log ?? createLogger('trainer')).child({ generation: g.generation, rank: g.rank });
   const names = runtime.trainable.map((p) => p.name);
   const checkAbort = () => {
-    if (g.signal?.aborted) throw new GenerationAbortedError(`generation ${g.generation} was aborted (${String(g.signal.reason ?? 'membership changed')})`);
+    if (g.signal?.aborted) {
+      const why = g.signal.reason instanceof Error ? g.signal.reason.message : String(g.signal.reason ?? 'membership changed');
+      throw new GenerationAbortedError(`generation ${g.generation} was aborted (${why})`);
+    }
   };
 
   // 1. State.
@@ -243,6 +246,13 @@ export async function runGeneration<L extends TrainLease>(
       delete cursors[id];
     }
     const ids = all.flatMap((r) => r.samples);
+    const seen = new Set<string>();
+    const twice = ids.filter((id) => (seen.has(id) ? true : (seen.add(id), false)));
+    if (twice.length) {
+      // Only possible when a lease expired while its rank was still training it (the queue's ack wait shorter than
+      // a step), so that the queue handed it out again.
+      log.error('samples trained twice since the last commit: raise data.ackWaitMs above the longest step', { samples: twice.slice(0, 5), count: twice.length });
+    }
     const nextLedger = { ...ledger, [epoch]: [...(ledger[epoch] ?? []), ...ids] };
     if (g.rank === 0) {
       const t0 = performance.now();

@@ -5,6 +5,8 @@
  *  2. Start the gRPC collective server, connect to NATS and join the job with the job token.
  *  3. For every assignment (generation): connect the collective ring, restore the commit or receive rank 0's
  *     parameters, train (trainer/loop.ts), checkpoint and commit with the coordinator, ack shards after commits.
+ *     Heartbeats go out from a worker thread (trainer/heartbeat-worker.mjs), so long synchronous steps do not make
+ *     the coordinator declare a busy trainer lost.
  *  4. A collective failure is reported to the coordinator; a generation change aborts the step (pending collectives
  *     fail as the ring re-connects); either way the trainer waits for its next assignment and restores the commit.
  *  5. Exit 0 when the job finishes; 2 on bad input (config, token); 1 on any other failure.
@@ -22,6 +24,7 @@ import { CollectiveError, createCollectiveGroup, type CollectiveGroup } from './
 import { createTrainerCore } from './core';
 import { JetStreamEpochData } from './epoch-data';
 import { GenerationAbortedError, runGeneration, type CommitChannel } from './loop';
+import { startHeartbeat } from './heartbeat';
 import { createTrainerMetrics } from './metrics';
 import { engineName, initEngine, tf } from './model';
 import type { EngineName } from './model/engine';
@@ -104,6 +107,7 @@ runProcess('trainer', async () => {
     throw e;
   }
   log.info('joined', { generation: member.generation });
+  const heartbeat = await startHeartbeat(config, address);
 
   let stopping = false;
   const stopController = new AbortController();
@@ -145,13 +149,13 @@ runProcess('trainer', async () => {
       log.info('assignment', { generation: a.generation, rank: a.rank, worldSize: a.worldSize, epoch: a.epoch, restore: a.restore?.step ?? null });
 
       const abort = new AbortController();
-      const onStop = () => abort.abort('stopping');
+      const onStop = () => abort.abort(new GenerationAbortedError('the trainer is stopping'));
       stopController.signal.addEventListener('abort', onStop);
       // A generation change: stop between steps, and make a collective that is waiting on the old ring fail now
       // (re-connecting the ring for the next generation closes the old links).
       const off = member.onGenerationChange((generation) => {
         if (generation === a.generation || abort.signal.aborted) return;
-        abort.abort(`generation ${a.generation} -> ${generation}`);
+        abort.abort(new GenerationAbortedError(`generation ${a.generation} -> ${generation}`));
         void member.waitForAssignment(a.generation, stopController.signal).then((next) => {
           if (!running || early || next.generation <= a.generation) return;
           const c = group.connect(ringOf(next)); // fails whatever collective still waits on the old ring
@@ -218,6 +222,7 @@ runProcess('trainer', async () => {
     code = e instanceof UsageError ? 2 : 1;
     throw e;
   } finally {
+    await heartbeat.stop().catch(() => undefined);
     if (stopping) await member.leave().catch(() => undefined);
     else member.close();
     await group.close().catch(() => undefined);
