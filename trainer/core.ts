@@ -3,10 +3,11 @@
  * tokenizer, the frozen ViT, the trainable parameters' runtime, AdamW and the learning-rate schedule.
  */
 import { createHash } from 'node:crypto';
-import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { createLogger, UsageError, type Logger } from '../common';
 import { CaptionTokenizer } from '../dataloader';
+import { META_FILE, MODEL_FILE, readCheckpoint } from './checkpoint';
 import type { TrainerCore, VisionEncoder } from './loop';
 import type { TrainerMetrics } from './metrics';
 import {
@@ -57,17 +58,26 @@ export interface BuiltTrainerCore extends TrainerCore {
   dispose(): void;
 }
 
-function weightFiles(path: string): string[] {
+/** Weights to start from: a file, a folder of safetensors, or a trainer checkpoint (verified; its trainable part). */
+function weightFiles(path: string): { files: string[]; trainerCheckpoint: boolean } {
   let st;
   try {
     st = statSync(path);
   } catch (e) {
     throw new UsageError(`model.checkpoint ${path}: ${(e as Error).message}`);
   }
-  if (!st.isDirectory()) return [path];
+  if (!st.isDirectory()) return { files: [path], trainerCheckpoint: false };
+  if (existsSync(join(path, META_FILE))) {
+    try {
+      readCheckpoint(path); // every checksum, before anything is used
+    } catch (e) {
+      throw new UsageError(`model.checkpoint ${path}: ${(e as Error).message}`);
+    }
+    return { files: [join(path, MODEL_FILE)], trainerCheckpoint: true };
+  }
   const files = readdirSync(path).filter((f) => f.endsWith('.safetensors')).map((f) => join(path, f));
   if (!files.length) throw new UsageError(`model.checkpoint ${path}: the folder holds no .safetensors file`);
-  return files;
+  return { files, trainerCheckpoint: false };
 }
 
 /** The preset (or config file) with the Q-Former's vocabulary and special token ids taken from the tokenizer. */
@@ -101,10 +111,13 @@ export async function createTrainerCore(o: TrainerCoreOptions): Promise<BuiltTra
   const base = o.modelConfigFile ? (JSON.parse(readFileSync(o.modelConfigFile, 'utf8')) as Blip2Config) : presetConfig(o.preset);
   const tokenizer = CaptionTokenizer.fromFile(o.tokenizerPath, { maxLength: base.qformer.max_txt_len });
   const config = modelConfigFor(o.preset, o.modelConfigFile, tokenizer);
-  const files = o.weights ? weightFiles(o.weights) : undefined;
+  const weights = o.weights ? weightFiles(o.weights) : undefined;
+  const files = weights?.files;
 
+  // The frozen ViT: from the weights file(s), or (fresh start, or a trainer checkpoint, which holds only the
+  // trainable parameters) generated from the seed, as the run that wrote the checkpoint did.
   let vision: VisionBackbone;
-  if (files) vision = VisionBackbone.load(files, config);
+  if (files && !weights.trainerCheckpoint) vision = VisionBackbone.load(files, config);
   else {
     const vp = createParams(config, o.seed, { groups: ['vision'] });
     vision = await VisionBackbone.fromParams(vp, config, { fp16: true });

@@ -176,10 +176,11 @@ export class JetStreamEpochData implements EpochData<LeasedShard> {
 
   open(epoch: number, opts: OpenOptions) {
     const heartbeatMs = Math.max(50, Math.floor(this.o.ackWaitMs / 3));
+    let streamClosed = false;
     const source: ShardSource<LeasedShard> = {
       next: async () => {
         const consumer = await this.getConsumer();
-        while (!this.closed) {
+        while (!this.closed && !streamClosed) {
           const msg = await consumer.next({ expires: Math.max(1000, this.o.pollMs ?? 1000) });
           if (!msg) {
             const info = await consumer.info(false);
@@ -213,7 +214,8 @@ export class JetStreamEpochData implements EpochData<LeasedShard> {
             lease.nak(1000);
             return null;
           }
-          if (this.closed) {
+          if (this.closed || streamClosed) {
+            // A pull that was in flight when the stream closed: hand the lease straight back.
             lease.nak();
             return null;
           }
@@ -224,7 +226,14 @@ export class JetStreamEpochData implements EpochData<LeasedShard> {
         return null;
       },
     };
-    return openStream(source, this.o);
+    const stream = openStream(source, this.o);
+    return {
+      next: stream.next,
+      close: async () => {
+        streamClosed = true;
+        await stream.close();
+      },
+    };
   }
 
   async queueState() {

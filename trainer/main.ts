@@ -20,6 +20,7 @@ import {
 import { shardQueueOptions } from '../coordinator/epochs';
 import { connectJobNats } from '../coordinator/nats';
 import { loadProcessConfig, runProcess } from '../coordinator/process';
+import { CheckpointError } from './checkpoint';
 import { CollectiveError, createCollectiveGroup, type CollectiveGroup } from './collective';
 import { createTrainerCore } from './core';
 import { JetStreamEpochData } from './epoch-data';
@@ -210,6 +211,7 @@ runProcess('trainer', async () => {
           reason = 'generation_change';
           continue;
         }
+        if (e instanceof CheckpointError) throw new UsageError(`cannot restore the committed checkpoint: ${e.message}`);
         throw e;
       } finally {
         off();
