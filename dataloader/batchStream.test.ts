@@ -1,9 +1,9 @@
-import { cpSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdirSync, readFileSync, writeFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
 import { Registry } from 'prom-client';
-import { beforeAll, describe, expect, test } from 'vitest';
+import { beforeAll, describe, expect, test, afterAll } from 'vitest';
 import { createBatchStream, localShardSource, swapLeftRight, type Batch, type ShardLease } from './batchStream';
 import { buildIndex, loadIndex, type DatasetIndex } from './datasetIndex';
 import type { ShardDescriptor } from './descriptor';
@@ -12,6 +12,11 @@ import { SampleLedger } from './ledger';
 import { planEpoch } from './plan';
 import { writeSynthDataset } from './synth';
 import { CaptionTokenizer } from './tokenizer';
+
+const tempDirs: string[] = [];
+const tempDir = (prefix: string) => { const d = mkdtempSync(join(tmpdir(), prefix)); tempDirs.push(d); return d; };
+afterAll(() => { for (const d of tempDirs) rmSync(d, { recursive: true, force: true }); });
+
 
 const SIDE = 16;
 
@@ -27,7 +32,7 @@ async function skipped(registry: Registry): Promise<Record<string, number>> {
 }
 
 describe('batch stream over the synthetic dataset', () => {
-  const root = mkdtempSync(join(tmpdir(), 'blip2-bs-'));
+  const root = tempDir('blip2-bs-');
   let index: DatasetIndex;
   let tokenizer: CaptionTokenizer;
   let trainIds: string[];
@@ -104,7 +109,7 @@ describe('batch stream over the synthetic dataset', () => {
 });
 
 describe('bad input: skipped, counted and logged; the rest of the shard is used', () => {
-  const root = mkdtempSync(join(tmpdir(), 'blip2-bad-'));
+  const root = tempDir('blip2-bad-');
   let tokenizer: CaptionTokenizer;
   let jpeg: Buffer;
   beforeAll(async () => {
@@ -196,7 +201,7 @@ describe('bad input: skipped, counted and logged; the rest of the shard is used'
   });
 
   test('`data index` finds manifests and COCO files', async () => {
-    const other = mkdtempSync(join(tmpdir(), 'blip2-idx-'));
+    const other = tempDir('blip2-idx-');
     for (const p of ['manifest.jsonl', 'manifest.csv', 'images', 'coco', 'wds']) cpSync(join(root, p), join(other, p), { recursive: true });
     const idx = await buildIndex(other);
     const byName = Object.fromEntries(idx.datasets.map((d) => [d.name, [d.format, d.samples, d.imageRoot ?? null, d.shards.map((s) => s.path)]]));

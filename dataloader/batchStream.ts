@@ -19,7 +19,7 @@ import { trainerDataMetrics, type TrainerDataMetrics } from './metrics';
 import { readShard } from './shardReader';
 import type { CaptionTokenizer } from './tokenizer';
 import type { TransformOptions } from './transforms';
-import { TransformPool } from './workers/pool';
+import { TransformPool, TransformWorkerError } from './workers/pool';
 
 /** What the batch stream needs of a lease: its descriptor and where to start. `LeasedShard` is one. */
 export interface ShardLease {
@@ -57,6 +57,10 @@ export interface ShardCursor<L extends ShardLease = ShardLease> {
   done: boolean;
 }
 
+/**
+ * One batch. The last batch of a stream may be short, and may even be empty (`batchSize` 0) when it only reports
+ * shards completed by samples that were skipped: skip the step, but still ack its `completed` after the next commit.
+ */
 export interface Batch<L extends ShardLease = ShardLease> {
   /** Stable ids `<dataset>/<shard>/<key>`, one per row: what the sample ledger records. */
   sampleIds: string[];
@@ -109,7 +113,10 @@ type Entry<L> =
   | { kind: 'end'; lease: L };
 
 export interface BatchStream<L extends ShardLease> extends AsyncIterableIterator<Batch<L>> {
-  /** Stops reading, terminates the workers. Leases are the caller's to ack or nak. */
+  /**
+   * Stops reading, terminates the workers. Leases are the caller's to ack or nak: after a rollback or at
+   * shutdown, `ShardConsumer.close()` naks every lease still held (their cursors come from the checkpoint).
+   */
   close(): Promise<void>;
 }
 
@@ -211,6 +218,7 @@ export function createBatchStream<L extends ShardLease>(options: BatchStreamOpti
         const caption = swap && r.flipped ? swapLeftRight(e.caption) : e.caption;
         rows.push({ sampleId: e.sampleId, caption, pixels: r.pixels, epoch: e.lease.descriptor.epoch });
       } catch (err) {
+        if (err instanceof TransformWorkerError) throw err;
         skip(new BadSampleError('corrupt_image', e.lease.descriptor.shard, e.key, (err as Error).message));
       }
     };
@@ -255,7 +263,13 @@ export function createBatchStream<L extends ShardLease>(options: BatchStreamOpti
   const stream: BatchStream<L> = {
     async next(): Promise<IteratorResult<Batch<L>>> {
       const t0 = performance.now();
-      const b = closed ? undefined : await nextBatch();
+      let b: Batch<L> | undefined;
+      try {
+        b = closed ? undefined : await nextBatch();
+      } catch (e) {
+        await close();
+        throw e;
+      }
       metrics?.batchWaitSeconds.observe((performance.now() - t0) / 1000);
       if (!b) { await close(); return { done: true, value: undefined }; }
       return { done: false, value: b };

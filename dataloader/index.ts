@@ -13,11 +13,13 @@
  *   const tokenizer = CaptionTokenizer.fromFile('data/tokenizer.json');   // bert: [CLS] .. [SEP], [DEC] appended
  *   const batches = createBatchStream({ source: consumer, dataRoot: 'data', tokenizer, batchSize: 8,
  *                                       transform: { mode: 'train', imageSize: 224 }, workers: 2, registry });
+ *   const tracker = new CommitTracker({ ledger });
  *   for await (const b of batches) {
  *     // b.pixelValues [B,3,S,S], b.inputIds / b.attentionMask [B,T], b.sampleIds (ledger), b.cursors, b.completed
- *     // step; at a checkpoint: save every b.cursors entry that is not done; after the commit:
- *     //   ledger.record(epoch, ids since the last commit); for each lease in completed batches: await lease.ack();
+ *     step(b); tracker.observe(b);
+ *     if (checkpointDue) { const data = tracker.checkpointState(); await commitCheckpoint({ ..., data }); await tracker.committed(); }
  *   }
+ *   // After a restart: new ShardConsumer({ ..., cursorFor: cursorsFrom(checkpoint.data) }).
  *   // On rollback or shutdown: consumer.close() naks held leases so others get them now.
  *
  * Exactly-once: `SampleLedger.check(epoch, expectedIds)`.
@@ -35,12 +37,13 @@ export {
 export { descriptorId, sampleId, encodeDescriptor, parseDescriptor, type ShardDescriptor } from './descriptor';
 export { planEpoch, type PlanEpochOptions } from './plan';
 export { SampleLedger, type LedgerCheck } from './ledger';
+export { CommitTracker, cursorsFrom, type AckableLease, type CommitTrackerOptions, type DataCheckpointState } from './commitTracker';
 export { readShard, type ReadShardOptions, type ShardItem, type ShardSample, type ShardSkip } from './shardReader';
 export {
   createBatchStream, localShardSource, swapLeftRight,
   type Batch, type BatchStream, type BatchStreamOptions, type ShardCursor, type ShardLease, type ShardSource,
 } from './batchStream';
-export { TransformPool, type TransformPoolOptions, type TransformResult } from './workers/pool';
+export { TransformPool, TransformWorkerError, type TransformPoolOptions, type TransformResult } from './workers/pool';
 export {
   ShardPublisher, ShardConsumer, LeasedShard,
   type ShardQueueOptions, type ShardPublisherOptions, type ShardConsumerOptions, type EpochProgress,

@@ -14,9 +14,12 @@
  *    its samples has committed; a cursor inside a partly consumed shard goes into the checkpoint, and
  *    `cursorFor` restores it when the descriptor comes back.
  * 5. A trainer that dies stops signalling; after `ack_wait` the server redelivers its descriptors to the others.
- * 6. A descriptor that does not parse is terminated (`term`), counted and logged: never redelivered.
- * 7. `next()` returns null when the epoch is drained: nothing pending and no other trainer holds a lease that
- *    could come back.
+ * 6. A descriptor that does not parse is terminated (`term`), removed from the stream (servers before 2.10 keep
+ *    terminated messages in a work queue), counted and logged: never redelivered.
+ * 7. `next()` returns null when the epoch is drained: nothing pending and (by default) no other trainer holds a
+ *    lease that could come back; see `endOfEpoch`.
+ * A lease that outlives ack_wait without signals (a frozen process) is redelivered; the server still accepts a
+ * late ack from the old holder (measured on 2.9.10), so the sample ledger is what shows such an overlap.
  */
 import type { NatsConnection } from '@nats-io/transport-node';
 import {
@@ -77,6 +80,11 @@ export interface EpochProgress {
   inFlight: number;
   /** Messages still in the stream (work-queue: acked ones are removed). */
   remaining: number;
+  /**
+   * In the stream but neither pending nor in flight: descriptors that used up `max_deliver` (their samples are
+   * lost to this epoch unless republished). The coordinator should log and alert on this.
+   */
+  exhausted: number;
 }
 
 export interface ShardPublisherOptions extends ShardQueueOptions {
@@ -165,11 +173,15 @@ export class ShardPublisher {
   async progress(): Promise<EpochProgress> {
     const jsm = await this.manager();
     const [ci, si] = await Promise.all([jsm.consumers.info(this.q.stream, this.q.durable), jsm.streams.info(this.q.stream)]);
-    const p = { pending: ci.num_pending, inFlight: ci.num_ack_pending, remaining: si.state.messages };
+    const p = {
+      pending: ci.num_pending, inFlight: ci.num_ack_pending, remaining: si.state.messages,
+      exhausted: Math.max(0, si.state.messages - ci.num_pending - ci.num_ack_pending),
+    };
     if (this.registry) {
       const m = coordinatorDataMetrics(this.registry);
       m.shardsPending.set(p.pending);
       m.shardsInFlight.set(p.inFlight);
+      m.shardsExhausted.set(p.exhausted);
     }
     return p;
   }
@@ -186,8 +198,18 @@ export interface ShardConsumerOptions extends ShardQueueOptions {
   registry?: Registry;
   /** In-progress signal period while a lease is held, ms. Default a third of `ackWaitMs`. */
   heartbeatMs?: number;
-  /** Longest single pull request, ms (the server's minimum is 1,000). Default 1,000. */
+  /** Longest single pull request, ms; also how often an idle trainer checks for the end of the epoch. Default and minimum 2,000. */
   pollMs?: number;
+  /**
+   * When `next()` reports the end of the epoch (null):
+   * - `all-acked` (default): nothing pending and no lease held by another trainer (one that dies comes back
+   *   after ack_wait, so this trainer can finish the epoch alone);
+   * - `queue-empty`: as soon as nothing is pending, even while other trainers hold leases. A synchronous
+   *   data-parallel loop wants this one: with `all-acked` a trainer would wait for leases that its peers ack only
+   *   after a checkpoint that needs this trainer's steps. Leases of a dead trainer are then picked up after the
+   *   loop's rollback, by the next generation's streams.
+   */
+  endOfEpoch?: 'all-acked' | 'queue-empty';
   /** The committed cursor of a descriptor (from the last checkpoint), if it was partly consumed. */
   cursorFor?: (descriptor: ShardDescriptor) => number | undefined;
   logger?: Logger;
@@ -257,10 +279,12 @@ export class ShardConsumer {
   private readonly js: JetStreamClient;
   private consumer: Consumer | undefined;
   private readonly held = new Set<LeasedShard>();
+  private jsm: JetStreamManager | undefined;
   private readonly metrics: TrainerDataMetrics | undefined;
   private readonly log: Logger;
   private readonly heartbeatMs: number;
   private readonly pollMs: number;
+  private readonly endOfEpoch: 'all-acked' | 'queue-empty';
   private closed = false;
 
   constructor(private readonly options: ShardConsumerOptions) {
@@ -269,7 +293,8 @@ export class ShardConsumer {
     this.metrics = options.registry ? trainerDataMetrics(options.registry) : undefined;
     this.log = options.logger ?? createLogger('shard-consumer', { stream: this.q.stream });
     this.heartbeatMs = options.heartbeatMs ?? Math.max(50, Math.floor(this.q.ackWaitMs / 3));
-    this.pollMs = Math.max(1000, options.pollMs ?? 1000);
+    this.pollMs = Math.max(2000, options.pollMs ?? 2000);
+    this.endOfEpoch = options.endOfEpoch ?? 'all-acked';
   }
 
   /** Leases held by this trainer (not yet acked or nacked). */
@@ -284,13 +309,27 @@ export class ShardConsumer {
   async next(): Promise<LeasedShard | null> {
     const consumer = (this.consumer ??= await this.js.consumers.get(this.q.stream, this.q.durable));
     while (!this.closed) {
-      const msg = await consumer.next({ expires: this.pollMs });
+      let msg: JsMsg | null;
+      try {
+        // The client fails a pull after two missed idle heartbeats. With the default heartbeat (half of `expires`)
+        // that check races the server's expiry reply (seen with a 1 s pull on 2.9); a 500 ms heartbeat on a pull of
+        // at least 2 s does not, and a miss that still happens is only an empty pull.
+        msg = null;
+        const batch = await consumer.fetch({ max_messages: 1, expires: this.pollMs, idle_heartbeat: 500 });
+        for await (const m of batch) { msg = m; break; }
+      } catch (e) {
+        if (!/heartbeats missed/i.test((e as Error).message)) throw e;
+        this.log.debug('pull request ended without heartbeats; pulling again', { error: (e as Error).message });
+        msg = null;
+      }
       if (msg) {
         let descriptor: ShardDescriptor;
         try {
           descriptor = parseDescriptor(msg.data);
         } catch (e) {
           msg.term(`descriptor rejected: ${(e as Error).message.slice(0, 200)}`);
+          // Servers before 2.10 keep a terminated message in a work-queue stream: remove it so the queue empties.
+          await this.removeFromStream(msg.seq);
           this.metrics?.descriptorsRejected.inc();
           this.log.error('descriptor rejected (terminated)', { seq: msg.seq, error: (e as Error).message });
           continue;
@@ -313,9 +352,18 @@ export class ShardConsumer {
         return lease;
       }
       const info = await consumer.info(false);
-      if (info.num_pending === 0 && info.num_ack_pending <= this.held.size) return null;
+      if (info.num_pending === 0 && (this.endOfEpoch === 'queue-empty' || info.num_ack_pending <= this.held.size)) return null;
     }
     return null;
+  }
+
+  private async removeFromStream(seq: number): Promise<void> {
+    try {
+      const jsm = (this.jsm ??= await jetstreamManager(this.options.nc));
+      await jsm.streams.deleteMessage(this.q.stream, seq, false);
+    } catch (e) {
+      this.log.warn('could not remove a rejected descriptor from the stream', { seq, error: (e as Error).message });
+    }
   }
 
   /** Stops pulling; hands back every lease still held so other trainers get them without waiting for ack_wait. */

@@ -41,6 +41,8 @@ export interface CoordinatorDataMetrics {
   shardsPending: Gauge<string>;
   /** blip2_coordinator_shards_in_flight: delivered and not yet acked. */
   shardsInFlight: Gauge<string>;
+  /** blip2_coordinator_shards_exhausted: in the stream, never to be delivered again (max_deliver used up). */
+  shardsExhausted: Gauge<string>;
 }
 
 const trainerCache = new WeakMap<Registry, TrainerDataMetrics>();
@@ -83,6 +85,7 @@ export function coordinatorDataMetrics(registry: Registry): CoordinatorDataMetri
     epochsPublished: new Counter({ name: 'blip2_coordinator_epochs_published_total', help: 'Epoch plans published.', registers }),
     shardsPending: new Gauge({ name: 'blip2_coordinator_shards_pending', help: 'Shard descriptors published and not yet delivered.', registers }),
     shardsInFlight: new Gauge({ name: 'blip2_coordinator_shards_in_flight', help: 'Shard descriptors delivered and not yet acked.', registers }),
+    shardsExhausted: new Gauge({ name: 'blip2_coordinator_shards_exhausted', help: 'Shard descriptors that used up max_deliver and will not be delivered again.', registers }),
   };
   coordinatorCache.set(registry, m);
   return m;

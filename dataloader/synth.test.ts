@@ -1,15 +1,20 @@
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { readFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
-import { beforeAll, describe, expect, test } from 'vitest';
+import { beforeAll, describe, expect, test, afterAll } from 'vitest';
 import { buildIndex, loadIndex } from './datasetIndex';
 import { countTarSamples, readTarSamples } from './formats/webdataset';
 import { SYNTH_COLOURS, SYNTH_RELATIONS, renderScene, synthScene, writeSynthDataset, type SynthScene } from './synth';
 import { CaptionTokenizer } from './tokenizer';
 
+const tempDirs: string[] = [];
+const tempDir = (prefix: string) => { const d = mkdtempSync(join(tmpdir(), prefix)); tempDirs.push(d); return d; };
+afterAll(() => { for (const d of tempDirs) rmSync(d, { recursive: true, force: true }); });
+
+
 describe('synthetic caption dataset', () => {
-  const out = mkdtempSync(join(tmpdir(), 'blip2-synth-'));
+  const out = tempDir('blip2-synth-');
   beforeAll(async () => {
     await writeSynthDataset({ out, samples: 60, shardSize: 25, imageSize: 48, seed: 3, imageFormat: 'png' });
   });
@@ -66,6 +71,9 @@ describe('synthetic caption dataset', () => {
     expect(seen((s) => s.objects[0].size + s.objects[1].size)).toBe(4);
     expect(seen((s) => s.relation)).toBe(4);
     expect(seen((s) => s.captions[0]!)).toBeGreaterThan(300);
+    const yesNo = scenes.map((s) => s.qa.at(-1)!.answer);
+    expect(yesNo.filter((a) => a === 'yes').length / yesNo.length).toBeGreaterThan(0.4);
+    expect(yesNo.filter((a) => a === 'no').length / yesNo.length).toBeGreaterThan(0.4);
     // The two objects always differ in colour and shape, so questions about "the circle" have one answer.
     for (const s of scenes) {
       expect(s.objects[0].colour).not.toBe(s.objects[1].colour);
@@ -74,7 +82,7 @@ describe('synthetic caption dataset', () => {
   });
 
   test('the same seed writes the same bytes', async () => {
-    const again = mkdtempSync(join(tmpdir(), 'blip2-synth-'));
+    const again = tempDir('blip2-synth-');
     await writeSynthDataset({ out: again, samples: 60, shardSize: 25, imageSize: 48, seed: 3, imageFormat: 'png' });
     expect(Buffer.compare(readFileSync(join(out, 'train/00001.tar')), readFileSync(join(again, 'train/00001.tar')))).toBe(0);
   });

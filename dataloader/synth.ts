@@ -99,6 +99,7 @@ export function synthScene(seed: number, n: number, side: number): SynthScene {
   const [h0, h1] = halves[relation];
   const a = place(c0, s0, h0);
   const b = place(c1, s1, h1);
+  const truthful = rand() < 0.5;
   const captions = [
     `${phrase(a)} ${SYNTH_RELATIONS[relation]} ${phrase(b)}`,
     `${phrase(b)} ${SYNTH_RELATIONS[INVERSE[relation]]} ${phrase(a)}`,
@@ -109,7 +110,10 @@ export function synthScene(seed: number, n: number, side: number): SynthScene {
     { question: `what shape is the ${b.colour} object?`, answer: b.shape },
     { question: `what size is the ${a.colour} ${a.shape}?`, answer: a.size },
     { question: `where is the ${a.shape} relative to the ${b.shape}?`, answer: relation },
-    { question: `is the ${b.colour} ${b.shape} ${SYNTH_RELATIONS[relation]} the ${a.colour} ${a.shape}?`, answer: 'no' },
+    // A yes/no question, true or false with equal odds (so "no" is not a shortcut).
+    truthful
+      ? { question: `is the ${a.colour} ${a.shape} ${SYNTH_RELATIONS[relation]} the ${b.colour} ${b.shape}?`, answer: 'yes' }
+      : { question: `is the ${b.colour} ${b.shape} ${SYNTH_RELATIONS[relation]} the ${a.colour} ${a.shape}?`, answer: 'no' },
   ];
   return { objects: [a, b], relation, captions, qa };
 }

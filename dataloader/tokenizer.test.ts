@@ -1,14 +1,19 @@
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { writeFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { describe, expect, test } from 'vitest';
+import { describe, expect, test, afterAll } from 'vitest';
 import { bertTokenizerJson, CaptionTokenizer } from './tokenizer';
 import { synthVocabulary } from './synth';
 import { DatasetError } from './errors';
 
+const tempDirs: string[] = [];
+const tempDir = (prefix: string) => { const d = mkdtempSync(join(tmpdir(), prefix)); tempDirs.push(d); return d; };
+afterAll(() => { for (const d of tempDirs) rmSync(d, { recursive: true, force: true }); });
+
+
 describe('bert (Q-Former) tokenizer from a tokenizer.json', () => {
   const json = bertTokenizerJson(synthVocabulary());
-  const dir = mkdtempSync(join(tmpdir(), 'blip2-tok-'));
+  const dir = tempDir('blip2-tok-');
   writeFileSync(join(dir, 'tokenizer.json'), JSON.stringify(json));
   const tok = CaptionTokenizer.fromFile(join(dir, 'tokenizer.json'));
   const vocab = (json as { model: { vocab: Record<string, number> } }).model.vocab;

@@ -26,6 +26,11 @@ export interface TransformResult {
   seconds: number;
 }
 
+/** A decode worker died (not a bad image): the pool is unusable; the batch stream fails instead of skipping. */
+export class TransformWorkerError extends Error {
+  override name = 'TransformWorkerError';
+}
+
 export interface TransformPoolOptions {
   /** Worker threads. Default 1; 0 transforms on the calling thread. */
   workers?: number;
@@ -45,6 +50,7 @@ export class TransformPool {
   private nextId = 0;
   private readonly transform: TransformOptions;
   private closed = false;
+  private broken: Error | undefined;
 
   constructor(options: TransformPoolOptions = {}) {
     const n = options.workers ?? 1;
@@ -61,8 +67,8 @@ export class TransformPool {
         if (res.ok) p.resolve({ pixels: new Float32Array(res.pixels), flipped: res.flipped, seconds: res.seconds });
         else p.reject(new Error(res.error));
       });
-      worker.on('error', (e) => this.failSlot(slot, e));
-      worker.on('exit', (code) => { if (!this.closed) this.failSlot(slot, new Error(`transform worker exited with code ${code}`)); });
+      worker.on('error', (e) => this.failSlot(slot, new TransformWorkerError(`transform worker failed: ${e.message}`)));
+      worker.on('exit', (code) => { if (!this.closed) this.failSlot(slot, new TransformWorkerError(`transform worker exited with code ${code}`)); });
       // Referenced only while it has work, so an idle pool does not keep the process alive.
       worker.unref();
       this.slots.push(slot);
@@ -74,6 +80,7 @@ export class TransformPool {
   }
 
   private failSlot(slot: Slot, e: Error): void {
+    this.broken ??= e;
     for (const [id, p] of this.pending) {
       if (p.slot === slot) { this.pending.delete(id); p.reject(e); }
     }
@@ -83,7 +90,8 @@ export class TransformPool {
 
   /** Decodes and transforms one encoded image; `randomKey` names its random stream (seed, epoch, sample id). */
   async run(bytes: Uint8Array, randomKey: Array<string | number>): Promise<TransformResult> {
-    if (this.closed) throw new Error('transform pool is closed');
+    if (this.closed) throw new TransformWorkerError('transform pool is closed');
+    if (this.broken) throw this.broken;
     if (this.slots.length === 0) {
       const t0 = performance.now();
       const r = await transformImage(bytes, this.transform, randomKey);

@@ -216,8 +216,8 @@ export class CollectiveGroup {
     }
 
     const cap = Math.max(1, Math.floor(this.options.bucketCapBytes / 4));
-    const totalElements = tensors.reduce((s, t) => s + t.length, 0);
-    if (totalElements === 0) {
+    const buckets = planBuckets(tensors.map((t) => t.length), cap);
+    if (buckets.length === 0) {
       // Still one (empty) collective, so that ranks stay in step and a rank with data is caught as a mismatch.
       await this.ring.allReduceSum(new Float32Array(0), fp16);
       return;
@@ -225,48 +225,33 @@ export class CollectiveGroup {
     const scale = (a: Float32Array, f: number) => {
       if (f !== 1) for (let i = 0; i < a.length; i++) a[i]! *= f;
     };
-    // One bucket: either a slice of one large tensor reduced in place, or pieces packed into the staging buffer.
-    let pieces: { t: Float32Array; from: number; count: number }[] = [];
-    let filled = 0;
-    const flush = async () => {
-      if (filled === 0) return;
-      if (this.staging.length < filled) this.staging = new Float32Array(Math.min(cap, totalElements));
-      const s = this.staging.subarray(0, filled);
+    for (const bucket of buckets) {
+      if (bucket.length === 1) {
+        // One piece: reduce it where it lies.
+        const p = bucket[0]!;
+        const slice = tensors[p.tensor]!.subarray(p.from, p.from + p.count);
+        scale(slice, pre);
+        await this.ring.allReduceSum(slice, fp16);
+        scale(slice, post);
+        continue;
+      }
+      const elements = bucket.reduce((n, p) => n + p.count, 0);
+      if (this.staging.length < elements) this.staging = new Float32Array(elements);
+      const s = this.staging.subarray(0, elements);
       let at = 0;
-      for (const p of pieces) {
-        s.set(p.t.subarray(p.from, p.from + p.count), at);
+      for (const p of bucket) {
+        s.set(tensors[p.tensor]!.subarray(p.from, p.from + p.count), at);
         at += p.count;
       }
       scale(s, pre);
       await this.ring.allReduceSum(s, fp16);
       scale(s, post);
       at = 0;
-      for (const p of pieces) {
-        p.t.set(s.subarray(at, at + p.count), p.from);
+      for (const p of bucket) {
+        tensors[p.tensor]!.set(s.subarray(at, at + p.count), p.from);
         at += p.count;
       }
-      pieces = [];
-      filled = 0;
-    };
-    for (const t of tensors) {
-      let pos = 0;
-      while (pos < t.length) {
-        if (filled === 0 && t.length - pos >= cap) {
-          const slice = t.subarray(pos, pos + cap);
-          scale(slice, pre);
-          await this.ring.allReduceSum(slice, fp16);
-          scale(slice, post);
-          pos += cap;
-          continue;
-        }
-        const take = Math.min(cap - filled, t.length - pos);
-        pieces.push({ t, from: pos, count: take });
-        filled += take;
-        pos += take;
-        if (filled === cap) await flush();
-      }
     }
-    await flush();
   }
 
   /**
@@ -302,13 +287,58 @@ export class CollectiveGroup {
     await this.ring.barrier();
   }
 
-  /** Closes links and the server; pending collectives fail with CollectiveError('closed'). */
+  /**
+   * Closes links and the server (waiting briefly so that neighbours receive our last frames); pending collectives
+   * fail with CollectiveError('closed').
+   */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    // After a failure only the ABORT frames need to get out; otherwise give neighbours time to take our last
+    // frames and BYE.
+    const graceMs = this.ring.failed ? 250 : Math.min(this.options.timeoutMs, 2000);
     this.ring.fail(new CollectiveError('collective group closed', 'closed', 'close', -1, this.generation), false);
-    await this.transport.close();
+    await this.transport.close(graceMs);
   }
+}
+
+/** A contiguous run of one tensor's elements inside a bucket. */
+export interface BucketPiece {
+  tensor: number;
+  from: number;
+  count: number;
+}
+
+/**
+ * Fuses tensors (by length, in order) into buckets of at most `capElements`, as DDP and Horovod do. A tensor that
+ * does not fit in the current bucket starts a new one; a tensor of at least `capElements` is cut into whole-cap
+ * pieces that are buckets of their own (reduced in place, no staging copy), its remainder packed like a small
+ * tensor. Empty tensors take no room. The plan depends only on the lengths, so every rank makes the same one.
+ */
+export function planBuckets(lengths: number[], capElements: number): BucketPiece[][] {
+  const buckets: BucketPiece[][] = [];
+  let current: BucketPiece[] = [];
+  let filled = 0;
+  const close = () => {
+    if (current.length) buckets.push(current);
+    current = [];
+    filled = 0;
+  };
+  lengths.forEach((length, tensor) => {
+    let from = 0;
+    while (length - from >= capElements) {
+      close();
+      buckets.push([{ tensor, from, count: capElements }]);
+      from += capElements;
+    }
+    const rest = length - from;
+    if (rest === 0) return;
+    if (filled + rest > capElements) close();
+    current.push({ tensor, from, count: rest });
+    filled += rest;
+  });
+  close();
+  return buckets;
 }
 
 /**

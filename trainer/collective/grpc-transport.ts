@@ -418,7 +418,7 @@ export class GrpcTransport implements Transport {
     this.flushDrainWaiters();
   }
 
-  async close(): Promise<void> {
+  async close(graceMs: number): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     this.disconnect();
@@ -431,7 +431,7 @@ export class GrpcTransport implements Transport {
       const t = setTimeout(() => {
         this.server.forceShutdown();
         resolve();
-      }, Math.min(this.options.timeoutMs, 5000));
+      }, graceMs);
       this.server.tryShutdown(() => {
         clearTimeout(t);
         resolve();

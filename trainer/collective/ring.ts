@@ -82,6 +82,10 @@ export class Ring {
     return this.view?.rank ?? -1;
   }
 
+  get failed(): CollectiveError | null {
+    return this.failure;
+  }
+
   /** Starts a generation: forgets any failure and operation of the previous one. */
   reset(view: RingView): void {
     if (this.op) {
@@ -365,41 +369,31 @@ export class Ring {
         const at = segStart(seg) + f.offset;
         const local = buf.subarray(at, at + count);
         if (isRS) {
+          // The sum goes into the received frame's payload, which is then forwarded as it is (header patched):
+          // no new frame, no extra copy.
           const last = k === n - 2;
-          const nextStep = step + 1; // for the last reduce-scatter step this is all-gather step 0 (wire step N-1)
           if (!fp16Wire) {
             const incoming = this.payloadF32(f.payload);
-            this.send(header(nextStep, seg, f.offset), count, progress, (out) => {
-              const o = out!;
-              if (last) {
-                for (let i = 0; i < count; i++) {
-                  const s = local[i]! + incoming[i]!;
-                  local[i] = s;
-                  o[i] = s;
-                }
-              } else {
-                for (let i = 0; i < count; i++) o[i] = local[i]! + incoming[i]!;
-              }
-            });
+            if (last) addIntoBoth(incoming, local, count);
+            else addInto(incoming, local, count);
+            if (incoming.buffer !== f.raw.buffer) f.payload.set(new Uint8Array(incoming.buffer, incoming.byteOffset, count * 4));
           } else {
             const incoming = this.payloadF16(f.payload);
             const sum = this.scratchF32(count);
-            const t = table!;
-            for (let i = 0; i < count; i++) sum[i] = local[i]! + t[incoming[i]!]!;
-            this.send(header(nextStep, seg, f.offset), count, progress, (_o, out16) => {
-              floatToHalf(new Uint32Array(sum.buffer, sum.byteOffset, count), out16!);
-              // The owner keeps exactly what the others will receive, so all ranks end bit-identical.
-              if (last) for (let i = 0; i < count; i++) local[i] = t[out16![i]!]!;
-            });
+            addHalfInto(sum, incoming, local, table!, count);
+            floatToHalf(new Uint32Array(sum.buffer, sum.byteOffset, count), incoming);
+            // The owner keeps exactly what the others will receive, so all ranks end bit-identical.
+            if (last) halfToFloat(incoming, local, table!, count);
+            if (incoming.buffer !== f.raw.buffer) f.payload.set(new Uint8Array(incoming.buffer, incoming.byteOffset, count * 2));
           }
+          // For the last reduce-scatter step, step + 1 is all-gather step 0 (wire step N-1).
+          this.transport.sendNext(patchForward(f, step + 1, r), progress);
         } else {
           if (k < n - 2) this.transport.sendNext(patchForward(f, step + 1, r));
           if (!fp16Wire) {
             f.payload.copy(Buffer.from(local.buffer, local.byteOffset, count * 4));
           } else {
-            const incoming = this.payloadF16(f.payload);
-            const t = table!;
-            for (let i = 0; i < count; i++) local[i] = t[incoming[i]!]!;
+            halfToFloat(this.payloadF16(f.payload), local, table!, count);
           }
         }
         if (++received === expected) done();
@@ -518,6 +512,32 @@ export class Ring {
   async barrier(): Promise<void> {
     await this.allGather(new Float32Array(0), OpKind.BARRIER);
   }
+}
+
+// Tight loops as top-level functions with one argument type each, so that V8 keeps them monomorphic.
+
+/** acc[i] += x[i] */
+function addInto(acc: Float32Array, x: Float32Array, n: number): void {
+  for (let i = 0; i < n; i++) acc[i] = acc[i]! + x[i]!;
+}
+
+/** acc[i] += x[i]; x[i] = acc[i] */
+function addIntoBoth(acc: Float32Array, x: Float32Array, n: number): void {
+  for (let i = 0; i < n; i++) {
+    const s = acc[i]! + x[i]!;
+    acc[i] = s;
+    x[i] = s;
+  }
+}
+
+/** out[i] = table[h[i]] + x[i] */
+function addHalfInto(out: Float32Array, h: Uint16Array, x: Float32Array, table: Float32Array, n: number): void {
+  for (let i = 0; i < n; i++) out[i] = table[h[i]!]! + x[i]!;
+}
+
+/** out[i] = table[h[i]] */
+function halfToFloat(h: Uint16Array, out: Float32Array, table: Float32Array, n: number): void {
+  for (let i = 0; i < n; i++) out[i] = table[h[i]!]!;
 }
 
 /** What a value looks like after a trip through fp16 (used so that a world of one matches a larger world). */

@@ -52,6 +52,9 @@ export interface Transport {
    * them (no events are reported for them afterwards).
    */
   disconnect(): void;
-  /** Closes links and the server. */
-  close(): Promise<void>;
+  /**
+   * Leaves in order (as `disconnect`), waits up to `graceMs` for the neighbours to take the last frames, then
+   * closes the server and channels.
+   */
+  close(graceMs: number): Promise<void>;
 }

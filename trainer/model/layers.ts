@@ -79,7 +79,7 @@ export function l2normalize(x: tf.Tensor): tf.Tensor {
 export function crossEntropySum(logits: tf.Tensor2D, targets: tf.Tensor1D, smoothing: number, rowWeights?: tf.Tensor1D): tf.Scalar {
   const logp = tf.logSoftmax(logits); // [N,C]
   const classes = logits.shape[1];
-  const nll = tf.neg(tf.sum(tf.mul(logp, tf.oneHot(targets, classes)), 1)); // [N]
+  const nll = tf.neg(tf.sum(tf.mul(logp, tf.cast(tf.oneHot(targets, classes), 'float32')), 1)); // [N]
   let rows = nll;
   if (smoothing > 0) rows = tf.add(tf.mul(nll, 1 - smoothing), tf.mul(tf.neg(tf.mean(logp, 1)), smoothing)); // [N]
   if (rowWeights) rows = tf.mul(rows, rowWeights);

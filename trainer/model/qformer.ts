@@ -66,6 +66,11 @@ export interface LayerOptions {
   past?: KeyValue;
   /** Projected image keys/values for this layer's cross-attention (required on cross layers with queries). */
   cross?: KeyValue;
+  /**
+   * Compute outputs only for rows [0, outputRows) (default all). Keys/values still come from every row, so those
+   * rows are exact; for a last layer whose other rows nobody reads (ITM's text rows, all but [CLS] in ITC's text pass).
+   */
+  outputRows?: number;
 }
 
 /**
@@ -75,16 +80,21 @@ export interface LayerOptions {
 export function qformerLayer(params: Params, config: Blip2Config, layer: number, h: tf.Tensor3D, options: LayerOptions): { out: tf.Tensor3D; kv: KeyValue } {
   const q = config.qformer;
   const p = `qformer.encoder.layer.${layer}`;
-  const query = linear(params, `${p}.attention.attention.query`, h); // [B,S,H]
   const kv: KeyValue = {
     k: linear(params, `${p}.attention.attention.key`, h) as tf.Tensor3D,
     v: linear(params, `${p}.attention.attention.value`, h) as tf.Tensor3D,
   };
+  const [batch, rows, width] = h.shape;
+  const outRows = Math.min(options.outputRows ?? rows, rows);
+  const hOut = outRows === rows ? h : tf.slice(h, [0, 0, 0], [batch, outRows, width]); // [B,S',H]
+  let mask = options.selfMask;
+  if (mask && outRows < rows && mask.shape[2] !== 1) mask = tf.slice(mask, [0, 0, 0, 0], [mask.shape[0]!, mask.shape[1]!, outRows, mask.shape[3]!]);
+  const query = linear(params, `${p}.attention.attention.query`, hOut); // [B,S',H]
   const keys = options.past ? tf.concat([options.past.k, kv.k], 1) : kv.k; // [B,Sp+S,H]
   const values = options.past ? tf.concat([options.past.v, kv.v], 1) : kv.v;
-  const ctx = attention(query, keys, values, q.num_heads, options.selfMask); // [B,S,H]
-  const a = layerNorm(params, `${p}.attention.output.LayerNorm`, tf.add(h, linear(params, `${p}.attention.output.dense`, ctx)), q.layer_norm_eps) as tf.Tensor3D;
-  const Q = options.queryLength;
+  const ctx = attention(query, keys, values, q.num_heads, mask); // [B,S',H]
+  const a = layerNorm(params, `${p}.attention.output.LayerNorm`, tf.add(hOut, linear(params, `${p}.attention.output.dense`, ctx)), q.layer_norm_eps) as tf.Tensor3D;
+  const Q = Math.min(options.queryLength, outRows);
   const [b, s, H] = a.shape;
   if (Q === 0) return { out: feedForward(params, config, layer, '', a) as tf.Tensor3D, kv };
   let aq: tf.Tensor = Q === s ? a : tf.slice(a, [0, 0, 0], [b, Q, H]); // [B,Q,H]
@@ -110,17 +120,10 @@ export function projectImage(params: Params, config: Blip2Config, imageEmbeds: t
   const layers: number[] = [];
   for (let i = 0; i < q.num_layers; i++) if (hasCrossAttention(q, i)) layers.push(i);
   if (!layers.length) return out;
-  const [n, P, Dv] = imageEmbeds.shape;
-  // One matmul for all layers' keys and values: [N·P, Dv] · [Dv, 2·L·H]. Each output column is the same dot
-  // product as in a separate Linear, so the numbers do not change; the single large matmul runs faster.
-  const names = layers.flatMap((i) => [`qformer.encoder.layer.${i}.crossattention.attention.key`, `qformer.encoder.layer.${i}.crossattention.attention.value`]);
-  const w = tf.concat(names.map((nm) => param(params, `${nm}.weight`)), 0); // [2LH, Dv]
-  const bias = tf.concat(names.map((nm) => param(params, `${nm}.bias`)), 0); // [2LH]
-  const y = tf.add(tf.matMul(tf.reshape(imageEmbeds, [n * P, Dv]), w, false, true), bias); // [N·P, 2LH]
-  const parts = tf.split(y, names.length, 1); // 2L × [N·P, H]
-  layers.forEach((i, j) => {
-    out.set(i, { k: tf.reshape(parts[2 * j]!, [n, P, q.hidden_size]) as tf.Tensor3D, v: tf.reshape(parts[2 * j + 1]!, [n, P, q.hidden_size]) as tf.Tensor3D });
-  });
+  for (const i of layers) {
+    const p = `qformer.encoder.layer.${i}.crossattention.attention`;
+    out.set(i, { k: linear(params, `${p}.key`, imageEmbeds) as tf.Tensor3D, v: linear(params, `${p}.value`, imageEmbeds) as tf.Tensor3D }); // [N,P,H]
+  }
   return out;
 }
 
@@ -133,7 +136,13 @@ export function selectImages(cross: Map<number, KeyValue>, rows: tf.Tensor1D | {
       if (rows.begin === 0 && rows.size === kv.k.shape[0]) out.set(i, kv);
       else out.set(i, { k: tf.slice(kv.k, [rows.begin, 0, 0], [rows.size, P, H]), v: tf.slice(kv.v, [rows.begin, 0, 0], [rows.size, P, H]) });
     } else {
-      out.set(i, { k: tf.gather(kv.k, rows) as tf.Tensor3D, v: tf.gather(kv.v, rows) as tf.Tensor3D });
+      // Row selection as a product with a one-hot matrix: exact (each output is 1·x plus exact zeros), and its
+      // gradient is a matmul too, far cheaper than gather/UnsortedSegmentSum over [N,P,H] blocks on wasm.
+      const [n, P, H] = kv.k.shape;
+      // (int32 one-hot, then cast: tfjs-backend-wasm 4.22's OneHot writes integer bits into float32 outputs.)
+      const pick = tf.cast(tf.oneHot(rows, n), 'float32'); // [R,N]
+      const sel = (t: tf.Tensor3D) => tf.reshape(tf.matMul(pick, tf.reshape(t, [n, P * H])), [rows.shape[0], P, H]) as tf.Tensor3D;
+      out.set(i, { k: sel(kv.k), v: sel(kv.v) });
     }
   }
   return out;
@@ -141,6 +150,8 @@ export function selectImages(cross: Map<number, KeyValue>, rows: tf.Tensor1D | {
 
 export interface EncoderOptions {
   queryLength: number;
+  /** Rows of the last layer's output that are needed (default all); see LayerOptions.outputRows. */
+  lastLayerRows?: number;
   selfMask?: tf.Tensor;
   /** Per layer cached keys/values (ITG). */
   past?: KeyValue[];
@@ -158,6 +169,7 @@ export function qformerEncoder(params: Params, config: Blip2Config, h: tf.Tensor
       selfMask: options.selfMask,
       past: options.past?.[i],
       cross: options.cross?.get(i),
+      outputRows: i === config.qformer.num_layers - 1 ? options.lastLayerRows : undefined,
     });
     x = r.out;
     kvs.push(r.kv);

@@ -82,6 +82,16 @@ export interface Stage1Options {
   trainable?: string[];
   /** Keep intermediate activations in `result.activations` (golden names); default false. */
   activations?: boolean;
+  /**
+   * Also return the gradient of the loss w.r.t. the gathered features (`result.gatheredGrads`), for gathering that
+   * passes gradients back (see `stage1FeatureBackward`); default false. Needs `inputs.gathered`.
+   */
+  gatheredGrads?: boolean;
+  /**
+   * Reuse each image's cross-attention keys/values across the ITC query pass and ITM's groups; default true.
+   * false recomputes them per pass and per ITM row as LAVIS does (same numbers, more work; the benchmark baseline).
+   */
+  reuseImageKeyValues?: boolean;
 }
 
 export interface Stage1Result {
@@ -101,14 +111,17 @@ export interface Stage1Result {
   /** Negatives used for ITM, as rows of `[visionHidden ; extraVisionHidden]` and of the gathered texts. */
   negImageIndex?: number[];
   negTextIndex?: number[];
+  /** d loss / d gathered features ([N,Q,E], [N,E]) when `options.gatheredGrads`. */
+  gatheredGrads?: { allImageFeats: tf.Tensor3D; allTextFeat: tf.Tensor2D };
   /** Golden-named activations when asked (`image_embeds`, `query_output`, `itm_logits`, `itg_logits`, ...). */
   activations: Map<string, tf.Tensor>;
   /** Release every tensor in this result. */
   dispose(): void;
 }
 
-/** 0/1 mask [B,Sq,Sk] -> additive [B,1,Sq,Sk]. */
-export function maskTensor(mask: AttentionMask): tf.Tensor4D {
+/** 0/1 mask [B,Sq,Sk] -> additive [B,1,Sq,Sk]; undefined when nothing is masked (adding zeros changes nothing). */
+export function maskTensor(mask: AttentionMask): tf.Tensor4D | undefined {
+  if (mask.data.every((v) => v === 1)) return undefined;
   return tf.tidy(() => additiveMask(tf.tensor3d(mask.data, mask.shape, 'int32')));
 }
 
@@ -116,18 +129,19 @@ export function maskTensor(mask: AttentionMask): tf.Tensor4D {
 function queryPass(p: Params, config: Blip2Config, cross: Map<number, KeyValue>, batch: number) {
   const q = config.qformer;
   const h = embeddings(p, config, queryTokens(p, batch)); // [B,Q,H]
-  const selfMask = maskTensor(itcQueryMask(batch, q.num_query_tokens)); // [B,1,Q,Q], no effect (all ones)
+  const selfMask = maskTensor(itcQueryMask(batch, q.num_query_tokens)); // all ones: none
   const enc = qformerEncoder(p, config, h, { queryLength: q.num_query_tokens, cross, selfMask }); // [B,Q,H]
   const imageFeats = l2normalize(linear(p, 'vision_projection', enc.out)) as tf.Tensor3D; // [B,Q,E]
   return { queryOutput: enc.out, kv: enc.kv, imageFeats };
 }
 
 /** Text side of ITC: text-only bidirectional pass, pads masked; l2norm(text_projection([CLS] output)). */
-function textPass(p: Params, config: Blip2Config, inputIds: tf.Tensor2D, attentionMask: number[][]) {
+function textPass(p: Params, config: Blip2Config, inputIds: tf.Tensor2D, attentionMask: number[][], allRows = false) {
   const [b] = inputIds.shape;
   const H = config.qformer.hidden_size;
   const h = embeddings(p, config, undefined, inputIds); // [B,T,H]
-  const enc = qformerEncoder(p, config, h, { queryLength: 0, selfMask: maskTensor(itcTextMask(attentionMask)) }); // [B,T,H]
+  // Only the [CLS] row of the last layer is read (unless all rows are asked for, as activations).
+  const enc = qformerEncoder(p, config, h, { queryLength: 0, selfMask: maskTensor(itcTextMask(attentionMask)), lastLayerRows: allRows ? undefined : 1 }); // [B,T|1,H]
   const cls = tf.reshape(tf.slice(enc.out, [0, 0, 0], [b, 1, H]), [b, H]); // [B,H]
   const textFeat = l2normalize(linear(p, 'text_projection', cls)) as tf.Tensor2D; // [B,E]
   return { textOutput: enc.out, textFeat };
@@ -284,10 +298,12 @@ export function stage1Step(params: Params, config: Blip2Config, inputs: Stage1In
     const extra = negs?.negVisionHidden ?? negs?.extraVisionHidden;
     const pool = extra ? (tf.concat([inputs.visionHidden, extra], 0) as tf.Tensor3D) : inputs.visionHidden; // [B+K,P,Dv]
     const imageEmbeds = layerNorm(p, 'vision_model.post_layernorm', pool, config.vision.ln_vision_eps) as tf.Tensor3D; // [B+K,P,Dv]
-    const cross = projectImage(p, config, imageEmbeds); // per cross layer [B+K,P,H]
+    const reuse = options.reuseImageKeyValues ?? true;
+    const cross = reuse ? projectImage(p, config, imageEmbeds) : undefined; // per cross layer [B+K,P,H]
+    const localEmbeds = () => (imageEmbeds.shape[0] === B ? imageEmbeds : (tf.slice(imageEmbeds, 0, B) as tf.Tensor3D));
 
-    const qp = queryPass(p, config, selectImages(cross, { begin: 0, size: B }), B);
-    const tp = textPass(p, config, inputs.inputIds, attentionRows);
+    const qp = queryPass(p, config, cross ? selectImages(cross, { begin: 0, size: B }) : projectImage(p, config, localEmbeds()), B);
+    const tp = textPass(p, config, inputs.inputIds, attentionRows, options.activations);
     keep('imageFeats', qp.imageFeats);
     keep('textFeat', tp.textFeat);
 
@@ -331,8 +347,10 @@ export function stage1Step(params: Params, config: Blip2Config, inputs: Stage1In
       const mask3 = tf.concat([inputs.attentionMask, inputs.attentionMask, negMask], 0) as tf.Tensor2D; // [3B,T]
       const h = embeddings(p, config, queryTokens(p, 3 * B), ids3); // [3B,Q+T,H]
       const selfMask = maskTensor(itmMask(mask3.arraySync(), Q)); // [3B,1,Q+T,Q+T]
-      const enc = qformerEncoder(p, config, h, { queryLength: Q, selfMask, cross: selectImages(cross, imageRows) });
-      const queryOut = tf.slice(enc.out, [0, 0, 0], [3 * B, Q, H]); // [3B,Q,H]
+      const itmCross = cross ? selectImages(cross, imageRows) : projectImage(p, config, tf.gather(imageEmbeds, imageRows) as tf.Tensor3D);
+      // Only the query rows of the last layer are read.
+      const enc = qformerEncoder(p, config, h, { queryLength: Q, selfMask, cross: itmCross, lastLayerRows: Q });
+      const queryOut = enc.out; // [3B,Q,H]
       const logits = tf.mean(linear(p, 'itm_head', queryOut), 1) as tf.Tensor2D; // [3B,2]
       keep('itmLogits', logits);
       const labels = tf.tensor1d([...positives.map(() => 1), ...positives.map(() => 0), ...positives.map(() => 0)], 'int32');
@@ -358,7 +376,7 @@ export function stage1Step(params: Params, config: Blip2Config, inputs: Stage1In
     }
 
     if (options.activations) {
-      keep('imageEmbeds', tf.slice(imageEmbeds, [0, 0, 0], [B, imageEmbeds.shape[1], imageEmbeds.shape[2]]));
+      keep('imageEmbeds', localEmbeds());
       keep('queryOutput', qp.queryOutput);
       keep('textLastHiddenState', tp.textOutput);
     }
@@ -369,15 +387,27 @@ export function stage1Step(params: Params, config: Blip2Config, inputs: Stage1In
   };
 
   const grads = new Map<string, tf.Tensor>();
+  let gatheredGrads: Stage1Result['gatheredGrads'];
   let totalTensor: tf.Scalar;
   if (options.grads ?? true) {
     const names = options.trainable ?? trainableNames(config, 1);
     const xs = names.map((n) => param(params, n));
+    if (options.gatheredGrads) {
+      if (!inputs.gathered) throw new Error('gatheredGrads needs inputs.gathered');
+      xs.push(inputs.gathered.allImageFeats, inputs.gathered.allTextFeat);
+    }
     // The engine's `gradients` with allowNoGradients: parameters that the selected objectives do not reach (e.g.
     // itm_head under ITC alone) get zero gradients instead of an error.
     const r = tf.engine().gradients(() => forward(params), xs, undefined, true);
     totalTensor = r.value as tf.Scalar;
     names.forEach((n, i) => grads.set(n, r.grads[i] ?? tf.zerosLike(xs[i]!)));
+    if (options.gatheredGrads) {
+      const n = names.length;
+      gatheredGrads = {
+        allImageFeats: (r.grads[n] ?? tf.zerosLike(xs[n]!)) as tf.Tensor3D,
+        allTextFeat: (r.grads[n + 1] ?? tf.zerosLike(xs[n + 1]!)) as tf.Tensor2D,
+      };
+    }
   } else {
     totalTensor = tf.tidy(() => forward(params));
   }
@@ -401,10 +431,13 @@ export function stage1Step(params: Params, config: Blip2Config, inputs: Stage1In
     itmWeightsI2t: kept.get('itmWeightsI2t') as tf.Tensor2D,
     negImageIndex,
     negTextIndex,
+    gatheredGrads,
     activations,
     dispose() {
       for (const t of kept.values()) t.dispose();
       for (const t of grads.values()) t.dispose();
+      gatheredGrads?.allImageFeats.dispose();
+      gatheredGrads?.allTextFeat.dispose();
     },
   };
   return result;
@@ -418,4 +451,38 @@ export function crossAttentionLayers(config: Blip2Config): number[] {
 /** ln_vision (= `vision_model.post_layernorm`): visionHidden [B,P,Dv] -> image_embeds [B,P,Dv]. */
 export function lnVision(params: Params, config: Blip2Config, visionHidden: tf.Tensor3D): tf.Tensor3D {
   return tf.tidy(() => layerNorm(params, 'vision_model.post_layernorm', visionHidden, config.vision.ln_vision_eps) as tf.Tensor3D);
+}
+
+/**
+ * Backward of the ITC features alone: gradients w.r.t. the trainable parameters of
+ * Σ imageFeats·dImageFeats + Σ textFeat·dTextFeat, i.e. the upstream gradients `dImageFeats` [B,Q,E] and
+ * `dTextFeat` [B,E] pushed through this rank's feature computation. With the gathered-feature gradients of all ranks
+ * summed and sliced to this rank, adding these to `stage1Step`'s grads gives the gradient of gathering that passes
+ * gradients back (golden `grad_full`), instead of LAVIS's detached gathering.
+ */
+export function stage1FeatureBackward(
+  params: Params,
+  config: Blip2Config,
+  inputs: Pick<Stage1Inputs, 'visionHidden' | 'inputIds' | 'attentionMask'>,
+  upstream: { imageFeats: tf.Tensor3D; textFeat: tf.Tensor2D },
+  trainable: string[] = trainableNames(config, 1),
+): Map<string, tf.Tensor> {
+  const xs = trainable.map((n) => param(params, n));
+  const attentionRows = inputs.attentionMask.arraySync();
+  const r = tf.engine().gradients(
+    () => {
+      const b = inputs.visionHidden.shape[0];
+      const embeds = layerNorm(params, 'vision_model.post_layernorm', inputs.visionHidden, config.vision.ln_vision_eps) as tf.Tensor3D;
+      const { imageFeats } = queryPass(params, config, projectImage(params, config, embeds), b);
+      const { textFeat } = textPass(params, config, inputs.inputIds, attentionRows);
+      return tf.add(tf.sum(tf.mul(imageFeats, upstream.imageFeats)), tf.sum(tf.mul(textFeat, upstream.textFeat))) as tf.Scalar;
+    },
+    xs,
+    undefined,
+    true,
+  );
+  r.value.dispose();
+  const out = new Map<string, tf.Tensor>();
+  trainable.forEach((n, i) => out.set(n, r.grads[i] ?? tf.zerosLike(xs[i]!)));
+  return out;
 }
