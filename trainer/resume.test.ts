@@ -19,10 +19,10 @@ let work: string;
 let index: DatasetIndex;
 
 beforeAll(async () => {
-  await initEngine({ engine: 'cpu' });
+  await initEngine({ engine: 'cpu' }); // the tiny model runs faster on cpu than on wasm
   work = mkdtempSync(join(tmpdir(), 'blip2-resume-'));
   dataRoot = join(work, 'data');
-  await writeSynthDataset({ out: dataRoot, samples: 26, shardSize: 5, imageSize: 32, seed: 3 });
+  await writeSynthDataset({ out: dataRoot, samples: 20, shardSize: 5, imageSize: 32, seed: 3 });
   index = loadIndex(join(dataRoot, 'index.json'));
 });
 afterAll(() => rmSync(work, { recursive: true, force: true }));
@@ -55,7 +55,7 @@ describe('resume from a checkpoint', () => {
     }, (s) => lossesA.push(s));
     expect(outA).toEqual({ kind: 'finished' });
     const steps = lossesA.length;
-    expect(steps).toBeGreaterThanOrEqual(10);
+    expect(steps).toBeGreaterThanOrEqual(8);
     a.dispose();
 
     // The same run, stopped after step 5 (its last commit is step 4), then a new process resumes from that commit.
