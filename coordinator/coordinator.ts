@@ -137,8 +137,9 @@ export class Coordinator {
     this.lastSeen.set(hb.nodeId, Date.now());
     const s = this.current.state;
     // A member declared lost that is still alive (it was stalled, or partitioned) comes back as a newcomer.
-    if (s.status !== 'finished' && typeof hb.address === 'string' && !s.members.some((m) => m.nodeId === hb.nodeId)) {
-      void this.apply({ type: 'join', nodeId: hb.nodeId, address: hb.address, now: Date.now() });
+    if (s.status !== 'finished' && typeof hb.address === 'string' && typeof hb.incarnation === 'string' &&
+        !s.members.some((m) => m.nodeId === hb.nodeId && m.incarnation === hb.incarnation)) {
+      void this.apply({ type: 'join', nodeId: hb.nodeId, address: hb.address, incarnation: hb.incarnation, now: Date.now() });
     }
   }
 
@@ -166,7 +167,10 @@ export class Coordinator {
     let event: JobEvent;
     switch (req.type) {
       case 'join':
-        event = { type: 'join', nodeId: req.nodeId, address: req.address, now };
+        if (typeof req.address !== 'string' || typeof req.incarnation !== 'string') {
+          return reply({ ok: false, code: 'bad-request', message: 'join needs address and incarnation' });
+        }
+        event = { type: 'join', nodeId: req.nodeId, address: req.address, incarnation: req.incarnation, now };
         break;
       case 'leave':
         event = { type: 'leave', nodeId: req.nodeId, now };

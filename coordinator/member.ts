@@ -3,6 +3,7 @@
  * and commits by watching the job state in NATS KV, send requests (failure, commit, epochDone, leave) to the
  * coordinator. Requests retry while no coordinator answers (it may be restarting) and are idempotent there.
  */
+import { randomBytes } from 'node:crypto';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { Blip2Error, createLogger, type Logger } from '../common';
 import { assignmentOf } from './protocol';
@@ -38,6 +39,8 @@ export class JobMember {
   private closed = false;
   private readonly subjects: ReturnType<typeof jobSubjects>;
   private readonly log: Logger;
+  /** This process's incarnation: tells a restarted process from a retried join. */
+  readonly incarnation = randomBytes(8).toString('hex');
 
   private constructor(private readonly o: JoinOptions) {
     this.subjects = jobSubjects(o.jobId);
@@ -47,12 +50,12 @@ export class JobMember {
   /** Joins the job; throws AuthError (clear message) on a wrong token. */
   static async join(o: JoinOptions): Promise<JobMember> {
     const m = new JobMember(o);
-    await m.request({ type: 'join', token: o.token, nodeId: o.nodeId, address: o.address });
+    await m.request({ type: 'join', token: o.token, nodeId: o.nodeId, address: o.address, incarnation: m.incarnation });
     const store = await JobStore.open(o.nc, o.jobId);
     m.stopWatch = await store.watch(({ state }) => m.onState(state));
     const beat = () => {
       if (m.closed) return;
-      const hb: Heartbeat = { token: o.token, nodeId: o.nodeId, address: o.address };
+      const hb: Heartbeat = { token: o.token, nodeId: o.nodeId, address: o.address, incarnation: m.incarnation };
       try {
         o.nc.publish(m.subjects.heartbeat, encode(hb));
       } catch {

@@ -14,7 +14,7 @@ function run(state: JobState, events: JobEvent[], o: ProtocolOptions) {
   }
   return { state, actions };
 }
-const join = (n: number, now = 0): JobEvent => ({ type: 'join', nodeId: `n${n}`, address: `h:${5000 + n}`, now });
+const join = (n: number, now = 0): JobEvent => ({ type: 'join', nodeId: `n${n}`, address: `h:${5000 + n}`, incarnation: `i${n}`, now });
 const commit = (s: JobState, stepN: number, acked: string[], cursors: Record<string, number> = {}, samples?: number): JobEvent => ({
   type: 'commit', nodeId: s.world[0]!.nodeId, generation: s.generation,
   commit: { step: stepN, epoch: s.epoch, checkpointDir: `/ck/${stepN}`, cursors, ackedShards: acked, ...(samples !== undefined ? { samples } : {}) },
@@ -89,9 +89,19 @@ describe('rendezvous', () => {
     const o = opts({ minWorld: 1, maxWorld: 2, settleMs: 100 });
     let { state } = running(2, o);
     expect(step(state, join(1), o).state).toEqual(state);
-    ({ state } = run(state, [{ type: 'join', nodeId: 'n1', address: 'h:9999', now: 1 }], o));
+    ({ state } = run(state, [{ type: 'join', nodeId: 'n1', address: 'h:9999', incarnation: 'i1', now: 1 }], o));
+    // The old n1 is dropped at once (a new generation without it); the new one waits for the next commit.
     expect(state.generation).toBe(2);
+    expect(state.world.map((p) => p.nodeId)).toEqual(['n0']);
+    expect(state.pendingJoin).toBe(true);
     expect(state.members.find((m) => m.nodeId === 'n1')!.address).toBe('h:9999');
+    ({ state } = run(state, [commit(state, 1, [])], o));
+    expect(state.world.map((p) => p.nodeId)).toEqual(['n0', 'n1']);
+    // Same address, another process (a restart that reused the port): dropped and taken in again too.
+    ({ state } = run(state, [{ type: 'join', nodeId: 'n1', address: 'h:9999', incarnation: 'other', now: 2 }], o));
+    expect(state.generation).toBe(4);
+    expect(state.world.map((p) => p.nodeId)).toEqual(['n0']);
+    expect(state.members.find((m) => m.nodeId === 'n1')!.incarnation).toBe('other');
   });
 
   test('spares beyond maxWorld wait; a member joining while running is taken in at the next commit', () => {

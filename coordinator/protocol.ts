@@ -31,7 +31,7 @@ export interface ProtocolOptions {
 export type JobEvent =
   | { type: 'start' }
   | { type: 'tick'; now: number }
-  | { type: 'join'; nodeId: string; address: string; now: number }
+  | { type: 'join'; nodeId: string; address: string; incarnation: string; now: number }
   | { type: 'lost'; nodeId: string; reason: string; now: number }
   | { type: 'leave'; nodeId: string; now: number }
   | { type: 'failure'; nodeId: string; generation: number; missingRank?: number; op?: string; message: string; now: number }
@@ -152,13 +152,13 @@ export function step(state: JobState, event: JobEvent, o: ProtocolOptions): Step
 
     case 'join': {
       const existing = s.members.find((m) => m.nodeId === event.nodeId);
-      if (existing && existing.address === event.address) break; // a retried join: nothing changes
+      if (existing && existing.address === event.address && existing.incarnation === event.incarnation) break; // a retried join
       if (existing) {
-        // The same node id at a new address: the old process is gone. Drop it (a new generation if it held a
+        // The same node id from another process: the old one is gone. Drop it (a new generation if it held a
         // rank), then take the new one in like any newcomer.
-        removeMember(s, o, event.nodeId, `node ${event.nodeId} restarted at ${event.address}`, event.now, actions);
+        removeMember(s, o, event.nodeId, `node ${event.nodeId} restarted (${event.address})`, event.now, actions);
       }
-      s.members.push({ nodeId: event.nodeId, address: event.address, joinSeq: s.nextJoinSeq++ });
+      s.members.push({ nodeId: event.nodeId, address: event.address, incarnation: event.incarnation, joinSeq: s.nextJoinSeq++ });
       if (s.status === 'waiting') maybeForm(s, o, event.now, actions);
       else if (s.status === 'running' && !s.world.some((p) => p.nodeId === event.nodeId) && s.world.length < o.maxWorld) {
         s.pendingJoin = true;

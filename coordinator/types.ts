@@ -40,6 +40,8 @@ export interface Assignment {
 export interface MemberRecord {
   nodeId: string;
   address: string;
+  /** Random id of the member's process: the same node id with another incarnation is a restarted process. */
+  incarnation: string;
   /** Order of arrival; ranks of a new world follow the old ranks, then arrival order. */
   joinSeq: number;
 }
