@@ -91,7 +91,7 @@ function datasetName(relPath: string): string {
 
 /**
  * Scans `root` for datasets: every folder holding `*.tar` files is one WebDataset dataset (name = the folder's
- * path); every `*.jsonl` / `*.csv` file is one manifest dataset; every `captions_<split>.json` is a COCO dataset
+ * path, `/` as `-`); every `*.jsonl` / `*.csv` file is one manifest dataset (name = the file's path); every `captions_<split>.json` is a COCO dataset
  * whose images are in the folder `<split>` beside it (or `cocoImageRoot`).
  */
 export async function buildIndex(root: string, options: { cocoImageRoot?: string } = {}): Promise<DatasetIndex> {
@@ -107,7 +107,15 @@ export async function buildIndex(root: string, options: { cocoImageRoot?: string
   }
   for (const [folder, tars] of tarsByFolder) {
     const shards: ShardEntry[] = [];
-    for (const t of tars) shards.push({ path: relative(root, t), samples: await countTarSamples(t), bytes: statSync(t).size });
+    for (const t of tars) {
+      let samples: number;
+      try {
+        samples = await countTarSamples(t);
+      } catch (e) {
+        throw new DatasetError(`cannot index ${t}: ${(e as Error).message} (a truncated or corrupt tar; repair or remove it)`);
+      }
+      shards.push({ path: relative(root, t), samples, bytes: statSync(t).size });
+    }
     const rel = relative(root, folder);
     datasets.push({ name: datasetName(rel), format: 'webdataset', split: basename(folder), samples: sum(shards), shards });
   }
@@ -117,7 +125,7 @@ export async function buildIndex(root: string, options: { cocoImageRoot?: string
       const format = f.endsWith('.jsonl') ? 'jsonl' : 'csv';
       const samples = countManifestSamples(f, format);
       datasets.push({
-        name: datasetName(rel.replace(/\.(jsonl|csv)$/, '')), format, imageRoot: relative(root, dirname(f)) || '.',
+        name: datasetName(rel), format, imageRoot: relative(root, dirname(f)) || '.',
         samples, shards: [{ path: rel, samples, bytes: statSync(f).size }],
       });
     }
@@ -127,7 +135,7 @@ export async function buildIndex(root: string, options: { cocoImageRoot?: string
       const samples = countCocoSamples(f);
       const imageRoot = options.cocoImageRoot ? relative(root, resolve(options.cocoImageRoot)) : relative(root, join(dirname(f), split));
       datasets.push({
-        name: datasetName(rel.replace(/\.json$/, '')), format: 'coco', split, imageRoot: imageRoot || '.',
+        name: datasetName(rel), format: 'coco', split, imageRoot: imageRoot || '.',
         samples, shards: [{ path: rel, samples, bytes: statSync(f).size }],
       });
     }

@@ -1,0 +1,320 @@
+import { UsageError } from '../../common';
+import { CollectiveError } from './errors';
+import { GrpcTransport, type CollectiveTlsOptions } from './grpc-transport';
+import { Ring } from './ring';
+import type { PeerAddress, RingView, Transport } from './transport';
+
+const MiB = 1024 * 1024;
+
+export interface CollectiveGroupOptions {
+  /** The job id; every frame carries it and frames of another job are refused. Required. */
+  jobId: string;
+  /** The job's shared secret (from the job config); peers without it get UNAUTHENTICATED. Required. */
+  token: string;
+  /** Address this rank's gRPC server listens on. Default host "0.0.0.0", port 0 (an ephemeral port; see `address`). */
+  listen?: { host?: string; port?: number };
+  /** Mutual TLS: this rank's certificate and key, and the CA that signs every rank's. Default: plaintext. */
+  tls?: CollectiveTlsOptions;
+  /** A collective fails when a neighbour sends nothing for this long; also bounds `connect`. Default 30000. */
+  timeoutMs?: number;
+  /** Gradients are fused into buckets of at most this many bytes and reduced in bucket order. Default 64 MiB. */
+  bucketCapBytes?: number;
+  /** Largest tensor payload of one gRPC message. Default 1 MiB. */
+  chunkBytes?: number;
+  /** Send fp16 on the wire in all-reduce (sums stay fp32; results are fp16-rounded). Default false. */
+  fp16Wire?: boolean;
+  /** Largest gRPC message sent or accepted, both directions. Default chunkBytes + 64 KiB. */
+  maxMessageBytes?: number;
+  /** HTTP/2 flow-control window for received data. Default 32 MiB. */
+  flowControlWindowBytes?: number;
+  /** Connect at once (otherwise call `connect()`): all four of generation, rank, worldSize and peers. */
+  generation?: number;
+  rank?: number;
+  worldSize?: number;
+  peers?: PeerAddress[];
+  /** A different transport (tests); default the gRPC transport built from the options above. */
+  transport?: Transport;
+}
+
+export interface ResolvedCollectiveGroupOptions {
+  jobId: string;
+  token: string;
+  listen: { host: string; port: number };
+  tls?: CollectiveTlsOptions;
+  timeoutMs: number;
+  bucketCapBytes: number;
+  chunkBytes: number;
+  fp16Wire: boolean;
+  maxMessageBytes: number;
+  flowControlWindowBytes: number;
+}
+
+function positiveInt(name: string, value: unknown, min = 1): number {
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < min) {
+    throw new UsageError(`collective option ${name} must be an integer ≥ ${min}; got ${JSON.stringify(value)}`);
+  }
+  return value;
+}
+
+export function resolveCollectiveGroupOptions(o: CollectiveGroupOptions): ResolvedCollectiveGroupOptions {
+  if (typeof o.jobId !== 'string' || o.jobId.length === 0 || o.jobId.length > 200) {
+    throw new UsageError(`collective option jobId must be a non-empty string of at most 200 characters; got ${JSON.stringify(o.jobId)}`);
+  }
+  if (typeof o.token !== 'string' || o.token.length === 0) throw new UsageError('collective option token must be a non-empty string');
+  const chunkBytes = positiveInt('chunkBytes', o.chunkBytes ?? MiB, 64);
+  if (chunkBytes % 4 !== 0) throw new UsageError(`collective option chunkBytes must be a multiple of 4; got ${chunkBytes}`);
+  const maxMessageBytes = positiveInt('maxMessageBytes', o.maxMessageBytes ?? chunkBytes + 64 * 1024);
+  if (maxMessageBytes < chunkBytes + 4096) {
+    throw new UsageError(`collective option maxMessageBytes (${maxMessageBytes}) must be at least chunkBytes + 4096 (${chunkBytes + 4096}) to hold a frame`);
+  }
+  const bucketCapBytes = positiveInt('bucketCapBytes', o.bucketCapBytes ?? 64 * MiB, 4);
+  return {
+    jobId: o.jobId,
+    token: o.token,
+    listen: { host: o.listen?.host ?? '0.0.0.0', port: o.listen?.port === undefined ? 0 : positiveInt('listen.port', o.listen.port, 0) },
+    ...(o.tls ? { tls: o.tls } : {}),
+    timeoutMs: positiveInt('timeoutMs', o.timeoutMs ?? 30_000),
+    bucketCapBytes,
+    chunkBytes,
+    fp16Wire: o.fp16Wire ?? false,
+    maxMessageBytes,
+    flowControlWindowBytes: positiveInt('flowControlWindowBytes', o.flowControlWindowBytes ?? 32 * MiB, 65_535),
+  };
+}
+
+export interface ConnectOptions {
+  generation: number;
+  rank: number;
+  worldSize: number;
+  /** Addresses of the ranks of this generation (at least this rank's ring predecessor). */
+  peers: PeerAddress[];
+}
+
+export interface AllReduceOptions {
+  /** 'sum' (default) or 'mean'. With `weight`, 'mean' is Σ weight_r·x_r / Σ weight_r. */
+  op?: 'sum' | 'mean';
+  /** This rank's weight for a weighted mean, e.g. its sample count in the step (finite, ≥ 0). */
+  weight?: number;
+  /** Overrides the group's fp16Wire for this call. */
+  fp16Wire?: boolean;
+}
+
+/**
+ * A rank's membership in the job's collective ring. Ranks must call collectives in the same order with the same
+ * sizes, one at a time (await each).
+ */
+export class CollectiveGroup {
+  private readonly ring: Ring;
+  private viewState: RingView | null = null;
+  private staging = new Float32Array(0);
+  private closed = false;
+
+  private constructor(
+    readonly options: ResolvedCollectiveGroupOptions,
+    private readonly transport: Transport,
+    /** The address this rank listens on (announce it at rendezvous). */
+    readonly address: { host: string; port: number },
+  ) {
+    this.ring = new Ring(transport, { jobId: options.jobId, timeoutMs: options.timeoutMs, chunkBytes: options.chunkBytes });
+  }
+
+  /** Starts the server (see `createCollectiveGroup`). */
+  static async create(o: CollectiveGroupOptions): Promise<CollectiveGroup> {
+    const options = resolveCollectiveGroupOptions(o);
+    const transport =
+      o.transport ??
+      new GrpcTransport({
+        jobId: options.jobId,
+        token: options.token,
+        listen: options.listen,
+        ...(options.tls ? { tls: options.tls } : {}),
+        timeoutMs: options.timeoutMs,
+        maxMessageBytes: options.maxMessageBytes,
+        flowControlWindowBytes: options.flowControlWindowBytes,
+      });
+    const address = await transport.listen();
+    const group = new CollectiveGroup(options, transport, address);
+    if (o.generation !== undefined || o.rank !== undefined || o.worldSize !== undefined || o.peers !== undefined) {
+      try {
+        await group.connect({ generation: o.generation!, rank: o.rank!, worldSize: o.worldSize!, peers: o.peers! });
+      } catch (e) {
+        await group.close();
+        throw e;
+      }
+    }
+    return group;
+  }
+
+  get rank(): number {
+    return this.viewState?.rank ?? -1;
+  }
+  get worldSize(): number {
+    return this.viewState?.worldSize ?? 0;
+  }
+  get generation(): number {
+    return this.viewState?.generation ?? -1;
+  }
+
+  /**
+   * Joins generation `generation` as `rank` of `worldSize`: opens the stream to the ring predecessor and waits for
+   * the successor's. Call again with a higher generation after a membership change (links of the old generation
+   * are closed, and peers still on it are refused).
+   */
+  async connect(c: ConnectOptions): Promise<void> {
+    if (this.closed) throw new UsageError('collective group is closed');
+    const generation = positiveInt('generation', c.generation, 0);
+    const worldSize = positiveInt('worldSize', c.worldSize, 1);
+    const rank = positiveInt('rank', c.rank, 0);
+    if (rank >= worldSize) throw new UsageError(`collective rank ${rank} is not below worldSize ${worldSize}`);
+    if (!Array.isArray(c.peers)) throw new UsageError('collective connect: peers must be an array of {rank, host, port}');
+    for (const p of c.peers) {
+      if (!p || !Number.isSafeInteger(p.rank) || p.rank < 0 || p.rank >= worldSize || typeof p.host !== 'string' || !Number.isSafeInteger(p.port) || p.port <= 0 || p.port > 65535) {
+        throw new UsageError(`collective connect: bad peer ${JSON.stringify(p)} (want {rank: 0..${worldSize - 1}, host, port: 1..65535})`);
+      }
+    }
+    const prev = (rank - 1 + worldSize) % worldSize;
+    if (worldSize > 1 && !c.peers.some((p) => p.rank === prev)) {
+      throw new UsageError(`collective connect: peers lack rank ${prev}, the ring predecessor of rank ${rank}`);
+    }
+    const view: RingView = { generation, rank, worldSize, peers: c.peers.map((p) => ({ ...p })) };
+    this.ring.reset(view);
+    this.viewState = view;
+    try {
+      await this.transport.connect(view);
+    } catch (e) {
+      const err =
+        e instanceof CollectiveError ? e : new CollectiveError(`connect failed: ${(e as Error).message}`, 'refused', 'connect', -1, generation, { cause: e });
+      this.ring.fail(err, false);
+      throw err;
+    }
+  }
+
+  /**
+   * Sums (or averages) `tensors` across ranks, in place. Tensors are fused into buckets of `bucketCapBytes` and
+   * reduced in order; every rank must pass tensors of the same lengths in the same order.
+   */
+  async allReduce(tensors: Float32Array[], opts: AllReduceOptions = {}): Promise<void> {
+    if (!Array.isArray(tensors) || tensors.some((t) => !(t instanceof Float32Array))) {
+      throw new UsageError('allReduce: tensors must be an array of Float32Array');
+    }
+    const op = opts.op ?? 'sum';
+    if (op !== 'sum' && op !== 'mean') throw new UsageError(`allReduce: op must be 'sum' or 'mean'; got ${JSON.stringify(op)}`);
+    if (opts.weight !== undefined && (op !== 'mean' || !Number.isFinite(opts.weight) || opts.weight < 0)) {
+      throw new UsageError(`allReduce: weight must be a finite number ≥ 0 and needs op 'mean'; got ${JSON.stringify(opts.weight)} with op '${op}'`);
+    }
+    const fp16 = opts.fp16Wire ?? this.options.fp16Wire;
+    let pre = 1;
+    let post = 1;
+    if (opts.weight !== undefined) {
+      const total = new Float32Array([opts.weight]);
+      await this.ring.allReduceSum(total, false);
+      if (!(total[0]! > 0)) throw new UsageError(`allReduce: the weights of all ranks sum to ${total[0]}; a weighted mean needs a positive total`);
+      pre = opts.weight;
+      post = 1 / total[0]!;
+    } else if (op === 'mean') {
+      post = 1 / Math.max(1, this.worldSize);
+    }
+
+    const cap = Math.max(1, Math.floor(this.options.bucketCapBytes / 4));
+    const totalElements = tensors.reduce((s, t) => s + t.length, 0);
+    if (totalElements === 0) {
+      // Still one (empty) collective, so that ranks stay in step and a rank with data is caught as a mismatch.
+      await this.ring.allReduceSum(new Float32Array(0), fp16);
+      return;
+    }
+    const scale = (a: Float32Array, f: number) => {
+      if (f !== 1) for (let i = 0; i < a.length; i++) a[i]! *= f;
+    };
+    // One bucket: either a slice of one large tensor reduced in place, or pieces packed into the staging buffer.
+    let pieces: { t: Float32Array; from: number; count: number }[] = [];
+    let filled = 0;
+    const flush = async () => {
+      if (filled === 0) return;
+      if (this.staging.length < filled) this.staging = new Float32Array(Math.min(cap, totalElements));
+      const s = this.staging.subarray(0, filled);
+      let at = 0;
+      for (const p of pieces) {
+        s.set(p.t.subarray(p.from, p.from + p.count), at);
+        at += p.count;
+      }
+      scale(s, pre);
+      await this.ring.allReduceSum(s, fp16);
+      scale(s, post);
+      at = 0;
+      for (const p of pieces) {
+        p.t.set(s.subarray(at, at + p.count), p.from);
+        at += p.count;
+      }
+      pieces = [];
+      filled = 0;
+    };
+    for (const t of tensors) {
+      let pos = 0;
+      while (pos < t.length) {
+        if (filled === 0 && t.length - pos >= cap) {
+          const slice = t.subarray(pos, pos + cap);
+          scale(slice, pre);
+          await this.ring.allReduceSum(slice, fp16);
+          scale(slice, post);
+          pos += cap;
+          continue;
+        }
+        const take = Math.min(cap - filled, t.length - pos);
+        pieces.push({ t, from: pos, count: take });
+        filled += take;
+        pos += take;
+        if (filled === cap) await flush();
+      }
+    }
+    await flush();
+  }
+
+  /**
+   * Every rank's `block` in rank order; blocks may differ in length (a rank may have zero rows). With
+   * `rowWidth`, each block must be whole rows of that width.
+   */
+  async allGather(block: Float32Array, rowWidth = 1): Promise<Float32Array[]> {
+    if (!(block instanceof Float32Array)) throw new UsageError('allGather: block must be a Float32Array');
+    positiveInt('rowWidth', rowWidth);
+    if (block.length % rowWidth !== 0) {
+      throw new UsageError(`allGather: block of ${block.length} elements is not whole rows of width ${rowWidth}`);
+    }
+    const blocks = await this.ring.allGather(block);
+    blocks.forEach((b, r) => {
+      if (b.length % rowWidth !== 0) {
+        throw new CollectiveError(`allGather: rank ${r} sent ${b.length} elements, not whole rows of width ${rowWidth}`, 'mismatch', 'allGather', r, this.generation);
+      }
+    });
+    return blocks;
+  }
+
+  /** Overwrites `data` on every rank with root's `data` (same length everywhere). */
+  async broadcast(data: Float32Array, root: number): Promise<void> {
+    if (!(data instanceof Float32Array)) throw new UsageError('broadcast: data must be a Float32Array');
+    if (!Number.isSafeInteger(root) || root < 0 || root >= this.worldSize) {
+      throw new UsageError(`broadcast: root must be a rank in 0..${this.worldSize - 1}; got ${root}`);
+    }
+    await this.ring.broadcast(data, root);
+  }
+
+  /** Resolves once every rank of the generation has entered it. */
+  async barrier(): Promise<void> {
+    await this.ring.barrier();
+  }
+
+  /** Closes links and the server; pending collectives fail with CollectiveError('closed'). */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.ring.fail(new CollectiveError('collective group closed', 'closed', 'close', -1, this.generation), false);
+    await this.transport.close();
+  }
+}
+
+/**
+ * Starts this rank's collective server (listening before peers are known) and, when generation/rank/worldSize/
+ * peers are given, connects at once.
+ */
+export function createCollectiveGroup(options: CollectiveGroupOptions): Promise<CollectiveGroup> {
+  return CollectiveGroup.create(options);
+}
