@@ -5,6 +5,8 @@
  *
  * Lifecycle:
  *  1. `start` (coordinator boot): publish the current epoch's shard descriptors if not yet published.
+ *     Every new generation also rebuilds the shard queue (`resetQueue`: purge, republish what the last commit
+ *     does not hold, in plan order); its assignments are handed out after `queueReset`.
  *  2. `join` while waiting: members collect; once `world.min` are present (and `settleMs` has passed on a `tick`,
  *     or `world.max` are present) a generation is formed: ranks, ring order, restore = last commit.
  *  3. `commit` (rank 0, after its checkpoint is on disk): recorded with the epoch's finished shards; members may
@@ -37,10 +39,12 @@ export type JobEvent =
   | { type: 'failure'; nodeId: string; generation: number; missingRank?: number; op?: string; message: string; now: number }
   | { type: 'commit'; nodeId: string; generation: number; commit: CommitInfo }
   | { type: 'epochDone'; nodeId: string; generation: number; epoch: number }
-  | { type: 'published'; epoch: number; shards: number };
+  | { type: 'published'; epoch: number; shards: number }
+  | { type: 'queueReset'; generation: number };
 
 export type JobAction =
   | { type: 'publishEpoch'; epoch: number }
+  | { type: 'resetQueue'; epoch: number; generation: number }
   | { type: 'generation'; generation: number; worldSize: number; reason: string }
   | { type: 'committed'; step: number; epoch: number }
   | { type: 'finished' };
@@ -63,6 +67,7 @@ export function initialState(jobId: string): JobState {
     epoch: 0,
     publishedEpoch: -1,
     epochShards: 0,
+    queueGeneration: 0,
     committed: null,
     ledger: { commits: 0, samplesCommitted: 0, shardsAcked: 0 },
     pendingJoin: false,
@@ -100,6 +105,7 @@ function newGeneration(s: JobState, o: ProtocolOptions, reason: string, actions:
     s.readySince = null;
   }
   actions.push({ type: 'generation', generation: s.generation, worldSize: s.world.length, reason });
+  if (s.status === 'running') actions.push({ type: 'resetQueue', epoch: s.epoch, generation: s.generation });
 }
 
 function removeMember(s: JobState, o: ProtocolOptions, nodeId: string, reason: string, now: number, actions: JobAction[]): void {
@@ -240,13 +246,17 @@ export function step(state: JobState, event: JobEvent, o: ProtocolOptions): Step
         s.epochShards = event.shards;
       }
       break;
+
+    case 'queueReset':
+      if (event.generation > s.queueGeneration) s.queueGeneration = event.generation;
+      break;
   }
   return { state: s, actions };
 }
 
 /** The assignment of `nodeId` in `state`, or null when it holds no rank. */
 export function assignmentOf(s: JobState, nodeId: string) {
-  if (s.status !== 'running') return null;
+  if (s.status !== 'running' || s.queueGeneration < s.generation) return null;
   const me = s.world.find((p) => p.nodeId === nodeId);
   if (!me) return null;
   return {

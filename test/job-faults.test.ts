@@ -33,8 +33,8 @@ const job = async (name: string, epochs: number) =>
       checkpoint: { intervalSteps: 3 },
       // A lease's in-progress signals come from the trainer's main thread, which a CPU step blocks for a second
       // or more: ackWaitMs must stay well above a step, or a held descriptor is redelivered to another trainer.
-      // It is also how long a killed trainer's descriptors wait before the survivors get them.
-      data: { samplesPerShard: 8, ackWaitMs: 10_000, workers: 1 },
+      // (A killed trainer's descriptors do not wait for it: each new generation rebuilds the queue.)
+      data: { samplesPerShard: 8, ackWaitMs: 30_000, workers: 1 },
       world: { min: 1, max: 4, rendezvousSettleMs: 500 },
       membership: { heartbeatMs: 200, timeoutMs: 2500 },
     },
