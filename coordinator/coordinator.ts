@@ -17,9 +17,15 @@ import { JobStore, RevisionConflictError, type StoredState } from './store';
 import { jobSubjects, type JobState } from './types';
 import { encode, type ControlReply, type ControlRequest, type Heartbeat } from './wire';
 
-/** Publishes one epoch's shard descriptors; returns their keys. Must be idempotent (JetStream message-id dedup). */
+/** The job's shard queue, as the coordinator drives it. */
 export interface EpochPublisher {
+  /** Publishes one epoch's shard descriptors; returns their keys. Idempotent (JetStream message-id dedup). */
   publishEpoch(epoch: number): Promise<{ shardKeys: string[] }>;
+  /**
+   * Rebuilds the queue for a new generation: removes every descriptor still queued or leased, then publishes the
+   * epoch's descriptors that are not in `committedShards`, in plan order. Returns the keys published.
+   */
+  resetQueue(epoch: number, generation: number, committedShards: readonly string[]): Promise<{ shardKeys: string[] }>;
 }
 
 export interface CoordinatorOptions {
@@ -44,7 +50,8 @@ export class Coordinator {
   private readonly lastSeen = new Map<string, number>();
   private queue: Promise<unknown> = Promise.resolve();
   private timer?: NodeJS.Timeout;
-  private readonly publishing = new Set<number>();
+  private reconciling = false;
+  private reconcileAgain = false;
   private stopped = false;
   private finishedResolve!: () => void;
   /** Resolves when the job is finished. */
@@ -93,6 +100,7 @@ export class Coordinator {
     this.subs.push(control, hb);
     await this.o.nc.flush();
     await this.apply({ type: 'start' });
+    this.reconcileQueue();
     const tickMs = this.o.tickMs ?? Math.max(20, Math.min(250, Math.floor(this.o.heartbeatTimeoutMs / 4)));
     this.timer = setInterval(() => void this.tick(), tickMs);
   }
@@ -137,8 +145,9 @@ export class Coordinator {
     this.lastSeen.set(hb.nodeId, Date.now());
     const s = this.current.state;
     // A member declared lost that is still alive (it was stalled, or partitioned) comes back as a newcomer.
-    if (s.status !== 'finished' && typeof hb.address === 'string' && !s.members.some((m) => m.nodeId === hb.nodeId)) {
-      void this.apply({ type: 'join', nodeId: hb.nodeId, address: hb.address, now: Date.now() });
+    if (s.status !== 'finished' && typeof hb.address === 'string' && typeof hb.incarnation === 'string' &&
+        !s.members.some((m) => m.nodeId === hb.nodeId && m.incarnation === hb.incarnation)) {
+      void this.apply({ type: 'join', nodeId: hb.nodeId, address: hb.address, incarnation: hb.incarnation, now: Date.now() });
     }
   }
 
@@ -166,7 +175,10 @@ export class Coordinator {
     let event: JobEvent;
     switch (req.type) {
       case 'join':
-        event = { type: 'join', nodeId: req.nodeId, address: req.address, now };
+        if (typeof req.address !== 'string' || typeof req.incarnation !== 'string') {
+          return reply({ ok: false, code: 'bad-request', message: 'join needs address and incarnation' });
+        }
+        event = { type: 'join', nodeId: req.nodeId, address: req.address, incarnation: req.incarnation, now };
         break;
       case 'leave':
         event = { type: 'leave', nodeId: req.nodeId, now };
@@ -212,6 +224,7 @@ export class Coordinator {
         }
         this.updateMetrics();
         for (const a of r.actions) this.run(a);
+        this.reconcileQueue();
         return undefined;
       }
     };
@@ -231,8 +244,8 @@ export class Coordinator {
         this.log.info('checkpoint committed', { step: a.step, epoch: a.epoch, dir: s.committed?.checkpointDir });
         break;
       case 'publishEpoch':
-        void this.publishEpoch(a.epoch);
-        break;
+      case 'resetQueue':
+        break; // reconcileQueue() brings the queue to the state's epoch and generation
       case 'finished':
         this.log.info('job finished', { reason: s.reason, committedStep: s.committed?.step ?? null });
         this.finishedResolve();
@@ -240,22 +253,45 @@ export class Coordinator {
     }
   }
 
-  private async publishEpoch(epoch: number): Promise<void> {
-    if (this.publishing.has(epoch) || this.current.state.publishedEpoch >= epoch) return;
-    this.publishing.add(epoch);
-    try {
-      const { shardKeys } = await this.o.publisher.publishEpoch(epoch);
-      this.log.info('epoch published', { epoch, shards: shardKeys.length });
-      await this.apply({ type: 'published', epoch, shards: shardKeys.length });
-    } catch (e) {
-      this.log.error('publishing the epoch failed; retrying in 1 s', { epoch, error: (e as Error).message });
-      setTimeout(() => {
-        this.publishing.delete(epoch);
-        if (!this.stopped) void this.publishEpoch(epoch);
-      }, 1000);
+  /**
+   * Brings the shard queue to what the state asks for, one operation at a time: publish the current epoch if it
+   * is not yet published; rebuild the queue for the current generation if it was not rebuilt yet. Each operation
+   * ends with an event recording it (so a restarted coordinator redoes only what was not recorded). Retried on
+   * failure; concurrent calls fold into one more pass.
+   */
+  private reconcileQueue(): void {
+    if (this.reconciling) {
+      this.reconcileAgain = true;
       return;
     }
-    this.publishing.delete(epoch);
+    this.reconciling = true;
+    void (async () => {
+      try {
+        do {
+          this.reconcileAgain = false;
+          if (this.stopped) return;
+          const s = this.current.state;
+          if (s.status === 'finished') return;
+          if (s.publishedEpoch < s.epoch) {
+            const { shardKeys } = await this.o.publisher.publishEpoch(s.epoch);
+            this.log.info('epoch published', { epoch: s.epoch, shards: shardKeys.length });
+            await this.apply({ type: 'published', epoch: s.epoch, shards: shardKeys.length });
+            this.reconcileAgain = true;
+          } else if (s.status === 'running' && s.queueGeneration < s.generation) {
+            const committed = s.committed?.epoch === s.epoch ? s.committed.ackedShards : [];
+            const { shardKeys } = await this.o.publisher.resetQueue(s.epoch, s.generation, committed);
+            this.log.info('shard queue rebuilt for the generation', { generation: s.generation, epoch: s.epoch, shards: shardKeys.length, committedShards: committed.length });
+            await this.apply({ type: 'queueReset', generation: s.generation });
+            this.reconcileAgain = true;
+          }
+        } while (this.reconcileAgain);
+      } catch (e) {
+        this.log.error('shard queue operation failed; retrying in 1 s', { error: (e as Error).message });
+        setTimeout(() => this.reconcileQueue(), 1000).unref();
+      } finally {
+        this.reconciling = false;
+      }
+    })();
   }
 
   private updateMetrics(): void {

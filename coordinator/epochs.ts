@@ -7,7 +7,8 @@ import { join } from 'node:path';
 import type { NatsConnection } from '@nats-io/transport-node';
 import type { Registry } from 'prom-client';
 import { UsageError, type JobConfig, type Logger } from '../common';
-import { loadIndex, planEpoch, ShardPublisher, type DatasetIndex, type ShardQueueOptions } from '../dataloader';
+import { jetstream, jetstreamManager } from '@nats-io/jetstream';
+import { encodeDescriptor, loadIndex, planEpoch, ShardPublisher, type DatasetIndex, type ShardQueueOptions } from '../dataloader';
 import type { EpochPublisher } from './coordinator';
 import { jobSubjects } from './types';
 
@@ -57,6 +58,25 @@ export class DataEpochPublisher implements EpochPublisher {
     this.ready ??= this.publisher.ensureStream();
     await this.ready;
     await this.publisher.publishEpoch(descriptors);
+    return { shardKeys: descriptors.map((d) => d.id) };
+  }
+
+  /**
+   * Purges the job's stream (queued and leased descriptors alike: leases of the old generation are void), then
+   * publishes the epoch's uncommitted descriptors in plan order. The message id carries the generation, since the
+   * stream's duplicate window remembers ids across a purge.
+   */
+  async resetQueue(epoch: number, generation: number, committedShards: readonly string[]): Promise<{ shardKeys: string[] }> {
+    const done = new Set(committedShards);
+    const descriptors = this.plan(epoch).filter((d) => !done.has(d.id));
+    this.ready ??= this.publisher.ensureStream();
+    await this.ready;
+    const q = shardQueueOptions(this.o.config, this.o.nc);
+    const jsm = await jetstreamManager(this.o.nc);
+    await jsm.streams.purge(q.stream);
+    const js = jetstream(this.o.nc);
+    // In order, one at a time: the queue's order is the plan's order.
+    for (const d of descriptors) await js.publish(q.subject, encodeDescriptor(d), { msgID: `${d.id}@g${generation}` });
     return { shardKeys: descriptors.map((d) => d.id) };
   }
 

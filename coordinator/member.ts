@@ -3,9 +3,12 @@
  * and commits by watching the job state in NATS KV, send requests (failure, commit, epochDone, leave) to the
  * coordinator. Requests retry while no coordinator answers (it may be restarting) and are idempotent there.
  */
+import { randomBytes } from 'node:crypto';
+import { Worker } from 'node:worker_threads';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { Blip2Error, createLogger, type Logger } from '../common';
 import { assignmentOf } from './protocol';
+import { natsConnectDataOf } from './nats';
 import { JobStore } from './store';
 import {
   AuthError, GenerationChangedError, JobFinishedError, ProtocolError, jobSubjects,
@@ -24,6 +27,13 @@ export interface JoinOptions {
   heartbeatMs?: number;
   /** How long a request keeps retrying while no coordinator answers. Default: 120 000 ms. */
   requestDeadlineMs?: number;
+  /**
+   * Heartbeat from a worker thread with its own NATS connection, so that long synchronous work on this thread does
+   * not stop the beats. Default: on when `nc` came from connectJobNats (its options are known), else off. While on,
+   * the beats stop if this thread has not run for `stallMs` (a hung process). Default stallMs: 120 000.
+   */
+  heartbeatWorker?: boolean;
+  stallMs?: number;
   log?: Logger;
 }
 
@@ -34,10 +44,13 @@ export class JobMember {
   private readonly waiters = new Set<Waiter>();
   private readonly generationListeners = new Set<(generation: number) => void>();
   private heartbeat?: NodeJS.Timeout;
+  private worker?: Worker;
   private stopWatch?: () => void;
   private closed = false;
   private readonly subjects: ReturnType<typeof jobSubjects>;
   private readonly log: Logger;
+  /** This process's incarnation: tells a restarted process from a retried join. */
+  readonly incarnation = randomBytes(8).toString('hex');
 
   private constructor(private readonly o: JoinOptions) {
     this.subjects = jobSubjects(o.jobId);
@@ -47,20 +60,37 @@ export class JobMember {
   /** Joins the job; throws AuthError (clear message) on a wrong token. */
   static async join(o: JoinOptions): Promise<JobMember> {
     const m = new JobMember(o);
-    await m.request({ type: 'join', token: o.token, nodeId: o.nodeId, address: o.address });
+    await m.request({ type: 'join', token: o.token, nodeId: o.nodeId, address: o.address, incarnation: m.incarnation });
     const store = await JobStore.open(o.nc, o.jobId);
     m.stopWatch = await store.watch(({ state }) => m.onState(state));
-    const beat = () => {
-      if (m.closed) return;
-      const hb: Heartbeat = { token: o.token, nodeId: o.nodeId, address: o.address };
-      try {
-        o.nc.publish(m.subjects.heartbeat, encode(hb));
-      } catch {
-        // connection closing; the next beat or close() settles it
-      }
-    };
-    beat();
-    m.heartbeat = setInterval(beat, o.heartbeatMs ?? 500);
+    const hb: Heartbeat = { token: o.token, nodeId: o.nodeId, address: o.address, incarnation: m.incarnation };
+    const periodMs = o.heartbeatMs ?? 500;
+    const data = natsConnectDataOf(o.nc);
+    if ((o.heartbeatWorker ?? true) && data) {
+      m.worker = new Worker(new URL('./heartbeat-worker.mjs', import.meta.url), {
+        workerData: {
+          ...data, creds: data.creds ? Array.from(data.creds) : undefined, subject: m.subjects.heartbeat, payload: encode(hb),
+          periodMs, stallMs: o.stallMs ?? 120_000, name: `blip2-heartbeat-${o.nodeId}`,
+        },
+      });
+      m.worker.unref();
+      await new Promise<void>((resolve, reject) => {
+        m.worker!.once('message', () => resolve());
+        m.worker!.once('error', (e) => reject(new Blip2Error(`heartbeat worker of ${o.nodeId} failed to start: ${e.message}`)));
+      });
+      m.heartbeat = setInterval(() => m.worker?.postMessage('tick'), periodMs);
+    } else {
+      const beat = () => {
+        if (m.closed) return;
+        try {
+          o.nc.publish(m.subjects.heartbeat, encode(hb));
+        } catch {
+          // connection closing; the next beat or close() settles it
+        }
+      };
+      beat();
+      m.heartbeat = setInterval(beat, periodMs);
+    }
     // The first state, so that `generation` is meaningful right after join.
     await m.waitFor(() => true);
     return m;
@@ -152,7 +182,7 @@ export class JobMember {
   async leave(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    if (this.heartbeat) clearInterval(this.heartbeat);
+    this.stopHeartbeat();
     try {
       // A finished job has no members to leave (and its coordinator may be gone).
       if (this.state?.status !== 'finished') await this.request({ type: 'leave', token: this.o.token, nodeId: this.o.nodeId }, 5000);
@@ -164,9 +194,20 @@ export class JobMember {
   /** Stops heartbeats and the state watch without telling the coordinator (it will declare this node lost). */
   close(): void {
     this.closed = true;
-    if (this.heartbeat) clearInterval(this.heartbeat);
+    this.stopHeartbeat();
     this.stopWatch?.();
     for (const w of [...this.waiters]) w.fail(new Blip2Error(`member ${this.o.nodeId} of job ${this.o.jobId} was closed`));
+  }
+
+  private stopHeartbeat(): void {
+    if (this.heartbeat) clearInterval(this.heartbeat);
+    this.heartbeat = undefined;
+    const w = this.worker;
+    this.worker = undefined;
+    if (w) {
+      w.postMessage('stop');
+      setTimeout(() => void w.terminate(), 2000).unref();
+    }
   }
 
   private onState(s: JobState): void {

@@ -4,6 +4,7 @@ import type { JobState } from './types';
 
 const opts = (o: Partial<ProtocolOptions> = {}): ProtocolOptions => ({ minWorld: 2, maxWorld: 4, settleMs: 100, epochs: 2, maxSteps: 0, ...o });
 
+/** Applies events; like the coordinator, answers every `resetQueue` action with its `queueReset` event. */
 function run(state: JobState, events: JobEvent[], o: ProtocolOptions) {
   const actions = [];
   for (const e of events) {
@@ -11,10 +12,11 @@ function run(state: JobState, events: JobEvent[], o: ProtocolOptions) {
     expect(r.error, `event ${JSON.stringify(e)}`).toBeUndefined();
     state = r.state;
     actions.push(...r.actions);
+    for (const a of r.actions) if (a.type === 'resetQueue') state = step(state, { type: 'queueReset', generation: a.generation }, o).state;
   }
   return { state, actions };
 }
-const join = (n: number, now = 0): JobEvent => ({ type: 'join', nodeId: `n${n}`, address: `h:${5000 + n}`, now });
+const join = (n: number, now = 0): JobEvent => ({ type: 'join', nodeId: `n${n}`, address: `h:${5000 + n}`, incarnation: `i${n}`, now });
 const commit = (s: JobState, stepN: number, acked: string[], cursors: Record<string, number> = {}, samples?: number): JobEvent => ({
   type: 'commit', nodeId: s.world[0]!.nodeId, generation: s.generation,
   commit: { step: stepN, epoch: s.epoch, checkpointDir: `/ck/${stepN}`, cursors, ackedShards: acked, ...(samples !== undefined ? { samples } : {}) },
@@ -46,7 +48,7 @@ describe.each([1, 2, 3, 4])('world of %i', (worldSize) => {
     let { state } = running(worldSize, o);
     ({ state } = run(state, [commit(state, 10, ['a'], { b: 4 })], o));
     const victim = `n${worldSize - 1}`;
-    const r = step(state, { type: 'lost', nodeId: victim, reason: 'no heartbeat', now: 2000 }, o);
+    const r = run(state, [{ type: 'lost', nodeId: victim, reason: 'no heartbeat', now: 2000 }], o);
     expect(r.state.generation).toBe(2);
     if (worldSize - 1 >= o.minWorld) {
       expect(r.state.status).toBe('running');
@@ -89,9 +91,19 @@ describe('rendezvous', () => {
     const o = opts({ minWorld: 1, maxWorld: 2, settleMs: 100 });
     let { state } = running(2, o);
     expect(step(state, join(1), o).state).toEqual(state);
-    ({ state } = run(state, [{ type: 'join', nodeId: 'n1', address: 'h:9999', now: 1 }], o));
+    ({ state } = run(state, [{ type: 'join', nodeId: 'n1', address: 'h:9999', incarnation: 'i1', now: 1 }], o));
+    // The old n1 is dropped at once (a new generation without it); the new one waits for the next commit.
     expect(state.generation).toBe(2);
+    expect(state.world.map((p) => p.nodeId)).toEqual(['n0']);
+    expect(state.pendingJoin).toBe(true);
     expect(state.members.find((m) => m.nodeId === 'n1')!.address).toBe('h:9999');
+    ({ state } = run(state, [commit(state, 1, [])], o));
+    expect(state.world.map((p) => p.nodeId)).toEqual(['n0', 'n1']);
+    // Same address, another process (a restart that reused the port): dropped and taken in again too.
+    ({ state } = run(state, [{ type: 'join', nodeId: 'n1', address: 'h:9999', incarnation: 'other', now: 2 }], o));
+    expect(state.generation).toBe(4);
+    expect(state.world.map((p) => p.nodeId)).toEqual(['n0']);
+    expect(state.members.find((m) => m.nodeId === 'n1')!.incarnation).toBe('other');
   });
 
   test('spares beyond maxWorld wait; a member joining while running is taken in at the next commit', () => {
@@ -100,7 +112,7 @@ describe('rendezvous', () => {
     ({ state } = run(state, [join(5, 1)], o));
     expect(state.generation).toBe(1);
     expect(state.pendingJoin).toBe(true);
-    const r = step(state, commit(state, 4, []), o);
+    const r = run(state, [commit(state, 4, [])], o);
     expect(r.state.generation).toBe(2);
     expect(r.state.world.map((p) => p.nodeId)).toEqual(['n0', 'n1', 'n5']);
     expect(assignmentOf(r.state, 'n5')!.restore!.step).toBe(4);
@@ -205,5 +217,33 @@ describe('failures', () => {
   test('a report naming a rank that does not exist is refused', () => {
     const { state } = running(2, o);
     expect(step(state, { type: 'failure', nodeId: 'n1', generation: 1, missingRank: 7, message: 'x', now: 1 }, o).error).toMatch(/ranks 0..1/);
+  });
+});
+
+describe('the shard queue', () => {
+  const o = opts({ minWorld: 1, maxWorld: 2, settleMs: 100 });
+
+  test('every new generation rebuilds the queue, and its assignments wait for that', () => {
+    let { state } = running(2, o);
+    ({ state } = run(state, [commit(state, 3, ['a'], { b: 2 })], o));
+    const r = step(state, { type: 'lost', nodeId: 'n1', reason: 'x', now: 5 }, o);
+    expect(r.actions).toContainEqual({ type: 'resetQueue', epoch: 0, generation: 2 });
+    expect(r.state.queueGeneration).toBe(1);
+    expect(assignmentOf(r.state, 'n0')).toBeNull(); // the old generation's leases may still be in the queue
+    const ready = step(r.state, { type: 'queueReset', generation: 2 }, o).state;
+    expect(assignmentOf(ready, 'n0')).toMatchObject({ generation: 2, worldSize: 1, restore: { step: 3, ackedShards: ['a'], cursors: { b: 2 } } });
+    // A late reset of an older generation changes nothing.
+    expect(step(ready, { type: 'queueReset', generation: 1 }, o).state.queueGeneration).toBe(2);
+  });
+
+  test('a waiting job does not rebuild the queue until it runs again', () => {
+    const om = opts({ minWorld: 2, settleMs: 0 });
+    let { state } = running(2, om);
+    const r = step(state, { type: 'lost', nodeId: 'n1', reason: 'x', now: 5 }, om);
+    expect(r.state.status).toBe('waiting');
+    expect(r.actions.some((a) => a.type === 'resetQueue')).toBe(false);
+    ({ state } = run(r.state, [join(3, 6)], om));
+    expect(state.status).toBe('running');
+    expect(state.queueGeneration).toBe(state.generation);
   });
 });

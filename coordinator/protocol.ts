@@ -5,6 +5,8 @@
  *
  * Lifecycle:
  *  1. `start` (coordinator boot): publish the current epoch's shard descriptors if not yet published.
+ *     Every new generation also rebuilds the shard queue (`resetQueue`: purge, republish what the last commit
+ *     does not hold, in plan order); its assignments are handed out after `queueReset`.
  *  2. `join` while waiting: members collect; once `world.min` are present (and `settleMs` has passed on a `tick`,
  *     or `world.max` are present) a generation is formed: ranks, ring order, restore = last commit.
  *  3. `commit` (rank 0, after its checkpoint is on disk): recorded with the epoch's finished shards; members may
@@ -31,16 +33,18 @@ export interface ProtocolOptions {
 export type JobEvent =
   | { type: 'start' }
   | { type: 'tick'; now: number }
-  | { type: 'join'; nodeId: string; address: string; now: number }
+  | { type: 'join'; nodeId: string; address: string; incarnation: string; now: number }
   | { type: 'lost'; nodeId: string; reason: string; now: number }
   | { type: 'leave'; nodeId: string; now: number }
   | { type: 'failure'; nodeId: string; generation: number; missingRank?: number; op?: string; message: string; now: number }
   | { type: 'commit'; nodeId: string; generation: number; commit: CommitInfo }
   | { type: 'epochDone'; nodeId: string; generation: number; epoch: number }
-  | { type: 'published'; epoch: number; shards: number };
+  | { type: 'published'; epoch: number; shards: number }
+  | { type: 'queueReset'; generation: number };
 
 export type JobAction =
   | { type: 'publishEpoch'; epoch: number }
+  | { type: 'resetQueue'; epoch: number; generation: number }
   | { type: 'generation'; generation: number; worldSize: number; reason: string }
   | { type: 'committed'; step: number; epoch: number }
   | { type: 'finished' };
@@ -63,6 +67,7 @@ export function initialState(jobId: string): JobState {
     epoch: 0,
     publishedEpoch: -1,
     epochShards: 0,
+    queueGeneration: 0,
     committed: null,
     ledger: { commits: 0, samplesCommitted: 0, shardsAcked: 0 },
     pendingJoin: false,
@@ -100,6 +105,7 @@ function newGeneration(s: JobState, o: ProtocolOptions, reason: string, actions:
     s.readySince = null;
   }
   actions.push({ type: 'generation', generation: s.generation, worldSize: s.world.length, reason });
+  if (s.status === 'running') actions.push({ type: 'resetQueue', epoch: s.epoch, generation: s.generation });
 }
 
 function removeMember(s: JobState, o: ProtocolOptions, nodeId: string, reason: string, now: number, actions: JobAction[]): void {
@@ -152,13 +158,13 @@ export function step(state: JobState, event: JobEvent, o: ProtocolOptions): Step
 
     case 'join': {
       const existing = s.members.find((m) => m.nodeId === event.nodeId);
-      if (existing && existing.address === event.address) break; // a retried join: nothing changes
+      if (existing && existing.address === event.address && existing.incarnation === event.incarnation) break; // a retried join
       if (existing) {
-        // The same node id at a new address: the old process is gone. Drop it (a new generation if it held a
+        // The same node id from another process: the old one is gone. Drop it (a new generation if it held a
         // rank), then take the new one in like any newcomer.
-        removeMember(s, o, event.nodeId, `node ${event.nodeId} restarted at ${event.address}`, event.now, actions);
+        removeMember(s, o, event.nodeId, `node ${event.nodeId} restarted (${event.address})`, event.now, actions);
       }
-      s.members.push({ nodeId: event.nodeId, address: event.address, joinSeq: s.nextJoinSeq++ });
+      s.members.push({ nodeId: event.nodeId, address: event.address, incarnation: event.incarnation, joinSeq: s.nextJoinSeq++ });
       if (s.status === 'waiting') maybeForm(s, o, event.now, actions);
       else if (s.status === 'running' && !s.world.some((p) => p.nodeId === event.nodeId) && s.world.length < o.maxWorld) {
         s.pendingJoin = true;
@@ -240,13 +246,17 @@ export function step(state: JobState, event: JobEvent, o: ProtocolOptions): Step
         s.epochShards = event.shards;
       }
       break;
+
+    case 'queueReset':
+      if (event.generation > s.queueGeneration) s.queueGeneration = event.generation;
+      break;
   }
   return { state: s, actions };
 }
 
 /** The assignment of `nodeId` in `state`, or null when it holds no rank. */
 export function assignmentOf(s: JobState, nodeId: string) {
-  if (s.status !== 'running') return null;
+  if (s.status !== 'running' || s.queueGeneration < s.generation) return null;
   const me = s.world.find((p) => p.nodeId === nodeId);
   if (!me) return null;
   return {

@@ -40,6 +40,8 @@ export interface Assignment {
 export interface MemberRecord {
   nodeId: string;
   address: string;
+  /** Random id of the member's process: the same node id with another incarnation is a restarted process. */
+  incarnation: string;
   /** Order of arrival; ranks of a new world follow the old ranks, then arrival order. */
   joinSeq: number;
 }
@@ -62,6 +64,12 @@ export interface JobState {
   /** Last epoch whose shard descriptors were published (-1: none) and how many shards it has. */
   publishedEpoch: number;
   epochShards: number;
+  /**
+   * Generation for which the shard queue was last rebuilt: purged, then the epoch's descriptors not yet committed
+   * republished in plan order. Assignments of a generation are handed out only once this reaches it, so every
+   * generation starts from exactly the committed state, in the same order, without waiting for lost leases.
+   */
+  queueGeneration: number;
   /** Last committed checkpoint (ackedShards cumulative over its epoch). */
   committed: CommitInfo | null;
   ledger: { commits: number; samplesCommitted: number; shardsAcked: number };

@@ -3,7 +3,7 @@
 import type { CommitInfo } from './types';
 
 export type ControlRequest =
-  | { type: 'join'; token: string; nodeId: string; address: string }
+  | { type: 'join'; token: string; nodeId: string; address: string; incarnation: string }
   | { type: 'leave'; token: string; nodeId: string }
   | { type: 'failure'; token: string; nodeId: string; generation: number; missingRank?: number; op?: string; message: string }
   | { type: 'commit'; token: string; nodeId: string; generation: number; commit: CommitInfo }
@@ -15,6 +15,7 @@ export interface Heartbeat {
   token: string;
   nodeId: string;
   address: string;
+  incarnation: string;
 }
 
 export interface ProgressReport {

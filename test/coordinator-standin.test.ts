@@ -8,7 +8,9 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { afterAll, afterEach, beforeAll, describe, expect, inject, test } from 'vitest';
-import { JobStore, type JobState } from '../coordinator';
+import { loadJobConfig } from '../common';
+import { JobMember, JobStore, type JobState } from '../coordinator';
+import { connectJobNats } from '../coordinator/nats';
 import { loadIndex, planEpoch, sampleId, SampleLedger } from '../dataloader';
 import { freePort } from './setup/nats';
 import { exitWithin, makeJobDir, runTs, waitUntil, type JobDir, type Proc } from './helpers/procs';
@@ -199,3 +201,43 @@ describe('coordinator with trainer stand-ins', () => {
     expect(q.output()).toMatch(/config flag "--train\.epochz": unknown key/);
   });
 });
+
+describe('heartbeats', () => {
+  const busy = (ms: number) => {
+    const end = Date.now() + ms;
+    while (Date.now() < end); // a long synchronous step, as a tfjs forward/backward on CPU
+  };
+
+  test.each([
+    [true, 'keep beating from a worker thread while the main thread is busy'],
+    [false, 'stop while the main thread is busy when sent from it, and the member is declared lost'],
+  ])('worker=%s: heartbeats %s', async (worker) => {
+    const j = await job();
+    const c = j.coordinator();
+    const { config } = loadJobConfig({ file: j.configFile, env: {}, argv: ['--node.id', 'busy'] });
+    const mnc = await connectJobNats(config);
+    const m = await JobMember.join({
+      nc: mnc, jobId: j.jobId, token: 'right-token', nodeId: 'busy', address: '127.0.0.1:1', heartbeatMs: 100, heartbeatWorker: worker,
+    });
+    try {
+      const formed = await m.waitForAssignment(-1);
+      busy(3 * 1200); // three heartbeat timeouts
+      await new Promise((r) => setTimeout(r, 300)); // let the coordinator's view arrive
+      const s = (await j.state())!;
+      if (worker) {
+        expect(s.generation).toBe(formed.generation);
+        expect(s.world.map((p) => p.nodeId)).toEqual(['busy']);
+        expect(c.output()).not.toMatch(/member lost/);
+      } else {
+        await waitUntil('the loss in the coordinator log', () => /member lost: no heartbeat .*node=busy/.test(c.output()), 5000);
+        // Alive again, it comes back as a newcomer and gets a new generation.
+        const back = await m.waitForAssignment(formed.generation);
+        expect(back.generation).toBeGreaterThan(formed.generation);
+      }
+    } finally {
+      m.close();
+      await mnc.close();
+    }
+  });
+});
+
