@@ -32,5 +32,4 @@ export {
 export { createTrainerCore, modelConfigFor, learningRateSchedule, type BuiltTrainerCore, type OptimSettings, type TrainerCoreOptions } from './core';
 export { JetStreamEpochData, LocalEpochData, LocalShardQueue, LocalLease, type BatchOptions, type JetStreamEpochDataOptions } from './epoch-data';
 export { createTrainerMetrics, STEP_PHASES, type TrainerMetrics, type TrainerMetricsOptions, type StepRecord, type StepPhase, type Objective } from './metrics';
-export { startHeartbeat, type HeartbeatHandle } from './heartbeat';
 export { uniformAt, drawIndex } from './rng';

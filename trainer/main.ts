@@ -5,8 +5,8 @@
  *  2. Start the gRPC collective server, connect to NATS and join the job with the job token.
  *  3. For every assignment (generation): connect the collective ring, restore the commit or receive rank 0's
  *     parameters, train (trainer/loop.ts), checkpoint and commit with the coordinator, ack shards after commits.
- *     Heartbeats go out from a worker thread (trainer/heartbeat-worker.mjs), so long synchronous steps do not make
- *     the coordinator declare a busy trainer lost.
+ *     JobMember heartbeats from a worker thread, so long synchronous steps do not make the coordinator declare a
+ *     busy trainer lost.
  *  4. A collective failure is reported to the coordinator; a generation change aborts the step (pending collectives
  *     fail as the ring re-connects); either way the trainer waits for its next assignment and restores the commit.
  *  5. Exit 0 when the job finishes; 2 on bad input (config, token); 1 on any other failure.
@@ -25,7 +25,6 @@ import { CollectiveError, createCollectiveGroup, type CollectiveGroup } from './
 import { createTrainerCore } from './core';
 import { JetStreamEpochData } from './epoch-data';
 import { GenerationAbortedError, runGeneration, type CommitChannel } from './loop';
-import { startHeartbeat } from './heartbeat';
 import { createTrainerMetrics } from './metrics';
 import { engineName, initEngine, tf } from './model';
 import type { EngineName } from './model/engine';
@@ -108,7 +107,6 @@ runProcess('trainer', async () => {
     throw e;
   }
   log.info('joined', { generation: member.generation });
-  const heartbeat = await startHeartbeat(config, address);
 
   let stopping = false;
   const stopController = new AbortController();
@@ -224,7 +222,6 @@ runProcess('trainer', async () => {
     code = e instanceof UsageError ? 2 : 1;
     throw e;
   } finally {
-    await heartbeat.stop().catch(() => undefined);
     if (stopping) await member.leave().catch(() => undefined);
     else member.close();
     await group.close().catch(() => undefined);
