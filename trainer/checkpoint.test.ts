@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import {
-  CheckpointError, listCheckpoints, META_FILE, MODEL_FILE, OPTIMIZER_FILE, readCheckpoint, removeStaleTemporaries,
+  CheckpointError, listCheckpoints, META_FILE, MODEL_FILE, OPTIMIZER_FILE, pruneCheckpoints, readCheckpoint, removeStaleTemporaries,
   writeCheckpoint, type CheckpointState,
 } from './checkpoint';
 import { AdamW } from './optim';
@@ -102,6 +102,14 @@ describe('checkpoint', () => {
       .toThrow(/missing itm_head.weight; unexpected query_tokens, qformer.layernorm.bias/);
     expect(() => readCheckpoint(dir, { params: [{ name: 'temp', shape: [1] }, { name: 'query_tokens', shape: [1, 2, 3] }, { name: 'qformer.layernorm.bias', shape: [3] }] }))
       .toThrow(/wrong shape temp \[\] ≠ \[1\]/);
+  });
+
+  it('keeps the last commit and the newest older checkpoints, never a newer one', () => {
+    const dirs = [2, 4, 6, 8, 10].map((st) => writeCheckpoint(root, sampleState(st)));
+    const refused = writeCheckpoint(root, sampleState(8)); // step-00000008-1, a commit that was refused
+    expect(pruneCheckpoints(root, dirs[3]!, 2).sort()).toEqual([dirs[0], dirs[1], refused].sort());
+    expect(listCheckpoints(root).map((c) => c.dir)).toEqual([dirs[2], dirs[3], dirs[4]]);
+    expect(() => pruneCheckpoints(root, dirs[3]!, 0)).toThrow(/keep = 0 must be an integer ≥ 1/);
   });
 
   it('lists complete checkpoints by step and cleans temporaries left by a killed writer', () => {

@@ -360,6 +360,25 @@ export function listCheckpoints(root: string): { dir: string; step: number }[] {
   return out.sort((a, b) => a.step - b.step || a.dir.localeCompare(b.dir));
 }
 
+/**
+ * Retention: keeps `keep` checkpoints (the committed `current` one and the newest older ones) and removes every
+ * other checkpoint under `root` whose step is below `current`'s (older commits, and checkpoints whose commit was
+ * refused). Newer directories are left alone. Returns the removed directories.
+ */
+export function pruneCheckpoints(root: string, current: string, keep: number): string[] {
+  if (!Number.isInteger(keep) || keep < 1) throw new CheckpointError(`checkpoint retention: keep = ${keep} must be an integer ≥ 1`);
+  const cur = resolve(current);
+  const all = listCheckpoints(root);
+  const mine = all.find((c) => c.dir === cur);
+  if (!mine) return [];
+  // Another directory of the same step was never committed (a refused proposal, or a step redone after a restore).
+  const sameStep = all.filter((c) => c.dir !== cur && c.step === mine.step);
+  const older = all.filter((c) => c.step < mine.step).sort((a, b) => b.step - a.step || b.dir.localeCompare(a.dir));
+  const doomed = [...sameStep, ...older.slice(keep - 1)].map((c) => c.dir);
+  for (const d of doomed) rmSync(d, { recursive: true, force: true });
+  return doomed;
+}
+
 /** Removes temporary directories that a killed writer left under `root`. */
 export function removeStaleTemporaries(root: string): string[] {
   const abs = resolve(root);

@@ -46,6 +46,8 @@ export interface TrainerCoreOptions {
   checkpointEvery: number;
   maxSteps: number;
   checkpointRoot: string;
+  /** Checkpoints to keep on disk (0 = all). */
+  keepCheckpoints?: number;
   ledgerPath?: string;
   metrics?: TrainerMetrics;
   log?: Logger;
@@ -146,7 +148,7 @@ export async function createTrainerCore(o: TrainerCoreOptions): Promise<BuiltTra
     },
     options: {
       checkpointEvery: o.checkpointEvery, maxSteps: o.maxSteps, seed: o.seed, checkpointRoot: o.checkpointRoot, configHash,
-      learningRate: learningRateSchedule(o.optim, o.epochs), ledgerPath: o.ledgerPath,
+      learningRate: learningRateSchedule(o.optim, o.epochs), ledgerPath: o.ledgerPath, keepCheckpoints: o.keepCheckpoints,
     },
     dispose() {
       runtime.dispose();

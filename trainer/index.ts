@@ -13,7 +13,7 @@
  */
 export * from './optim';
 export {
-  CheckpointError, writeCheckpoint, readCheckpoint, readCheckpointMeta, listCheckpoints, removeStaleTemporaries,
+  CheckpointError, writeCheckpoint, readCheckpoint, readCheckpointMeta, listCheckpoints, pruneCheckpoints, removeStaleTemporaries,
   checkpointName, checkpointRoot, CHECKPOINT_FORMAT, MODEL_FILE, OPTIMIZER_FILE, META_FILE,
   type CheckpointState, type CheckpointMeta, type ParamValue, type ReadCheckpointOptions, type WriteCheckpointOptions,
 } from './checkpoint';

@@ -22,7 +22,7 @@ import { appendFileSync } from 'node:fs';
 import { basename } from 'node:path';
 import { Blip2Error, createLogger, type Logger } from '../common';
 import type { Batch, LeasedShard, ShardDescriptor, ShardLease } from '../dataloader';
-import { readCheckpoint, writeCheckpoint } from './checkpoint';
+import { pruneCheckpoints, readCheckpoint, writeCheckpoint } from './checkpoint';
 import type { TrainerMetrics } from './metrics';
 import type { AdamW } from './optim';
 import type { Stage1Runtime } from './stage1-runtime';
@@ -98,6 +98,8 @@ export interface LoopOptions {
   ledgerPath?: string;
   /** Wait between two looks at the queue when the epoch cannot end yet. Default 500 ms. */
   drainPollMs?: number;
+  /** Checkpoints rank 0 keeps on disk (the last commit and the newest older ones); 0 or undefined = all. */
+  keepCheckpoints?: number;
 }
 
 /** Everything that outlives a generation inside one trainer process. */
@@ -281,6 +283,10 @@ export async function runGeneration<L extends TrainLease>(
     core.metrics?.addShardsAcked(ackedNow);
     core.metrics?.setShardsPending(g.data.heldLeases());
     if (g.rank === 0 && o.ledgerPath && ids.length) appendFileSync(o.ledgerPath, JSON.stringify({ epoch, step, ids }) + '\n');
+    if (g.rank === 0 && o.keepCheckpoints) {
+      const removed = pruneCheckpoints(o.checkpointRoot, committed.checkpointDir, o.keepCheckpoints);
+      if (removed.length) log.debug('old checkpoints removed', { removed });
+    }
     lastCommit = committed;
     ledger = nextLedger;
     parent = basename(committed.checkpointDir);

@@ -85,7 +85,7 @@ runProcess('trainer', async () => {
     preset: config.model.preset, modelConfigFile: config.model.config || undefined, weights: config.model.checkpoint || undefined,
     tokenizerPath, seed: config.train.seed, epochs: config.train.epochs,
     optim: config.optim, checkpointEvery: config.checkpoint.intervalSteps, maxSteps: config.train.maxSteps,
-    checkpointRoot: config.checkpoint.dir, ledgerPath: join(config.job.runDir, 'ledger.jsonl'), metrics, log,
+    checkpointRoot: config.checkpoint.dir, keepCheckpoints: config.checkpoint.keep, ledgerPath: join(config.job.runDir, 'ledger.jsonl'), metrics, log,
   });
 
   const tls = config.grpc.tls.certFile
