@@ -186,7 +186,7 @@ export class JobMember {
     this.stopHeartbeat();
     try {
       // A finished job has no members to leave (and its coordinator may be gone).
-      if (this.state?.status !== 'finished') await this.request({ type: 'leave', token: this.o.token, nodeId: this.o.nodeId }, 5000);
+      if (this.state?.status !== 'finished') await this.request({ type: 'leave', token: this.o.token, nodeId: this.o.nodeId, incarnation: this.incarnation }, 5000);
     } finally {
       this.close();
     }
