@@ -188,7 +188,8 @@ describe('stage-1 step', () => {
     });
     for (const [name, g] of ref.grads) {
       const summed = tf.addN(results.map((res) => res.grads.get(name)!));
-      expectAllClose(name, summed, g);
+      // Summing per-rank gradients reorders fp32 additions; compare at the golden gradient tolerance (1e-6 + 1e-3·max|b|).
+      expectAllClose(name, summed, g, 1e-3);
       summed.dispose();
     }
     ref.dispose();

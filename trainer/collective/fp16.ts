@@ -1,0 +1,76 @@
+/**
+ * IEEE 754 binary16 <-> binary32 conversion for fp16 on the wire. Encoding rounds to nearest, ties to even
+ * (as numpy's `astype(float16)` does); values beyond ±65504 become ±Infinity. Decoding is one table lookup.
+ */
+
+let halfToFloat: Float32Array | null = null;
+
+/** The 65536-entry decode table (256 KiB), built on first use. */
+export function halfTable(): Float32Array {
+  if (halfToFloat) return halfToFloat;
+  const t = new Float32Array(65536);
+  for (let h = 0; h < 65536; h++) {
+    const sign = h & 0x8000 ? -1 : 1;
+    const e = (h >> 10) & 0x1f;
+    const m = h & 0x3ff;
+    if (e === 0) t[h] = sign * m * 2 ** -24;
+    else if (e === 31) t[h] = m ? NaN : sign * Infinity;
+    else t[h] = sign * (1 + m / 1024) * 2 ** (e - 15);
+  }
+  halfToFloat = t;
+  return t;
+}
+
+/** dst[i] = half(src[i]) for i < src.length. `bits` must be a Uint32Array view of the same memory as `src`. */
+export function floatToHalf(bits: Uint32Array, dst: Uint16Array): void {
+  const n = bits.length;
+  for (let i = 0; i < n; i++) {
+    const x = bits[i]!;
+    const v = x & 0x7fffffff;
+    // Fast path, |x| in [2^-14, 65536): re-bias the exponent (127 -> 15) and round the 13 dropped mantissa bits
+    // to nearest even in one addition; a carry into the exponent (up to infinity) is the right result.
+    dst[i] = v >= 0x38800000 && v < 0x47800000 ? ((x >>> 16) & 0x8000) | ((v - 0x38000000 + 0xfff + ((v >>> 13) & 1)) >>> 13) : halfSlow(x);
+  }
+}
+
+/** Zero, subnormal halves, overflow to infinity, infinities and NaN. */
+function halfSlow(x: number): number {
+  const sign = (x >>> 16) & 0x8000;
+  const e = (x >>> 23) & 0xff;
+  const m = x & 0x7fffff;
+  if (e >= 143) return sign | (e === 255 && m !== 0 ? 0x7e00 : 0x7c00);
+  if (e >= 102) {
+    const full = m | 0x800000;
+    const shift = 126 - e;
+    let h = full >>> shift;
+    const rem = full & ((1 << shift) - 1);
+    const halfway = 1 << (shift - 1);
+    if (rem > halfway || (rem === halfway && (h & 1) === 1)) h++;
+    return sign | h;
+  }
+  return sign;
+}
+
+/**
+ * dst[i] = bits of float(src[i]) for i < n, where `dst` is a Uint32Array view of the float32 output. Normal halves
+ * by arithmetic (re-bias the exponent, widen the mantissa), the rest from the table.
+ */
+export function halfToFloatBits(src: Uint16Array, dst: Uint32Array, n: number): void {
+  const t = halfBitsTable();
+  for (let i = 0; i < n; i++) {
+    const h = src[i]!;
+    const e = h & 0x7c00;
+    dst[i] = e !== 0 && e !== 0x7c00 ? ((h & 0x8000) << 16) | (((h & 0x7fff) + 0x1c000) << 13) : t[h]!;
+  }
+}
+
+let halfBits: Uint32Array | null = null;
+function halfBitsTable(): Uint32Array {
+  if (!halfBits) halfBits = new Uint32Array(halfTable().buffer);
+  return halfBits;
+}
+
+/** dst[i] = float(src[i]). */
+export function halfToFloatInto(src: Uint16Array, dst: Float32Array): void {
+  halfToFloatBits(src, new Uint32Array(dst.buffer, dst.byteOffset, dst.length), Math.min(src.length, dst.length));
+}
