@@ -28,6 +28,14 @@ afterEach(async (ctx) => {
 });
 
 describe('trainer processes in a job', () => {
+  test('--help describes the process and its keys without starting anything', async () => {
+    const p = runTs('trainer/main.ts', ['--help']);
+    procs.push(p);
+    expect((await exitWithin(p, 30_000, 'trainer --help')).code).toBe(0);
+    expect(p.output()).toMatch(/Usage: tsx trainer\/main\.ts \[--config FILE\]/);
+    expect(p.output()).toMatch(/BLIP2_ENGINE=tensorflow\|wasm\|cpu/);
+  });
+
   test('rank 0 SIGKILLed after a commit: the survivor restores it, a replacement joins, exactly-once ledger, loss falls', async () => {
     const jobId = `trainer-${process.pid}`;
     const j = await makeJobDir(
