@@ -48,6 +48,8 @@ export class Coordinator {
   private current!: StoredState;
   private readonly subs: Subscription[] = [];
   private readonly lastSeen = new Map<string, number>();
+  /** `nodeId/incarnation` of members that left: a heartbeat still in flight must not bring them back. */
+  private readonly departed = new Set<string>();
   private queue: Promise<unknown> = Promise.resolve();
   private timer?: NodeJS.Timeout;
   private reconciling = false;
@@ -142,6 +144,7 @@ export class Coordinator {
       return;
     }
     if (!this.tokenOk(hb.token) || typeof hb.nodeId !== 'string') return;
+    if (this.departed.has(`${hb.nodeId}/${hb.incarnation}`)) return;
     this.lastSeen.set(hb.nodeId, Date.now());
     const s = this.current.state;
     // A member declared lost that is still alive (it was stalled, or partitioned) comes back as a newcomer.
@@ -181,7 +184,8 @@ export class Coordinator {
         event = { type: 'join', nodeId: req.nodeId, address: req.address, incarnation: req.incarnation, now };
         break;
       case 'leave':
-        event = { type: 'leave', nodeId: req.nodeId, now };
+        if (req.incarnation) this.departed.add(`${req.nodeId}/${req.incarnation}`);
+        event = { type: 'leave', nodeId: req.nodeId, incarnation: req.incarnation, now };
         break;
       case 'failure':
         event = { type: 'failure', nodeId: req.nodeId, generation: req.generation, missingRank: req.missingRank, op: req.op, message: req.message, now };

@@ -30,7 +30,8 @@ export interface JoinOptions {
   /**
    * Heartbeat from a worker thread with its own NATS connection, so that long synchronous work on this thread does
    * not stop the beats. Default: on when `nc` came from connectJobNats (its options are known), else off. While on,
-   * the beats stop if this thread has not run for `stallMs` (a hung process). Default stallMs: 120 000.
+   * the beats stop if this thread has not run for `stallMs` (a hung process). Default stallMs: 600 000 (one step
+   * of the `small` preset on the tfjs cpu engine can take minutes).
    */
   heartbeatWorker?: boolean;
   stallMs?: number;
@@ -70,7 +71,7 @@ export class JobMember {
       m.worker = new Worker(new URL('./heartbeat-worker.mjs', import.meta.url), {
         workerData: {
           ...data, creds: data.creds ? Array.from(data.creds) : undefined, subject: m.subjects.heartbeat, payload: encode(hb),
-          periodMs, stallMs: o.stallMs ?? 120_000, name: `blip2-heartbeat-${o.nodeId}`,
+          periodMs, stallMs: o.stallMs ?? 600_000, name: `blip2-heartbeat-${o.nodeId}`,
         },
       });
       m.worker.unref();
@@ -185,7 +186,7 @@ export class JobMember {
     this.stopHeartbeat();
     try {
       // A finished job has no members to leave (and its coordinator may be gone).
-      if (this.state?.status !== 'finished') await this.request({ type: 'leave', token: this.o.token, nodeId: this.o.nodeId }, 5000);
+      if (this.state?.status !== 'finished') await this.request({ type: 'leave', token: this.o.token, nodeId: this.o.nodeId, incarnation: this.incarnation }, 5000);
     } finally {
       this.close();
     }

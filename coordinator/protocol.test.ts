@@ -247,3 +247,13 @@ describe('the shard queue', () => {
     expect(state.queueGeneration).toBe(state.generation);
   });
 });
+
+test('a leave from an earlier incarnation of a node id does not remove the process that replaced it', () => {
+  const o = opts({ minWorld: 1, maxWorld: 2, settleMs: 100 });
+  let { state } = running(2, o);
+  ({ state } = run(state, [{ type: 'join', nodeId: 'n1', address: 'h:1', incarnation: 'new', now: 1 }], o));
+  const late = step(state, { type: 'leave', nodeId: 'n1', incarnation: 'i1', now: 2 }, o);
+  expect(late.state).toEqual(state);
+  const own = step(state, { type: 'leave', nodeId: 'n1', incarnation: 'new', now: 3 }, o);
+  expect(own.state.members.map((m) => m.nodeId)).toEqual(['n0']);
+});

@@ -35,7 +35,7 @@ export type JobEvent =
   | { type: 'tick'; now: number }
   | { type: 'join'; nodeId: string; address: string; incarnation: string; now: number }
   | { type: 'lost'; nodeId: string; reason: string; now: number }
-  | { type: 'leave'; nodeId: string; now: number }
+  | { type: 'leave'; nodeId: string; incarnation?: string; now: number }
   | { type: 'failure'; nodeId: string; generation: number; missingRank?: number; op?: string; message: string; now: number }
   | { type: 'commit'; nodeId: string; generation: number; commit: CommitInfo }
   | { type: 'epochDone'; nodeId: string; generation: number; epoch: number }
@@ -176,9 +176,13 @@ export function step(state: JobState, event: JobEvent, o: ProtocolOptions): Step
       removeMember(s, o, event.nodeId, `node ${event.nodeId} lost: ${event.reason}`, event.now, actions);
       break;
 
-    case 'leave':
+    case 'leave': {
+      // A late leave from an earlier process of a node id that has rejoined since must not remove the new one.
+      const m = s.members.find((x) => x.nodeId === event.nodeId);
+      if (m && event.incarnation !== undefined && m.incarnation !== event.incarnation) break;
       removeMember(s, o, event.nodeId, `node ${event.nodeId} left`, event.now, actions);
       break;
+    }
 
     case 'failure': {
       if (event.generation !== s.generation) return { state, actions: [] }; // already handled: a stale report

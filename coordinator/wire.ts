@@ -4,7 +4,7 @@ import type { CommitInfo } from './types';
 
 export type ControlRequest =
   | { type: 'join'; token: string; nodeId: string; address: string; incarnation: string }
-  | { type: 'leave'; token: string; nodeId: string }
+  | { type: 'leave'; token: string; nodeId: string; incarnation?: string }
   | { type: 'failure'; token: string; nodeId: string; generation: number; missingRank?: number; op?: string; message: string }
   | { type: 'commit'; token: string; nodeId: string; generation: number; commit: CommitInfo }
   | { type: 'epochDone'; token: string; nodeId: string; generation: number; epoch: number };

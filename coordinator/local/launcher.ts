@@ -235,6 +235,16 @@ export async function launchLocal(o: LaunchOptions = {}): Promise<LaunchSummary>
       };
     };
     process.on('SIGINT', requestStop);
+    // SIGTERM / SIGHUP (a supervisor, a closed terminal): stop now; the children are stopped in cleanup().
+    const terminate = (sig: string) => {
+      say(`${sig}: stopping now`);
+      stopRequested = true;
+      stopNow();
+    };
+    const onTerm = () => terminate('SIGTERM');
+    const onHup = () => terminate('SIGHUP');
+    process.on('SIGTERM', onTerm);
+    process.on('SIGHUP', onHup);
     o.signal?.addEventListener('abort', requestStop, { once: true });
     const coordinatorFailed = coordinatorExit.then((code) => {
       if (!stopRequested && code !== 0) throw new Error(`the coordinator exited with code ${code}; see ${join(logDir, 'coordinator.log')}`);
@@ -255,6 +265,8 @@ export async function launchLocal(o: LaunchOptions = {}): Promise<LaunchSummary>
       status = 'failed';
     } finally {
       process.off('SIGINT', requestStop);
+      process.off('SIGTERM', onTerm);
+      process.off('SIGHUP', onHup);
       stopWatch();
       progressSub.unsubscribe();
     }

@@ -253,7 +253,8 @@ async function main() {
   }
   const base = results.find((r) => r.id === 'wasm-stock-1');
   console.log(`\nmachine: ${os.cpus()[0]?.model ?? 'unknown'}, ${cores} logical cores, Node ${process.version}`);
-  console.log(`load average at start ${loadStart.map((l) => l.toFixed(1)).join(' ')}, at end ${os.loadavg().map((l) => l.toFixed(1)).join(' ')}`);
+  const load = (l: number[]) => l.map((x) => x.toFixed(1)).join(' ');
+  console.log(`load average at start ${load(loadStart)}, at end ${load(os.loadavg())}`);
   console.log(`matmul (median of each run, best of ${rounds} round(s); GFLOP/s; ratio against the baseline of this run)`);
   for (const [key, [m, k, n]] of Object.entries(MATMULS)) {
     const flops = 2 * m * k * n;

@@ -16,8 +16,10 @@ import { createLogger } from '../../common';
 import { loadNativeBlas, type NativeBlas } from './engine/native-blas';
 import { installWasmCpuFallbacks } from './engine/wasm-cpu-fallback';
 import { installWasmIdentity } from './engine/wasm-identity';
-import { installWasmMatMul } from './engine/wasm-matmul';
+import { installWasmOneHot } from './engine/wasm-one-hot';
+import { batchMatMulGradConfig, installWasmMatMul } from './engine/wasm-matmul';
 import { installWasmSegmentSum } from './engine/wasm-segment-sum';
+import { installWasmSum } from './engine/wasm-sum';
 import { startThreadedWasm, WASM_MAX_THREADS } from './engine/wasm-threads';
 import type { WasmBackend } from './engine/wasm-backend';
 
@@ -59,6 +61,7 @@ export interface EngineInfo {
 
 const log = createLogger('engine');
 let current: EngineInfo | undefined;
+let starting: Promise<EngineName> | undefined;
 
 function defaultThreads(): number {
   const cores = typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length;
@@ -150,8 +153,10 @@ async function tryWasm(options: ResolvedEngineOptions): Promise<EngineInfo | und
     }
     const backend = tf.backend() as unknown as WasmBackend;
     installWasmMatMul(backend, blas);
+    if (blas) installWasmSum(blas);
     installWasmSegmentSum();
     installWasmIdentity();
+    installWasmOneHot();
     installWasmCpuFallbacks();
     return { name: 'wasm', threads: actual, matmul: blas ? 'openblas' : 'xnnpack' };
   } catch (e) {
@@ -172,7 +177,18 @@ async function tryCpu(): Promise<EngineInfo | undefined> {
  */
 export async function initEngine(options: EngineOptions = {}): Promise<EngineName> {
   if (current) return current.name;
+  // Concurrent first calls share one start-up (a second would start the backend twice).
+  starting ??= startEngine(options).finally(() => {
+    starting = undefined;
+  });
+  return starting;
+}
+
+async function startEngine(options: EngineOptions): Promise<EngineName> {
   const resolved = resolveEngineOptions(options);
+  // Our BatchMatMul gradient (broadcasting, batch folding) serves every engine, so that all compute alike; the
+  // stock-wasm baseline keeps the stock one.
+  if (!resolved.stockWasm) tf.registerGradient(batchMatMulGradConfig);
   const order: EngineName[] = resolved.engine === 'auto' ? ['tensorflow', 'wasm', 'cpu'] : [resolved.engine];
   const tries: Record<EngineName, () => Promise<EngineInfo | undefined>> = {
     tensorflow: tryTensorflow,

@@ -108,8 +108,10 @@ beforeAll(async () => {
 
 test('a BERT block forward+backward on wasm equals the cpu backend, without leaks', async () => {
   const before = tf.memory().numTensors;
+  const dataIds = tf.engine().backend.numDataIds(); // backend-level: kernel temporaries and shared data
   const wasm = run();
   expect(tf.memory().numTensors).toBe(before);
+  expect(tf.engine().backend.numDataIds()).toBe(dataIds);
   await tf.setBackend('cpu');
   const cpu = run();
   await tf.setBackend('wasm');

@@ -40,7 +40,9 @@ test('the filter gradient of a conv2d (a trainable patch embedding) equals the c
   const x = tf.randomNormal([2, 8, 8, 3], 0, 1, 'float32', 3);
   const w = tf.randomNormal([4, 4, 3, 5], 0, 1, 'float32', 4);
   const [wasm, cpu] = await onBoth(() => {
-    const [dx, dw] = tf.grads((xx: tf.Tensor, ww: tf.Tensor) => tf.sum(tf.square(tf.conv2d(xx as tf.Tensor4D, ww as tf.Tensor4D, 4, 'valid'))))([x, w]);
+    const loss = (xx: tf.Tensor, ww: tf.Tensor) =>
+      tf.sum(tf.square(tf.conv2d(xx as tf.Tensor4D, ww as tf.Tensor4D, 4, 'valid'))); // 4×4 patches, stride 4
+    const [dx, dw] = tf.grads(loss)([x, w]);
     return [dx!, dw!];
   });
   for (let i = 0; i < 2; i++) {

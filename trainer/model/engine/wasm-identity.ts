@@ -24,7 +24,10 @@ export function installWasmIdentity(): void {
   tf.registerKernel({
     kernelName: tf.Identity,
     backendName: 'wasm',
-    kernelFunc: (args) => (args.inputs.x!.dtype === 'string' ? stockIdentity.kernelFunc(args) : share(args.backend as WasmBackend, args.inputs.x!)),
+    kernelFunc: (args) => {
+      const x = args.inputs.x!;
+      return x.dtype === 'string' ? stockIdentity.kernelFunc(args) : share(args.backend as WasmBackend, x);
+    },
   });
   tf.unregisterKernel(tf.Cast, 'wasm');
   tf.registerKernel({

@@ -340,7 +340,8 @@ export const batchMatMulGradConfig: tf.GradConfig = {
 let installed = false;
 
 /**
- * Replaces the wasm BatchMatMul and _FusedMatMul kernels and the BatchMatMul gradient. Call once wasm is active.
+ * Replaces the wasm BatchMatMul and _FusedMatMul kernels (the gradient, `batchMatMulGradConfig`, is registered by
+ * initEngine for every engine). Call once wasm is active.
  * With `nativeBlas` the kernels run on OpenBLAS; without, on XNNPACK.
  */
 export function installWasmMatMul(backend: WasmBackend, nativeBlas?: NativeBlas): void {
@@ -364,6 +365,5 @@ export function installWasmMatMul(backend: WasmBackend, nativeBlas?: NativeBlas)
   tf.registerKernel({ kernelName: tf.BatchMatMul, backendName: 'wasm', kernelFunc: batchMatMul as unknown as tf.KernelFunc });
   tf.unregisterKernel(tf._FusedMatMul, 'wasm');
   tf.registerKernel({ kernelName: tf._FusedMatMul, backendName: 'wasm', kernelFunc: fusedMatMul });
-  tf.registerGradient(batchMatMulGradConfig);
   installed = true;
 }

@@ -1,3 +1,4 @@
+// Kernels added to or fixed on wasm: UnsortedSegmentSum (gather gradient) and float32 OneHot.
 import { beforeAll, expect, test } from 'vitest';
 import '@tensorflow/tfjs-backend-cpu';
 import { initEngine, tf } from '../engine';
@@ -68,4 +69,18 @@ test('rejects segment ids that are not a prefix of x', () => {
   const ids = tf.tensor1d([0, 1], 'int32');
   expect(() => tf.unsortedSegmentSum(x, ids, 2)).toThrow();
   tf.dispose([x, ids]);
+});
+
+test('oneHot with a float32 output and fractional on/off values equals the cpu backend (stock wasm writes int bits)', async () => {
+  const ids = tf.tensor2d([[0, 3], [-1, 2]], [2, 2], 'int32');
+  const [wasm, cpu] = await onBoth(async () => {
+    const outs = [tf.oneHot(ids, 4, 0.9, 0.025, 'float32'), tf.oneHot(ids, 4), tf.oneHot(ids, 4, 1, 0, 'float32')];
+    const res = await Promise.all(outs.map(async (o) => ({ dtype: o.dtype, values: Array.from(await o.data()) })));
+    tf.dispose(outs);
+    return res;
+  });
+  expect(wasm.map((o) => o.dtype)).toEqual(['float32', 'int32', 'float32']);
+  expect(wasm[2]!.values).toEqual([1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, 0]);
+  for (let i = 0; i < 3; i++) wasm[i]!.values.forEach((v, j) => expect(v).toBeCloseTo(cpu[i]!.values[j]!, 6));
+  ids.dispose();
 });
