@@ -83,13 +83,8 @@ export async function launchLocal(o: LaunchOptions = {}): Promise<LaunchSummary>
   const out = o.out ?? process.stdout;
   const say = (line: string) => out.write(line + '\n');
   const env = o.env ?? process.env;
-  const { config } = loadJobConfig({
-    file: o.configFile, env, argv: o.configArgs ?? [],
-    overrides: {
-      ...(o.configFile ? {} : DEMO_OVERRIDES),
-      ...(env.BLIP2_JOB_TOKEN || (o.configArgs ?? []).some((a) => a.startsWith('--job.token')) ? {} : { 'job.token': randomBytes(16).toString('hex') }),
-    },
-  });
+  const { config } = loadJobConfig({ file: o.configFile, env, argv: o.configArgs ?? [], overrides: o.configFile ? {} : DEMO_OVERRIDES });
+  if (!config.job.token) config.job.token = randomBytes(16).toString('hex'); // this run's secret
   if (config.launch.target !== 'local') {
     throw new UsageError(`launch.target ${JSON.stringify(config.launch.target)}: only "local" is implemented; render manifests with deploy/ (Kubernetes target not yet)`);
   }
