@@ -2,7 +2,8 @@
  * The real trainer process (trainer/main.ts) in a real job: nats-server, the coordinator process, trainer processes
  * with the tiny model and gRPC collectives, the synthetic dataset. Rank 0 is SIGKILLed after a commit: the survivor
  * restores the commit and continues alone, a replacement is taken in, the job finishes, every sample is in the
- * final committed model exactly once per epoch, and the loss fell.
+ * final committed model exactly once per epoch, and the loss fell. The queue's ack wait (1.5 s) is shorter than a
+ * step: only the lease keeper's renewals from a worker thread keep a held shard from going to the other trainer.
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -37,8 +38,8 @@ describe('trainer processes in a job', () => {
         train: { epochs: 2, batchSizePerTrainer: 4, seed: 42 },
         optim: { lr: 2e-3, warmupLr: 1e-4, warmupSteps: 2, minLr: 1e-4 },
         checkpoint: { intervalSteps: 2 },
-        // ackWaitMs well above the longest synchronous step, or a lease expires while its rank trains it.
-        data: { samplesPerShard: 8, ackWaitMs: 8000, workers: 0 },
+        // An ack wait shorter than a step: the leases stay held only because they are renewed off the main thread.
+        data: { samplesPerShard: 8, ackWaitMs: 1500, workers: 0 },
         world: { min: 1, max: 2, rendezvousSettleMs: 400 },
         membership: { heartbeatMs: 200, timeoutMs: 2000 },
         metrics: { enabled: false },

@@ -13,6 +13,7 @@ import { createLogger, type Logger } from '../common';
 import {
   createBatchStream, LeasedShard, parseDescriptor, type CaptionTokenizer, type ShardDescriptor, type ShardSource, type TransformOptions,
 } from '../dataloader';
+import { ackSubjectOf, type LeaseKeeper } from './lease-keeper';
 import type { EpochData, TrainLease } from './loop';
 
 export interface BatchOptions {
@@ -157,6 +158,8 @@ export interface JetStreamEpochDataOptions extends BatchOptions {
   ackWaitMs: number;
   /** Longest single pull, ms (the server's minimum is 1000). Default 1000. */
   pollMs?: number;
+  /** Renews held leases from a worker thread (recommended: steps block this thread). Default: none. */
+  keeper?: LeaseKeeper;
 }
 
 /** One rank's EpochData over the job's JetStream shard queue. */
@@ -202,7 +205,12 @@ export class JetStreamEpochData implements EpochData<LeasedShard> {
             this.log.warn('descriptor delivered again while held: ignoring the copy', { id: d.id, seq: msg.seq, deliveryCount: msg.info.deliveryCount });
             continue;
           }
-          const lease = new LeasedShard(d, msg, heartbeatMs, opts.cursorFor(d), (l) => this.held.delete(l));
+          const reply = ackSubjectOf(msg);
+          const lease = new LeasedShard(d, msg, heartbeatMs, opts.cursorFor(d), (l) => {
+            this.held.delete(l);
+            if (reply) this.o.keeper?.release(reply);
+          });
+          if (reply) this.o.keeper?.hold(reply);
           if (d.epoch < epoch || opts.skip(d) || lease.cursor >= d.end) {
             // Already committed (an ack that did not reach the server before a failure), or a stale epoch.
             this.log.warn('descriptor already committed: acking it', { id: d.id, epoch: d.epoch });

@@ -5,8 +5,8 @@
  *  2. Start the gRPC collective server, connect to NATS and join the job with the job token.
  *  3. For every assignment (generation): connect the collective ring, restore the commit or receive rank 0's
  *     parameters, train (trainer/loop.ts), checkpoint and commit with the coordinator, ack shards after commits.
- *     JobMember heartbeats from a worker thread, so long synchronous steps do not make the coordinator declare a
- *     busy trainer lost.
+ *     JobMember heartbeats, and the shard leases are renewed, from worker threads: a long synchronous step neither
+ *     makes the coordinator declare a busy trainer lost nor lets the queue hand a held shard to another trainer.
  *  4. A collective failure is reported to the coordinator; a generation change aborts the step (pending collectives
  *     fail as the ring re-connects); either way the trainer waits for its next assignment and restores the commit.
  *  5. Exit 0 when the job finishes; 2 on bad input (config, token); 1 on any other failure.
@@ -25,6 +25,7 @@ import { CollectiveError, createCollectiveGroup, type CollectiveGroup } from './
 import { createTrainerCore } from './core';
 import { JetStreamEpochData } from './epoch-data';
 import { GenerationAbortedError, runGeneration, type CommitChannel } from './loop';
+import { LeaseKeeper } from './lease-keeper';
 import { createTrainerMetrics } from './metrics';
 import { engineName, initEngine, tf } from './model';
 import type { EngineName } from './model/engine';
@@ -119,6 +120,7 @@ runProcess('trainer', async () => {
   }
 
   const queue = shardQueueOptions(config, nc);
+  const keeper = await LeaseKeeper.start(nc, { periodMs: Math.max(50, Math.floor(queue.ackWaitMs / 3)), name: `blip2-${nodeId}-leases` });
   const ringOf = (a: Assignment) => ({
     generation: a.generation, rank: a.rank, worldSize: a.worldSize,
     peers: a.peers.map((p) => ({ rank: p.rank, ...hostPort(p.address) })),
@@ -163,7 +165,7 @@ runProcess('trainer', async () => {
         }, () => undefined);
       });
       const data = new JetStreamEpochData({
-        nc, stream: queue.stream, durable: queue.durable, ackWaitMs: queue.ackWaitMs, dataRoot: config.data.root,
+        nc, stream: queue.stream, durable: queue.durable, ackWaitMs: queue.ackWaitMs, keeper, dataRoot: config.data.root,
         tokenizer: core.tokenizer, batchSize: config.train.batchSizePerTrainer, workers: config.data.workers,
         transform: { mode: 'train', imageSize: core.config.vision.image_size }, registry, logger: log,
       });
@@ -224,6 +226,7 @@ runProcess('trainer', async () => {
   } finally {
     if (stopping) await member.leave().catch(() => undefined);
     else member.close();
+    await keeper?.stop().catch(() => undefined);
     await group.close().catch(() => undefined);
     await nc.drain().catch(() => undefined);
     await server?.close();
