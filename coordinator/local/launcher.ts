@@ -21,7 +21,7 @@ import { connectJobNats } from '../nats';
 import { JobStore } from '../store';
 import { jobSubjects, type JobState } from '../types';
 import type { ProgressReport } from '../wire';
-import { startNatsServer, type NatsServerHandle } from './nats-server';
+import { freePort, startNatsServer, type NatsServerHandle } from './nats-server';
 
 const repoRoot = resolve(import.meta.dirname, '../..');
 
@@ -164,14 +164,20 @@ export async function launchLocal(o: LaunchOptions = {}): Promise<LaunchSummary>
       children.push({ name, proc, exit });
       return exit;
     };
-    const port = (base: number, i: number) => String(base ? base + i : 0);
-    const coordinatorExit = start('coordinator', 'coordinator/main.ts', { BLIP2_METRICS_PORT: port(c.metrics.port, 0) });
     const trainerEntry = o.trainerEntry ?? 'trainer/main.ts';
     if (!existsSync(join(repoRoot, trainerEntry))) throw new UsageError(`trainer entry ${trainerEntry} not found in ${repoRoot}`);
+    // Metrics ports: metrics.port, metrics.port + 1, ... or, with 0, free ports chosen here so they can be shown.
+    const metricsPorts: number[] = [];
+    for (let i = 0; i <= c.world.trainers; i++) metricsPorts.push(c.metrics.port ? c.metrics.port + i : await freePort());
+    const port = (base: number, i: number) => String(base ? base + i : 0);
+    const coordinatorExit = start('coordinator', 'coordinator/main.ts', { BLIP2_METRICS_PORT: String(metricsPorts[0]) });
     for (let i = 0; i < c.world.trainers; i++) {
-      start(`trainer-${i}`, trainerEntry, { BLIP2_GRPC_PORT: port(c.grpc.port, i), BLIP2_METRICS_PORT: port(c.metrics.port, i + 1) });
+      start(`trainer-${i}`, trainerEntry, { BLIP2_GRPC_PORT: port(c.grpc.port, i), BLIP2_METRICS_PORT: String(metricsPorts[i + 1]) });
     }
     say(`started the coordinator and ${c.world.trainers} trainer(s); logs in ${logDir}`);
+    if (c.metrics.enabled) {
+      say(`metrics: coordinator http://${c.metrics.host}:${metricsPorts[0]}/metrics, trainers ${metricsPorts.slice(1).map((p) => `:${p}`).join(' ')}`);
+    }
 
     // 5. Progress.
     let state: JobState | null = previous?.state ?? null;
