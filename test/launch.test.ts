@@ -49,7 +49,7 @@ describe('blip2 launch (local)', () => {
     expect(summary).toMatchObject({ status: 'finished', jobId: 'blip2-demo', samples: 2 * perEpoch, epochs: 2 });
     expect(summary.checkpointDir).toMatch(new RegExp(`^${runDir}/checkpoints/step-\\d+$`));
     // Secrets stay out of the run dir.
-    expect(readFileSync(join(runDir, 'job.json'), 'utf8')).toMatch(/"token": ""/);
+    expect(readFileSync(join(runDir, 'job.resolved.json'), 'utf8')).toMatch(/"token": ""/);
   });
 
   test('Ctrl-C stops after the next commit; launching again continues the job to the end, every sample once', async () => {

@@ -5,7 +5,7 @@
  *  2. Data: with no data.root configured and no index there, generate the synthetic dataset into <runDir>/data.
  *  3. NATS: with nats.url empty, start a nats-server whose JetStream store is <runDir>/nats, so launching the same
  *     run again continues the job where it stopped (the job state lives in its KV bucket).
- *  4. Write <runDir>/job.json (resolved, secrets left out: they travel in the children's environment) and start the
+ *  4. Write <runDir>/job.resolved.json (secrets left out: they travel in the children's environment) and start the
  *     coordinator and world.trainers trainer processes; their logs go to <runDir>/logs/<node>.log.
  *  5. Show progress from rank 0's reports and the job state; end with a summary.
  *  Ctrl-C: wait for the next committed checkpoint, then stop every process (a second Ctrl-C stops at once).
@@ -141,11 +141,13 @@ export async function launchLocal(o: LaunchOptions = {}): Promise<LaunchSummary>
     }
     if (previous) say(`continuing job ${c.job.id}: epoch ${previous.state.epoch}, committed step ${previous.state.committed?.step ?? 0}`);
 
-    // 4. Processes. Secrets go through the environment, never into job.json.
+    // 4. Processes. Secrets go through the environment, never into the file. (Never the user's own config file:
+    //    its nats.url must stay as written, or a relaunch would look for this run's nats-server.)
     const resolved = JSON.parse(JSON.stringify(c)) as JobConfig;
     resolved.job.token = '';
     resolved.nats = { ...resolved.nats, url: natsUrl, password: '', token: '' };
-    const jobFile = join(c.job.runDir, 'job.json');
+    const jobFile = join(c.job.runDir, 'job.resolved.json');
+    if (o.configFile && resolve(o.configFile) === jobFile) throw new UsageError(`--config ${o.configFile}: that name is the launcher's own output; rename the file`);
     writeFileSync(jobFile, JSON.stringify(resolved, null, 2) + '\n');
     const secrets: Record<string, string> = { BLIP2_JOB_TOKEN: c.job.token };
     if (c.nats.password) secrets.BLIP2_NATS_PASSWORD = c.nats.password;
