@@ -2,8 +2,8 @@
  * The real trainer process (trainer/main.ts) in a real job: nats-server, the coordinator process, trainer processes
  * with the tiny model and gRPC collectives, the synthetic dataset. Rank 0 is SIGKILLed after a commit: the survivor
  * restores the commit and continues alone, a replacement is taken in, the job finishes, every sample is in the
- * final committed model exactly once per epoch, and the loss fell. The queue's ack wait (1.5 s) is shorter than a
- * step: only the lease keeper's renewals from a worker thread keep a held shard from going to the other trainer.
+ * final committed model exactly once per epoch, and the loss fell. The queue's ack wait (2.5 s) is about as long as
+ * a step: the lease keeper's renewals from a worker thread keep a held shard from going to the other trainer.
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -28,6 +28,14 @@ afterEach(async (ctx) => {
 });
 
 describe('trainer processes in a job', () => {
+  test('--help describes the process and its keys without starting anything', async () => {
+    const p = runTs('trainer/main.ts', ['--help']);
+    procs.push(p);
+    expect((await exitWithin(p, 30_000, 'trainer --help')).code).toBe(0);
+    expect(p.output()).toMatch(/Usage: tsx trainer\/main\.ts \[--config FILE\]/);
+    expect(p.output()).toMatch(/BLIP2_ENGINE=tensorflow\|wasm\|cpu/);
+  });
+
   test('rank 0 SIGKILLed after a commit: the survivor restores it, a replacement joins, exactly-once ledger, loss falls', async () => {
     const jobId = `trainer-${process.pid}`;
     const j = await makeJobDir(
@@ -38,8 +46,8 @@ describe('trainer processes in a job', () => {
         train: { epochs: 2, batchSizePerTrainer: 4, seed: 42 },
         optim: { lr: 2e-3, warmupLr: 1e-4, warmupSteps: 2, minLr: 1e-4 },
         checkpoint: { intervalSteps: 2 },
-        // An ack wait shorter than a step: the leases stay held only because they are renewed off the main thread.
-        data: { samplesPerShard: 8, ackWaitMs: 1500, workers: 0 },
+        // An ack wait about as long as a step: the leases stay held because they are renewed off the main thread.
+        data: { samplesPerShard: 8, ackWaitMs: 2500, workers: 0 },
         world: { min: 1, max: 2, rendezvousSettleMs: 400 },
         membership: { heartbeatMs: 200, timeoutMs: 2000 },
         metrics: { enabled: false },

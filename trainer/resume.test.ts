@@ -10,7 +10,7 @@ import { createTrainerCore, type BuiltTrainerCore } from './core';
 import { LocalEpochData, LocalShardQueue } from './epoch-data';
 import { createLocalGroup } from './local-group';
 import { GenerationAbortedError, runGeneration, type StepSummary } from './loop';
-import { initEngine } from './model';
+import { initEngine, tf } from './model';
 import { LocalJob } from './testing/local-job';
 
 const EPOCHS = 2;
@@ -46,6 +46,7 @@ const batchOpts = (c: BuiltTrainerCore) => ({ dataRoot, tokenizer: c.tokenizer, 
 describe('resume from a checkpoint', () => {
   it('continues with exactly the losses of the uninterrupted run', async () => {
     // The uninterrupted run.
+    const tensorsBefore = tf.memory().numTensors;
     const a = await core('a');
     const ja = setup();
     const lossesA: StepSummary[] = [];
@@ -57,6 +58,7 @@ describe('resume from a checkpoint', () => {
     const steps = lossesA.length;
     expect(steps).toBeGreaterThanOrEqual(8);
     a.dispose();
+    expect(tf.memory().numTensors).toBe(tensorsBefore); // a whole training run leaves no tensor behind
 
     // The same run, stopped after step 5 (its last commit is step 4), then a new process resumes from that commit.
     const b = await core('b');

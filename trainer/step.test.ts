@@ -11,7 +11,7 @@ describe.each([
   { sizes: [2, 3] },
   { sizes: [2, 0, 3] },
   { sizes: [1, 4, 2, 1] },
-])('step helpers over world shape $sizes', ({ sizes }) => {
+])('step building blocks over world shape $sizes', ({ sizes }) => {
   const B = sizes.reduce((a, c) => a + c, 0);
   const rowLength = 5;
   const table = Float32Array.from({ length: B * rowLength }, (_, i) => i * 0.5 - 3);
