@@ -12,7 +12,19 @@
  * - Stage 1: `stage1Step(params, config, inputs, options) -> Stage1Result` (losses as numbers, grads of the
  *   normalised total w.r.t. the trainable names, `imageFeats`/`textFeat` for gathering, `simI2t`/`simT2i`,
  *   `itmWeightsT2i`/`itmWeightsI2t`, `dispose()`); `stage1Features` (forward-only features to all-gather before
- *   the step), `itcSimilarities`, `itmWeights`, `sampleHardNegatives` (seeded), `localNegatives`.
+ *   the step), `itcSimilarities`, `itmWeights`, `sampleHardNegatives` (seeded), `localNegatives`, `itgTargetCount`
+ *   (local ITG token count, to all-reduce for `normalisers.itgTokens`), `lnVision`, and for gathers that pass
+ *   gradients back `options.gatheredGrads` + `stage1FeatureBackward`. Masks of spec §5.4: `itcQueryMask`,
+ *   `itcTextMask`, `itmMask`, `itgMask`.
+ *
+ * Signatures:
+ *   createParams(config: Blip2Config, seed: number, options?: {stage?: 1|2; groups?: ParamGroup[]}): Params
+ *   loadParams(files: string | string[], config: Blip2Config, options?: {stage?; groups?}): Params
+ *   saveParams(path: string, params: Params, metadata?: Record<string, string>): Promise<void>
+ *   trainableNames(config: Blip2Config, stage: 1 | 2): string[]
+ *   VisionBackbone.load(files: string | string[], config): VisionBackbone; backbone.encode(pixels: Tensor4D): Tensor3D
+ *   stage1Features(params, config, {visionHidden, inputIds, attentionMask}): {imageFeats: Tensor3D; textFeat: Tensor2D}
+ *   stage1Step(params, config, inputs: Stage1Inputs, options?: Stage1Options): Stage1Result
  *
  * Distributed use, per step on each rank r (batch B_r, offset = Σ_{s<r} B_s, N = Σ B_s):
  *   1. f = stage1Features(params, config, local); all-gather f.imageFeats [B_r,Q,E] and f.textFeat [B_r,E] in rank

@@ -3,6 +3,7 @@ import {
   createParams,
   disposeParams,
   initEngine,
+  itgTargetCount,
   localNegatives,
   presetConfig,
   sampleHardNegatives,
@@ -140,7 +141,7 @@ describe('stage-1 step', () => {
     const feats = local.map((l) => stage1Features(params, config, l));
     const allImageFeats = tf.concat(feats.map((f) => f.imageFeats)) as tf.Tensor3D;
     const allTextFeat = tf.concat(feats.map((f) => f.textFeat)) as tf.Tensor2D;
-    const itgTokens = all.ids.reduce((n, row) => n + row.slice(1).filter((v) => v !== config.qformer.pad_token_id).length, 0);
+    const itgTokens = local.reduce((n, l) => n + itgTargetCount(config, l.inputIds.arraySync()), 0); // all-reduced count
     const results = local.map((l, r) => {
       const rows = Array.from({ length: sizes[r]! }, (_, b) => offsets[r]! + b);
       const textRows = tf.tensor1d(rows.map((i) => negText[i]!), 'int32');

@@ -174,6 +174,14 @@ export function itmWeights(simI2t: tf.Tensor2D, simT2i: tf.Tensor2D, offset: num
   });
 }
 
+/**
+ * ITG target tokens of a batch (labels ≠ -100 after the shift: every non-pad token after the first), i.e. the local
+ * `itgTokens` count; all-reduce it to get the global normaliser.
+ */
+export function itgTargetCount(config: Blip2Config, inputIds: number[][]): number {
+  return inputIds.reduce((n, row) => n + row.slice(1).filter((v) => v !== config.qformer.pad_token_id).length, 0);
+}
+
 /** Deterministic PRNG (mulberry32) for the negative sampler. */
 export function mulberry32(seed: number): () => number {
   let a = seed >>> 0;
