@@ -383,7 +383,8 @@ export async function runGeneration<L extends TrainLease>(
     }
     // 4. Epoch over on every rank: the last commit of the epoch, then the next epoch.
     const finishedShards = [...touched.values()].some((t) => t.done);
-    if (stepsSinceCommit > 0 || finishedShards || !sameEpoch(lastCommit)) await commit();
+    // Nothing trained or finished since the last commit (e.g. restored at the epoch's end): nothing to commit.
+    if (stepsSinceCommit > 0 || finishedShards) await commit();
     log.info('epoch done', { epoch, step });
     if (g.rank === 0) await g.commits.epochDone(epoch);
     let next: number;
