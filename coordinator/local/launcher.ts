@@ -13,6 +13,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { createWriteStream, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { UsageError, loadJobConfig, type JobConfig } from '../../common';
@@ -173,8 +174,14 @@ export async function launchLocal(o: LaunchOptions = {}): Promise<LaunchSummary>
     for (let i = 0; i <= c.world.trainers; i++) metricsPorts.push(c.metrics.port ? c.metrics.port + i : await freePort());
     const port = (base: number, i: number) => String(base ? base + i : 0);
     const coordinatorExit = start('coordinator', 'coordinator/main.ts', { BLIP2_METRICS_PORT: String(metricsPorts[0]) });
+    // The trainers share this machine's cores: each engine gets its share of threads (more threads than cores,
+    // across processes, made a 2-trainer step ten times slower than a 1-trainer one on 2 cores). An explicit
+    // BLIP2_ENGINE_THREADS wins.
+    const engineThreads = (o.env ?? process.env).BLIP2_ENGINE_THREADS ?? String(Math.max(1, Math.floor(availableParallelism() / c.world.trainers)));
     for (let i = 0; i < c.world.trainers; i++) {
-      start(`trainer-${i}`, trainerEntry, { BLIP2_GRPC_PORT: port(c.grpc.port, i), BLIP2_METRICS_PORT: String(metricsPorts[i + 1]) });
+      start(`trainer-${i}`, trainerEntry, {
+        BLIP2_GRPC_PORT: port(c.grpc.port, i), BLIP2_METRICS_PORT: String(metricsPorts[i + 1]), BLIP2_ENGINE_THREADS: engineThreads,
+      });
     }
     say(`started the coordinator and ${c.world.trainers} trainer(s); logs in ${logDir}`);
     if (c.metrics.enabled) {
