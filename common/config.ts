@@ -38,7 +38,7 @@ export interface JobConfig {
   metrics: { enabled: boolean; host: string; port: number };
   log: { level: LogLevelName; format: 'text' | 'json' };
   world: { min: number; max: number; trainers: number; rendezvousSettleMs: number };
-  membership: { heartbeatMs: number; timeoutMs: number; joinTimeoutMs: number };
+  membership: { heartbeatMs: number; timeoutMs: number };
   launch: { target: 'local' | 'kubernetes' };
 }
 
@@ -118,7 +118,7 @@ convict.addFormats({
 });
 
 /** Model presets that the model package defines (trainer/model). */
-export const MODEL_PRESETS = ['tiny', 'small', 'base'] as const;
+export const MODEL_PRESETS = ['tiny', 'small', 'base', 'blip2-opt-2.7b'] as const;
 
 // Every key: doc, format, default, env. `arg` is added below (the dotted path), `env` is BLIP2_<PATH>.
 const schema = {
@@ -213,7 +213,6 @@ const schema = {
   membership: {
     heartbeatMs: { doc: 'Trainer heartbeat period.', format: 'int-positive', default: 500 },
     timeoutMs: { doc: 'A trainer silent this long is declared lost.', format: 'int-positive', default: 5000 },
-    joinTimeoutMs: { doc: 'How long a trainer retries joining while no coordinator answers.', format: 'int-positive', default: 120_000 },
   },
   launch: {
     target: { doc: 'Where `blip2 launch` runs the job (kubernetes: not implemented yet).', format: ['local', 'kubernetes'], default: 'local' },

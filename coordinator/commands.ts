@@ -1,5 +1,9 @@
 import { Option, type Command } from 'commander';
 import { describeConfigKeys, loadJobConfig, UsageError } from '../common';
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { renderKubernetesYaml } from '../deploy/k8s/manifests';
 import { launchLocal } from './local/launcher';
 
 const CONFIG_FLAGS_HELP = `
@@ -21,13 +25,25 @@ export function registerJobCommands(program: Command): void {
     )
     .option('--config <file>', 'job config, YAML or JSON (default: the built-in demo)')
     .addOption(new Option('--target <target>', 'where to run the job').choices(['local', 'kubernetes']).default('local'))
+    .option('--render-dir <dir>', 'with --target kubernetes: write the manifests there (then `kubectl apply -f <dir>`)')
+    .option('--image <image>', 'with --target kubernetes: container image holding this repository', 'blip2-dist:latest')
+    .option('--namespace <ns>', 'with --target kubernetes: namespace', 'default')
     .addOption(new Option('--trainer-entry <script>', 'trainer entry script (tests)').default('trainer/main.ts').hideHelp())
     .allowUnknownOption(true)
     .allowExcessArguments(true)
     .addHelpText('after', CONFIG_FLAGS_HELP)
-    .action(async (opts: { config?: string; target: string; trainerEntry: string }, cmd: Command) => {
-      if (opts.target !== 'local') {
-        throw new UsageError('--target kubernetes is not implemented yet: run with --target local (the default)');
+    .action(async (opts: { config?: string; target: string; trainerEntry: string; renderDir?: string; image: string; namespace: string }, cmd: Command) => {
+      if (opts.target === 'kubernetes') {
+        if (!opts.renderDir) {
+          throw new UsageError('--target kubernetes only renders manifests so far: add --render-dir DIR, then `kubectl apply -f DIR`');
+        }
+        const { config } = loadJobConfig({ file: opts.config, argv: cmd.args });
+        if (!config.job.token) config.job.token = randomBytes(16).toString('hex');
+        mkdirSync(opts.renderDir, { recursive: true });
+        const file = join(opts.renderDir, `${config.job.id}.yaml`);
+        writeFileSync(file, renderKubernetesYaml(config, { image: opts.image, namespace: opts.namespace }));
+        process.stdout.write(`wrote ${file} (it holds the job token in a Secret); apply with: kubectl apply -f ${file}\n`);
+        return;
       }
       const summary = await launchLocal({ configFile: opts.config, configArgs: cmd.args, trainerEntry: opts.trainerEntry });
       process.exitCode = summary.status === 'finished' || summary.status === 'stopped' ? 0 : 1;

@@ -2,6 +2,7 @@
  * Epoch planning and publishing through the dataloader: the plan is a pure function of (index, datasets, epoch,
  * seed); descriptors go to the job's work-queue stream with their id as message id (dedup on republish).
  */
+import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import type { NatsConnection } from '@nats-io/transport-node';
@@ -63,8 +64,9 @@ export class DataEpochPublisher implements EpochPublisher {
 
   /**
    * Purges the job's stream (queued and leased descriptors alike: leases of the old generation are void), then
-   * publishes the epoch's uncommitted descriptors in plan order. The message id carries the generation, since the
-   * stream's duplicate window remembers ids across a purge.
+   * publishes the epoch's uncommitted descriptors in plan order. The stream's duplicate window remembers message
+   * ids across a purge, so each rebuild uses ids of its own (`<id>@g<generation>.<nonce>`): a rebuild interrupted
+   * by a coordinator crash and done again must not have its descriptors dropped as duplicates.
    */
   async resetQueue(epoch: number, generation: number, committedShards: readonly string[]): Promise<{ shardKeys: string[] }> {
     const done = new Set(committedShards);
@@ -75,8 +77,9 @@ export class DataEpochPublisher implements EpochPublisher {
     const jsm = await jetstreamManager(this.o.nc);
     await jsm.streams.purge(q.stream);
     const js = jetstream(this.o.nc);
+    const nonce = randomBytes(4).toString('hex');
     // In order, one at a time: the queue's order is the plan's order.
-    for (const d of descriptors) await js.publish(q.subject, encodeDescriptor(d), { msgID: `${d.id}@g${generation}` });
+    for (const d of descriptors) await js.publish(q.subject, encodeDescriptor(d), { msgID: `${d.id}@g${generation}.${nonce}` });
     return { shardKeys: descriptors.map((d) => d.id) };
   }
 

@@ -7,3 +7,8 @@ export { CoordinatorMetrics } from './metrics';
 export { step, initialState, assignmentOf, type JobEvent, type JobAction, type ProtocolOptions, type StepResult } from './protocol';
 export { JobStore, RevisionConflictError, type StoredState } from './store';
 export type { ProgressReport } from './wire';
+export { DataEpochPublisher, shardQueueOptions, loadJobIndex } from './epochs';
+export { connectJobNats, natsConnectDataOf, type NatsConnectData, type ConnectJobNatsOptions } from './nats';
+export { loadProcessConfig, runProcess } from './process';
+export { launchLocal, DEMO_OVERRIDES, type LaunchOptions, type LaunchSummary } from './local/launcher';
+export { startNatsServer, freePort, type NatsServerHandle, type StartNatsServerOptions } from './local/nats-server';

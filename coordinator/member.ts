@@ -80,17 +80,16 @@ export class JobMember {
         m.worker!.once('error', (e) => reject(new Blip2Error(`heartbeat worker of ${o.nodeId} failed to start: ${e.message}`)));
       });
       m.heartbeat = setInterval(() => m.worker?.postMessage('tick'), periodMs);
-    } else {
-      const beat = () => {
+      // A worker that dies later: beat from this thread instead, rather than go silent.
+      m.worker.on('error', (e) => {
         if (m.closed) return;
-        try {
-          o.nc.publish(m.subjects.heartbeat, encode(hb));
-        } catch {
-          // connection closing; the next beat or close() settles it
-        }
-      };
-      beat();
-      m.heartbeat = setInterval(beat, periodMs);
+        m.log.error('heartbeat worker failed; heartbeats continue from the main thread', { error: e.message });
+        if (m.heartbeat) clearInterval(m.heartbeat);
+        m.worker = undefined;
+        m.heartbeat = m.mainThreadHeartbeat(hb, periodMs);
+      });
+    } else {
+      m.heartbeat = m.mainThreadHeartbeat(hb, periodMs);
     }
     // The first state, so that `generation` is meaningful right after join.
     await m.waitFor(() => true);
@@ -198,6 +197,19 @@ export class JobMember {
     this.stopHeartbeat();
     this.stopWatch?.();
     for (const w of [...this.waiters]) w.fail(new Blip2Error(`member ${this.o.nodeId} of job ${this.o.jobId} was closed`));
+  }
+
+  private mainThreadHeartbeat(hb: Heartbeat, periodMs: number): NodeJS.Timeout {
+    const beat = () => {
+      if (this.closed) return;
+      try {
+        this.o.nc.publish(this.subjects.heartbeat, encode(hb));
+      } catch {
+        // connection closing; the next beat or close() settles it
+      }
+    };
+    beat();
+    return setInterval(beat, periodMs);
   }
 
   private stopHeartbeat(): void {

@@ -42,7 +42,7 @@ const job = async (name: string, epochs: number) =>
   }));
 
 test('a trainer SIGKILLed mid-epoch: the survivor continues, a replacement is taken in, every sample of every epoch is committed once', async () => {
-  const epochs = 3;
+  const epochs = 4;
   const j = await job('job-kill', epochs);
   const coordinator = j.coordinator();
   const trainers = new Map([['a', j.trainer('a')], ['b', j.trainer('b')]]);
@@ -85,7 +85,7 @@ test('a trainer SIGKILLed mid-epoch: the survivor continues, a replacement is ta
 });
 
 test('the coordinator SIGKILLed and restarted mid-job: the job finishes', async () => {
-  const epochs = 2;
+  const epochs = 4;
   const j = await job('job-coord', epochs);
   let coordinator = j.coordinator();
   const a = j.trainer('a');
@@ -96,6 +96,7 @@ test('the coordinator SIGKILLed and restarted mid-job: the job finishes', async 
   }, 90_000, 200);
   coordinator.kill('SIGKILL');
   await coordinator.exited;
+  expect((await j.state())!.status).toBe('running'); // killed mid-job
   await new Promise((r) => setTimeout(r, 1000)); // trainers keep training; a commit waits for the coordinator
   coordinator = j.coordinator();
   for (const [name, p] of [['a', a], ['b', b], ['coordinator', coordinator]] as const) {

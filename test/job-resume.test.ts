@@ -26,7 +26,7 @@ afterEach(async (ctx) => {
   jobs.length = 0;
 });
 
-const EPOCHS = 2;
+const EPOCHS = 3;
 const job = async (name: string, intervalSteps = 4) => {
   const j = await createJob({
     nc, natsUrl: inject('natsUrl'), name,

@@ -5,7 +5,7 @@
  *  2. Data: with no data.root configured and no index there, generate the synthetic dataset into <runDir>/data.
  *  3. NATS: with nats.url empty, start a nats-server whose JetStream store is <runDir>/nats, so launching the same
  *     run again continues the job where it stopped (the job state lives in its KV bucket).
- *  4. Write <runDir>/job.json (resolved, secrets left out: they travel in the children's environment) and start the
+ *  4. Write <runDir>/job.resolved.json (secrets left out: they travel in the children's environment) and start the
  *     coordinator and world.trainers trainer processes; their logs go to <runDir>/logs/<node>.log.
  *  5. Show progress from rank 0's reports and the job state; end with a summary.
  *  Ctrl-C: wait for the next committed checkpoint, then stop every process (a second Ctrl-C stops at once).
@@ -13,6 +13,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { createWriteStream, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { UsageError, loadJobConfig, type JobConfig } from '../../common';
@@ -21,7 +22,7 @@ import { connectJobNats } from '../nats';
 import { JobStore } from '../store';
 import { jobSubjects, type JobState } from '../types';
 import type { ProgressReport } from '../wire';
-import { startNatsServer, type NatsServerHandle } from './nats-server';
+import { freePort, startNatsServer, type NatsServerHandle } from './nats-server';
 
 const repoRoot = resolve(import.meta.dirname, '../..');
 
@@ -83,13 +84,8 @@ export async function launchLocal(o: LaunchOptions = {}): Promise<LaunchSummary>
   const out = o.out ?? process.stdout;
   const say = (line: string) => out.write(line + '\n');
   const env = o.env ?? process.env;
-  const { config } = loadJobConfig({
-    file: o.configFile, env, argv: o.configArgs ?? [],
-    overrides: {
-      ...(o.configFile ? {} : DEMO_OVERRIDES),
-      ...(env.BLIP2_JOB_TOKEN || (o.configArgs ?? []).some((a) => a.startsWith('--job.token')) ? {} : { 'job.token': randomBytes(16).toString('hex') }),
-    },
-  });
+  const { config } = loadJobConfig({ file: o.configFile, env, argv: o.configArgs ?? [], overrides: o.configFile ? {} : DEMO_OVERRIDES });
+  if (!config.job.token) config.job.token = randomBytes(16).toString('hex'); // this run's secret
   if (config.launch.target !== 'local') {
     throw new UsageError(`launch.target ${JSON.stringify(config.launch.target)}: only "local" is implemented; render manifests with deploy/ (Kubernetes target not yet)`);
   }
@@ -146,11 +142,13 @@ export async function launchLocal(o: LaunchOptions = {}): Promise<LaunchSummary>
     }
     if (previous) say(`continuing job ${c.job.id}: epoch ${previous.state.epoch}, committed step ${previous.state.committed?.step ?? 0}`);
 
-    // 4. Processes. Secrets go through the environment, never into job.json.
+    // 4. Processes. Secrets go through the environment, never into the file. (Never the user's own config file:
+    //    its nats.url must stay as written, or a relaunch would look for this run's nats-server.)
     const resolved = JSON.parse(JSON.stringify(c)) as JobConfig;
     resolved.job.token = '';
     resolved.nats = { ...resolved.nats, url: natsUrl, password: '', token: '' };
-    const jobFile = join(c.job.runDir, 'job.json');
+    const jobFile = join(c.job.runDir, 'job.resolved.json');
+    if (o.configFile && resolve(o.configFile) === jobFile) throw new UsageError(`--config ${o.configFile}: that name is the launcher's own output; rename the file`);
     writeFileSync(jobFile, JSON.stringify(resolved, null, 2) + '\n');
     const secrets: Record<string, string> = { BLIP2_JOB_TOKEN: c.job.token };
     if (c.nats.password) secrets.BLIP2_NATS_PASSWORD = c.nats.password;
@@ -169,14 +167,26 @@ export async function launchLocal(o: LaunchOptions = {}): Promise<LaunchSummary>
       children.push({ name, proc, exit });
       return exit;
     };
-    const port = (base: number, i: number) => String(base ? base + i : 0);
-    const coordinatorExit = start('coordinator', 'coordinator/main.ts', { BLIP2_METRICS_PORT: port(c.metrics.port, 0) });
     const trainerEntry = o.trainerEntry ?? 'trainer/main.ts';
     if (!existsSync(join(repoRoot, trainerEntry))) throw new UsageError(`trainer entry ${trainerEntry} not found in ${repoRoot}`);
+    // Metrics ports: metrics.port, metrics.port + 1, ... or, with 0, free ports chosen here so they can be shown.
+    const metricsPorts: number[] = [];
+    for (let i = 0; i <= c.world.trainers; i++) metricsPorts.push(c.metrics.port ? c.metrics.port + i : await freePort());
+    const port = (base: number, i: number) => String(base ? base + i : 0);
+    const coordinatorExit = start('coordinator', 'coordinator/main.ts', { BLIP2_METRICS_PORT: String(metricsPorts[0]) });
+    // The trainers share this machine's cores: each engine gets its share of threads (more threads than cores,
+    // across processes, made a 2-trainer step ten times slower than a 1-trainer one on 2 cores). An explicit
+    // BLIP2_ENGINE_THREADS wins.
+    const engineThreads = (o.env ?? process.env).BLIP2_ENGINE_THREADS ?? String(Math.max(1, Math.floor(availableParallelism() / c.world.trainers)));
     for (let i = 0; i < c.world.trainers; i++) {
-      start(`trainer-${i}`, trainerEntry, { BLIP2_GRPC_PORT: port(c.grpc.port, i), BLIP2_METRICS_PORT: port(c.metrics.port, i + 1) });
+      start(`trainer-${i}`, trainerEntry, {
+        BLIP2_GRPC_PORT: port(c.grpc.port, i), BLIP2_METRICS_PORT: String(metricsPorts[i + 1]), BLIP2_ENGINE_THREADS: engineThreads,
+      });
     }
     say(`started the coordinator and ${c.world.trainers} trainer(s); logs in ${logDir}`);
+    if (c.metrics.enabled) {
+      say(`metrics: coordinator http://${c.metrics.host}:${metricsPorts[0]}/metrics, trainers ${metricsPorts.slice(1).map((p) => `:${p}`).join(' ')}`);
+    }
 
     // 5. Progress.
     let state: JobState | null = previous?.state ?? null;

@@ -62,7 +62,8 @@ export async function createJob(o: {
       return p;
     },
     trainer(nodeId, extra = [], env = {}) {
-      const p = runTs(o.trainerEntry ?? 'trainer/main.ts', ['--config', dir.configFile, ...extra], { BLIP2_NODE_ID: nodeId, ...env });
+      // One engine thread each: several trainers share this machine's cores (as the launcher arranges).
+      const p = runTs(o.trainerEntry ?? 'trainer/main.ts', ['--config', dir.configFile, ...extra], { BLIP2_NODE_ID: nodeId, BLIP2_ENGINE_THREADS: '1', ...env });
       procs.push(p);
       return p;
     },
