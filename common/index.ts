@@ -3,3 +3,5 @@
 export * from './errors';
 export * from './log';
 export * from './safetensors';
+export * from './config';
+export * from './metrics';

@@ -82,6 +82,9 @@ describe('collective authentication and generations', () => {
     // A second successor for the same generation is refused too (the slot is taken).
     const dup = await rawCall(a.address.port, good);
     expect(dup.code).toBe(grpc.status.ALREADY_EXISTS);
+    // A caller that opens another number of streams per link than this rank.
+    const streams = await rawCall(a.address.port, { ...good, [metadataKeys.stream]: '0/2' });
+    expect(streams.code).toBe(grpc.status.FAILED_PRECONDITION);
 
     // The refused callers did not disturb the ring.
     const x = new Float32Array([1, 2, 3]);
@@ -89,6 +92,8 @@ describe('collective authentication and generations', () => {
     await Promise.all([a.allReduce([x]), b.allReduce([y])]);
     expect(Array.from(x)).toEqual([11, 22, 33]);
     expect(Array.from(y)).toEqual([11, 22, 33]);
+    expect(a.stats().allReduce).toMatchObject({ calls: 1, bytes: 12 });
+    expect(a.stats().allReduce.seconds).toBeGreaterThan(0);
   });
 });
 

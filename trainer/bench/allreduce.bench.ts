@@ -17,7 +17,22 @@ import { createServer, connect as tcpConnect, type Socket } from 'node:net';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { Command, InvalidArgumentError } from 'commander';
+import * as grpc from '@grpc/grpc-js';
 import { createCollectiveGroup, type CollectiveGroup } from '../collective';
+
+const passThrough = (b: Buffer) => b;
+/** A bare gRPC stream with the ring's settings (pass-through Buffers, big window): the gRPC stack's own limit. */
+const streamService: grpc.ServiceDefinition = {
+  Pull: {
+    path: '/blip2.bench.v1.Stream/Pull',
+    requestStream: true,
+    responseStream: true,
+    requestSerialize: passThrough,
+    requestDeserialize: passThrough,
+    responseSerialize: passThrough,
+    responseDeserialize: passThrough,
+  },
+};
 
 const MiB = 1024 * 1024;
 const selfPath = fileURLToPath(import.meta.url);
@@ -30,12 +45,15 @@ interface WorkerArgs {
   rank: number;
   worldSize: number;
   chunkBytes: number;
+  streamsPerLink: number;
 }
 
 type Command_ =
   | { cmd: 'connect'; peers: { rank: number; host: string; port: number }[] }
   | { cmd: 'raw-listen' }
   | { cmd: 'raw-send'; host: string; port: number; bytes: number }
+  | { cmd: 'grpc-listen'; bytes: number; chunkBytes: number }
+  | { cmd: 'grpc-recv'; host: string; port: number; chunkBytes: number }
   | { cmd: 'allreduce'; elements: number; iters: number; warmup: number; fp16: boolean; op: BenchOp }
   | { cmd: 'exit' };
 
@@ -47,10 +65,12 @@ async function worker(a: WorkerArgs): Promise<void> {
     listen: { host: '0.0.0.0', port: 0 },
     timeoutMs: 60_000,
     chunkBytes: a.chunkBytes,
+    streamsPerLink: a.streamsPerLink,
     bucketCapBytes: 1024 * MiB,
   });
   reply({ port: group.address.port });
   let rawReceived: Promise<void> | null = null;
+  let grpcServer: grpc.Server | null = null;
   for await (const line of createInterface({ input: process.stdin })) {
     const c = JSON.parse(line) as Command_;
     if (c.cmd === 'connect') {
@@ -84,6 +104,47 @@ async function worker(a: WorkerArgs): Promise<void> {
         });
       });
       reply({ port: (server.address() as { port: number }).port });
+    } else if (c.cmd === 'grpc-listen') {
+      // Serves one stream that writes `bytes` in chunkBytes messages on the response side (as the ring does).
+      const server = new grpc.Server({ 'grpc.max_send_message_length': c.chunkBytes + 65536, 'grpc.max_receive_message_length': c.chunkBytes + 65536 });
+      server.addService(streamService, {
+        Pull: (call: grpc.ServerDuplexStream<Buffer, Buffer>) => {
+          const msg = Buffer.alloc(c.chunkBytes, 3);
+          let left = c.bytes;
+          const pump = () => {
+            while (left > 0) {
+              const n = Math.min(left, msg.length);
+              left -= n;
+              if (!call.write(n === msg.length ? msg : msg.subarray(0, n))) return void call.once('drain', pump);
+            }
+            call.end();
+          };
+          call.on('error', () => {});
+          pump();
+        },
+      });
+      const port = await new Promise<number>((resolve, reject) =>
+        server.bindAsync('0.0.0.0:0', grpc.ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))),
+      );
+      grpcServer = server;
+      reply({ port });
+    } else if (c.cmd === 'grpc-recv') {
+      const client = new grpc.Client(`${c.host}:${c.port}`, grpc.credentials.createInsecure(), {
+        'grpc-node.flow_control_window': 32 * MiB,
+        'grpc.max_receive_message_length': c.chunkBytes + 65536,
+      });
+      const t0 = process.hrtime.bigint();
+      const call = client.makeBidiStreamRequest('/blip2.bench.v1.Stream/Pull', passThrough, passThrough, new grpc.Metadata());
+      let got = 0;
+      call.on('data', (b: Buffer) => (got += b.length));
+      await new Promise<void>((resolve, reject) => {
+        call.on('status', (st: grpc.StatusObject) => (st.code === grpc.status.OK ? resolve() : reject(new Error(st.details))));
+        call.on('error', reject);
+      });
+      const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+      client.close();
+      grpcServer?.forceShutdown();
+      reply({ MBps: got / 1e6 / seconds });
     } else if (c.cmd === 'raw-send') {
       const s = tcpConnect(c.port, c.host);
       await once(s, 'connect');
@@ -245,13 +306,14 @@ async function main(): Promise<void> {
     .option('--link <rate>', 'run each rank in its own network namespace behind a veth limited to this tc rate (e.g. 1gbit)')
     .option('--fp16', 'send fp16 on the wire (algbw counts fp32 bytes)', false)
     .option('--op <op>', 'collective to time: allreduce, broadcast (from rank 0) or allgather (size = all blocks together)', 'allreduce')
-    .option('--iters <k>', 'timed iterations per size (median reported)', parseIntArg('--iters', 1), 5)
+    .option('--iters <k>', 'timed iterations per size (median reported, and the best)', parseIntArg('--iters', 1), 5)
     .option('--warmup <k>', 'untimed iterations per size', parseIntArg('--warmup', 0), 1)
+    .option('--streams <k>', 'parallel gRPC streams per neighbour link', parseIntArg('--streams', 1), 1)
     .option('--chunk-kb <k>', 'largest payload of one gRPC message, KiB', parseIntArg('--chunk-kb', 16), 1024)
     .option('--raw-mb <m>', 'MiB sent for the raw TCP baseline', parseIntArg('--raw-mb', 1), 256)
     .option('--cpu-prof-dir <dir>', 'write a V8 CPU profile of every rank process into this folder');
   program.parse();
-  const o = program.opts<{ ranks: number; mb: number; link?: string; fp16: boolean; iters: number; warmup: number; chunkKb: number; rawMb: number; cpuProfDir?: string; op: BenchOp }>();
+  const o = program.opts<{ ranks: number; mb: number; link?: string; fp16: boolean; iters: number; warmup: number; chunkKb: number; rawMb: number; cpuProfDir?: string; op: BenchOp; streams: number }>();
   if (!['allreduce', 'broadcast', 'allgather'].includes(o.op)) throw new InvalidArgumentError(`--op must be allreduce, broadcast or allgather; got "${o.op}"`);
   if (o.link !== undefined && !/^\d+(\.\d+)?([kmg]?bit|[kmg]?bps)$/i.test(o.link)) {
     throw new InvalidArgumentError(`--link must be a tc rate such as 1gbit or 500mbit; got "${o.link}"`);
@@ -271,7 +333,7 @@ async function main(): Promise<void> {
   try {
     const hosts = netns ? netns.hosts : Array.from({ length: n }, () => '127.0.0.1');
     for (let r = 0; r < n; r++) {
-      const args = [...(o.cpuProfDir ? ['--cpu-prof', '--cpu-prof-dir', o.cpuProfDir] : []), '--import', 'tsx', selfPath, '--worker', JSON.stringify({ rank: r, worldSize: n, chunkBytes: o.chunkKb * 1024 } satisfies WorkerArgs)];
+      const args = [...(o.cpuProfDir ? ['--cpu-prof', '--cpu-prof-dir', o.cpuProfDir] : []), '--import', 'tsx', selfPath, '--worker', JSON.stringify({ rank: r, worldSize: n, chunkBytes: o.chunkKb * 1024, streamsPerLink: o.streams } satisfies WorkerArgs)];
       const child = netns ? spawn('ip', ['netns', 'exec', netns.names[r]!, process.execPath, ...args]) : spawn(process.execPath, args);
       ranks.push(new Rank(child));
     }
@@ -285,10 +347,15 @@ async function main(): Promise<void> {
       return MBps;
     };
     const raw1 = await rawOnce();
+    const grpcOnce = async () => {
+      const { port } = await ranks[1]!.ask<{ port: number }>({ cmd: 'grpc-listen', bytes: o.rawMb * MiB, chunkBytes: o.chunkKb * 1024 });
+      const { MBps } = await ranks[0]!.ask<{ MBps: number }>({ cmd: 'grpc-recv', host: hosts[1]!, port, chunkBytes: o.chunkKb * 1024 });
+      return MBps;
+    };
 
     const machine = `${(await import('node:os')).cpus().length} CPUs, ${(await import('node:os')).cpus()[0]?.model ?? '?'}`;
-    console.log(`# ring ${o.op} over gRPC: ${n} ranks, ${o.link ? `network namespaces, ${o.link} veth links` : 'loopback'}, ${o.fp16 ? 'fp16' : 'fp32'} on the wire, chunk ${o.chunkKb} KiB, median of ${o.iters}; ${machine}`);
-    console.log('size_MiB  time_ms  algbw_MBps  busbw_MBps  busbw/raw  cpu_ms/rank');
+    console.log(`# ring ${o.op} over gRPC: ${n} ranks, ${o.link ? `network namespaces, ${o.link} veth links` : 'loopback'}, ${o.fp16 ? 'fp16' : 'fp32'} on the wire, chunk ${o.chunkKb} KiB, ${o.streams} stream(s) per link, median of ${o.iters}; ${machine}`);
+    console.log('size_MiB  time_ms  algbw_MBps  busbw_MBps  busbw/raw  best_busbw  cpu_ms/rank');
     let lastBus = 0;
     for (const mib of sizes) {
       const elements = (mib * MiB) / 4;
@@ -296,11 +363,12 @@ async function main(): Promise<void> {
       // Per iteration, the slowest rank's time (the collective is done when every rank is).
       const perIter = res[0]!.times.map((_, i) => Math.max(...res.map((x) => x.times[i]!)));
       const ms = median(perIter);
+      const bestMs = Math.min(...perIter);
       const algbw = (mib * MiB) / 1e6 / (ms / 1000);
       // NCCL's bus-bandwidth factors: all-reduce 2(N-1)/N, all-gather (N-1)/N, broadcast 1.
       const busbw = algbw * (o.op === 'allreduce' ? (2 * (n - 1)) / n : o.op === 'allgather' ? (n - 1) / n : 1);
       lastBus = busbw;
-      console.log(`${String(mib).padStart(8)}  ${ms.toFixed(1).padStart(7)}  ${algbw.toFixed(0).padStart(10)}  ${busbw.toFixed(0).padStart(10)}  ${(busbw / raw1).toFixed(3).padStart(9)}  ${(res.reduce((t, x) => t + x.cpuMs, 0) / n).toFixed(0).padStart(11)}`);
+      console.log(`${String(mib).padStart(8)}  ${ms.toFixed(1).padStart(7)}  ${algbw.toFixed(0).padStart(10)}  ${busbw.toFixed(0).padStart(10)}  ${(busbw / raw1).toFixed(3).padStart(9)}  ${((busbw * ms) / bestMs).toFixed(0).padStart(10)}  ${(res.reduce((t, x) => t + x.cpuMs, 0) / n).toFixed(0).padStart(11)}`);
     }
     const raw2 = await rawOnce();
     if (netns) {
@@ -313,7 +381,9 @@ async function main(): Promise<void> {
       console.log(`# tcp: ${netns.names.map((ns, r) => `rank ${r}: ${stat(ns)}`).join('; ')}`);
     }
     const raw = Math.max(raw1, raw2);
+    const grpcStream = await grpcOnce();
     console.log(`raw_tcp_MBps ${raw.toFixed(0)} (two processes, same path; runs ${raw1.toFixed(0)} and ${raw2.toFixed(0)})`);
+    console.log(`grpc_stream_MBps ${grpcStream.toFixed(0)} (one gRPC stream, same processes and settings, ${o.chunkKb} KiB messages: the gRPC stack's own one-way limit)`);
     console.log(`busbw_MBps ${lastBus.toFixed(0)}`);
     console.log(`busbw_ratio ${(lastBus / raw).toFixed(3)}`);
     await Promise.all(ranks.map((r) => r.ask({ cmd: 'exit' })));

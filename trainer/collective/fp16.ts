@@ -26,35 +26,51 @@ export function floatToHalf(bits: Uint32Array, dst: Uint16Array): void {
   const n = bits.length;
   for (let i = 0; i < n; i++) {
     const x = bits[i]!;
-    const sign = (x >>> 16) & 0x8000;
-    const e = (x >>> 23) & 0xff;
-    const m = x & 0x7fffff;
-    let h: number;
-    if (e >= 113) {
-      if (e >= 143) {
-        h = e === 255 && m !== 0 ? 0x7e00 : 0x7c00;
-      } else {
-        h = ((e - 112) << 10) | (m >>> 13);
-        const rem = m & 0x1fff;
-        if (rem > 0x1000 || (rem === 0x1000 && (h & 1) === 1)) h++; // a carry into the exponent is still right
-      }
-    } else if (e >= 102) {
-      const full = m | 0x800000;
-      const shift = 126 - e;
-      h = full >>> shift;
-      const rem = full & ((1 << shift) - 1);
-      const halfway = 1 << (shift - 1);
-      if (rem > halfway || (rem === halfway && (h & 1) === 1)) h++;
-    } else {
-      h = 0;
-    }
-    dst[i] = sign | h;
+    const v = x & 0x7fffffff;
+    // Fast path, |x| in [2^-14, 65536): re-bias the exponent (127 -> 15) and round the 13 dropped mantissa bits
+    // to nearest even in one addition; a carry into the exponent (up to infinity) is the right result.
+    dst[i] = v >= 0x38800000 && v < 0x47800000 ? ((x >>> 16) & 0x8000) | ((v - 0x38000000 + 0xfff + ((v >>> 13) & 1)) >>> 13) : halfSlow(x);
   }
+}
+
+/** Zero, subnormal halves, overflow to infinity, infinities and NaN. */
+function halfSlow(x: number): number {
+  const sign = (x >>> 16) & 0x8000;
+  const e = (x >>> 23) & 0xff;
+  const m = x & 0x7fffff;
+  if (e >= 143) return sign | (e === 255 && m !== 0 ? 0x7e00 : 0x7c00);
+  if (e >= 102) {
+    const full = m | 0x800000;
+    const shift = 126 - e;
+    let h = full >>> shift;
+    const rem = full & ((1 << shift) - 1);
+    const halfway = 1 << (shift - 1);
+    if (rem > halfway || (rem === halfway && (h & 1) === 1)) h++;
+    return sign | h;
+  }
+  return sign;
+}
+
+/**
+ * dst[i] = bits of float(src[i]) for i < n, where `dst` is a Uint32Array view of the float32 output. Normal halves
+ * by arithmetic (re-bias the exponent, widen the mantissa), the rest from the table.
+ */
+export function halfToFloatBits(src: Uint16Array, dst: Uint32Array, n: number): void {
+  const t = halfBitsTable();
+  for (let i = 0; i < n; i++) {
+    const h = src[i]!;
+    const e = h & 0x7c00;
+    dst[i] = e !== 0 && e !== 0x7c00 ? ((h & 0x8000) << 16) | (((h & 0x7fff) + 0x1c000) << 13) : t[h]!;
+  }
+}
+
+let halfBits: Uint32Array | null = null;
+function halfBitsTable(): Uint32Array {
+  if (!halfBits) halfBits = new Uint32Array(halfTable().buffer);
+  return halfBits;
 }
 
 /** dst[i] = float(src[i]). */
 export function halfToFloatInto(src: Uint16Array, dst: Float32Array): void {
-  const t = halfTable();
-  const n = src.length;
-  for (let i = 0; i < n; i++) dst[i] = t[src[i]!]!;
+  halfToFloatBits(src, new Uint32Array(dst.buffer, dst.byteOffset, dst.length), Math.min(src.length, dst.length));
 }

@@ -51,6 +51,11 @@ export interface GrpcTransportOptions {
   maxMessageBytes: number;
   /** HTTP/2 flow-control window of the receiving (client) side. */
   flowControlWindowBytes: number;
+  /**
+   * Parallel streams per neighbour link. grpc-js hands a stream's next message to HTTP/2 only after the previous
+   * one was written out, so one stream has one message in flight; several keep more queued below JavaScript.
+   */
+  streamsPerLink: number;
 }
 
 export const metadataKeys = {
@@ -58,6 +63,8 @@ export const metadataKeys = {
   jobId: 'x-blip2-job-id',
   generation: 'x-blip2-generation',
   rank: 'x-blip2-rank',
+  /** "i/K": this is stream i of the K streams per link. */
+  stream: 'x-blip2-stream',
 } as const;
 
 type ServerLink = grpc.ServerDuplexStream<Buffer, Buffer>;
@@ -66,6 +73,8 @@ type ClientLink = grpc.ClientDuplexStream<Buffer, Buffer>;
 interface PendingCall {
   call: ServerLink;
   callerRank: number;
+  stream: number;
+  streams: number;
   generation: number;
   timer: NodeJS.Timeout;
 }
@@ -85,8 +94,10 @@ export class GrpcTransport implements Transport {
   private view: RingView | null = null;
   /** The highest generation this rank has been asked to connect for; older callers are refused. */
   private generation = 0;
-  private prevCall: ClientLink | null = null;
-  private nextCall: ServerLink | null = null;
+  private prevCalls: ClientLink[] = [];
+  private nextCalls: (ServerLink | undefined)[] = [];
+  private nextArrived = 0;
+  private roundRobin = 0;
   private readonly pending: PendingCall[] = [];
   private nextWaiter: { resolve: () => void; reject: (e: Error) => void } | null = null;
   private drainWaiters: (() => void)[] = [];
@@ -145,12 +156,14 @@ export class GrpcTransport implements Transport {
     const nextArrived = new Promise<void>((resolve, reject) => {
       this.nextWaiter = { resolve, reject };
     });
+    this.nextCalls = new Array<ServerLink | undefined>(this.options.streamsPerLink).fill(undefined);
+    this.nextArrived = 0;
     // Adopt a successor's call that arrived before we knew this generation; refuse older ones.
     for (const p of this.pending.splice(0)) {
       clearTimeout(p.timer);
-      if (p.generation === view.generation) this.adopt(p.call, p.callerRank);
+      if (p.generation === view.generation) this.adopt(p.call, p.callerRank, p.stream, p.streams);
       else if (p.generation < view.generation) refuse(p.call, grpc.status.FAILED_PRECONDITION, `stale generation ${p.generation}; current is ${view.generation}`);
-      else this.hold(p.call, p.callerRank, p.generation);
+      else this.hold(p.call, p.callerRank, p.generation, p.stream, p.streams);
     }
     const deadline = Date.now() + this.options.timeoutMs;
     const timer = setTimeout(() => {
@@ -163,7 +176,8 @@ export class GrpcTransport implements Transport {
       this.nextWaiter = null;
     }, this.options.timeoutMs);
     try {
-      await Promise.all([this.dialPrev(prev, view, deadline), nextArrived]);
+      const dials = Array.from({ length: this.options.streamsPerLink }, (_, i) => this.dialPrev(prev, view, deadline, i));
+      await Promise.all([...dials, nextArrived]);
     } catch (e) {
       this.disconnect();
       throw e;
@@ -195,12 +209,13 @@ export class GrpcTransport implements Transport {
     return c;
   }
 
-  private dialPrev(prev: PeerAddress, view: RingView, deadline: number): Promise<void> {
+  private dialPrev(prev: PeerAddress, view: RingView, deadline: number, stream: number): Promise<void> {
     const md = new grpc.Metadata();
     md.set(metadataKeys.authorization, `Bearer ${this.options.token}`);
     md.set(metadataKeys.jobId, this.options.jobId);
     md.set(metadataKeys.generation, String(view.generation));
     md.set(metadataKeys.rank, String(view.rank));
+    md.set(metadataKeys.stream, `${stream}/${this.options.streamsPerLink}`);
     const attempt = (): Promise<void> =>
       new Promise<void>((resolve, reject) => {
         const call = this.client(prev).makeBidiStreamRequest(LINK_METHOD_PATH, passThrough, passThrough, md, {
@@ -238,8 +253,8 @@ export class GrpcTransport implements Transport {
           if (!ok) return fail(grpc.status.FAILED_PRECONDITION, 'bad HELLO frame');
           settled = true;
           call.removeAllListeners();
-          this.prevCall = call;
-          this.attach(call, 'prev', prev.rank, view);
+          this.prevCalls[stream] = call;
+          this.attach(call, 'prev', prev.rank, view, stream);
           resolve();
         });
         call.once('error', (e: grpc.ServiceError) => fail(e.code, e.details ?? e.message));
@@ -264,23 +279,26 @@ export class GrpcTransport implements Transport {
     }
     const generation = Number(md.get(metadataKeys.generation)[0]);
     const callerRank = Number(md.get(metadataKeys.rank)[0]);
-    if (!Number.isSafeInteger(generation) || generation < 0 || !Number.isSafeInteger(callerRank) || callerRank < 0) {
-      refuse(call, grpc.status.INVALID_ARGUMENT, 'x-blip2-generation and x-blip2-rank must be non-negative integers');
+    const [stream, streams] = String(md.get(metadataKeys.stream)[0] ?? '0/1').split('/').map(Number) as [number, number];
+    if (!Number.isSafeInteger(generation) || generation < 0 || !Number.isSafeInteger(callerRank) || callerRank < 0 || !(stream >= 0 && stream < streams)) {
+      refuse(call, grpc.status.INVALID_ARGUMENT, 'x-blip2-generation and x-blip2-rank must be non-negative integers, x-blip2-stream "i/K" with i < K');
       return;
     }
     if (generation < this.generation) {
       refuse(call, grpc.status.FAILED_PRECONDITION, `stale generation ${generation}; current is ${this.generation}`);
       return;
     }
-    if (this.view && generation === this.view.generation) this.adopt(call, callerRank);
-    else this.hold(call, callerRank, generation);
+    if (this.view && generation === this.view.generation) this.adopt(call, callerRank, stream, streams);
+    else this.hold(call, callerRank, generation, stream, streams);
   }
 
   /** Keeps a call for a generation this rank has not connected for yet, until connect() or the timeout. */
-  private hold(call: ServerLink, callerRank: number, generation: number): void {
+  private hold(call: ServerLink, callerRank: number, generation: number, stream: number, streams: number): void {
     const p: PendingCall = {
       call,
       callerRank,
+      stream,
+      streams,
       generation,
       timer: setTimeout(() => {
         const i = this.pending.indexOf(p);
@@ -297,28 +315,32 @@ export class GrpcTransport implements Transport {
     this.pending.push(p);
   }
 
-  private adopt(call: ServerLink, callerRank: number): void {
+  private adopt(call: ServerLink, callerRank: number, stream: number, streams: number): void {
     const view = this.view!;
     const expected = (view.rank + 1) % view.worldSize;
     if (callerRank !== expected) {
       refuse(call, grpc.status.FAILED_PRECONDITION, `rank ${callerRank} is not the successor of rank ${view.rank} in generation ${view.generation} (expected ${expected})`);
       return;
     }
-    if (this.nextCall) {
-      refuse(call, grpc.status.ALREADY_EXISTS, `rank ${callerRank} already has a link in generation ${view.generation}`);
+    if (streams !== this.options.streamsPerLink) {
+      refuse(call, grpc.status.FAILED_PRECONDITION, `rank ${callerRank} opens ${streams} streams per link; this rank uses ${this.options.streamsPerLink}`);
+      return;
+    }
+    if (this.nextCalls[stream]) {
+      refuse(call, grpc.status.ALREADY_EXISTS, `rank ${callerRank} already has stream ${stream} in generation ${view.generation}`);
       return;
     }
     call.removeAllListeners();
-    this.nextCall = call;
+    this.nextCalls[stream] = call;
     call.write(this.encoder.control(FrameKind.HELLO, view.generation, view.rank));
-    this.attach(call, 'next', callerRank, view);
-    this.nextWaiter?.resolve();
+    this.attach(call, 'next', callerRank, view, stream);
+    if (++this.nextArrived === streams) this.nextWaiter?.resolve();
   }
 
-  private attach(call: ClientLink | ServerLink, side: LinkSide, peerRank: number, view: RingView): void {
+  private attach(call: ClientLink | ServerLink, side: LinkSide, peerRank: number, view: RingView, stream: number): void {
     let lost = false;
     let left = false;
-    const isCurrent = () => this.view === view && (side === 'prev' ? this.prevCall === call : this.nextCall === call);
+    const isCurrent = () => this.view === view && (side === 'prev' ? this.prevCalls[stream] === call : this.nextCalls[stream] === call);
     const onLost = (reason: string) => {
       if (lost || left || !isCurrent()) return;
       lost = true;
@@ -333,7 +355,8 @@ export class GrpcTransport implements Transport {
           const f = decodeFrame(buf);
           if (f.kind === FrameKind.BYE && f.generation === view.generation) {
             left = true;
-            this.events?.onPeerLeft(side, peerRank);
+            // The peer has left once every stream of the link said BYE (frames on other streams may still come).
+            if (++this.byes[side] === this.options.streamsPerLink) this.events?.onPeerLeft(side, peerRank);
             this.flushDrainWaiters();
             return;
           }
@@ -356,6 +379,8 @@ export class GrpcTransport implements Transport {
     if (side === 'next') call.on('drain', () => this.flushDrainWaiters());
   }
 
+  private byes: Record<LinkSide, number> = { prev: 0, next: 0 };
+
   private endQuietly(call: ClientLink | ServerLink): void {
     try {
       call.end();
@@ -371,7 +396,9 @@ export class GrpcTransport implements Transport {
   }
 
   sendNext(frame: Buffer, onWritten?: () => void): boolean {
-    const call = this.nextCall;
+    const k = this.nextCalls.length;
+    if (k === 0) return true;
+    const call = this.nextCalls[this.roundRobin++ % k];
     if (!call) return true;
     try {
       return call.write(frame, onWritten);
@@ -381,33 +408,33 @@ export class GrpcTransport implements Transport {
   }
 
   drained(): Promise<void> {
-    const call = this.nextCall;
-    if (!call || !call.writableNeedDrain) return Promise.resolve();
+    if (!this.nextCalls.some((c) => c?.writableNeedDrain)) return Promise.resolve();
     return new Promise((resolve) => this.drainWaiters.push(resolve));
   }
 
   sendPrev(frame: Buffer): void {
     try {
-      this.prevCall?.write(frame);
+      this.prevCalls[0]?.write(frame);
     } catch {
       // best effort: the link may already be gone
     }
   }
 
   disconnect(): void {
-    const prev = this.prevCall;
-    const next = this.nextCall;
+    const prev = this.prevCalls;
+    const next = this.nextCalls;
     const view = this.view;
-    this.prevCall = null;
-    this.nextCall = null;
+    this.prevCalls = [];
+    this.nextCalls = [];
+    this.byes = { prev: 0, next: 0 };
     this.view = null;
-    for (const call of [prev, next]) {
+    for (const call of [...prev, ...next]) {
       if (!call || !view) continue;
       // Keep draining what the peer still sends (so its writes complete), but report nothing more.
       call.removeAllListeners();
       call.on('error', () => {});
       call.on('data', () => {});
-      if (call === next) call.on('end', () => this.endQuietly(call));
+      if (next.includes(call as ServerLink)) call.on('end', () => this.endQuietly(call));
       try {
         call.write(this.encoder.control(FrameKind.BYE, view.generation, view.rank));
       } catch {

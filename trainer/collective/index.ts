@@ -11,6 +11,7 @@
  *   const feats = await group.allGather(block, rowWidth); // Float32Array per rank, in rank order
  *   await group.allReduce(grads, { op: 'mean', weight: samplesThisStep }); // in place; Σ w·g / Σ w
  *   await group.barrier();
+ *   group.stats();                                  // cumulative calls, bytes, seconds per kind (for metrics)
  *   // membership changed: await group.connect({ generation: generation + 1, ... })
  *   await group.close();
  *
@@ -20,7 +21,8 @@
  * collectives until `connect()` with a new generation.
  */
 export { createCollectiveGroup, CollectiveGroup, resolveCollectiveGroupOptions } from './group';
-export type { CollectiveGroupOptions, ResolvedCollectiveGroupOptions, ConnectOptions, AllReduceOptions } from './group';
+export { planBuckets } from './group';
+export type { CollectiveGroupOptions, ResolvedCollectiveGroupOptions, ConnectOptions, AllReduceOptions, CollectiveStats, CollectiveOpStats, BucketPiece } from './group';
 export { CollectiveError, type CollectiveFailure } from './errors';
 export type { CollectiveTlsOptions } from './grpc-transport';
 export { GrpcTransport, collectiveServiceDefinition, LINK_METHOD_PATH, metadataKeys } from './grpc-transport';

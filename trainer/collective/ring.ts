@@ -13,7 +13,7 @@
  * counts the same frames). Frames are self-describing (step, segment, offset), so their order does not matter.
  */
 import { CollectiveError, type CollectiveFailure } from './errors';
-import { floatToHalf, halfTable } from './fp16';
+import { floatToHalf, halfToFloatBits } from './fp16';
 import { decodeFrame, DType, FrameEncoder, FrameKind, OpKind, opKindName, patchForward, type DecodedFrame, type FrameHeader } from './frame';
 import type { LinkSide, RingView, Transport } from './transport';
 
@@ -340,7 +340,6 @@ export class Ring {
       const C = this.chunkElements;
       const dtype = fp16Wire ? DType.FLOAT16 : DType.FLOAT32;
       const bytesPer = fp16Wire ? 2 : 4;
-      const table = fp16Wire ? halfTable() : null;
       let expected = 0;
       for (let k = 0; k <= n - 2; k++) expected += this.chunks(segLen(mod(r - k - 1, n))) + this.chunks(segLen(mod(r - k, n)));
       let received = 0;
@@ -380,10 +379,12 @@ export class Ring {
           } else {
             const incoming = this.payloadF16(f.payload);
             const sum = this.scratchF32(count);
-            addHalfInto(sum, incoming, local, table!, count);
-            floatToHalf(new Uint32Array(sum.buffer, sum.byteOffset, count), incoming);
+            const sumBits = new Uint32Array(sum.buffer, sum.byteOffset, count);
+            halfToFloatBits(incoming, sumBits, count);
+            addInto(sum, local, count);
+            floatToHalf(sumBits, incoming);
             // The owner keeps exactly what the others will receive, so all ranks end bit-identical.
-            if (last) halfToFloat(incoming, local, table!, count);
+            if (last) halfToFloatBits(incoming, new Uint32Array(local.buffer, local.byteOffset, count), count);
             if (incoming.buffer !== f.raw.buffer) f.payload.set(new Uint8Array(incoming.buffer, incoming.byteOffset, count * 2));
           }
           // For the last reduce-scatter step, step + 1 is all-gather step 0 (wire step N-1).
@@ -393,7 +394,7 @@ export class Ring {
           if (!fp16Wire) {
             f.payload.copy(Buffer.from(local.buffer, local.byteOffset, count * 4));
           } else {
-            halfToFloat(this.payloadF16(f.payload), local, table!, count);
+            halfToFloatBits(this.payloadF16(f.payload), new Uint32Array(local.buffer, local.byteOffset, count), count);
           }
         }
         if (++received === expected) done();
@@ -530,20 +531,10 @@ function addIntoBoth(acc: Float32Array, x: Float32Array, n: number): void {
   }
 }
 
-/** out[i] = table[h[i]] + x[i] */
-function addHalfInto(out: Float32Array, h: Uint16Array, x: Float32Array, table: Float32Array, n: number): void {
-  for (let i = 0; i < n; i++) out[i] = table[h[i]!]! + x[i]!;
-}
-
-/** out[i] = table[h[i]] */
-function halfToFloat(h: Uint16Array, out: Float32Array, table: Float32Array, n: number): void {
-  for (let i = 0; i < n; i++) out[i] = table[h[i]!]!;
-}
-
 /** What a value looks like after a trip through fp16 (used so that a world of one matches a larger world). */
 function roundThroughHalf(buf: Float32Array): void {
-  const t = halfTable();
   const h = new Uint16Array(buf.length);
-  floatToHalf(new Uint32Array(buf.buffer, buf.byteOffset, buf.length), h);
-  for (let i = 0; i < buf.length; i++) buf[i] = t[h[i]!]!;
+  const bits = new Uint32Array(buf.buffer, buf.byteOffset, buf.length);
+  floatToHalf(bits, h);
+  halfToFloatBits(h, bits, buf.length);
 }

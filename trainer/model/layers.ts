@@ -24,20 +24,65 @@ export function linear(params: Params, prefix: string, x: tf.Tensor): tf.Tensor 
   return tf.reshape(y, [...lead, w.shape[0]!]);
 }
 
-/** torch.nn.LayerNorm over the last axis (biased variance, eps inside the square root). */
+/**
+ * torch.nn.LayerNorm over the last axis (biased variance, eps inside the square root), with a hand-written
+ * gradient: the tape keeps only x̂ and 1/σ instead of every intermediate, which bounds training memory (the wasm
+ * heap is 4 GiB) and runs far fewer elementwise kernels. dx = (g - mean(g) - x̂·mean(g·x̂))/σ with g = dy·γ.
+ */
 export function layerNorm(params: Params, prefix: string, x: tf.Tensor, eps: number): tf.Tensor {
-  const axis = x.rank - 1;
-  const mean = tf.mean(x, axis, true);
-  const xc = tf.sub(x, mean);
-  const variance = tf.mean(tf.square(xc), axis, true);
-  const xhat = tf.mul(xc, tf.rsqrt(tf.add(variance, eps)));
-  return tf.add(tf.mul(xhat, param(params, `${prefix}.weight`)), param(params, `${prefix}.bias`));
+  return layerNormOp(eps)(x, param(params, `${prefix}.weight`), param(params, `${prefix}.bias`));
 }
 
-/** nn.GELU() / BERT "gelu": the exact erf form, 0.5·x·(1 + erf(x/√2)). */
-export function gelu(x: tf.Tensor): tf.Tensor {
-  return tf.mul(tf.mul(x, 0.5), tf.add(tf.erf(tf.mul(x, Math.SQRT1_2)), 1));
+type LayerNormFn = (x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor) => tf.Tensor;
+const layerNormOps = new Map<number, LayerNormFn>();
+function layerNormOp(eps: number): LayerNormFn {
+  let op = layerNormOps.get(eps);
+  if (op) return op;
+  op = tf.customGrad(((x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, save: tf.GradSaveFunc) => {
+    const axis = x.rank - 1;
+    const [y, xhat, rstd] = tf.tidy(() => {
+      const mean = tf.mean(x, axis, true);
+      const xc = tf.sub(x, mean);
+      const variance = tf.mean(tf.square(xc), axis, true);
+      const inv = tf.rsqrt(tf.add(variance, eps)); // [..., 1]
+      const xh = tf.mul(xc, inv);
+      return [tf.add(tf.mul(xh, gamma), beta), xh, inv];
+    });
+    save([xhat!, rstd!, gamma]);
+    return {
+      value: y!,
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+        const [xh, inv, gm] = saved as [tf.Tensor, tf.Tensor, tf.Tensor];
+        const lead = Array.from({ length: axis }, (_, i) => i);
+        const g = tf.mul(dy, gm);
+        const m1 = tf.mean(g, axis, true);
+        const m2 = tf.mean(tf.mul(g, xh), axis, true);
+        const dx = tf.mul(tf.sub(tf.sub(g, m1), tf.mul(xh, m2)), inv);
+        return [dx, tf.sum(tf.mul(dy, xh), lead), tf.sum(dy, lead)];
+      },
+    };
+  }) as unknown as Parameters<typeof tf.customGrad>[0]) as unknown as LayerNormFn;
+  layerNormOps.set(eps, op);
+  return op;
 }
+
+/**
+ * nn.GELU() / BERT "gelu": the exact erf form, 0.5·x·(1 + erf(x/√2)). Hand-written gradient
+ * Φ(x) + x·φ(x) = 0.5·(1 + erf(x/√2)) + x·exp(-x²/2)/√(2π), so the tape keeps x alone.
+ */
+export const gelu = tf.customGrad(((x: tf.Tensor, save: tf.GradSaveFunc) => {
+  const y = tf.tidy(() => tf.mul(tf.mul(x, 0.5), tf.add(tf.erf(tf.mul(x, Math.SQRT1_2)), 1)));
+  save([x]);
+  return {
+    value: y,
+    gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+      const xs = saved[0]!;
+      const cdf = tf.mul(tf.add(tf.erf(tf.mul(xs, Math.SQRT1_2)), 1), 0.5);
+      const pdf = tf.mul(tf.exp(tf.mul(tf.square(xs), -0.5)), 1 / Math.sqrt(2 * Math.PI));
+      return tf.mul(dy, tf.add(cdf, tf.mul(xs, pdf)));
+    },
+  };
+}) as unknown as Parameters<typeof tf.customGrad>[0]) as unknown as (x: tf.Tensor) => tf.Tensor;
 
 /** [B, S, H] -> [B, heads, S, H/heads] */
 export function splitHeads(x: tf.Tensor, numHeads: number): tf.Tensor4D {
@@ -52,15 +97,18 @@ export function mergeHeads(x: tf.Tensor): tf.Tensor3D {
 }
 
 /**
- * Scaled dot-product attention. q [B,Sq,H], k/v [B,Sk,H]; `additiveMask` broadcasts to [B,1,Sq,Sk] (0 or -10000).
+ * Scaled dot-product attention. q [B,Sq,H], k/v [B,Sk,H] (or already split into heads, [B,n,Sk,d]); `additiveMask` broadcasts to [B,1,Sq,Sk] (0 or -10000).
  * Scores are (q·kᵀ)/sqrt(d) + mask, as BertSelfAttention. Returns [B,Sq,H].
  */
 export function attention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, numHeads: number, additiveMask?: tf.Tensor): tf.Tensor3D {
   const qh = splitHeads(q, numHeads); // [B,n,Sq,d]
-  const kh = splitHeads(k, numHeads); // [B,n,Sk,d]
-  const vh = splitHeads(v, numHeads); // [B,n,Sk,d]
-  const d = qh.shape[3];
-  let scores = tf.div(tf.matMul(qh, kh, false, true), Math.sqrt(d)); // [B,n,Sq,Sk]
+  const kh = k.rank === 4 ? (k as tf.Tensor4D) : splitHeads(k, numHeads); // [B,n,Sk,d] (given split, or split here)
+  const vh = v.rank === 4 ? (v as tf.Tensor4D) : splitHeads(v, numHeads); // [B,n,Sk,d]
+  const scale = Math.sqrt(qh.shape[3]);
+  // When sqrt(d) is a power of two (d = 64: BERT-base and the small preset), dividing q first is bit-identical to
+  // dividing the scores and touches a [B,n,Sq,d] tensor instead of [B,n,Sq,Sk].
+  const exact = Number.isInteger(Math.log2(scale));
+  let scores = exact ? tf.matMul(tf.div(qh, scale), kh, false, true) : tf.div(tf.matMul(qh, kh, false, true), scale); // [B,n,Sq,Sk]
   if (additiveMask) scores = tf.add(scores, additiveMask);
   const probs = tf.softmax(scores); // [B,n,Sq,Sk]
   return mergeHeads(tf.matMul(probs, vh)); // [B,Sq,H]

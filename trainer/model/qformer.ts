@@ -4,13 +4,19 @@
  */
 import { hasCrossAttention, type Blip2Config } from './config';
 import { tf } from './engine';
-import { attention, gelu, layerNorm, linear, param } from './layers';
+import { attention, gelu, layerNorm, linear, param, splitHeads } from './layers';
 import type { Params } from './params';
 
-/** Keys/values of one attention, [B, S, H] each. */
+/** Keys/values of one attention, [B, S, H] each (self-attention). */
 export interface KeyValue {
   k: tf.Tensor3D;
   v: tf.Tensor3D;
+}
+
+/** Image keys/values of one cross-attention layer, already split into heads: [N, heads, P, d] each. */
+export interface HeadKeyValue {
+  k: tf.Tensor4D;
+  v: tf.Tensor4D;
 }
 
 /** Additive mask value for blocked keys (Qformer.py get_extended_attention_mask). */
@@ -65,7 +71,7 @@ export interface LayerOptions {
   /** Cached keys/values prepended to this layer's self-attention keys (ITG's query keys/values). */
   past?: KeyValue;
   /** Projected image keys/values for this layer's cross-attention (required on cross layers with queries). */
-  cross?: KeyValue;
+  cross?: HeadKeyValue;
   /**
    * Compute outputs only for rows [0, outputRows) (default all). Keys/values still come from every row, so those
    * rows are exact; for a last layer whose other rows nobody reads (ITM's text rows, all but [CLS] in ITC's text pass).
@@ -112,36 +118,35 @@ export function qformerLayer(params: Params, config: Blip2Config, layer: number,
 
 /**
  * Cross-attention keys/values of every cross layer for a batch of image embeddings [N,P,Dv] -> per layer
- * {k, v} [N,P,H]. Computed once per image and reused by the ITC query pass and all ITM groups.
+ * {k, v} [N,heads,P,d]. Computed once per image and reused by the ITC query pass and all ITM groups.
  */
-export function projectImage(params: Params, config: Blip2Config, imageEmbeds: tf.Tensor3D): Map<number, KeyValue> {
+export function projectImage(params: Params, config: Blip2Config, imageEmbeds: tf.Tensor3D): Map<number, HeadKeyValue> {
   const q = config.qformer;
-  const out = new Map<number, KeyValue>();
+  const out = new Map<number, HeadKeyValue>();
   const layers: number[] = [];
   for (let i = 0; i < q.num_layers; i++) if (hasCrossAttention(q, i)) layers.push(i);
   if (!layers.length) return out;
   for (const i of layers) {
     const p = `qformer.encoder.layer.${i}.crossattention.attention`;
-    out.set(i, { k: linear(params, `${p}.key`, imageEmbeds) as tf.Tensor3D, v: linear(params, `${p}.value`, imageEmbeds) as tf.Tensor3D }); // [N,P,H]
+    out.set(i, { k: splitHeads(linear(params, `${p}.key`, imageEmbeds), q.num_heads), v: splitHeads(linear(params, `${p}.value`, imageEmbeds), q.num_heads) }); // [N,n,P,d]
   }
   return out;
 }
 
-/** Select rows of every layer's image keys/values: [N,P,H] -> [R,P,H] for `rows` (int32 [R]). */
-export function selectImages(cross: Map<number, KeyValue>, rows: tf.Tensor1D | { begin: number; size: number }): Map<number, KeyValue> {
-  const out = new Map<number, KeyValue>();
+/** Select images of every layer's keys/values: [N,n,P,d] -> [R,n,P,d] for `rows` (int32 [R]) or a contiguous range. */
+export function selectImages(cross: Map<number, HeadKeyValue>, rows: tf.Tensor1D | { begin: number; size: number }): Map<number, HeadKeyValue> {
+  const out = new Map<number, HeadKeyValue>();
   for (const [i, kv] of cross) {
+    const [n, heads, P, d] = kv.k.shape;
     if ('begin' in rows) {
-      const [, P, H] = kv.k.shape;
-      if (rows.begin === 0 && rows.size === kv.k.shape[0]) out.set(i, kv);
-      else out.set(i, { k: tf.slice(kv.k, [rows.begin, 0, 0], [rows.size, P, H]), v: tf.slice(kv.v, [rows.begin, 0, 0], [rows.size, P, H]) });
+      if (rows.begin === 0 && rows.size === n) out.set(i, kv);
+      else out.set(i, { k: tf.slice(kv.k, rows.begin, rows.size), v: tf.slice(kv.v, rows.begin, rows.size) });
     } else {
       // Row selection as a product with a one-hot matrix: exact (each output is 1·x plus exact zeros), and its
-      // gradient is a matmul too, far cheaper than gather/UnsortedSegmentSum over [N,P,H] blocks on wasm.
-      const [n, P, H] = kv.k.shape;
+      // gradient is a matmul too, far cheaper than gather/UnsortedSegmentSum over [N,n,P,d] blocks on wasm.
       // (int32 one-hot, then cast: tfjs-backend-wasm 4.22's OneHot writes integer bits into float32 outputs.)
       const pick = tf.cast(tf.oneHot(rows, n), 'float32'); // [R,N]
-      const sel = (t: tf.Tensor3D) => tf.reshape(tf.matMul(pick, tf.reshape(t, [n, P * H])), [rows.shape[0], P, H]) as tf.Tensor3D;
+      const sel = (t: tf.Tensor4D) => tf.reshape(tf.matMul(pick, tf.reshape(t, [n, heads * P * d])), [rows.shape[0], heads, P, d]) as tf.Tensor4D;
       out.set(i, { k: sel(kv.k), v: sel(kv.v) });
     }
   }
@@ -156,7 +161,7 @@ export interface EncoderOptions {
   /** Per layer cached keys/values (ITG). */
   past?: KeyValue[];
   /** Per cross layer image keys/values. */
-  cross?: Map<number, KeyValue>;
+  cross?: Map<number, HeadKeyValue>;
 }
 
 /** BertEncoder.forward over all layers. Returns the last hidden state and each layer's self keys/values. */

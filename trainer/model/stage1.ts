@@ -14,7 +14,7 @@ import { tf } from './engine';
 import { crossEntropySum, l2normalize, layerNorm, linear, param, stopGradient } from './layers';
 import type { Params } from './params';
 import { itcQueryMask, itcTextMask, itgMask, itmMask, maskRows, type AttentionMask } from './masks';
-import { additiveMask, embeddings, lmHead, projectImage, qformerEncoder, queryTokens, selectImages, type KeyValue } from './qformer';
+import { additiveMask, embeddings, lmHead, projectImage, qformerEncoder, queryTokens, selectImages, type HeadKeyValue } from './qformer';
 
 export type Objective = 'itc' | 'itm' | 'itg';
 
@@ -126,7 +126,7 @@ export function maskTensor(mask: AttentionMask): tf.Tensor4D | undefined {
 }
 
 /** Image side of ITC: query-only pass (all-ones mask), then l2norm(vision_projection(Z)). */
-function queryPass(p: Params, config: Blip2Config, cross: Map<number, KeyValue>, batch: number) {
+function queryPass(p: Params, config: Blip2Config, cross: Map<number, HeadKeyValue>, batch: number) {
   const q = config.qformer;
   const h = embeddings(p, config, queryTokens(p, batch)); // [B,Q,H]
   const selfMask = maskTensor(itcQueryMask(batch, q.num_query_tokens)); // all ones: none
