@@ -185,7 +185,7 @@ async function main() {
     .option('--rounds <n>', 'run the engine list this many times, interleaved, keeping each one\'s best', '1')
     .option('--threads <n>', 'threads for our wasm engine (default: the CPU cores, at most 8)')
     .option('--skip-layer', 'matmuls only')
-    .option('--only <ids>', 'comma-separated engine ids to run (wasm-stock-1, cpu, xnn-1, xnn-N, blas-1, blas-N)')
+    .option('--only <ids>', 'comma-separated engine ids to run (wasm-stock-1, cpu, xnn-1, xnn-N, blas-1, blas-N, blas-N-wasm-1)')
     .option('--profile', 'print the layer step\'s kernel time by kernel (stderr of each engine)')
     .option('--child <json>', 'internal: run one engine and print its result as JSON')
     .parse();

@@ -10,7 +10,7 @@ import {
   resolveEngineOptions,
   tf,
 } from './engine';
-import { WASM_MAX_THREADS } from './engine/wasm-threads';
+import { WASM_MAX_THREADS, wasmWorkersStarted } from './engine/wasm-threads';
 
 // The stock backend caps its pool at half the logical cores; ask for one more than that to show the cap is gone.
 const stockCap = Math.max(1, Math.floor(os.cpus().length / 2));
@@ -41,6 +41,8 @@ test('the wasm engine runs the thread count asked for, beyond the stock half-the
   expect(['openblas', 'xnnpack']).toContain(engineInfo()?.matmul);
   const wasm = await import('@tensorflow/tfjs-backend-wasm');
   expect(wasm.getThreadsCount()).toBe(threads);
+  // The pool's threads run on real workers (the caller is the first thread); the other pre-spawned ones stay idle.
+  expect(wasmWorkersStarted()).toBe(threads - 1);
   expect(tf.getBackend()).toBe('wasm');
   // A second call keeps the engine already chosen.
   expect(await initEngine({ engine: 'cpu' })).toBe('wasm');

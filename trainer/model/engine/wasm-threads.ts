@@ -8,17 +8,21 @@
  *      module-scope names (`require$$0` = fs, `require$$1` = path, `require$$3` = perf_hooks, `require$$4` = os,
  *      `commonjsGlobal`), which do not exist in the worker;
  *   4. the C++ side caps the thread pool at `emscripten_num_logical_cores() / 2` (it assumes SMT), read once when the
- *      module starts, which is 1 on a 2-vCPU VM, and at 8 (the size of the pre-spawned worker pool).
+ *      module starts, which is 1 on a 2-vCPU VM, and at 8 (the size of the pre-spawned worker pool);
+ *   5. Emscripten pre-spawns and loads 8 workers whatever the thread count (~1.5 s and ~140 MB per process).
  * This module fixes each: Blobs built during initialisation remember their text; `URL.createObjectURL` writes that
  * text to a real file (content-addressed under the OS temp folder, so processes share it) and returns its path; the
  * worker file starts with a prelude that defines the missing names and maps its own `createObjectURL` to the main
- * script's file; `os.cpus()` reports 2·n cores while the module starts. All of this is undone when initialisation
+ * script's file; `os.cpus()` reports 2·n cores while the module starts; the pool's workers are lazy stand-ins that
+ * become real workers only when a thread first runs on them (n − 1 do). All of this is undone when initialisation
  * ends. It depends on tfjs internals, so the version is pinned (package.json) and a test checks the thread count.
  */
 import { createHash } from 'node:crypto';
+import { EventEmitter } from 'node:events';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import type { Worker as NodeWorker } from 'node:worker_threads';
 import * as tf from '@tensorflow/tfjs-core';
 
 /** The most threads the backend can run: its pre-spawned pthread pool and its C++ cap (`max_num_threads`). */
@@ -36,6 +40,77 @@ function writeOnce(dir: string, name: string, text: string): string {
   fs.writeFileSync(tmp, text);
   fs.renameSync(tmp, file);
   return file;
+}
+
+/**
+ * A pre-spawned pthread worker that starts a real `worker_threads` Worker only when a thread is first run on it.
+ * Emscripten posts `load` to every pool worker at start and waits for `loaded`; this answers at once and keeps the
+ * `load` message. On the first other message (a `run`), it starts the real worker and posts it `load` then that
+ * message, in that order and without waiting: the main thread may be blocked in `pthreadpool_create` until the
+ * thread starts. The real worker's own `loaded` is not passed on (Emscripten counts one per worker).
+ */
+let workersStarted = 0;
+
+/** How many real pthread workers this process started (the pool's threads: threads − 1). */
+export function wasmWorkersStarted(): number {
+  return workersStarted;
+}
+
+class LazyWorker extends EventEmitter {
+  private real: NodeWorker | undefined;
+  private load: unknown;
+  private refed = true;
+  private sawLoaded = false;
+
+  constructor(
+    private readonly file: string,
+    private readonly RealWorker: typeof NodeWorker,
+  ) {
+    super();
+  }
+
+  postMessage(message: unknown, transfer?: readonly unknown[]): void {
+    if (!this.real) {
+      if ((message as { cmd?: string } | null)?.cmd === 'load') {
+        this.load = message;
+        setImmediate(() => this.emit('message', { cmd: 'loaded' }));
+        return;
+      }
+      this.start();
+    }
+    this.real!.postMessage(message, transfer as never);
+  }
+
+  private start(): void {
+    const real = new this.RealWorker(this.file);
+    workersStarted++;
+    real.on('message', (data: { cmd?: string } | null) => {
+      if (data?.cmd === 'loaded' && !this.sawLoaded) {
+        this.sawLoaded = true;
+        return;
+      }
+      this.emit('message', data);
+    });
+    real.on('error', (e) => this.emit('error', e));
+    real.on('exit', (code) => this.emit('exit', code));
+    if (!this.refed) real.unref();
+    real.postMessage(this.load);
+    this.real = real;
+  }
+
+  ref(): void {
+    this.refed = true;
+    this.real?.ref();
+  }
+
+  unref(): void {
+    this.refed = false;
+    this.real?.unref();
+  }
+
+  terminate(): Promise<number> {
+    return this.real ? this.real.terminate() : Promise.resolve(0);
+  }
 }
 
 function hashOf(text: string): string {
@@ -93,9 +168,26 @@ export async function startThreadedWasm(threads: number): Promise<number> {
   const cpus = originalCpus();
   const fakeCpus = () => Array.from({ length: 2 * threads }, (_, i) => cpus[i % cpus.length]!);
 
+  // Emscripten assigns the global `Worker` (worker_threads') and then calls `new Worker(file)` for its pool: keep the
+  // real class it assigns and hand out lazy stand-ins.
+  const globals = globalThis as unknown as Record<string, unknown>;
+  const workerDescriptor = Object.getOwnPropertyDescriptor(globals, 'Worker');
+  let RealWorker: typeof NodeWorker | undefined;
+  const lazyWorker = function (this: unknown, file: string) {
+    if (!RealWorker) throw new Error('wasm thread shim: Worker used before Emscripten set it');
+    return new LazyWorker(file, RealWorker);
+  };
+
   globalThis.Blob = RecordingBlob as typeof Blob;
   URL.createObjectURL = createObjectURL;
   os.cpus = fakeCpus;
+  Object.defineProperty(globals, 'Worker', {
+    configurable: true,
+    get: () => (RealWorker ? lazyWorker : undefined),
+    set: (value: typeof NodeWorker) => {
+      RealWorker = value;
+    },
+  });
   try {
     tf.env().set('WASM_HAS_MULTITHREAD_SUPPORT', true);
     wasm.setThreadsCount(threads);
@@ -105,6 +197,9 @@ export async function startThreadedWasm(threads: number): Promise<number> {
     globalThis.Blob = OriginalBlob;
     URL.createObjectURL = originalCreateObjectURL;
     os.cpus = originalCpus;
+    if (workerDescriptor) Object.defineProperty(globals, 'Worker', workerDescriptor);
+    else if (RealWorker) Object.defineProperty(globals, 'Worker', { value: RealWorker, writable: true, configurable: true });
+    else delete globals.Worker;
   }
   // The pool's threads live as long as the backend and keep their workers ref'ed: a process that is done would
   // never exit. Unref them (the work they do is always awaited by the main thread).
