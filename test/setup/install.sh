@@ -11,6 +11,14 @@ if ! command -v nats-server >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nats-server iproute2 >/dev/null
 fi
 
+# openssl (the mutual-TLS collective test generates certificates) and iproute2 (`bench:allreduce --link`).
+if ! command -v openssl >/dev/null 2>&1 || ! command -v tc >/dev/null 2>&1; then
+  echo "installing openssl, iproute2 (Debian packages)" >&2
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq openssl iproute2 >/dev/null
+fi
+
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   echo "installing npm packages (npm ci)" >&2
   npm ci --no-audit --no-fund
