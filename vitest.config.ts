@@ -4,6 +4,7 @@ import { defineConfig } from 'vitest/config';
 // `integration` (spans processes; talks to a real nats-server and real gRPC sockets).
 export default defineConfig({
   test: {
+    reporters: ['default', './test/setup/summary-reporter.ts'],
     projects: [
       {
         test: {

@@ -2,3 +2,6 @@
 // helpers. Nothing here imports from the rest of the repository.
 export * from './errors';
 export * from './log';
+export * from './safetensors';
+export * from './config';
+export * from './metrics';

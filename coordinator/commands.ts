@@ -1,6 +1,54 @@
-import type { Command } from 'commander';
+import { Option, type Command } from 'commander';
+import { describeConfigKeys, loadJobConfig, UsageError } from '../common';
+import { launchLocal } from './local/launcher';
+
+const CONFIG_FLAGS_HELP = `
+Any job config key can be given as a flag after the options: --<key> <value> or --<key>=<value>,
+e.g. --train.epochs 3 --world.trainers 4. Precedence: file < environment (BLIP2_<KEY>) < flags.
+\`blip2 config --keys\` lists every key with its environment variable, default and meaning.
+`;
 
 /** Subcommands about jobs: `launch`, `config`. */
 export function registerJobCommands(program: Command): void {
-  void program;
+  program
+    .command('launch')
+    .description(
+      'Run a training job: starts a nats-server (unless nats.url is set), the coordinator and world.trainers ' +
+        'trainer processes, shows progress (step, epoch, samples/s, losses, ETA) and ends with a summary. ' +
+        'With no --config it runs the built-in demo: the synthetic dataset generated into runs/blip2-demo/data, ' +
+        'the tiny preset, 2 trainers. Ctrl-C stops after the next committed checkpoint; launching the same job ' +
+        'again continues it.',
+    )
+    .option('--config <file>', 'job config, YAML or JSON (default: the built-in demo)')
+    .addOption(new Option('--target <target>', 'where to run the job').choices(['local', 'kubernetes']).default('local'))
+    .addOption(new Option('--trainer-entry <script>', 'trainer entry script (tests)').default('trainer/main.ts').hideHelp())
+    .allowUnknownOption(true)
+    .allowExcessArguments(true)
+    .addHelpText('after', CONFIG_FLAGS_HELP)
+    .action(async (opts: { config?: string; target: string; trainerEntry: string }, cmd: Command) => {
+      if (opts.target !== 'local') {
+        throw new UsageError('--target kubernetes is not implemented yet: run with --target local (the default)');
+      }
+      const summary = await launchLocal({ configFile: opts.config, configArgs: cmd.args, trainerEntry: opts.trainerEntry });
+      process.exitCode = summary.status === 'finished' || summary.status === 'stopped' ? 0 : 1;
+    });
+
+  program
+    .command('config')
+    .description('Show or check the resolved job configuration (file < environment < flags), secrets masked.')
+    .option('--config <file>', 'job config, YAML or JSON')
+    .option('--print', 'print the resolved configuration as JSON (the default)')
+    .option('--check', 'only validate: exit 0 and print "ok", or exit 2 naming the key, the value and the rule')
+    .option('--keys', 'list every key with its environment variable, default and meaning')
+    .allowUnknownOption(true)
+    .allowExcessArguments(true)
+    .addHelpText('after', CONFIG_FLAGS_HELP)
+    .action((opts: { config?: string; print?: boolean; check?: boolean; keys?: boolean }, cmd: Command) => {
+      if (opts.keys) {
+        process.stdout.write(describeConfigKeys() + '\n');
+        return;
+      }
+      const loaded = loadJobConfig({ file: opts.config, argv: cmd.args });
+      process.stdout.write(opts.check && !opts.print ? 'ok\n' : loaded.print() + '\n');
+    });
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs what the test suite needs on a fresh Debian machine: Debian's nats-server (JetStream) and the npm
-# packages from the lockfile. Idempotent: skips what is already there.
+# Installs what the test suite needs on a fresh Debian machine: Debian's nats-server (JetStream), OpenBLAS and a
+# C++ compiler (the tensor engine's native matmul), the npm packages from the lockfile, and builds the native
+# matmul addon. Idempotent: skips what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -19,7 +20,17 @@ if ! command -v openssl >/dev/null 2>&1 || ! command -v tc >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq openssl iproute2 >/dev/null
 fi
 
+if [ ! -f /usr/include/x86_64-linux-gnu/cblas.h ] && [ ! -f /usr/include/cblas.h ] || ! command -v g++ >/dev/null 2>&1; then
+  echo "installing OpenBLAS and g++ (Debian packages)" >&2
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libopenblas-dev g++ >/dev/null
+fi
+
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   echo "installing npm packages (npm ci)" >&2
   npm ci --no-audit --no-fund
 fi
+
+# The tensor engine's OpenBLAS matmul addon (skips itself, with a message, when OpenBLAS is missing).
+bash trainer/model/engine/native/build.sh

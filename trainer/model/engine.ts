@@ -1,10 +1,27 @@
 /**
  * The tensor engine. Picks, in order: tfjs-node-gpu (CUDA) when it is installed and loads, else tfjs `wasm`
- * (XNNPACK), else tfjs `cpu`. The choice is logged and returned so that it can be exported as a metric label.
- * See ../shared/docs/engine-notes.md for why wasm is preferred over cpu (~40× on a Q-Former layer).
+ * (XNNPACK, multi-threaded, with our fast MatMul and the kernels training needs), else tfjs `cpu`. The choice and
+ * the thread count are logged and returned so that they can be exported as metric labels.
+ * ../../../shared/docs/engine-notes.md has the measurements behind each choice (wasm is ~40× cpu on a Q-Former
+ * layer); `npm run bench:engine` re-measures them.
+ *
+ * Model code needs only `await initEngine()` once and then `tf` from here: the fast kernels and gradients are
+ * registered with tfjs, so `tf.matMul`, `tf.gather`, `tf.grads` etc. use them without knowing.
  */
+import os from 'node:os';
 import * as tf from '@tensorflow/tfjs-core';
+// tfjs-core's Node bundle has no gradients; the @tensorflow/tfjs bundle registers them all (the same core instance).
+import '@tensorflow/tfjs';
 import { createLogger } from '../../common';
+import { loadNativeBlas, type NativeBlas } from './engine/native-blas';
+import { installWasmCpuFallbacks } from './engine/wasm-cpu-fallback';
+import { installWasmIdentity } from './engine/wasm-identity';
+import { installWasmOneHot } from './engine/wasm-one-hot';
+import { batchMatMulGradConfig, installWasmMatMul } from './engine/wasm-matmul';
+import { installWasmSegmentSum } from './engine/wasm-segment-sum';
+import { installWasmSum } from './engine/wasm-sum';
+import { startThreadedWasm, WASM_MAX_THREADS } from './engine/wasm-threads';
+import type { WasmBackend } from './engine/wasm-backend';
 
 export { tf };
 export type EngineName = 'tensorflow' | 'wasm' | 'cpu';
@@ -12,53 +29,195 @@ export type EngineName = 'tensorflow' | 'wasm' | 'cpu';
 export interface EngineOptions {
   /** Which engine to use; `auto` (default) tries tensorflow, then wasm, then cpu. Env: BLIP2_ENGINE. */
   engine?: EngineName | 'auto';
-  /** Threads for the wasm engine; default: the number of CPU cores. */
+  /**
+   * Threads for the wasm engine, 1…8; default: the number of CPU cores the process may use (capped at 8).
+   * Env: BLIP2_ENGINE_THREADS.
+   */
   threads?: number;
+  /**
+   * Use the stock tfjs wasm backend as shipped (one thread, stock MatMul, no added kernels); default false. Only for
+   * benchmarks that need the baseline.
+   */
+  stockWasm?: boolean;
+  /**
+   * Matmul of the wasm engine: `openblas` (the native addon built by `npm run build:native`; an error when it is
+   * missing), `xnnpack` (wasm), or `auto` (default): openblas when the addon loads, else xnnpack.
+   * Env: BLIP2_ENGINE_MATMUL.
+   */
+  matmul?: 'auto' | EngineMatMul;
+  /** Threads of the OpenBLAS matmul, 1…64; default: `threads`. Env: BLIP2_ENGINE_MATMUL_THREADS. */
+  matmulThreads?: number;
+}
+
+export type EngineMatMul = 'openblas' | 'xnnpack' | 'tensorflow' | 'cpu';
+
+export interface EngineInfo {
+  name: EngineName;
+  /** Threads the engine computes on (wasm: the XNNPACK pool the backend reports; cpu: 1; tensorflow: its own). */
+  threads: number;
+  /** What runs MatMul/BatchMatMul. */
+  matmul: EngineMatMul;
 }
 
 const log = createLogger('engine');
-let current: EngineName | undefined;
+let current: EngineInfo | undefined;
+let starting: Promise<EngineName> | undefined;
 
-async function tryTensorflow(): Promise<boolean> {
+function defaultThreads(): number {
+  const cores = typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length;
+  return Math.max(1, Math.min(WASM_MAX_THREADS, cores));
+}
+
+/** Engine options with defaults filled in and every value checked. */
+export interface ResolvedEngineOptions {
+  engine: EngineName | 'auto';
+  threads: number;
+  stockWasm: boolean;
+  matmul: 'auto' | 'openblas' | 'xnnpack';
+  matmulThreads: number;
+}
+
+/** Bad engine options: the caller's configuration is wrong; nothing was started. */
+export class EngineOptionsError extends Error {}
+
+function envNumber(name: string): number | undefined {
+  const raw = process.env[name];
+  if (raw === undefined || raw === '') return undefined;
+  const value = Number(raw);
+  if (!Number.isFinite(value)) throw new EngineOptionsError(`${name} must be a number, got ${JSON.stringify(raw)}`);
+  return value;
+}
+
+export function resolveEngineOptions(options: EngineOptions = {}): ResolvedEngineOptions {
+  const engine = options.engine ?? ((process.env.BLIP2_ENGINE as EngineName | undefined) || 'auto');
+  if (!['auto', 'tensorflow', 'wasm', 'cpu'].includes(engine)) {
+    throw new EngineOptionsError(`engine must be auto, tensorflow, wasm or cpu, got ${JSON.stringify(engine)}`);
+  }
+  const threads = options.threads ?? envNumber('BLIP2_ENGINE_THREADS') ?? defaultThreads();
+  if (!Number.isInteger(threads) || threads < 1 || threads > WASM_MAX_THREADS) {
+    throw new EngineOptionsError(`engine threads must be an integer in 1…${WASM_MAX_THREADS}, got ${String(threads)}`);
+  }
+  const matmul = options.matmul ?? ((process.env.BLIP2_ENGINE_MATMUL as EngineOptions['matmul']) || 'auto');
+  if (!['auto', 'openblas', 'xnnpack'].includes(matmul)) {
+    throw new EngineOptionsError(`engine matmul must be auto, openblas or xnnpack, got ${JSON.stringify(matmul)}`);
+  }
+  const matmulThreads = options.matmulThreads ?? envNumber('BLIP2_ENGINE_MATMUL_THREADS') ?? threads;
+  if (!Number.isInteger(matmulThreads) || matmulThreads < 1 || matmulThreads > 64) {
+    throw new EngineOptionsError(`engine matmulThreads must be an integer in 1…64, got ${String(matmulThreads)}`);
+  }
+  return {
+    engine,
+    threads,
+    stockWasm: options.stockWasm ?? false,
+    matmul: matmul as ResolvedEngineOptions['matmul'],
+    matmulThreads,
+  };
+}
+
+async function tryTensorflow(): Promise<EngineInfo | undefined> {
   try {
     await import('@tensorflow/tfjs-node-gpu' as string);
-    return await tf.setBackend('tensorflow');
+    if (!(await tf.setBackend('tensorflow'))) return undefined;
+    return { name: 'tensorflow', threads: defaultThreads(), matmul: 'tensorflow' };
   } catch {
-    return false;
+    return undefined;
   }
 }
 
-async function tryWasm(): Promise<boolean> {
+/** The matmul asked for (`matmul: 'openblas'`) cannot be had: a setup error, not a reason to fall back. */
+export class MatMulUnavailableError extends Error {}
+
+function chooseBlas(options: ResolvedEngineOptions): NativeBlas | undefined {
+  if (options.matmul === 'xnnpack') return undefined;
+  const { blas, reason } = loadNativeBlas(options.matmulThreads);
+  if (!blas && options.matmul === 'openblas') {
+    throw new MatMulUnavailableError(`matmul 'openblas' unavailable: ${reason}`);
+  }
+  if (!blas) log.info('native BLAS not used; matmul runs on wasm XNNPACK', { reason });
+  return blas;
+}
+
+async function tryWasm(options: ResolvedEngineOptions): Promise<EngineInfo | undefined> {
+  const { threads } = options;
   try {
-    await import('@tensorflow/tfjs-backend-wasm');
-    return await tf.setBackend('wasm');
-  } catch {
-    return false;
+    if (options.stockWasm) {
+      await import('@tensorflow/tfjs-backend-wasm');
+      if (!(await tf.setBackend('wasm'))) return undefined;
+      const { getThreadsCount } = await import('@tensorflow/tfjs-backend-wasm');
+      return { name: 'wasm', threads: getThreadsCount(), matmul: 'xnnpack' };
+    }
+    const blas = chooseBlas(options); // first: a missing addon that was asked for stops everything
+    const actual = await startThreadedWasm(threads);
+    if (actual !== threads) {
+      throw new Error(`the wasm backend runs ${actual} threads where ${threads} were asked for`);
+    }
+    const backend = tf.backend() as unknown as WasmBackend;
+    installWasmMatMul(backend, blas);
+    if (blas) installWasmSum(blas);
+    installWasmSegmentSum();
+    installWasmIdentity();
+    installWasmOneHot();
+    installWasmCpuFallbacks();
+    return { name: 'wasm', threads: actual, matmul: blas ? 'openblas' : 'xnnpack' };
+  } catch (e) {
+    if (e instanceof MatMulUnavailableError) throw e;
+    log.warn('wasm engine failed to start', { error: e instanceof Error ? e.message : String(e) });
+    return undefined;
   }
 }
 
-async function tryCpu(): Promise<boolean> {
+async function tryCpu(): Promise<EngineInfo | undefined> {
   await import('@tensorflow/tfjs-backend-cpu');
-  return tf.setBackend('cpu');
+  return (await tf.setBackend('cpu')) ? { name: 'cpu', threads: 1, matmul: 'cpu' } : undefined;
 }
 
-/** Initialise the engine once per process; later calls return the engine already chosen. */
+/**
+ * Initialise the engine once per process; later calls return the engine already chosen. Bad options throw an
+ * `EngineOptionsError` before anything starts; `matmul: 'openblas'` without the addon throws `MatMulUnavailableError`.
+ */
 export async function initEngine(options: EngineOptions = {}): Promise<EngineName> {
-  if (current) return current;
-  const wanted = options.engine ?? ((process.env.BLIP2_ENGINE as EngineName | undefined) || 'auto');
-  const order: EngineName[] = wanted === 'auto' ? ['tensorflow', 'wasm', 'cpu'] : [wanted];
-  const tries: Record<EngineName, () => Promise<boolean>> = { tensorflow: tryTensorflow, wasm: tryWasm, cpu: tryCpu };
+  if (current) return current.name;
+  // Concurrent first calls share one start-up (a second would start the backend twice).
+  starting ??= startEngine(options).finally(() => {
+    starting = undefined;
+  });
+  return starting;
+}
+
+async function startEngine(options: EngineOptions): Promise<EngineName> {
+  const resolved = resolveEngineOptions(options);
+  // Our BatchMatMul gradient (broadcasting, batch folding) serves every engine, so that all compute alike; the
+  // stock-wasm baseline keeps the stock one.
+  if (!resolved.stockWasm) tf.registerGradient(batchMatMulGradConfig);
+  const order: EngineName[] = resolved.engine === 'auto' ? ['tensorflow', 'wasm', 'cpu'] : [resolved.engine];
+  const tries: Record<EngineName, () => Promise<EngineInfo | undefined>> = {
+    tensorflow: tryTensorflow,
+    wasm: () => tryWasm(resolved),
+    cpu: tryCpu,
+  };
   for (const name of order) {
-    if (await tries[name]()) {
+    const info = await tries[name]();
+    if (info) {
       await tf.ready();
-      current = name;
-      log.info('tensor engine selected', { engine: name });
-      return name;
+      current = info;
+      log.info('tensor engine selected', { engine: info.name, threads: info.threads, matmul: info.matmul });
+      return info.name;
     }
   }
   throw new Error(`no tensor engine could be started (tried ${order.join(', ')})`);
 }
 
+/** The engine chosen by `initEngine`, or undefined before it. */
 export function engineName(): EngineName | undefined {
+  return current?.name;
+}
+
+/** Engine, thread count and matmul chosen by `initEngine`, or undefined before it (for metric labels and logs). */
+export function engineInfo(): Readonly<EngineInfo> | undefined {
   return current;
+}
+
+/** The thread count of the engine chosen by `initEngine`, or undefined before it. */
+export function engineThreads(): number | undefined {
+  return current?.threads;
 }

@@ -1,0 +1,111 @@
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, test } from 'vitest';
+import { ConfigError, configKeys, envNameOf, loadJobConfig } from './config';
+
+const dir = mkdtempSync(join(tmpdir(), 'blip2-config-'));
+const file = (name: string, text: string) => {
+  const p = join(dir, name);
+  writeFileSync(p, text);
+  return p;
+};
+const fails = (f: () => unknown): string => {
+  try {
+    f();
+  } catch (e) {
+    expect(e).toBeInstanceOf(ConfigError);
+    return (e as Error).message;
+  }
+  throw new Error('expected a ConfigError');
+};
+
+describe('sources and precedence', () => {
+  test('defaults < YAML file < env < flags', () => {
+    const yaml = file('a.yaml', 'job: {id: run-1}\ntrain:\n  epochs: 3\n  seed: 1\n  batchSizePerTrainer: 2\n');
+    const { config } = loadJobConfig({
+      file: yaml,
+      env: { BLIP2_TRAIN_EPOCHS: '5', BLIP2_TRAIN_SEED: '2' },
+      argv: ['--train.seed=7', '--job.token', '0123'],
+    });
+    expect(config.job.id).toBe('run-1'); // file
+    expect(config.train.batchSizePerTrainer).toBe(2); // file
+    expect(config.train.epochs).toBe(5); // env over file
+    expect(config.train.seed).toBe(7); // flag over env
+    expect(config.job.token).toBe('0123'); // strings stay strings
+    expect(config.optim.weightDecay).toBe(0.05); // default
+    expect(config.job.runDir).toMatch(/runs\/run-1$/);
+    expect(config.checkpoint.dir).toBe(join(config.job.runDir, 'checkpoints'));
+  });
+
+  test('JSON file, relative paths resolved against the file', () => {
+    const json = file('b.json', JSON.stringify({ job: { runDir: 'out' }, data: { root: 'data', datasets: ['coco', 'vg'] } }));
+    const { config } = loadJobConfig({ file: json, env: { BLIP2_DATA_WORKERS: '2' } });
+    expect(config.job.runDir).toBe(join(dir, 'out'));
+    expect(config.data.root).toBe(join(dir, 'data'));
+    expect(config.data.tokenizer).toBe(join(dir, 'data', 'tokenizer.json'));
+    expect(config.data.datasets).toEqual(['coco', 'vg']);
+    expect(loadJobConfig({ env: { BLIP2_DATA_DATASETS: 'a, b' } }).config.data.datasets).toEqual(['a', 'b']);
+  });
+
+  test('overrides apply unless env or a flag sets the key', () => {
+    const { config } = loadJobConfig({ env: { BLIP2_NODE_ID: 'from-env' }, overrides: { 'node.id': 'x', 'job.token': 'gen' } });
+    expect(config.node.id).toBe('from-env');
+    expect(config.job.token).toBe('gen');
+  });
+
+  test('every key has an env var', () => {
+    expect(configKeys()).toContain('train.batchSizePerTrainer');
+    expect(envNameOf('train.batchSizePerTrainer')).toBe('BLIP2_TRAIN_BATCH_SIZE_PER_TRAINER');
+    expect(envNameOf('grpc.tls.certFile')).toBe('BLIP2_GRPC_TLS_CERT_FILE');
+  });
+});
+
+describe('strict validation names the key, the value and the rule', () => {
+  test.each([
+    [{ argv: ['--train.epochs', '3.5'] }, /train\.epochs: must be an integer >= 1: value was "3\.5"/],
+    [{ env: { BLIP2_TRAIN_BATCH_SIZE_PER_TRAINER: 'abc' } }, /train\.batchSizePerTrainer: must be an integer >= 1: value was "abc"/],
+    [{ argv: ['--model.preset', 'huge'] }, /model\.preset: must be one of the possible values: \["tiny","small","base"\]: value was "huge"/],
+    [{ argv: ['--optim.beta2', '1'] }, /optim\.beta2: must be a number in \[0, 1\): value was 1/],
+    [{ argv: ['--grpc.port', '70000'] }, /grpc\.port: must be a TCP port.*value was 70000/],
+    [{ argv: ['--nats.url', 'http://x:4222'] }, /nats\.url: must be empty .*value was "http:\/\/x:4222"/],
+    [{ argv: ['--metrics.enabled', 'yes'] }, /metrics\.enabled: must be true or false: value was "yes"/],
+    [{ argv: ['--data.datasets', 'coco,co co'] }, /data\.datasets: dataset name "co co" must match/],
+    [{ argv: ['--world.min', '5', '--world.max', '2'] }, /world\.min \(5\) must be <= world\.max \(2\)/],
+    [{ argv: ['--membership.heartbeatMs', '900', '--membership.timeoutMs', '1000'] }, /membership\.timeoutMs \(1000\) must be at least twice/],
+    [{ argv: ['--grpc.tls.certFile', 'a.pem'] }, /must be set together/],
+    [{ argv: ['--train.epoch', '3'] }, /config flag "--train.epoch": unknown key/],
+    [{ argv: ['train.epochs=3'] }, /expected --<key> <value>/],
+  ])('%j', (o, re) => {
+    expect(fails(() => loadJobConfig({ env: {}, ...o }))).toMatch(re);
+  });
+
+  test('an unknown key in a file, at any depth, is named with its path', () => {
+    const p = file('c.yaml', 'train: {epochs: 2, bogus: 1}\nfoo: 2\n');
+    const msg = fails(() => loadJobConfig({ file: p, env: {} }));
+    expect(msg).toContain(`config file ${p}: unknown key(s): train.bogus, foo`);
+  });
+
+  test('a falsy bad value is still quoted, and the file is named', () => {
+    const p = file('d.yaml', 'train: {epochs: 0}\n');
+    expect(fails(() => loadJobConfig({ file: p, env: {} }))).toMatch(new RegExp(`config file ${p} is invalid[^]*train\\.epochs: must be an integer >= 1: value was 0`));
+  });
+
+  test('a missing file and broken YAML are refused', () => {
+    expect(fails(() => loadJobConfig({ file: join(dir, 'nope.yaml'), env: {} }))).toMatch(/nope\.yaml: not found/);
+    const p = file('e.yaml', 'train: [1, 2\n');
+    expect(fails(() => loadJobConfig({ file: p, env: {} }))).toMatch(/not valid YAML/);
+  });
+});
+
+test('print() masks secrets and shows the rest', () => {
+  const loaded = loadJobConfig({ env: {}, argv: ['--job.token', 's3cret', '--nats.password', 'pw', '--train.epochs', '4'] });
+  const text = loaded.print();
+  expect(text).not.toContain('s3cret');
+  expect(text).not.toContain('"pw"');
+  const printed = JSON.parse(text);
+  expect(printed.job.token).toBe('[Sensitive]');
+  expect(printed.nats.password).toBe('[Sensitive]');
+  expect(printed.nats.token).toBe(''); // unset secrets stay visibly unset
+  expect(printed.train.epochs).toBe(4);
+});

@@ -1,0 +1,100 @@
+/**
+ * `npm run bench:train -- [--ranks 1,2,4] [--preset tiny] [--steps 8] [--skip 2] [--batch 4]`
+ *
+ * Throughput of the whole job (coordinator + N trainer processes started by the local launcher, gRPC ring, NATS)
+ * at each world size, and the scaling efficiency throughput(N) / (N × throughput(1)), with N = 1 always measured in
+ * the same run as the baseline. Figures come from rank 0's per-step metrics JSONL: samples/s over the measured
+ * steps (the first `--skip` are warm-up), and the step time split into data, forward/backward, communication and
+ * optimiser.
+ */
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { launchLocal } from '../local/launcher';
+
+interface Args { ranks: number[]; preset: string; steps: number; skip: number; batch: number; imageSize: number }
+
+function parseArgs(argv: string[]): Args {
+  const a: Args = { ranks: [1, 2, 4], preset: 'tiny', steps: 8, skip: 2, batch: 4, imageSize: 32 };
+  const int = (flag: string, v: string | undefined, min: number) => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < min) throw new Error(`${flag} must be an integer >= ${min}, got ${JSON.stringify(v)}`);
+    return n;
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const f = argv[i]!;
+    const v = argv[i + 1];
+    switch (f) {
+      case '--ranks': a.ranks = (v ?? '').split(',').map((x) => int('--ranks', x, 1)); i++; break;
+      case '--preset': a.preset = v ?? ''; i++; break;
+      case '--steps': a.steps = int('--steps', v, 1); i++; break;
+      case '--skip': a.skip = int('--skip', v, 0); i++; break;
+      case '--batch': a.batch = int('--batch', v, 1); i++; break;
+      case '--image-size': a.imageSize = int('--image-size', v, 16); i++; break;
+      case '--help': case '-h':
+        process.stdout.write('npm run bench:train -- [--ranks 1,2,4] [--preset tiny|small] [--steps 8] [--skip 2] [--batch 4] [--image-size 32]\n');
+        process.exit(0);
+      // falls through
+      default: throw new Error(`unknown flag ${f} (try --help)`);
+    }
+  }
+  if (a.skip >= a.steps) throw new Error(`--skip (${a.skip}) must be below --steps (${a.steps})`);
+  if (!a.ranks.includes(1)) a.ranks.unshift(1); // the baseline, measured in the same run
+  a.ranks = [...new Set(a.ranks)].sort((x, y) => x - y);
+  return a;
+}
+
+interface StepLine { step: number; rank: number; globalSamples: number; stepSeconds: number; phaseSeconds: Record<string, number> }
+
+async function runWorld(a: Args, worldSize: number) {
+  const dir = mkdtempSync(join(tmpdir(), `blip2-bench-train-${worldSize}-`));
+  const samplesNeeded = worldSize * a.batch * (a.steps + 1);
+  const config = {
+    job: { id: `bench-train-${worldSize}`, runDir: dir },
+    model: { preset: a.preset },
+    train: { epochs: 1, batchSizePerTrainer: a.batch, maxSteps: a.steps },
+    optim: { warmupSteps: 1 },
+    checkpoint: { intervalSteps: a.steps },
+    data: { synthSamples: Math.ceil(samplesNeeded / 0.9) + 2, synthImageSize: a.imageSize, samplesPerShard: 8 * a.batch, ackWaitMs: 600_000 },
+    world: { trainers: worldSize, min: worldSize, max: worldSize, rendezvousSettleMs: 0 },
+    metrics: { enabled: false },
+  };
+  const file = join(dir, 'bench.json');
+  writeFileSync(file, JSON.stringify(config));
+  const sink = new Writable({ write: (_c, _e, cb) => cb() });
+  const t0 = performance.now();
+  const summary = await launchLocal({ configFile: file, out: sink, env: {} });
+  const wallSeconds = (performance.now() - t0) / 1000;
+  if (summary.status !== 'finished') throw new Error(`world of ${worldSize}: job ${summary.status}; logs in ${dir}/logs`);
+  const lines: StepLine[] = [];
+  for (let r = 0; r < worldSize; r++) {
+    const text = readFileSync(join(dir, `metrics-trainer-${r}.jsonl`), 'utf8');
+    for (const l of text.split('\n')) if (l.trim()) lines.push(JSON.parse(l) as StepLine);
+  }
+  const measured = lines.filter((l) => l.rank === 0 && l.step > a.skip).sort((x, y) => x.step - y.step);
+  const seconds = measured.reduce((s, l) => s + l.stepSeconds, 0);
+  const samples = measured.reduce((s, l) => s + l.globalSamples, 0);
+  const phases: Record<string, number> = {};
+  for (const l of measured) for (const [k, v] of Object.entries(l.phaseSeconds)) phases[k] = (phases[k] ?? 0) + v / measured.length;
+  return { worldSize, samplesPerSec: samples / seconds, stepSeconds: seconds / measured.length, phases, steps: measured.length, wallSeconds, dir };
+}
+
+const a = parseArgs(process.argv.slice(2));
+process.stdout.write(`bench:train: preset ${a.preset}, ${a.batch} samples per trainer per step, ${a.steps} steps (first ${a.skip} not measured), worlds ${a.ranks.join(', ')}\n`);
+const results = [];
+for (const n of a.ranks) {
+  const r = await runWorld(a, n);
+  process.stdout.write(`  world ${n}: ${r.samplesPerSec.toFixed(2)} samples/s over ${r.steps} steps (job wall time ${r.wallSeconds.toFixed(1)} s)\n`);
+  results.push(r);
+}
+const base = results.find((r) => r.worldSize === 1)!;
+const order = ['data', 'forward_backward', 'communication', 'optimizer'];
+process.stdout.write('\n| trainers | samples/s | vs 1 trainer | scaling efficiency | step s | ' + order.join(' | ') + ' |\n');
+process.stdout.write('|---|---|---|---|---|' + order.map(() => '---').join('|') + '|\n');
+for (const r of results) {
+  const speedup = r.samplesPerSec / base.samplesPerSec;
+  const cells = order.map((k) => `${(r.phases[k] ?? 0).toFixed(3)} s (${(100 * (r.phases[k] ?? 0) / r.stepSeconds).toFixed(0)}%)`);
+  process.stdout.write(`| ${r.worldSize} | ${r.samplesPerSec.toFixed(2)} | ${speedup.toFixed(2)}x | ${(speedup / r.worldSize).toFixed(2)} | ${r.stepSeconds.toFixed(3)} | ${cells.join(' | ')} |\n`);
+}
+process.stdout.write('\nPhases are rank 0\'s mean per measured step; "vs 1 trainer" and the efficiency are against the 1-trainer run above.\n');

@@ -1,0 +1,9 @@
+// The coordinator's public surface: the membership client trainers use, the protocol and its types, the
+// coordinator service and its metrics.
+export * from './types';
+export { JobMember, type JoinOptions } from './member';
+export { Coordinator, type CoordinatorOptions, type EpochPublisher } from './coordinator';
+export { CoordinatorMetrics } from './metrics';
+export { step, initialState, assignmentOf, type JobEvent, type JobAction, type ProtocolOptions, type StepResult } from './protocol';
+export { JobStore, RevisionConflictError, type StoredState } from './store';
+export type { ProgressReport } from './wire';

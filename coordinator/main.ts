@@ -1,0 +1,54 @@
+/**
+ * The coordinator process: `tsx coordinator/main.ts [--config job.yaml] [--key value ...]`.
+ * Runs the job's coordinator until the job finishes (exit 0); SIGTERM/SIGINT stop it at once, leaving the job's
+ * state in NATS KV for the next coordinator to continue from.
+ */
+import { createLogger, createRegistry, serveMetrics, UsageError } from '../common';
+import { Coordinator } from './coordinator';
+import { DataEpochPublisher, loadJobIndex } from './epochs';
+import { CoordinatorMetrics } from './metrics';
+import { connectJobNats } from './nats';
+import { loadProcessConfig, runProcess } from './process';
+
+runProcess('coordinator', async () => {
+  const { config } = loadProcessConfig(process.argv.slice(2));
+  const log = createLogger('coordinator', { job: config.job.id });
+  if (!config.job.token) throw new UsageError('job.token is empty: set it in the config or BLIP2_JOB_TOKEN (`blip2 launch` generates one)');
+  loadJobIndex(config); // fail now, not at the first epoch, when the data is missing
+  const nc = await connectJobNats(config, { name: `blip2-coordinator-${config.job.id}` });
+  const registry = createRegistry({ labels: { job_id: config.job.id, node: 'coordinator' } });
+  const metrics = new CoordinatorMetrics(registry);
+  const server = config.metrics.enabled ? await serveMetrics(registry, { host: config.metrics.host, port: config.metrics.port }) : undefined;
+  if (server) log.info('metrics at http://' + server.address + '/metrics');
+  const publisher = new DataEpochPublisher({ nc, config, registry, log });
+  const coordinator = new Coordinator({
+    nc, jobId: config.job.id, token: config.job.token, publisher, metrics, log,
+    heartbeatTimeoutMs: config.membership.timeoutMs,
+    protocol: {
+      minWorld: config.world.min, maxWorld: config.world.max, settleMs: config.world.rendezvousSettleMs,
+      epochs: config.train.epochs, maxSteps: config.train.maxSteps,
+    },
+  });
+  let stopping = false;
+  const stop = async (why: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.info('stopping', { why });
+    clearInterval(progress);
+    await coordinator.stop();
+    await server?.close();
+    await nc.drain().catch(() => undefined);
+  };
+  await coordinator.start();
+  const progress = setInterval(() => void publisher.refreshProgress().catch(() => undefined), 2000);
+  const signalled = new Promise<number>((resolve) => {
+    for (const sig of ['SIGTERM', 'SIGINT'] as const) process.once(sig, () => void stop(sig).then(() => resolve(0)));
+  });
+  const code = await Promise.race([
+    // After the end, answer stragglers' requests for a moment before going.
+    coordinator.finished.then(() => new Promise<number>((r) => setTimeout(() => r(0), 2 * config.membership.heartbeatMs))),
+    signalled,
+  ]);
+  await stop('job finished');
+  return code;
+});

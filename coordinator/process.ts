@@ -1,0 +1,36 @@
+// Shared start-up of the job's processes: split `--config FILE` from config flags, load and apply the config.
+import { createLogger, loadJobConfig, setLogFormat, setLogLevel, UsageError, type LoadedJobConfig } from '../common';
+
+/** `[--config FILE] [--key value | --key=value ...]` -> the loaded job config. */
+export function loadProcessConfig(argv: string[], env: NodeJS.ProcessEnv = process.env): LoadedJobConfig {
+  const rest: string[] = [];
+  let file: string | undefined;
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === '--config') {
+      file = argv[++i];
+      if (!file) throw new UsageError('--config needs a file');
+    } else if (a.startsWith('--config=')) file = a.slice('--config='.length);
+    else rest.push(a);
+  }
+  const loaded = loadJobConfig({ file, env, argv: rest });
+  setLogLevel(loaded.config.log.level);
+  setLogFormat(loaded.config.log.format);
+  return loaded;
+}
+
+/** Runs `main`, mapping errors to a message and an exit status (2: bad input, 1: failure). */
+export function runProcess(component: string, main: () => Promise<number | void>): void {
+  const log = createLogger(component);
+  main().then(
+    (code) => process.exit(code ?? 0),
+    (e: Error) => {
+      if (e instanceof UsageError) {
+        process.stderr.write(`${component}: ${e.message}\n`);
+        process.exit(2);
+      }
+      log.error('failed', { error: e.stack ?? e.message });
+      process.exit(1);
+    },
+  );
+}

@@ -1,0 +1,54 @@
+/**
+ * dataloader: caption datasets, the data pipeline, and shard dispatch over NATS JetStream. Public surface; other
+ * folders import only from here.
+ *
+ * Coordinator:
+ *   const index = loadIndex('data/index.json');                       // `blip2 data index DIR` writes it
+ *   const descs = planEpoch({ index, epoch, seed });                    // pure: same inputs, same plan
+ *   const pub = new ShardPublisher({ nc, stream, subject, ackWaitMs, registry });
+ *   await pub.ensureStream(); await pub.publishEpoch(descs); await pub.progress();
+ *
+ * Trainer:
+ *   const consumer = new ShardConsumer({ nc, stream, subject, ackWaitMs, registry, cursorFor });
+ *   const tokenizer = CaptionTokenizer.fromFile('data/tokenizer.json');   // bert: [CLS] .. [SEP], [DEC] appended
+ *   const batches = createBatchStream({ source: consumer, dataRoot: 'data', tokenizer, batchSize: 8,
+ *                                       transform: { mode: 'train', imageSize: 224 }, workers: 2, registry });
+ *   const tracker = new CommitTracker({ ledger });
+ *   for await (const b of batches) {
+ *     // b.pixelValues [B,3,S,S], b.inputIds / b.attentionMask [B,T], b.sampleIds (ledger), b.cursors, b.completed
+ *     step(b); tracker.observe(b);
+ *     if (checkpointDue) { const data = tracker.checkpointState(); await commitCheckpoint({ ..., data }); await tracker.committed(); }
+ *   }
+ *   // After a restart: new ShardConsumer({ ..., cursorFor: cursorsFrom(checkpoint.data) }).
+ *   // On rollback or shutdown: consumer.close() naks held leases so others get them now.
+ *
+ * Exactly-once: `SampleLedger.check(epoch, expectedIds)`.
+ */
+export { preCaption } from './caption';
+export { CaptionTokenizer, bertTokenizerJson, type CaptionTokenizerOptions, type TokenizedBatch, type TokenizerKind } from './tokenizer';
+export {
+  transformImage, decodeOnly, randomResizedCropParams, normalizeToChw, CLIP_MEAN, CLIP_STD,
+  type TransformOptions, type TransformedImage, type CropBox,
+} from './transforms';
+export {
+  loadIndex, writeIndex, buildIndex, validateIndex, DATASET_FORMATS,
+  type DatasetIndex, type DatasetEntry, type ShardEntry, type DatasetFormat,
+} from './datasetIndex';
+export { descriptorId, sampleId, encodeDescriptor, parseDescriptor, type ShardDescriptor } from './descriptor';
+export { planEpoch, type PlanEpochOptions } from './plan';
+export { SampleLedger, type LedgerCheck } from './ledger';
+export { CommitTracker, cursorsFrom, type AckableLease, type CommitTrackerOptions, type DataCheckpointState } from './commitTracker';
+export { readShard, type ReadShardOptions, type ShardItem, type ShardSample, type ShardSkip } from './shardReader';
+export {
+  createBatchStream, localShardSource, swapLeftRight,
+  type Batch, type BatchStream, type BatchStreamOptions, type ShardCursor, type ShardLease, type ShardSource,
+} from './batchStream';
+export { TransformPool, TransformWorkerError, type TransformPoolOptions, type TransformResult } from './workers/pool';
+export {
+  ShardPublisher, ShardConsumer, LeasedShard,
+  type ShardQueueOptions, type ShardPublisherOptions, type ShardConsumerOptions, type EpochProgress,
+} from './jetstream';
+export { trainerDataMetrics, coordinatorDataMetrics, type TrainerDataMetrics, type CoordinatorDataMetrics } from './metrics';
+export { BadSampleError, DescriptorError, DatasetError, type SkipReason } from './errors';
+export { writeSynthDataset, synthScene, renderScene, synthVocabulary, type SynthOptions, type SynthScene } from './synth';
+export { readTarSamples, writeTarShard, countTarSamples } from './formats/webdataset';

@@ -1,0 +1,120 @@
+/**
+ * `npm run bench:step -- --preset base|small --batch 8`: one stage-1 training step (forward and backward of
+ * ITC + ITM + ITG) of the Q-Former, fed a fixed random ViT output [B, 257, Dv] (the frozen ViT is excluded), text
+ * length 32. Baselines measured in the same run: the same step recomputing every image's cross-attention
+ * keys/values per pass and per ITM row as the original does (`reuseImageKeyValues: false`), and a plain matmul
+ * GFLOP/s probe. Prints the median of each and, as its last line, `step_ms <median>`.
+ */
+import { Command, Option } from 'commander';
+import {
+  createParams,
+  disposeParams,
+  engineName,
+  initEngine,
+  localNegatives,
+  presetConfig,
+  stage1Step,
+  tf,
+  trainableCount,
+  visionSeqLen,
+  type Stage1Options,
+} from '../model';
+
+const program = new Command('bench:step')
+  .description('Time one stage-1 training step (ITC+ITM+ITG forward and backward) of the Q-Former.')
+  .addOption(new Option('--preset <name>', 'model preset').choices(['base', 'blip2-opt-2.7b', 'small', 'tiny']).default('base'))
+  .option('--batch <n>', 'images (and captions) per step', '8')
+  .option('--text-len <n>', 'caption length in tokens (max_txt_len)', '32')
+  .option('--iters <n>', 'timed steps per variant (after one warm-up step)', '3')
+  .option('--no-baseline', 'skip the recompute-keys/values baseline step')
+  .parse();
+const opts = program.opts<{ preset: string; batch: string; textLen: string; iters: string; baseline: boolean }>();
+
+const positiveInt = (flag: string, v: string) => {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1) throw new Error(`${flag} must be a positive integer, got "${v}"`);
+  return n;
+};
+const B = positiveInt('--batch', opts.batch);
+const T = positiveInt('--text-len', opts.textLen);
+const iters = positiveInt('--iters', opts.iters);
+
+await initEngine();
+const base = presetConfig(opts.preset);
+const config = { ...base, qformer: { ...base.qformer, max_txt_len: T } };
+const q = config.qformer;
+const P = visionSeqLen(config.vision);
+const Dv = config.vision.hidden_size;
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+
+// Matmul probe: the FFN-shaped GEMM of this model, [B·64, H] · [H, 4H].
+function matmulGflops(): number {
+  const m = B * (q.num_query_tokens + T);
+  const a = tf.randomNormal([m, q.hidden_size]);
+  const b = tf.randomNormal([q.hidden_size, q.intermediate_size]);
+  const times: number[] = [];
+  for (let i = 0; i < 6; i++) {
+    const t0 = performance.now();
+    const c = tf.matMul(a, b);
+    c.dataSync();
+    times.push(performance.now() - t0);
+    c.dispose();
+  }
+  a.dispose();
+  b.dispose();
+  return (2 * m * q.hidden_size * q.intermediate_size) / (median(times.slice(1)) * 1e6);
+}
+
+// Fixed inputs: random ViT output, captions of seeded lengths between 8 and T tokens, negatives rotated by one.
+const params = createParams(config, 0);
+const visionHidden = tf.randomNormal([B, P, Dv], 0, 1, 'float32', 1) as tf.Tensor3D;
+let s = 12345;
+const rand = () => ((s = (s * 1103515245 + 12345) % 2147483648) / 2147483648);
+const ids: number[][] = [];
+const mask: number[][] = [];
+for (let i = 0; i < B; i++) {
+  const len = Math.min(T, 8 + Math.floor(rand() * (T - 7)));
+  ids.push(Array.from({ length: T }, (_, j) => (j === 0 ? q.cls_token_id : j === len - 1 ? q.sep_token_id : j < len ? 3 + Math.floor(rand() * (q.vocab_size - 4)) : q.pad_token_id)));
+  mask.push(Array.from({ length: T }, (_, j) => (j < len ? 1 : 0)));
+}
+const inputIds = tf.tensor2d(ids, [B, T], 'int32');
+const attentionMask = tf.tensor2d(mask, [B, T], 'int32');
+const rot = Array.from({ length: B }, (_, i) => (i + 1) % B);
+const negatives = localNegatives({ inputIds, attentionMask }, rot, rot.map((i) => (i + 1) % B));
+const inputs = { visionHidden, inputIds, attentionMask, negatives };
+
+function timeStep(options: Stage1Options): { ms: number[]; loss: number } {
+  const ms: number[] = [];
+  let loss = NaN;
+  for (let i = 0; i <= iters; i++) {
+    const t0 = performance.now();
+    const r = stage1Step(params, config, inputs, options);
+    for (const g of r.grads.values()) g.dataSync();
+    const dt = performance.now() - t0;
+    loss = r.losses.total;
+    r.dispose();
+    if (i > 0) ms.push(dt); // the first step warms up kernels and memory
+  }
+  return { ms, loss };
+}
+
+const fmt = (x: number) => x.toFixed(0);
+console.log(`engine ${engineName()}; preset ${opts.preset}: Q-Former ${q.num_layers} layers × ${q.hidden_size}, ${q.num_query_tokens} queries, image ${P}×${Dv}, batch ${B}, text ${T}; ${trainableCount(config, 1).toLocaleString('en-US')} trainable parameters`);
+const gflops = matmulGflops();
+console.log(`matmul probe [${B * (q.num_query_tokens + T)}×${q.hidden_size}]·[${q.hidden_size}×${q.intermediate_size}]: ${gflops.toFixed(1)} GFLOP/s`);
+let baselineMs: number | undefined;
+if (opts.baseline) {
+  const naive = timeStep({ reuseImageKeyValues: false });
+  baselineMs = median(naive.ms);
+  console.log(`baseline (keys/values recomputed per pass, as the original): median ${fmt(baselineMs)} ms [${naive.ms.map(fmt).join(', ')}], loss ${naive.loss.toFixed(6)}`);
+}
+const fast = timeStep({});
+const stepMs = median(fast.ms);
+console.log(`step (keys/values shared): median ${fmt(stepMs)} ms [${fast.ms.map(fmt).join(', ')}], loss ${fast.loss.toFixed(6)}`);
+if (baselineMs !== undefined) console.log(`ratio baseline/step: ${(baselineMs / stepMs).toFixed(2)}×`);
+const target = opts.preset === 'small' ? 550 : opts.preset === 'tiny' ? undefined : 7600;
+if (target) console.log(`ratio PyTorch-CPU reference (${target} ms, measured elsewhere) / step: ${(target / stepMs).toFixed(2)}×`);
+disposeParams(params);
+for (const t of [visionHidden, inputIds, attentionMask, negatives.negTextIds, negatives.negTextMask]) t.dispose();
+console.log(`step_ms ${stepMs.toFixed(1)}`);

@@ -1,0 +1,35 @@
+/**
+ * The trainer's public surface. The trainer process is `trainer/main.ts` (started by `blip2 launch`); other folders
+ * import only from here.
+ *
+ * - Optimiser: `AdamW` (BLIP-2 parameter groups, optional clipping), `linearWarmupCosineLr` (LAVIS schedule).
+ * - Checkpoints: `writeCheckpoint` / `readCheckpoint` (safetensors tensors + JSON metadata, temp dir + rename,
+ *   sha256 verified on load, `CheckpointError` for a missing, truncated or corrupted file), `listCheckpoints`.
+ * - The distributed stage-1 step: `distributedStage1Step(model, collective, localBatch, negatives)` over any
+ *   `StepCollective` (`collectiveAdapter(group)` for trainer/collective, `createLocalGroup(n)` in process).
+ * - The loop of one generation: `runGeneration(core, generation)`; `createTrainerCore(options)` builds the model,
+ *   ViT, AdamW and schedule; `JetStreamEpochData` / `LocalEpochData` feed it batches.
+ * - Metrics: `createTrainerMetrics({ registry, nodeId, runDir })`.
+ */
+export * from './optim';
+export {
+  CheckpointError, writeCheckpoint, readCheckpoint, readCheckpointMeta, listCheckpoints, pruneCheckpoints, removeStaleTemporaries,
+  checkpointName, checkpointRoot, CHECKPOINT_FORMAT, MODEL_FILE, OPTIMIZER_FILE, META_FILE,
+  type CheckpointState, type CheckpointMeta, type ParamValue, type ReadCheckpointOptions, type WriteCheckpointOptions,
+} from './checkpoint';
+export {
+  distributedStage1Step, collectiveAdapter, fetchRows, itmWeights, sampleNegatives, itgTargetCount, StepInputError,
+  type StepCollective, type LocalBatch, type Stage1Model, type Stage1Dims, type Stage1Normalisers, type Stage1LossInputs,
+  type NegativeChoice, type Stage1StepResult,
+} from './step';
+export { Stage1Runtime } from './stage1-runtime';
+export { createLocalGroup } from './local-group';
+export {
+  runGeneration, GenerationAbortedError,
+  type CommitChannel, type CommitRecord, type EpochData, type GenerationInput, type GenerationOutcome, type LoopCollective,
+  type LoopOptions, type StepSummary, type TrainerCore, type TrainLease, type VisionEncoder,
+} from './loop';
+export { createTrainerCore, modelConfigFor, learningRateSchedule, type BuiltTrainerCore, type OptimSettings, type TrainerCoreOptions } from './core';
+export { JetStreamEpochData, LocalEpochData, LocalShardQueue, LocalLease, type BatchOptions, type JetStreamEpochDataOptions } from './epoch-data';
+export { createTrainerMetrics, STEP_PHASES, type TrainerMetrics, type TrainerMetricsOptions, type StepRecord, type StepPhase, type Objective } from './metrics';
+export { uniformAt, drawIndex } from './rng';

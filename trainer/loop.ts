@@ -1,0 +1,400 @@
+/**
+ * The training loop of one trainer for one membership generation, independent of how the generation was formed
+ * (trainer/main.ts joins the job through NATS; tests drive it with in-process groups). Protocol per generation:
+ *
+ *  1. State: restore the assignment's commit (every rank reads the checkpoint rank 0 wrote), or start fresh: rank 0's
+ *     initial parameters are broadcast to every rank, the optimiser starts empty.
+ *  2. Per epoch, each rank pulls shard leases and builds batches (`EpochData`); every step is one synchronous
+ *     `distributedStage1Step` (a rank out of data takes part with an empty batch), then the same AdamW update on
+ *     every rank (the all-reduced gradient is bit-identical everywhere, so parameters stay identical).
+ *  3. Every `checkpointEvery` steps, at `maxSteps` and at the end of an epoch, a commit: ranks all-gather their shard
+ *     cursors, finished shards and trained sample ids; rank 0 writes the checkpoint (with `ledger.json`: the sample
+ *     ids of every epoch in the committed model, cumulative along the chain of parents) and proposes the commit;
+ *     all wait until it is recorded, then ack the shards it contains (exactly-once: a shard is acked only when a
+ *     committed checkpoint contains all of its samples).
+ *  4. The epoch ends when a step finds every rank without data and rank 0 sees the shard queue empty with no lease
+ *     held outside this generation (a lease of a lost trainer comes back after the queue's ack wait).
+ *  5. Rank 0 reports the epoch done; all wait for the next epoch (the coordinator publishes it) or the job's end.
+ * A collective failure or a generation change aborts the generation: leases are handed back, the caller reports it
+ * and waits for the next assignment.
+ */
+import { appendFileSync } from 'node:fs';
+import { basename } from 'node:path';
+import { Blip2Error, createLogger, type Logger } from '../common';
+import type { Batch, LeasedShard, ShardDescriptor, ShardLease } from '../dataloader';
+import { pruneCheckpoints, readCheckpoint, writeCheckpoint } from './checkpoint';
+import type { TrainerMetrics } from './metrics';
+import type { AdamW } from './optim';
+import type { Stage1Runtime } from './stage1-runtime';
+import { distributedStage1Step, type LocalBatch, type StepCollective } from './step';
+
+/** The committed state a generation restores (the shape of the coordinator's CommitInfo). */
+export interface CommitRecord {
+  step: number;
+  epoch: number;
+  checkpointDir: string;
+  cursors: Record<string, number>;
+  ackedShards: string[];
+  samples?: number;
+}
+
+/** The generation changed under a running step: abort, hand leases back, wait for the next assignment. */
+export class GenerationAbortedError extends Blip2Error {}
+
+/** Collective group of the generation: the step's operations plus broadcast. */
+export interface LoopCollective extends StepCollective {
+  broadcast(data: Float32Array, root: number): Promise<void>;
+}
+
+/** How commits are agreed (the coordinator through JobMember, or in memory in tests). */
+export interface CommitChannel {
+  /** Rank 0, after the checkpoint is on disk. */
+  propose(c: CommitRecord & { generation: number }): Promise<void>;
+  /** Every rank: resolves once a commit at `step` or later is recorded. */
+  waitCommitted(step: number): Promise<CommitRecord>;
+  /** Rank 0: every rank saw the end of `epoch` and its last commit is recorded. */
+  epochDone(epoch: number): Promise<void>;
+  /** Resolves with the epoch to train next (≥ `epoch`); rejects when the job has finished. */
+  waitForEpoch(epoch: number): Promise<number>;
+  /** Rank 0: progress for the launcher's display (best effort). */
+  progress?(p: { step: number; epoch: number; losses: Record<string, number>; samples: number; samplesPerSec: number }): void;
+}
+
+/** A lease the loop can settle: the dataloader's LeasedShard, or a local one. */
+export type TrainLease = ShardLease & Pick<LeasedShard, 'ack' | 'nak'>;
+
+/** This rank's data for one generation. */
+export interface EpochData<L extends TrainLease = TrainLease> {
+  /**
+   * Batches of this rank for `epoch` until its source runs dry; `cursorFor` gives the committed position inside a
+   * partly consumed shard, `skip` says a descriptor is already committed (ack it, do not train it).
+   */
+  open(epoch: number, o: { cursorFor: (d: ShardDescriptor) => number | undefined; skip: (d: ShardDescriptor) => boolean }): AsyncIterator<Batch<L>> & { close(): Promise<void> };
+  /** Queue counts for the epoch-end decision (rank 0): published-and-undelivered, and delivered-but-unacked. */
+  queueState(): Promise<{ pending: number; ackPending: number }>;
+  /** Leases this rank holds (not acked or nacked). */
+  heldLeases(): number;
+  /** Hands every held lease back (abort) and stops pulling. */
+  close(): void;
+}
+
+/** The frozen ViT: pixels [B, 3, S, S] -> pre-ln_vision hidden states [B, P, Dv]. */
+export interface VisionEncoder {
+  encode(pixelValues: Float32Array, batch: number): Float32Array;
+}
+
+export interface LoopOptions {
+  /** Commit every this many steps (and at maxSteps and epoch ends). */
+  checkpointEvery: number;
+  /** Stop after this many steps (0 = no limit). */
+  maxSteps: number;
+  /** Seed of the hard-negative draws (and of fresh parameters, via `initialValues`). */
+  seed: number;
+  checkpointRoot: string;
+  configHash: string;
+  /** Learning rate of step `stepInEpoch` of `epoch`. */
+  learningRate(epoch: number, stepInEpoch: number): number;
+  /** `<runDir>/ledger.jsonl`, appended by rank 0 after each commit; undefined = none. */
+  ledgerPath?: string;
+  /** Wait between two looks at the queue when the epoch cannot end yet. Default 500 ms. */
+  drainPollMs?: number;
+  /** Checkpoints rank 0 keeps on disk (the last commit and the newest older ones); 0 or undefined = all. */
+  keepCheckpoints?: number;
+}
+
+/** Everything that outlives a generation inside one trainer process. */
+export interface TrainerCore {
+  runtime: Stage1Runtime;
+  vision: VisionEncoder;
+  optimizer: AdamW;
+  /** Fresh parameters (used by rank 0 of a fresh start; others receive them by broadcast). */
+  initialValues(): Map<string, Float32Array>;
+  metrics?: TrainerMetrics;
+  options: LoopOptions;
+  log?: Logger;
+}
+
+export interface GenerationInput<L extends TrainLease = TrainLease> {
+  generation: number;
+  rank: number;
+  worldSize: number;
+  /** Epoch the coordinator says to train. */
+  epoch: number;
+  restore: CommitRecord | null;
+  coll: LoopCollective;
+  commits: CommitChannel;
+  data: EpochData<L>;
+  /** Aborted when the generation changes. */
+  signal?: AbortSignal;
+}
+
+/** Per-step summary the loop reports (tests read it; main logs it). */
+export interface StepSummary {
+  step: number;
+  epoch: number;
+  losses: { itc: number; itm: number; itg: number };
+  globalBatch: number;
+  learningRate: number;
+  gradNorm: number;
+}
+
+export type GenerationOutcome = { kind: 'finished' } | { kind: 'maxSteps'; step: number };
+
+const textEncoder = new TextEncoder();
+const textDecoder = new TextDecoder();
+
+/** JSON through a Float32Array all-gather (one byte per element: these messages are small). */
+async function allGatherJson<T>(coll: StepCollective, value: unknown): Promise<T[]> {
+  const bytes = textEncoder.encode(JSON.stringify(value));
+  const blocks = await coll.allGather(Float32Array.from(bytes));
+  return blocks.map((b) => JSON.parse(textDecoder.decode(Uint8Array.from(b))) as T);
+}
+
+const flatten = (values: Map<string, Float32Array>, names: readonly string[]) => {
+  const total = names.reduce((n, k) => n + values.get(k)!.length, 0);
+  const out = new Float32Array(total);
+  let o = 0;
+  for (const k of names) {
+    out.set(values.get(k)!, o);
+    o += values.get(k)!.length;
+  }
+  return out;
+};
+
+/**
+ * Runs one generation until the job finishes (`finished`), `maxSteps` is committed, or it is aborted (throws the
+ * collective's error, or GenerationAbortedError). `onStep` sees every step.
+ */
+export async function runGeneration<L extends TrainLease>(
+  core: TrainerCore, g: GenerationInput<L>, onStep?: (s: StepSummary) => void,
+): Promise<GenerationOutcome> {
+  const { runtime, optimizer, options: o } = core;
+  const log = (core.log ?? createLogger('trainer')).child({ generation: g.generation, rank: g.rank });
+  const names = runtime.trainable.map((p) => p.name);
+  const checkAbort = () => {
+    if (g.signal?.aborted) {
+      const why = g.signal.reason instanceof Error ? g.signal.reason.message : String(g.signal.reason ?? 'membership changed');
+      throw new GenerationAbortedError(`generation ${g.generation} was aborted (${why})`);
+    }
+  };
+
+  // 1. State.
+  let step: number, epoch: number, stepInEpoch: number;
+  let lastCommit: CommitRecord | null = g.restore;
+  let values: Map<string, Float32Array>;
+  /** Sample ids in the committed model, per epoch (`ledger.json` of every checkpoint, cumulative along parents). */
+  let ledger: Record<string, string[]> = {};
+  if (g.restore) {
+    const t0 = performance.now();
+    const ck = readCheckpoint(g.restore.checkpointDir, { configHash: o.configHash, params: runtime.trainable });
+    values = new Map([...ck.params].map(([k, v]) => [k, v.data]));
+    optimizer.loadState(ck.optimizer);
+    if (ck.files['ledger.json']) ledger = JSON.parse(ck.files['ledger.json']) as Record<string, string[]>;
+    step = ck.step;
+    if (g.epoch === ck.epoch) {
+      epoch = ck.epoch;
+      stepInEpoch = ck.stepInEpoch;
+    } else {
+      epoch = g.epoch;
+      stepInEpoch = 0;
+    }
+    core.metrics?.observeCheckpoint('restore', (performance.now() - t0) / 1000);
+    log.info('restored commit', { step, epoch, dir: g.restore.checkpointDir });
+  } else {
+    values = g.rank === 0 ? core.initialValues() : new Map(runtime.trainable.map((p) => [p.name, new Float32Array(p.shape.reduce((a, b) => a * b, 1))]));
+    if (g.worldSize > 1) {
+      const flat = flatten(values, names);
+      await g.coll.broadcast(flat, 0);
+      let off = 0;
+      for (const k of names) {
+        values.get(k)!.set(flat.subarray(off, off + values.get(k)!.length));
+        off += values.get(k)!.length;
+      }
+    }
+    optimizer.loadState({
+      step: 0,
+      expAvg: new Map(runtime.trainable.map((p) => [p.name, new Float32Array(values.get(p.name)!.length)])),
+      expAvgSq: new Map(runtime.trainable.map((p) => [p.name, new Float32Array(values.get(p.name)!.length)])),
+    });
+    step = 0;
+    epoch = g.epoch;
+    stepInEpoch = 0;
+    log.info('fresh start', { epoch });
+  }
+  runtime.setValues(values);
+  let parent = g.restore ? basename(g.restore.checkpointDir) : null;
+  let samplesCommitted = g.restore?.samples ?? 0;
+
+  // What this rank trained since the last commit.
+  const touched = new Map<string, { lease: L; next: number; done: boolean }>();
+  let samplesSinceCommit: string[] = [];
+  let stepsSinceCommit = 0;
+  const sameEpoch = (c: CommitRecord | null) => (c && c.epoch === epoch ? c : null);
+
+  const commit = async () => {
+    checkAbort();
+    const mine = {
+      cursors: Object.fromEntries([...touched].filter(([, t]) => !t.done).map(([id, t]) => [id, t.next])),
+      completed: [...touched].filter(([, t]) => t.done).map(([id]) => id),
+      samples: samplesSinceCommit,
+    };
+    const all = await allGatherJson<typeof mine>(g.coll, mine);
+    const base = sameEpoch(lastCommit);
+    const cursors: Record<string, number> = { ...(base?.cursors ?? {}) };
+    const acked = new Set(base?.ackedShards ?? []);
+    for (const r of all) Object.assign(cursors, r.cursors);
+    for (const r of all) for (const id of r.completed) {
+      acked.add(id);
+      delete cursors[id];
+    }
+    const ids = all.flatMap((r) => r.samples);
+    const seen = new Set<string>();
+    const twice = ids.filter((id) => (seen.has(id) ? true : (seen.add(id), false)));
+    if (twice.length) {
+      // Only possible when a lease expired while its rank was still training it (the queue's ack wait shorter than
+      // a step), so that the queue handed it out again.
+      log.error('samples trained twice since the last commit: raise data.ackWaitMs above the longest step', { samples: twice.slice(0, 5), count: twice.length });
+    }
+    const nextLedger = { ...ledger, [epoch]: [...(ledger[epoch] ?? []), ...ids] };
+    if (g.rank === 0) {
+      const t0 = performance.now();
+      const s = optimizer.state();
+      const dir = writeCheckpoint(o.checkpointRoot, {
+        step, epoch, stepInEpoch,
+        params: new Map(runtime.trainable.map((p) => [p.name, { shape: [...p.shape], data: values.get(p.name)! }])),
+        optimizer: s, optimizerOptions: optimizer.options, rng: { seed: o.seed, scheme: 'counter(seed, step, global row)' },
+        cursors, ackedShards: [...acked], configHash: o.configHash, parent,
+        extra: { generation: g.generation, worldSize: g.worldSize, samples: { epoch, ids } },
+        files: { 'ledger.json': JSON.stringify(nextLedger) },
+      });
+      core.metrics?.observeCheckpoint('write', (performance.now() - t0) / 1000);
+      await g.commits.propose({
+        step, epoch, checkpointDir: dir, cursors, ackedShards: [...acked], samples: samplesCommitted + ids.length, generation: g.generation,
+      });
+    }
+    const committed = await g.commits.waitCommitted(step);
+    let ackedNow = 0;
+    for (const [id, t] of [...touched]) {
+      if (!t.done) continue;
+      await t.lease.ack();
+      touched.delete(id);
+      ackedNow++;
+    }
+    core.metrics?.addShardsAcked(ackedNow);
+    core.metrics?.setShardsPending(g.data.heldLeases());
+    if (g.rank === 0 && o.ledgerPath && ids.length) appendFileSync(o.ledgerPath, JSON.stringify({ epoch, step, ids }) + '\n');
+    if (g.rank === 0 && o.keepCheckpoints) {
+      const removed = pruneCheckpoints(o.checkpointRoot, committed.checkpointDir, o.keepCheckpoints);
+      if (removed.length) log.debug('old checkpoints removed', { removed });
+    }
+    lastCommit = committed;
+    ledger = nextLedger;
+    parent = basename(committed.checkpointDir);
+    samplesCommitted += ids.length;
+    samplesSinceCommit = [];
+    stepsSinceCommit = 0;
+    log.debug('committed', { step, epoch, dir: committed.checkpointDir });
+  };
+
+  /** All ranks are out of data: is the epoch over (rank 0 decides from the queue and everyone's leases)? */
+  const epochOver = async (): Promise<boolean> => {
+    const held = await g.coll.allGather(Float32Array.of(g.data.heldLeases()));
+    const total = held.reduce((n, b) => n + b[0]!, 0);
+    let over = 1;
+    if (g.rank === 0) {
+      const q = await g.data.queueState();
+      over = q.pending === 0 && q.ackPending <= total ? 1 : 0;
+      if (!over) log.info('epoch not drained yet', { pending: q.pending, ackPending: q.ackPending, heldInGeneration: total });
+    }
+    const decision = await g.coll.allGather(Float32Array.of(over));
+    return decision[0]![0] === 1;
+  };
+
+  const empty: LocalBatch = { batch: 0, visionHidden: new Float32Array(0), inputIds: new Int32Array(0), attentionMask: new Int32Array(0) };
+
+  for (;;) {
+    // 2. One epoch.
+    const base = sameEpoch(lastCommit);
+    const acked = new Set(base?.ackedShards ?? []);
+    const open = () => g.data.open(epoch, { cursorFor: (d) => sameEpoch(lastCommit)?.cursors[d.id], skip: (d) => acked.has(d.id) || sameEpoch(lastCommit)?.ackedShards.includes(d.id) === true });
+    let stream = open();
+    let dry = false;
+    try {
+      for (;;) {
+        checkAbort();
+        const tData = performance.now();
+        let batch: Batch<L> | null = null;
+        if (!dry) {
+          const r = await stream.next();
+          if (r.done) dry = true;
+          else batch = r.value;
+        }
+        const dataSeconds = (performance.now() - tData) / 1000;
+        checkAbort();
+        const tVision = performance.now();
+        const local: LocalBatch = batch
+          ? { batch: batch.batchSize, visionHidden: core.vision.encode(batch.pixelValues, batch.batchSize), inputIds: batch.inputIds, attentionMask: batch.attentionMask }
+          : empty;
+        const visionSeconds = (performance.now() - tVision) / 1000;
+        const res = await distributedStage1Step(runtime, g.coll, local, { kind: 'sample', seed: o.seed, step });
+        if (res === null) {
+          if (await epochOver()) break;
+          await stream.close();
+          await new Promise((r) => setTimeout(r, o.drainPollMs ?? 500));
+          stream = open();
+          dry = false;
+          continue;
+        }
+        // 3. The same update on every rank.
+        const tOpt = performance.now();
+        const lr = o.learningRate(epoch, stepInEpoch);
+        const { gradNorm } = optimizer.update(values, res.grads, lr);
+        runtime.setValues(values);
+        const optSeconds = (performance.now() - tOpt) / 1000;
+        step++;
+        stepInEpoch++;
+        stepsSinceCommit++;
+        if (batch) {
+          samplesSinceCommit.push(...batch.sampleIds);
+          for (const c of batch.cursors) touched.set(c.descriptorId, { lease: c.lease, next: c.nextOrdinal, done: c.done });
+        }
+        const summary: StepSummary = { step, epoch, losses: res.losses, globalBatch: res.globalBatch, learningRate: lr, gradNorm };
+        onStep?.(summary);
+        core.metrics?.observeStep({
+          step, epoch, generation: g.generation, rank: g.rank, worldSize: g.worldSize, losses: res.losses, samples: local.batch,
+          globalSamples: res.globalBatch, learningRate: lr, gradNorm,
+          phaseSeconds: { data: dataSeconds, forward_backward: visionSeconds + res.forwardBackwardSeconds, communication: res.communicationSeconds, optimizer: optSeconds },
+          allReduceBytes: res.allReduceBytes, allReduceSeconds: res.allReduceSeconds,
+        });
+        core.metrics?.setShardsPending(g.data.heldLeases());
+        if (g.rank === 0) {
+          const seconds = dataSeconds + visionSeconds + res.forwardBackwardSeconds + res.communicationSeconds + optSeconds;
+          g.commits.progress?.({ step, epoch, losses: res.losses, samples: samplesCommitted + samplesSinceCommit.length, samplesPerSec: seconds > 0 ? res.globalBatch / seconds : 0 });
+        }
+        const atMax = o.maxSteps > 0 && step >= o.maxSteps;
+        if (step % o.checkpointEvery === 0 || atMax) await commit();
+        if (atMax) {
+          log.info('reached maxSteps', { step });
+          return { kind: 'maxSteps', step };
+        }
+      }
+    } finally {
+      await stream.close();
+    }
+    // 4. Epoch over on every rank: the last commit of the epoch, then the next epoch.
+    const finishedShards = [...touched.values()].some((t) => t.done);
+    if (stepsSinceCommit > 0 || finishedShards || !sameEpoch(lastCommit)) await commit();
+    log.info('epoch done', { epoch, step });
+    if (g.rank === 0) await g.commits.epochDone(epoch);
+    let next: number;
+    try {
+      next = await g.commits.waitForEpoch(epoch + 1);
+    } catch (e) {
+      if ((e as Error).name === 'JobFinishedError') return { kind: 'finished' };
+      throw e;
+    }
+    epoch = next;
+    stepInEpoch = 0;
+    touched.clear();
+  }
+}

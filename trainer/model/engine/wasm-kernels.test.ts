@@ -1,0 +1,86 @@
+// Kernels added to or fixed on wasm: UnsortedSegmentSum (gather gradient) and float32 OneHot.
+import { beforeAll, expect, test } from 'vitest';
+import '@tensorflow/tfjs-backend-cpu';
+import { initEngine, tf } from '../engine';
+
+beforeAll(async () => {
+  expect(await initEngine({ engine: 'wasm' })).toBe('wasm');
+});
+
+async function onBoth<T>(f: () => Promise<T>): Promise<[T, T]> {
+  const wasm = await f();
+  await tf.setBackend('cpu');
+  const cpu = await f();
+  await tf.setBackend('wasm');
+  return [wasm, cpu];
+}
+
+test('wasm has an UnsortedSegmentSum kernel', () => {
+  expect(tf.getKernel(tf.UnsortedSegmentSum, 'wasm')).toBeDefined();
+});
+
+test('unsortedSegmentSum equals the cpu backend: repeated, missing and out-of-range ids, int32', async () => {
+  const x = tf.randomNormal([6, 3, 2], 0, 1, 'float32', 1);
+  const ids1 = tf.tensor1d([2, 0, 2, 5, -1, 2], 'int32');
+  const x2 = tf.randomNormal([5, 4], 0, 1, 'float32', 2);
+  const ids2 = tf.tensor1d([3, 0, 9, 3, 3], 'int32');
+  const xi = tf.tensor2d([[1, 2], [3, 4], [5, 6]], [3, 2], 'int32');
+  const idsi = tf.tensor1d([1, 1, 0], 'int32');
+  const [wasm, cpu] = await onBoth(async () => {
+    const before = tf.memory().numTensors;
+    const outs = [
+      tf.unsortedSegmentSum(x, ids1, 4),
+      tf.unsortedSegmentSum(x2, ids2, 4),
+      tf.unsortedSegmentSum(xi, idsi, 3),
+    ];
+    const data = await Promise.all(outs.map(async (o) => ({ shape: o.shape, dtype: o.dtype, values: Array.from(await o.data()) })));
+    tf.dispose(outs);
+    expect(tf.memory().numTensors).toBe(before);
+    return data;
+  });
+  expect(wasm.map((o) => o.shape)).toEqual(cpu.map((o) => o.shape));
+  // The cpu kernel returns float32 for int32 input; ours keeps the input's dtype, as TensorFlow does.
+  expect(wasm.map((o) => o.dtype)).toEqual(['float32', 'float32', 'int32']);
+  for (let i = 0; i < cpu.length; i++) {
+    wasm[i]!.values.forEach((v, j) => expect(v).toBeCloseTo(cpu[i]!.values[j]!, 5));
+  }
+  expect(wasm[2]!.values).toEqual([5, 6, 4, 6, 0, 0]);
+  tf.dispose([x, ids1, x2, ids2, xi, idsi]);
+});
+
+test('the gradient of an embedding lookup (gather) equals the cpu backend', async () => {
+  const table = tf.randomNormal([50, 8], 0, 1, 'float32', 3);
+  const ids = tf.tensor2d([[1, 7, 7, 49], [0, 1, 2, 7]], [2, 4], 'int32');
+  const w = tf.randomNormal([2, 4, 8], 0, 1, 'float32', 4);
+  const [wasm, cpu] = await onBoth(async () => {
+    const g = tf.grad((t: tf.Tensor) => tf.sum(tf.mul(tf.gather(t, ids), w)))(table);
+    const values = Array.from(await g.data());
+    g.dispose();
+    return values;
+  });
+  expect(wasm.length).toBe(50 * 8);
+  wasm.forEach((v, j) => expect(v).toBeCloseTo(cpu[j]!, 5));
+  expect(wasm.slice(7 * 8, 8 * 8).some((v) => v !== 0)).toBe(true);
+  tf.dispose([table, ids, w]);
+});
+
+test('rejects segment ids that are not a prefix of x', () => {
+  const x = tf.zeros([3, 2]);
+  const ids = tf.tensor1d([0, 1], 'int32');
+  expect(() => tf.unsortedSegmentSum(x, ids, 2)).toThrow();
+  tf.dispose([x, ids]);
+});
+
+test('oneHot with a float32 output and fractional on/off values equals the cpu backend (stock wasm writes int bits)', async () => {
+  const ids = tf.tensor2d([[0, 3], [-1, 2]], [2, 2], 'int32');
+  const [wasm, cpu] = await onBoth(async () => {
+    const outs = [tf.oneHot(ids, 4, 0.9, 0.025, 'float32'), tf.oneHot(ids, 4), tf.oneHot(ids, 4, 1, 0, 'float32')];
+    const res = await Promise.all(outs.map(async (o) => ({ dtype: o.dtype, values: Array.from(await o.data()) })));
+    tf.dispose(outs);
+    return res;
+  });
+  expect(wasm.map((o) => o.dtype)).toEqual(['float32', 'int32', 'float32']);
+  expect(wasm[2]!.values).toEqual([1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, 0]);
+  for (let i = 0; i < 3; i++) wasm[i]!.values.forEach((v, j) => expect(v).toBeCloseTo(cpu[i]!.values[j]!, 6));
+  ids.dispose();
+});

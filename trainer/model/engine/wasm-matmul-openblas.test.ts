@@ -1,0 +1,3 @@
+import { matMulSuite } from './matmul-suite';
+
+matMulSuite('openblas');

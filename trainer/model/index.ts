@@ -1,0 +1,36 @@
+/**
+ * The BLIP-2 model on tfjs: public surface for the trainer and the CLI.
+ *
+ * - Config: `Blip2Config` (keys as golden.json["config"]), `PRESETS` (`tiny`, `small`, `blip2-opt-2.7b` = `base`),
+ *   `presetConfig(name)`, `paramManifest(config)` (HF names, shapes, groups), `trainableNames(config, stage)`,
+ *   `trainableCount(config, stage)`.
+ * - Parameters: `Params` (Map<HF name, tf.Tensor>), `createParams(config, seed, {stage|groups})`,
+ *   `loadParams(files, config, {stage|groups})` (names/shapes checked both ways, `CheckpointMismatchError`),
+ *   `saveParams(path, params)`, `disposeParams(params)`.
+ * - Frozen ViT: `VisionBackbone.load(files, config)` keeps an F16 file 16-bit resident; `encode(pixelValues
+ *   [B,3,S,S]) -> visionHidden [B,P,Dv]` (before ln_vision, no gradient); `residentBytes`, `paramCount`.
+ * - Stage 1: `stage1Step(params, config, inputs, options) -> Stage1Result` (losses as numbers, grads of the
+ *   normalised total w.r.t. the trainable names, `imageFeats`/`textFeat` for gathering, `simI2t`/`simT2i`,
+ *   `itmWeightsT2i`/`itmWeightsI2t`, `dispose()`); `stage1Features` (forward-only features to all-gather before
+ *   the step), `itcSimilarities`, `itmWeights`, `sampleHardNegatives` (seeded), `localNegatives`.
+ *
+ * Distributed use, per step on each rank r (batch B_r, offset = Σ_{s<r} B_s, N = Σ B_s):
+ *   1. f = stage1Features(params, config, local); all-gather f.imageFeats [B_r,Q,E] and f.textFeat [B_r,E] in rank
+ *      order -> allImageFeats [N,Q,E], allTextFeat [N,E].
+ *   2. sims = itcSimilarities(temp, f.imageFeats, f.textFeat, allImageFeats, allTextFeat); w = itmWeights(sims..., offset);
+ *      neg = sampleHardNegatives(w.itmWeightsT2i.arraySync(), w.itmWeightsI2t.arraySync(), seed) (gathered columns);
+ *      fetch the negative images' visionHidden and texts from their owners -> `negatives`
+ *      (`negVisionHidden` [B,P,Dv], or `negImageIndex` into [visionHidden ; extraVisionHidden] to reuse local images).
+ *   3. r = stage1Step(params, config, {visionHidden, inputIds, attentionMask, gathered: {allImageFeats, allTextFeat,
+ *      offset}, negatives, normalisers: {itcRows: N, itmRows: 3N, itgTokens: global count}}); all-reduce SUM of
+ *      r.grads gives the one-process gradient (with default local normalisers, all-reduce MEAN does when batches
+ *      are equal).
+ */
+export * from './config';
+export { initEngine, engineName, tf } from './engine';
+export * from './params';
+export { VisionBackbone, visionBlock } from './vision';
+export { linear, layerNorm, gelu, attention, splitHeads, mergeHeads, l2normalize, crossEntropySum, stopGradient } from './layers';
+export { embeddings, qformerLayer, qformerEncoder, projectImage, selectImages, lmHead, additiveMask, type KeyValue, type HeadKeyValue } from './qformer';
+export * from './stage1';
+export * from './masks';

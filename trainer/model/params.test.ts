@@ -1,0 +1,140 @@
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { beforeAll, describe, expect, test } from 'vitest';
+import { narrowToF16, readSafetensors, writeSafetensors, type SafeTensor } from '../../common';
+import {
+  CheckpointMismatchError,
+  createParams,
+  disposeParams,
+  initEngine,
+  loadParams,
+  paramManifest,
+  presetConfig,
+  saveParams,
+  tf,
+  trainableCount,
+  trainableNames,
+  visionSeqLen,
+  VisionBackbone,
+} from './index';
+
+beforeAll(async () => {
+  await initEngine();
+});
+
+describe('presets and parameter counts', () => {
+  test('blip2-opt-2.7b trains 186,705,470 parameters in stage 1 and 107,133,696 in stage 2', () => {
+    const config = presetConfig('blip2-opt-2.7b');
+    expect(trainableCount(config, 1)).toBe(186_705_470);
+    expect(trainableCount(config, 2)).toBe(107_133_696);
+    expect(presetConfig('base')).toEqual(config);
+  });
+
+  test('presets have the documented shapes', () => {
+    const base = presetConfig('blip2-opt-2.7b');
+    expect(visionSeqLen(base.vision)).toBe(257);
+    expect(base.vision.num_layers).toBe(39);
+    const small = presetConfig('small');
+    expect(visionSeqLen(small.vision)).toBe(257);
+    expect(small.vision.hidden_size).toBe(512);
+    expect(small.qformer).toMatchObject({ num_layers: 4, hidden_size: 256, num_heads: 4, intermediate_size: 1024, num_query_tokens: 32, vocab_size: 30523, cross_attention_freq: 2, encoder_hidden_size: 512 });
+    const spec = new Map(paramManifest(small).map((p) => [p.name, p.shape]));
+    expect(spec.get('qformer.encoder.layer.2.crossattention.attention.key.weight')).toEqual([256, 512]);
+    expect(spec.has('qformer.encoder.layer.1.crossattention.attention.key.weight')).toBe(false);
+  });
+
+  test('stage 2 drops the text-only Q-Former parts and adds the language projection', () => {
+    const config = presetConfig('tiny');
+    const s2 = new Set(trainableNames(config, 2));
+    expect(s2.has('language_projection.weight')).toBe(true);
+    expect(s2.has('embeddings.word_embeddings.weight')).toBe(false);
+    expect(s2.has('qformer.encoder.layer.0.intermediate.dense.weight')).toBe(false);
+    expect(s2.has('qformer.encoder.layer.0.intermediate_query.dense.weight')).toBe(true);
+    expect(s2.has('vision_model.post_layernorm.weight')).toBe(true);
+  });
+});
+
+describe('parameters', () => {
+  test('createParams initialises as the original and is deterministic', () => {
+    const config = presetConfig('tiny');
+    const before = tf.memory().numTensors;
+    const a = createParams(config, 1);
+    const b = createParams(config, 1);
+    expect([...a.keys()]).toEqual(trainableNames(config, 1));
+    expect(a.get('temp')!.dataSync()[0]).toBeCloseTo(0.07, 7);
+    expect(Array.from(a.get('qformer.layernorm.weight')!.dataSync()).every((v) => v === 1)).toBe(true);
+    expect(Array.from(a.get('itm_head.bias')!.dataSync()).every((v) => v === 0)).toBe(true);
+    const w = Array.from(a.get('embeddings.word_embeddings.weight')!.dataSync());
+    const std = Math.sqrt(w.reduce((s, v) => s + v * v, 0) / w.length);
+    expect(std).toBeGreaterThan(0.017);
+    expect(std).toBeLessThan(0.023);
+    expect(Array.from(a.get('query_tokens')!.dataSync())).toEqual(Array.from(b.get('query_tokens')!.dataSync()));
+    // *_query FFNs start as copies of the text FFNs (LAVIS Blip2Qformer.__init__)
+    expect(Array.from(a.get('qformer.encoder.layer.1.intermediate_query.dense.weight')!.dataSync())).toEqual(Array.from(a.get('qformer.encoder.layer.1.intermediate.dense.weight')!.dataSync()));
+    expect(Array.from(a.get('qformer.encoder.layer.0.attention.attention.key.weight')!.dataSync())).not.toEqual(Array.from(a.get('qformer.encoder.layer.0.attention.attention.query.weight')!.dataSync()));
+    disposeParams(a);
+    disposeParams(b);
+    expect(tf.memory().numTensors).toBe(before);
+  });
+
+  test('save then load round-trips; loading checks names and shapes both ways, naming file and tensor', async () => {
+    const config = presetConfig('tiny');
+    const dir = mkdtempSync(join(tmpdir(), 'params-'));
+    const path = join(dir, 'p.safetensors');
+    const params = createParams(config, 2);
+    await saveParams(path, params);
+    const before = tf.memory().numTensors;
+    const back = loadParams(path, config);
+    for (const [n, t] of params) expect(Array.from(back.get(n)!.dataSync()), n).toEqual(Array.from(t.dataSync()));
+    disposeParams(back);
+    expect(tf.memory().numTensors).toBe(before);
+
+    const file = readSafetensors(path);
+    const edit = (f: (m: Map<string, SafeTensor>) => void) => {
+      const m = new Map(file.tensors);
+      f(m);
+      const p = join(dir, `edited-${Math.random()}.safetensors`);
+      writeSafetensors(p, m);
+      return p;
+    };
+    const missing = edit((m) => m.delete('itm_head.bias'));
+    expect(() => loadParams(missing, config)).toThrow(CheckpointMismatchError);
+    expect(() => loadParams(missing, config)).toThrow(new RegExp(`${missing}: .*missing itm_head\\.bias`));
+    const unexpected = edit((m) => m.set('bogus.weight', { dtype: 'F32', shape: [1], data: new Float32Array(1) }));
+    expect(() => loadParams(unexpected, config)).toThrow(/unexpected bogus\.weight/);
+    const shape = edit((m) => m.set('itm_head.bias', { dtype: 'F32', shape: [3], data: new Float32Array(3) }));
+    expect(() => loadParams(shape, config)).toThrow(/wrong shape itm_head\.bias \[3\] \(model \[2\]\)/);
+    expect(tf.memory().numTensors).toBe(before);
+    disposeParams(params);
+  });
+});
+
+describe('frozen ViT', () => {
+  test('an F16 checkpoint stays 16-bit resident (≤ 2.1 bytes per parameter) and encodes without leaks', async () => {
+    const config = presetConfig('tiny');
+    const vit = createParams(config, 3, { groups: ['vision'] });
+    const dir = mkdtempSync(join(tmpdir(), 'vit-'));
+    const path = join(dir, 'vit16.safetensors');
+    const tensors = new Map<string, SafeTensor>();
+    for (const [n, t] of vit) tensors.set(n, { dtype: 'F16', shape: t.shape, data: narrowToF16(t.dataSync()) });
+    writeSafetensors(path, tensors);
+    const fp16 = VisionBackbone.load(path, config);
+    const fp32 = await VisionBackbone.fromParams(vit, config);
+    expect(fp16.residentBytes / fp16.paramCount).toBeLessThanOrEqual(2.1);
+    expect(fp32.residentBytes / fp32.paramCount).toBe(4);
+    const before = tf.memory().numTensors;
+    const pixels = tf.randomNormal([2, 3, config.vision.image_size, config.vision.image_size], 0, 1, 'float32', 4);
+    const a = fp16.encode(pixels);
+    const b = fp32.encode(pixels);
+    expect(a.shape).toEqual([2, visionSeqLen(config.vision), config.vision.hidden_size]);
+    // fp16-rounded weights: close to the float32 model, not equal
+    const diff = tf.tidy(() => tf.max(tf.abs(tf.sub(a, b))).dataSync()[0]!);
+    expect(diff).toBeGreaterThan(0);
+    expect(diff).toBeLessThan(1e-2);
+    for (const t of [pixels, a, b]) t.dispose();
+    expect(tf.memory().numTensors).toBe(before);
+    expect(() => VisionBackbone.load(path, presetConfig('small'))).toThrow(CheckpointMismatchError);
+    disposeParams(vit);
+  });
+});

@@ -1,0 +1,189 @@
+/**
+ * The Q-Former (LAVIS Qformer.py BertModel; HF Blip2QFormerModel): embeddings, post-LN BERT layers whose query rows
+ * cross-attend to the image on layers i % cross_attention_freq == 0, and separate query/text FFNs.
+ */
+import { hasCrossAttention, type Blip2Config } from './config';
+import { tf } from './engine';
+import { attention, gelu, layerNorm, linear, param, splitHeads } from './layers';
+import type { Params } from './params';
+
+/** Keys/values of one attention, [B, S, H] each (self-attention). */
+export interface KeyValue {
+  k: tf.Tensor3D;
+  v: tf.Tensor3D;
+}
+
+/** Image keys/values of one cross-attention layer, already split into heads: [N, heads, P, d] each. */
+export interface HeadKeyValue {
+  k: tf.Tensor4D;
+  v: tf.Tensor4D;
+}
+
+/** Additive mask value for blocked keys (Qformer.py get_extended_attention_mask). */
+export const MASKED = -10000;
+
+/** 0/1 key mask (1 = may attend) [B,Sq,Sk] or [B,Sk] -> additive [B,1,Sq|1,Sk]. */
+export function additiveMask(mask: tf.Tensor): tf.Tensor4D {
+  return tf.tidy(() => {
+    const m = tf.cast(mask, 'float32');
+    const m4 = m.rank === 2 ? tf.expandDims(tf.expandDims(m, 1), 1) : tf.expandDims(m, 1); // [B,1,1|Sq,Sk]
+    return tf.mul(tf.sub(1, m4), MASKED) as tf.Tensor4D;
+  });
+}
+
+/**
+ * BertEmbeddings.forward: text = word[ids] + pos[0..T-1] (no token types), queries get no position embedding,
+ * x = LayerNorm([queries ; text]). queries [B,Q,H], inputIds int32 [B,T] -> [B,Q+T,H].
+ */
+export function embeddings(params: Params, config: Blip2Config, queries?: tf.Tensor, inputIds?: tf.Tensor2D): tf.Tensor3D {
+  const q = config.qformer;
+  const parts: tf.Tensor[] = [];
+  if (queries) parts.push(queries);
+  if (inputIds) {
+    const [b, t] = inputIds.shape;
+    if (t > q.max_position_embeddings) throw new Error(`text length ${t} exceeds max_position_embeddings ${q.max_position_embeddings}`);
+    const words = tf.reshape(tf.gather(param(params, 'embeddings.word_embeddings.weight'), tf.reshape(inputIds, [-1])), [b, t, q.hidden_size]); // [B,T,H]
+    const pos = tf.slice(param(params, 'embeddings.position_embeddings.weight'), [0, 0], [t, q.hidden_size]); // [T,H]
+    parts.push(tf.add(words, pos));
+  }
+  const x = parts.length === 1 ? parts[0]! : tf.concat(parts, 1); // [B,Q+T,H]
+  return layerNorm(params, 'qformer.layernorm', x, q.layer_norm_eps) as tf.Tensor3D;
+}
+
+/** The query tokens broadcast to a batch: [1,Q,H] -> [B,Q,H]. */
+export function queryTokens(params: Params, batch: number): tf.Tensor3D {
+  const t = param(params, 'query_tokens'); // [1,Q,H]
+  return tf.tile(t, [batch, 1, 1]) as tf.Tensor3D;
+}
+
+/** BertIntermediate + BertOutput: LN(x + W2·gelu(W1·x)). `kind` '' (text rows) or '_query' (query rows). */
+function feedForward(params: Params, config: Blip2Config, layer: number, kind: '' | '_query', x: tf.Tensor): tf.Tensor {
+  const p = `qformer.encoder.layer.${layer}`;
+  const hidden = gelu(linear(params, `${p}.intermediate${kind}.dense`, x)); // [B,S,I]
+  return layerNorm(params, `${p}.output${kind}.LayerNorm`, tf.add(x, linear(params, `${p}.output${kind}.dense`, hidden)), config.qformer.layer_norm_eps);
+}
+
+export interface LayerOptions {
+  /** Leading rows that are queries (0 for a text-only pass). */
+  queryLength: number;
+  /** Additive self-attention mask, broadcastable to [B,1,S,Sk] (Sk includes `past`). */
+  selfMask?: tf.Tensor;
+  /** Cached keys/values prepended to this layer's self-attention keys (ITG's query keys/values). */
+  past?: KeyValue;
+  /** Projected image keys/values for this layer's cross-attention (required on cross layers with queries). */
+  cross?: HeadKeyValue;
+  /**
+   * Compute outputs only for rows [0, outputRows) (default all). Keys/values still come from every row, so those
+   * rows are exact; for a last layer whose other rows nobody reads (ITM's text rows, all but [CLS] in ITC's text pass).
+   */
+  outputRows?: number;
+}
+
+/**
+ * BertLayer.forward. h [B,S,H] -> out [B,S,H], plus this layer's self-attention keys/values of its own rows
+ * (the `past_key_value` LAVIS caches in the query pass).
+ */
+export function qformerLayer(params: Params, config: Blip2Config, layer: number, h: tf.Tensor3D, options: LayerOptions): { out: tf.Tensor3D; kv: KeyValue } {
+  const q = config.qformer;
+  const p = `qformer.encoder.layer.${layer}`;
+  const kv: KeyValue = {
+    k: linear(params, `${p}.attention.attention.key`, h) as tf.Tensor3D,
+    v: linear(params, `${p}.attention.attention.value`, h) as tf.Tensor3D,
+  };
+  const [batch, rows, width] = h.shape;
+  const outRows = Math.min(options.outputRows ?? rows, rows);
+  const hOut = outRows === rows ? h : tf.slice(h, [0, 0, 0], [batch, outRows, width]); // [B,S',H]
+  let mask = options.selfMask;
+  if (mask && outRows < rows && mask.shape[2] !== 1) mask = tf.slice(mask, [0, 0, 0, 0], [mask.shape[0]!, mask.shape[1]!, outRows, mask.shape[3]!]);
+  const query = linear(params, `${p}.attention.attention.query`, hOut); // [B,S',H]
+  const keys = options.past ? tf.concat([options.past.k, kv.k], 1) : kv.k; // [B,Sp+S,H]
+  const values = options.past ? tf.concat([options.past.v, kv.v], 1) : kv.v;
+  const ctx = attention(query, keys, values, q.num_heads, mask); // [B,S',H]
+  const a = layerNorm(params, `${p}.attention.output.LayerNorm`, tf.add(hOut, linear(params, `${p}.attention.output.dense`, ctx)), q.layer_norm_eps) as tf.Tensor3D;
+  const Q = Math.min(options.queryLength, outRows);
+  const [b, s, H] = a.shape;
+  if (Q === 0) return { out: feedForward(params, config, layer, '', a) as tf.Tensor3D, kv };
+  let aq: tf.Tensor = Q === s ? a : tf.slice(a, [0, 0, 0], [b, Q, H]); // [B,Q,H]
+  if (hasCrossAttention(q, layer)) {
+    if (!options.cross) throw new Error(`layer ${layer} has cross-attention but no image keys/values were given`);
+    const cq = linear(params, `${p}.crossattention.attention.query`, aq); // [B,Q,H]
+    const cctx = attention(cq, options.cross.k, options.cross.v, q.num_heads); // [B,Q,H]; the image mask is all ones
+    aq = layerNorm(params, `${p}.crossattention.output.LayerNorm`, tf.add(aq, linear(params, `${p}.crossattention.output.dense`, cctx)), q.layer_norm_eps);
+  }
+  const outQ = feedForward(params, config, layer, '_query', aq); // [B,Q,H]
+  if (Q === s) return { out: outQ as tf.Tensor3D, kv };
+  const outT = feedForward(params, config, layer, '', tf.slice(a, [0, Q, 0], [b, s - Q, H])); // [B,T,H]
+  return { out: tf.concat([outQ, outT], 1) as tf.Tensor3D, kv };
+}
+
+/**
+ * Cross-attention keys/values of every cross layer for a batch of image embeddings [N,P,Dv] -> per layer
+ * {k, v} [N,heads,P,d]. Computed once per image and reused by the ITC query pass and all ITM groups.
+ */
+export function projectImage(params: Params, config: Blip2Config, imageEmbeds: tf.Tensor3D): Map<number, HeadKeyValue> {
+  const q = config.qformer;
+  const out = new Map<number, HeadKeyValue>();
+  const layers: number[] = [];
+  for (let i = 0; i < q.num_layers; i++) if (hasCrossAttention(q, i)) layers.push(i);
+  if (!layers.length) return out;
+  for (const i of layers) {
+    const p = `qformer.encoder.layer.${i}.crossattention.attention`;
+    out.set(i, { k: splitHeads(linear(params, `${p}.key`, imageEmbeds), q.num_heads), v: splitHeads(linear(params, `${p}.value`, imageEmbeds), q.num_heads) }); // [N,n,P,d]
+  }
+  return out;
+}
+
+/** Select images of every layer's keys/values: [N,n,P,d] -> [R,n,P,d] for `rows` (int32 [R]) or a contiguous range. */
+export function selectImages(cross: Map<number, HeadKeyValue>, rows: tf.Tensor1D | { begin: number; size: number }): Map<number, HeadKeyValue> {
+  const out = new Map<number, HeadKeyValue>();
+  for (const [i, kv] of cross) {
+    const [n, heads, P, d] = kv.k.shape;
+    if ('begin' in rows) {
+      if (rows.begin === 0 && rows.size === n) out.set(i, kv);
+      else out.set(i, { k: tf.slice(kv.k, rows.begin, rows.size), v: tf.slice(kv.v, rows.begin, rows.size) });
+    } else {
+      // Row selection as a product with a one-hot matrix: exact (each output is 1·x plus exact zeros), and its
+      // gradient is a matmul too, far cheaper than gather/UnsortedSegmentSum over [N,n,P,d] blocks on wasm.
+      // (int32 one-hot, then cast: tfjs-backend-wasm 4.22's OneHot writes integer bits into float32 outputs.)
+      const pick = tf.cast(tf.oneHot(rows, n), 'float32'); // [R,N]
+      const sel = (t: tf.Tensor4D) => tf.reshape(tf.matMul(pick, tf.reshape(t, [n, heads * P * d])), [rows.shape[0], heads, P, d]) as tf.Tensor4D;
+      out.set(i, { k: sel(kv.k), v: sel(kv.v) });
+    }
+  }
+  return out;
+}
+
+export interface EncoderOptions {
+  queryLength: number;
+  /** Rows of the last layer's output that are needed (default all); see LayerOptions.outputRows. */
+  lastLayerRows?: number;
+  selfMask?: tf.Tensor;
+  /** Per layer cached keys/values (ITG). */
+  past?: KeyValue[];
+  /** Per cross layer image keys/values. */
+  cross?: Map<number, HeadKeyValue>;
+}
+
+/** BertEncoder.forward over all layers. Returns the last hidden state and each layer's self keys/values. */
+export function qformerEncoder(params: Params, config: Blip2Config, h: tf.Tensor3D, options: EncoderOptions): { out: tf.Tensor3D; kv: KeyValue[] } {
+  const kvs: KeyValue[] = [];
+  let x = h;
+  for (let i = 0; i < config.qformer.num_layers; i++) {
+    const r = qformerLayer(params, config, i, x, {
+      queryLength: options.queryLength,
+      selfMask: options.selfMask,
+      past: options.past?.[i],
+      cross: options.cross?.get(i),
+      outputRows: i === config.qformer.num_layers - 1 ? options.lastLayerRows : undefined,
+    });
+    x = r.out;
+    kvs.push(r.kv);
+  }
+  return { out: x, kv: kvs };
+}
+
+/** ITG head (BertOnlyMLMHead): dense -> gelu -> LayerNorm -> ·word_embeddingsᵀ + bias. x [N,H] -> [N,V]. */
+export function lmHead(params: Params, config: Blip2Config, x: tf.Tensor2D): tf.Tensor2D {
+  const t = layerNorm(params, 'cls.predictions.transform.LayerNorm', gelu(linear(params, 'cls.predictions.transform.dense', x)), config.qformer.layer_norm_eps);
+  return tf.add(tf.matMul(t, param(params, 'embeddings.word_embeddings.weight'), false, true), param(params, 'cls.predictions.bias')) as tf.Tensor2D; // [N,V]
+}
