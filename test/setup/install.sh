@@ -12,6 +12,14 @@ if ! command -v nats-server >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nats-server iproute2 >/dev/null
 fi
 
+# openssl (the mutual-TLS collective test generates certificates) and iproute2 (`bench:allreduce --link`).
+if ! command -v openssl >/dev/null 2>&1 || ! command -v tc >/dev/null 2>&1; then
+  echo "installing openssl, iproute2 (Debian packages)" >&2
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq openssl iproute2 >/dev/null
+fi
+
 if [ ! -f /usr/include/x86_64-linux-gnu/cblas.h ] && [ ! -f /usr/include/cblas.h ] || ! command -v g++ >/dev/null 2>&1; then
   echo "installing OpenBLAS and g++ (Debian packages)" >&2
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

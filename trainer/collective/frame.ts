@@ -118,9 +118,9 @@ export class FrameEncoder {
    */
   allocate(h: FrameHeader, payloadBytes: number): { frame: Buffer; payloadOffset: number } {
     const { headerBytes } = this.layout(payloadBytes);
-    const lead = (8 - (headerBytes % 8)) % 8;
-    const ab = new ArrayBuffer(lead + headerBytes + payloadBytes);
-    const frame = Buffer.from(ab, lead, headerBytes + payloadBytes);
+    const leadingPad = (8 - (headerBytes % 8)) % 8;
+    const ab = new ArrayBuffer(leadingPad + headerBytes + payloadBytes);
+    const frame = Buffer.from(ab, leadingPad, headerBytes + payloadBytes);
     this.writeHeader(frame, h, payloadBytes);
     return { frame, payloadOffset: headerBytes };
   }
