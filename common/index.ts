@@ -5,3 +5,4 @@ export * from './log';
 export * from './safetensors';
 export * from './config';
 export * from './metrics';
+export * from './rng';
