@@ -1,5 +1,5 @@
 /**
- * The membership client a trainer uses (see JOB-CONTRACT): join with the job token, heartbeat, learn assignments
+ * The membership client a trainer uses: join with the job token, heartbeat, learn assignments
  * and commits by watching the job state in NATS KV, send requests (failure, commit, epochDone, leave) to the
  * coordinator. Requests retry while no coordinator answers (it may be restarting) and are idempotent there.
  */

@@ -1,4 +1,4 @@
-// Types of the job protocol shared by the coordinator and the membership client (see JOB-CONTRACT).
+// Types of the job protocol shared by the coordinator and the membership client.
 import { Blip2Error, UsageError } from '../common';
 
 export interface PeerInfo {
