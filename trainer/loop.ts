@@ -25,18 +25,12 @@ import type { Batch, LeasedShard, ShardDescriptor, ShardLease } from '../dataloa
 import { pruneCheckpoints, readCheckpoint, writeCheckpoint } from './checkpoint';
 import type { TrainerMetrics } from './metrics';
 import type { AdamW } from './optim';
+import type { CommitInfo } from '../coordinator';
 import type { Stage1Runtime } from './stage1-runtime';
 import { distributedStage1Step, type LocalBatch, type StepCollective } from './step';
 
-/** The committed state a generation restores (the shape of the coordinator's CommitInfo). */
-export interface CommitRecord {
-  step: number;
-  epoch: number;
-  checkpointDir: string;
-  cursors: Record<string, number>;
-  ackedShards: string[];
-  samples?: number;
-}
+/** The committed state a generation restores: the coordinator's CommitInfo. */
+export type CommitRecord = CommitInfo;
 
 /** The generation changed under a running step: abort, hand leases back, wait for the next assignment. */
 export class GenerationAbortedError extends Blip2Error {}
