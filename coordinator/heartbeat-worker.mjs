@@ -3,17 +3,10 @@
 // ticks this worker every period; if it stops ticking for `stallMs` (a hung process), the beats stop too and the
 // coordinator declares the member lost.
 import { parentPort, workerData } from 'node:worker_threads';
-import { connect, credsAuthenticator, tokenAuthenticator, usernamePasswordAuthenticator } from '@nats-io/transport-node';
+import { connectFromWorkerData } from '../common/nats-worker.mjs';
 
-const { servers, user, pass, token, creds, subject, payload, periodMs, stallMs, name } = workerData;
-const authenticator = [];
-if (creds) authenticator.push(credsAuthenticator(new Uint8Array(creds)));
-if (user) authenticator.push(usernamePasswordAuthenticator(user, pass));
-if (token) authenticator.push(tokenAuthenticator(token));
-const nc = await connect({
-  servers, name, maxReconnectAttempts: -1, reconnectTimeWait: 250,
-  ...(authenticator.length ? { authenticator: authenticator.length === 1 ? authenticator[0] : authenticator } : {}),
-});
+const { subject, payload, periodMs, stallMs } = workerData;
+const nc = await connectFromWorkerData(workerData);
 let lastTick = Date.now();
 const beat = () => {
   if (Date.now() - lastTick > stallMs) return;

@@ -5,17 +5,10 @@
 // `stallMs` (a hung process), the signals stop and the leases expire as they should.
 // workerData: { servers, user, pass, token, creds, periodMs, stallMs, name }
 import { parentPort, workerData } from 'node:worker_threads';
-import { connect, credsAuthenticator, tokenAuthenticator, usernamePasswordAuthenticator } from '@nats-io/transport-node';
+import { connectFromWorkerData } from '../common/nats-worker.mjs';
 
-const { servers, user, pass, token, creds, periodMs, stallMs, name } = workerData;
-const authenticator = [];
-if (creds) authenticator.push(credsAuthenticator(new Uint8Array(creds)));
-if (user) authenticator.push(usernamePasswordAuthenticator(user, pass));
-if (token) authenticator.push(tokenAuthenticator(token));
-const nc = await connect({
-  servers, name, maxReconnectAttempts: -1, reconnectTimeWait: 250,
-  ...(authenticator.length ? { authenticator: authenticator.length === 1 ? authenticator[0] : authenticator } : {}),
-});
+const { periodMs, stallMs } = workerData;
+const nc = await connectFromWorkerData(workerData);
 const WPI = new TextEncoder().encode('+WPI');
 const held = new Set();
 let lastTick = Date.now();
