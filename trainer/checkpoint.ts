@@ -337,15 +337,19 @@ export function readCheckpoint(dir: string, options: ReadCheckpointOptions = {})
   };
 }
 
-/** Checkpoint directories under `root` (complete ones only: temporary directories are skipped), oldest step first. */
-export function listCheckpoints(root: string): { dir: string; step: number }[] {
-  const abs = resolve(root);
-  let names: string[];
+/** The names in a directory, or none when it does not exist (yet). */
+function entriesOrNone(dir: string): string[] {
   try {
-    names = readdirSync(abs);
+    return readdirSync(dir);
   } catch {
     return [];
   }
+}
+
+/** Checkpoint directories under `root` (complete ones only: temporary directories are skipped), oldest step first. */
+export function listCheckpoints(root: string): { dir: string; step: number }[] {
+  const abs = resolve(root);
+  const names = entriesOrNone(abs);
   const out: { dir: string; step: number }[] = [];
   for (const name of names) {
     if (name.startsWith('.')) continue;
@@ -382,12 +386,7 @@ export function pruneCheckpoints(root: string, current: string, keep: number): s
 /** Removes temporary directories that a killed writer left under `root`. */
 export function removeStaleTemporaries(root: string): string[] {
   const abs = resolve(root);
-  let names: string[];
-  try {
-    names = readdirSync(abs);
-  } catch {
-    return [];
-  }
+  const names = entriesOrNone(abs);
   const removed = names.filter((n) => n.startsWith('.') && n.includes('.tmp-')).map((n) => join(abs, n));
   for (const p of removed) rmSync(p, { recursive: true, force: true });
   return removed;

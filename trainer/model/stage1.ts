@@ -10,6 +10,7 @@
  *   past_key_values), and its LM head only runs on rows that have a target.
  */
 import { hasCrossAttention, trainableNames, type Blip2Config } from './config';
+import { mulberry32 } from '../../common';
 import { tf } from './engine';
 import { crossEntropySum, l2normalize, layerNorm, linear, param, stopGradient } from './layers';
 import type { Params } from './params';
@@ -183,16 +184,7 @@ export function itgTargetCount(config: Blip2Config, inputIds: number[][]): numbe
 }
 
 /** Deterministic PRNG (mulberry32) for the negative sampler. */
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { mulberry32 };
 
 /**
  * torch.multinomial(weights[b], 1) for each row, seeded: negImage[b] from weightsT2i[b] (a negative image for text b),
