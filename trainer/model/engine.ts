@@ -13,6 +13,7 @@ import * as tf from '@tensorflow/tfjs-core';
 // tfjs-core's Node bundle has no gradients; the @tensorflow/tfjs bundle registers them all (the same core instance).
 import '@tensorflow/tfjs';
 import { createLogger } from '../../common';
+import { installShapeOnlySaves } from './engine/gradients';
 import { loadNativeBlas, type NativeBlas } from './engine/native-blas';
 import { installWasmCpuFallbacks } from './engine/wasm-cpu-fallback';
 import { installWasmIdentity } from './engine/wasm-identity';
@@ -188,7 +189,10 @@ async function startEngine(options: EngineOptions): Promise<EngineName> {
   const resolved = resolveEngineOptions(options);
   // Our BatchMatMul gradient (broadcasting, batch folding) serves every engine, so that all compute alike; the
   // stock-wasm baseline keeps the stock one.
-  if (!resolved.stockWasm) tf.registerGradient(batchMatMulGradConfig);
+  if (!resolved.stockWasm) {
+    tf.registerGradient(batchMatMulGradConfig);
+    installShapeOnlySaves(); // the tape keeps shapes, not data, where a gradient needs only shapes
+  }
   const order: EngineName[] = resolved.engine === 'auto' ? ['tensorflow', 'wasm', 'cpu'] : [resolved.engine];
   const tries: Record<EngineName, () => Promise<EngineInfo | undefined>> = {
     tensorflow: tryTensorflow,

@@ -169,15 +169,20 @@ export function qformerEncoder(params: Params, config: Blip2Config, h: tf.Tensor
   const kvs: KeyValue[] = [];
   let x = h;
   for (let i = 0; i < config.qformer.num_layers; i++) {
-    const r = qformerLayer(params, config, i, x, {
-      queryLength: options.queryLength,
-      selfMask: options.selfMask,
-      past: options.past?.[i],
-      cross: options.cross?.get(i),
-      outputRows: i === config.qformer.num_layers - 1 ? options.lastLayerRows : undefined,
-    });
-    x = r.out;
-    kvs.push(r.kv);
+    // One tidy per layer: its intermediates that backward does not need are freed now, not at the end of the
+    // forward pass (the tape keeps its own references to what it saved).
+    const [out, k, v] = tf.tidy(() => {
+      const r = qformerLayer(params, config, i, x, {
+        queryLength: options.queryLength,
+        selfMask: options.selfMask,
+        past: options.past?.[i],
+        cross: options.cross?.get(i),
+        outputRows: i === config.qformer.num_layers - 1 ? options.lastLayerRows : undefined,
+      });
+      return [r.out, r.kv.k, r.kv.v];
+    }) as [tf.Tensor3D, tf.Tensor3D, tf.Tensor3D];
+    x = out;
+    kvs.push({ k, v });
   }
   return { out: x, kv: kvs };
 }

@@ -12,6 +12,7 @@
 import { hasCrossAttention, trainableNames, type Blip2Config } from './config';
 import { mulberry32 } from '../../common';
 import { tf } from './engine';
+import { gradients } from './engine/gradients';
 import { crossEntropySum, l2normalize, layerNorm, linear, param, stopGradient } from './layers';
 import type { Params } from './params';
 import { itcQueryMask, itcTextMask, itgMask, itmMask, maskRows, type AttentionMask } from './masks';
@@ -396,9 +397,9 @@ export function stage1Step(params: Params, config: Blip2Config, inputs: Stage1In
       if (!inputs.gathered) throw new Error('gatheredGrads needs inputs.gathered');
       xs.push(inputs.gathered.allImageFeats, inputs.gathered.allTextFeat);
     }
-    // The engine's `gradients` with allowNoGradients: parameters that the selected objectives do not reach (e.g.
-    // itm_head under ITC alone) get zero gradients instead of an error.
-    const r = tf.engine().gradients(() => forward(params), xs, undefined, true);
+    // Parameters that the selected objectives do not reach (e.g. itm_head under ITC alone) get zero gradients.
+    // `gradients` frees activations and intermediate gradients during backward (./engine/gradients.ts).
+    const r = gradients(() => forward(params), xs);
     totalTensor = r.value as tf.Scalar;
     names.forEach((n, i) => grads.set(n, r.grads[i] ?? tf.zerosLike(xs[i]!)));
     if (options.gatheredGrads) {
@@ -469,7 +470,7 @@ export function stage1FeatureBackward(
 ): Map<string, tf.Tensor> {
   const xs = trainable.map((n) => param(params, n));
   const attentionRows = inputs.attentionMask.arraySync();
-  const r = tf.engine().gradients(
+  const r = gradients(
     () => {
       const b = inputs.visionHidden.shape[0];
       const embeds = layerNorm(params, 'vision_model.post_layernorm', inputs.visionHidden, config.vision.ln_vision_eps) as tf.Tensor3D;
@@ -478,8 +479,6 @@ export function stage1FeatureBackward(
       return tf.add(tf.sum(tf.mul(imageFeats, upstream.imageFeats)), tf.sum(tf.mul(textFeat, upstream.textFeat))) as tf.Scalar;
     },
     xs,
-    undefined,
-    true,
   );
   r.value.dispose();
   const out = new Map<string, tf.Tensor>();
