@@ -16,6 +16,7 @@ import { createLogger } from '../../common';
 import { installShapeOnlySaves } from './engine/gradients';
 import { loadNativeBlas, type NativeBlas } from './engine/native-blas';
 import { installWasmCpuFallbacks } from './engine/wasm-cpu-fallback';
+import { installWasmFused } from './engine/wasm-fused';
 import { installWasmIdentity } from './engine/wasm-identity';
 import { installWasmOneHot } from './engine/wasm-one-hot';
 import { batchMatMulGradConfig, installWasmMatMul } from './engine/wasm-matmul';
@@ -154,7 +155,10 @@ async function tryWasm(options: ResolvedEngineOptions): Promise<EngineInfo | und
     }
     const backend = tf.backend() as unknown as WasmBackend;
     installWasmMatMul(backend, blas);
-    if (blas) installWasmSum(blas);
+    if (blas) {
+      installWasmSum(blas);
+      installWasmFused(blas);
+    }
     installWasmSegmentSum();
     installWasmIdentity();
     installWasmOneHot();

@@ -1,5 +1,7 @@
 import { beforeAll, describe, expect, test } from 'vitest';
 import { attention, gelu, initEngine, layerNorm, splitHeads, mergeHeads, tf } from './index';
+import { crossEntropySum } from './layers';
+import { fusedOps, withoutFusedOps } from './engine/wasm-fused';
 
 beforeAll(async () => {
   await initEngine();
@@ -8,7 +10,8 @@ beforeAll(async () => {
 const maxAbsDiff = (a: tf.Tensor, b: tf.Tensor) => tf.tidy(() => tf.max(tf.abs(tf.sub(a, b))).dataSync()[0]!);
 
 describe('layers', () => {
-  test('LayerNorm and GELU hand-written gradients match automatic differentiation of the plain formulas', () => {
+  test('LayerNorm and GELU hand-written gradients match automatic differentiation of the plain formulas', () =>
+    withoutFusedOps(() => {
     const before = tf.memory().numTensors;
     tf.tidy(() => {
       const x = tf.randomNormal([3, 5, 16], 0, 2, 'float32', 1);
@@ -30,6 +33,37 @@ describe('layers', () => {
       const g1 = tf.grad((xi) => tf.sum(tf.mul(gelu(xi), up)))(x);
       const g2 = tf.grad((xi) => tf.sum(tf.mul(plainGelu(xi), up)))(x);
       expect(maxAbsDiff(g1, g2)).toBeLessThan(1e-5);
+    });
+    expect(tf.memory().numTensors).toBe(before);
+  }));
+
+  test('fused native GELU, LayerNorm, softmax gradient and cross-entropy equal the composed tfjs ops', () => {
+    expect(fusedOps(), 'the engine installs the fused kernels when the native addon is built').toBeDefined();
+    const before = tf.memory().numTensors;
+    tf.tidy(() => {
+      const x = tf.randomNormal([5, 7, 48], 0, 3, 'float32', 11); // GELU inputs spanning ±9
+      const w = tf.randomNormal([48], 1, 0.2, 'float32', 12);
+      const b = tf.randomNormal([48], 0, 0.2, 'float32', 13);
+      const up = tf.randomNormal([5, 7, 48], 0, 1, 'float32', 14);
+      const logits = tf.mul(tf.randomNormal([9, 301], 0, 1, 'float32', 15), 6) as tf.Tensor2D;
+      const targets = tf.tensor1d([0, 300, 5, 17, 299, 1, 150, 2, 3], 'int32');
+      const rowWeights = tf.tensor1d([1, 0, 1, 1, 0.5, 1, 1, 0, 1]);
+      const fn = (xi: tf.Tensor, wi: tf.Tensor, bi: tf.Tensor, li: tf.Tensor) => {
+        const params = new Map([['ln.weight', wi], ['ln.bias', bi]]);
+        const h = layerNorm(params, 'ln', gelu(xi), 1e-12);
+        const attn = tf.softmax(tf.reshape(h, [35, 48]));
+        return tf.addN([
+          tf.sum(tf.mul(h, up)),
+          tf.sum(tf.mul(attn, tf.reshape(up, [35, 48]))),
+          crossEntropySum(li as tf.Tensor2D, targets, 0.1, rowWeights),
+          crossEntropySum(li as tf.Tensor2D, targets, 0),
+        ]);
+      };
+      const fused = tf.valueAndGrads(fn)([x, w, b, logits]);
+      const composed = withoutFusedOps(() => tf.valueAndGrads(fn)([x, w, b, logits]));
+      const rel = (a: tf.Tensor, r: tf.Tensor) => maxAbsDiff(a, r) / Math.max(1e-30, tf.max(tf.abs(r)).dataSync()[0]!);
+      expect(rel(fused.value, composed.value)).toBeLessThan(2e-6);
+      fused.grads.forEach((g, i) => expect(rel(g, composed.grads[i]!), `gradient ${i}`).toBeLessThan(2e-5));
     });
     expect(tf.memory().numTensors).toBe(before);
   });

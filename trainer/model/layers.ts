@@ -5,6 +5,7 @@
 // the model differentiates on any backend; the engine may later replace some with faster ones at initEngine().
 import '@tensorflow/tfjs';
 import { tf } from './engine';
+import { fusedOps } from './engine/wasm-fused';
 import type { Params } from './params';
 
 export function param(params: Params, name: string): tf.Tensor {
@@ -30,6 +31,8 @@ export function linear(params: Params, prefix: string, x: tf.Tensor): tf.Tensor 
  * heap is 4 GiB) and runs far fewer elementwise kernels. dx = (g - mean(g) - x̂·mean(g·x̂))/σ with g = dy·γ.
  */
 export function layerNorm(params: Params, prefix: string, x: tf.Tensor, eps: number): tf.Tensor {
+  const fused = fusedOps();
+  if (fused) return fused.layerNorm(x, param(params, `${prefix}.weight`), param(params, `${prefix}.bias`), eps);
   return layerNormOp(eps)(x, param(params, `${prefix}.weight`), param(params, `${prefix}.bias`));
 }
 
@@ -70,7 +73,12 @@ function layerNormOp(eps: number): LayerNormFn {
  * nn.GELU() / BERT "gelu": the exact erf form, 0.5·x·(1 + erf(x/√2)). Hand-written gradient
  * Φ(x) + x·φ(x) = 0.5·(1 + erf(x/√2)) + x·exp(-x²/2)/√(2π), so the tape keeps x alone.
  */
-export const gelu = tf.customGrad(((x: tf.Tensor, save: tf.GradSaveFunc) => {
+export function gelu(x: tf.Tensor): tf.Tensor {
+  const fused = fusedOps();
+  return fused ? fused.gelu(x) : composedGelu(x);
+}
+
+const composedGelu = tf.customGrad(((x: tf.Tensor, save: tf.GradSaveFunc) => {
   const y = tf.tidy(() => tf.mul(tf.mul(x, 0.5), tf.add(tf.erf(tf.mul(x, Math.SQRT1_2)), 1)));
   save([x]);
   return {
@@ -125,6 +133,8 @@ export function l2normalize(x: tf.Tensor): tf.Tensor {
  * (1-ε)·(-log p_target) + ε·mean_c(-log p_c). logits [N,C], targets int32 [N], weights [N] (1 = counted, 0 = ignored).
  */
 export function crossEntropySum(logits: tf.Tensor2D, targets: tf.Tensor1D, smoothing: number, rowWeights?: tf.Tensor1D): tf.Scalar {
+  const fused = fusedOps();
+  if (fused && targets.dtype === 'int32') return tf.sum(fused.crossEntropyRows(logits, targets, smoothing, rowWeights));
   const logp = tf.logSoftmax(logits); // [N,C]
   const classes = logits.shape[1];
   const nll = tf.neg(tf.sum(tf.mul(logp, tf.cast(tf.oneHot(targets, classes), 'float32')), 1)); // [N]

@@ -37,3 +37,30 @@ test.runIf(fs.existsSync(NATIVE_BLAS_PATH))('the built addon computes batched, t
   expect(() => blas!.sgemm(a, b, out, 2, 2, 3, true, false, 3, 6, 0)).toThrow(/exceed/);
   expect(() => blas!.sgemm(a, [] as unknown as Float32Array, out, 2, 2, 3, true, false, 1, 0, 0)).toThrow(/Float32Array/);
 });
+
+test.runIf(fs.existsSync(NATIVE_BLAS_PATH))('the fused kernels: erf and exp accurate to float, bad sizes refused', () => {
+  const { blas } = loadNativeBlas(2);
+  const n = 200_001;
+  const x = new Float32Array(n).map((_, i) => -87 + (175 * i) / (n - 1)); // exp's whole finite range, erf's too
+  const ours = new Float32Array(n);
+  const libm = new Float32Array(n); // glibc in double precision, rounded to float
+  blas!.approx(0, x, ours, n);
+  blas!.approx(2, x, libm, n);
+  let erfErr = 0;
+  for (let i = 0; i < n; i++) erfErr = Math.max(erfErr, Math.abs(ours[i]! - libm[i]!));
+  expect(erfErr).toBeLessThan(4e-7);
+  blas!.approx(1, x, ours, n);
+  blas!.approx(3, x, libm, n);
+  let expErr = 0;
+  for (let i = 0; i < n; i++) if (libm[i]! > 1e-37) expErr = Math.max(expErr, Math.abs(ours[i]! - libm[i]!) / libm[i]!);
+  expect(expErr).toBeLessThan(3e-7);
+  // GELU at a few points against 0.5·x·(1 + erf(x/√2)) from libm
+  const g = new Float32Array([-9, -3, -0.5, 0, 0.5, 3, 9]);
+  const y = new Float32Array(g.length);
+  blas!.geluForward(g, y, g.length);
+  const e = new Float32Array(g.length);
+  blas!.approx(2, g.map((v) => v * Math.SQRT1_2), e, g.length);
+  g.forEach((v, i) => expect(Math.abs(y[i]! - 0.5 * v * (1 + e[i]!))).toBeLessThan(1e-6));
+  expect(() => blas!.geluForward(g, y, g.length + 1)).toThrow(/at least 8 elements/);
+  expect(() => blas!.crossEntropyForward(new Float32Array(6), new Int32Array([0, 3]), new Float32Array(0), new Float32Array(2), 2, 3, 0)).toThrow(/target class is out of range/);
+});

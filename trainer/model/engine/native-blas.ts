@@ -30,6 +30,18 @@ export interface NativeBlas {
   ): void;
   setThreads(threads: number): void;
   getThreads(): number;
+  // Fused element-wise kernels (native/kernels.cc); sizes in elements, arrays at least that long.
+  geluForward(x: Float32Array, y: Float32Array, n: number): void;
+  geluBackward(x: Float32Array, dy: Float32Array, dx: Float32Array, n: number): void;
+  layerNormForward(x: Float32Array, gamma: Float32Array, beta: Float32Array, y: Float32Array, xhat: Float32Array, rstd: Float32Array, rows: number, cols: number, eps: number): void;
+  layerNormBackward(dy: Float32Array, xhat: Float32Array, rstd: Float32Array, gamma: Float32Array, dx: Float32Array, dgamma: Float32Array, dbeta: Float32Array, rows: number, cols: number): void;
+  softmaxBackward(y: Float32Array, dy: Float32Array, dx: Float32Array, rows: number, cols: number): void;
+  /** `weights`: an empty array when every row counts 1. */
+  crossEntropyForward(logits: Float32Array, targets: Int32Array, weights: Float32Array, loss: Float32Array, rows: number, cols: number, smoothing: number): void;
+  crossEntropyBackward(logits: Float32Array, targets: Int32Array, weights: Float32Array, dloss: Float32Array, dlogits: Float32Array, rows: number, cols: number, smoothing: number): void;
+  setKernelThreads(threads: number): void;
+  /** The kernels' erf (`which` 0) or exp (1), element-wise: for accuracy tests. */
+  approx(which: number, x: Float32Array, y: Float32Array, n: number): void;
 }
 
 export const NATIVE_BLAS_PATH = path.join(path.dirname(fileURLToPath(import.meta.url)), 'native', 'build', 'blas.node');
@@ -40,9 +52,13 @@ export function loadNativeBlas(threads: number, file = NATIVE_BLAS_PATH): { blas
   // OpenBLAS's idle workers spin for ~2^28 cycles by default, taking the cores from the wasm threads that run the
   // element-wise work between two matmuls; make them sleep at once. Read by OpenBLAS when it loads.
   process.env.OPENBLAS_THREAD_TIMEOUT ??= '4';
+  // The same for the OpenMP threads of the fused kernels (libgomp spins ~300k iterations by default).
+  process.env.OMP_WAIT_POLICY ??= 'PASSIVE';
   try {
     const blas = createRequire(import.meta.url)(file) as NativeBlas;
     blas.setThreads(threads);
+    if (typeof blas.geluForward !== 'function') return { reason: `${file} predates the fused kernels (npm run build:native)` };
+    blas.setKernelThreads(threads);
     return { blas };
   } catch (e) {
     return { reason: `${file} failed to load: ${e instanceof Error ? e.message : String(e)}` };

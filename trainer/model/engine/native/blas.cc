@@ -77,6 +77,8 @@ static napi_value GetThreads(napi_env env, napi_callback_info info) {
   return out;
 }
 
+bool RegisterKernels(napi_env env, napi_value exports);  // kernels.cc
+
 static napi_value Init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"sgemm", nullptr, Sgemm, nullptr, nullptr, nullptr, napi_default, nullptr},
@@ -84,6 +86,10 @@ static napi_value Init(napi_env env, napi_value exports) {
       {"getThreads", nullptr, GetThreads, nullptr, nullptr, nullptr, napi_default, nullptr},
   };
   CHECK(napi_define_properties(env, exports, 3, props));
+  if (!RegisterKernels(env, exports)) {
+    napi_throw_error(env, nullptr, "blas: registering the fused kernels failed");
+    return nullptr;
+  }
   return exports;
 }
 

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Builds the OpenBLAS sgemm addon (blas.cc → build/blas.node) with the system compiler, Node's headers and
-# Debian's OpenBLAS (libopenblas-dev). Prints why and exits 0 when something is missing: the engine then runs
+# Builds the engine's native addon (blas.cc: OpenBLAS sgemm; kernels.cc: fused element-wise kernels, OpenMP →
+# build/blas.node) with the system compiler for this machine's CPU (-march=native: it is built where it runs), Node's
+# headers and Debian's OpenBLAS (libopenblas-dev). Prints why and exits 0 when something is missing: the engine then runs
 # its wasm matmul instead. Idempotent: rebuilds only when blas.cc is newer than the addon.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 out="$here/build/blas.node"
-if [ -f "$out" ] && [ "$out" -nt "$here/blas.cc" ]; then exit 0; fi
+if [ -f "$out" ] && [ "$out" -nt "$here/blas.cc" ] && [ "$out" -nt "$here/kernels.cc" ] && [ "$out" -nt "$0" ]; then exit 0; fi
 node_include="$(node -p "require('path').resolve(process.execPath, '../../include/node')")"
 if [ ! -f "$node_include/node_api.h" ]; then
   echo "native BLAS addon not built: no $node_include/node_api.h (Node's headers)" >&2
@@ -20,6 +21,7 @@ if ! command -v g++ >/dev/null 2>&1; then
   exit 0
 fi
 mkdir -p "$here/build"
-g++ -O2 -shared -fPIC -DNODE_GYP_MODULE_NAME=blas -I"$node_include" "$here/blas.cc" -lopenblas -o "$out.tmp"
+g++ -O3 -march=native -fopenmp -shared -fPIC -DNODE_GYP_MODULE_NAME=blas -I"$node_include" "$here/blas.cc" "$here/kernels.cc" \
+  -lopenblas -o "$out.tmp"
 mv "$out.tmp" "$out"
 echo "built $out" >&2

@@ -1,0 +1,217 @@
+/**
+ * Fused kernels for tfjs `wasm`, computed by the native addon (native/kernels.cc) on the tensors' heap memory:
+ * GELU, LayerNorm, the softmax gradient and label-smoothed cross-entropy, each forward and backward as one
+ * vectorised, multi-threaded pass. Composed of tfjs ops, the same functions were chains of 4–12 single-threaded
+ * wasm kernels with an intermediate tensor between each two (GELU alone: erf, exp, five multiplies, two adds);
+ * those chains were over half of a small Q-Former step's time.
+ *
+ * `installWasmFused(blas)` registers the kernels (and the Softmax gradient that uses one); `fusedOps()` returns the
+ * differentiable ops built on them, or undefined when they are not installed (another engine, or no addon), in
+ * which case the model composes the same functions from tfjs ops.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import type { NativeBlas } from './native-blas';
+import { dataOf, heapF32, heapI32, type WasmBackend } from './wasm-backend';
+
+const size = (shape: number[]) => shape.reduce((p, d) => p * d, 1);
+const NO_WEIGHTS = new Float32Array(0);
+
+/** Float32 views of tensors on the current heap (take them after the last `makeOutput`: it may grow the heap). */
+function views(backend: WasmBackend, ...ts: tf.TensorInfo[]): Float32Array[] {
+  const heap = heapF32(backend);
+  return ts.map((t) => {
+    const at = dataOf(backend, t).memoryOffset / 4;
+    return heap.subarray(at, at + size(t.shape));
+  });
+}
+
+function int32View(backend: WasmBackend, t: tf.TensorInfo): Int32Array {
+  const at = dataOf(backend, t).memoryOffset / 4;
+  return heapI32(backend).subarray(at, at + size(t.shape));
+}
+
+function expectDtype(kernel: string, name: string, t: tf.TensorInfo, dtype: tf.DataType): void {
+  if (t.dtype !== dtype) throw new Error(`${kernel}: ${name} must be ${dtype}, got ${t.dtype}`);
+}
+
+function lastAxis(shape: number[]): { rows: number; cols: number } {
+  const cols = shape[shape.length - 1] ?? 1;
+  return { rows: cols === 0 ? 0 : size(shape) / cols, cols };
+}
+
+let native: NativeBlas | undefined;
+
+function kernels(blas: NativeBlas): tf.KernelConfig[] {
+  const k = (kernelName: string, kernelFunc: (inputs: tf.NamedTensorInfoMap, backend: WasmBackend, attrs: tf.NamedAttrMap) => tf.TensorInfo | tf.TensorInfo[]): tf.KernelConfig => ({
+    kernelName,
+    backendName: 'wasm',
+    kernelFunc: ({ inputs, backend, attrs }) => kernelFunc(inputs as tf.NamedTensorInfoMap, backend as WasmBackend, attrs ?? {}),
+  });
+  return [
+    k('Blip2Gelu', ({ x }, backend) => {
+      expectDtype('Blip2Gelu', 'x', x!, 'float32');
+      const y = backend.makeOutput([...x!.shape], 'float32');
+      const [xv, yv] = views(backend, x!, y);
+      blas.geluForward(xv!, yv!, size(x!.shape));
+      return y;
+    }),
+    k('Blip2GeluGrad', ({ x, dy }, backend) => {
+      const dx = backend.makeOutput([...x!.shape], 'float32');
+      const [xv, dyv, dxv] = views(backend, x!, dy!, dx);
+      blas.geluBackward(xv!, dyv!, dxv!, size(x!.shape));
+      return dx;
+    }),
+    k('Blip2LayerNorm', ({ x, gamma, beta }, backend, attrs) => {
+      expectDtype('Blip2LayerNorm', 'x', x!, 'float32');
+      const { rows, cols } = lastAxis(x!.shape);
+      if (gamma!.shape.length !== 1 || gamma!.shape[0] !== cols || beta!.shape.length !== 1 || beta!.shape[0] !== cols) {
+        throw new Error(`Blip2LayerNorm: gamma [${gamma!.shape}] and beta [${beta!.shape}] must be [${cols}] for x [${x!.shape}]`);
+      }
+      const y = backend.makeOutput([...x!.shape], 'float32');
+      const xhat = backend.makeOutput([...x!.shape], 'float32');
+      const rstd = backend.makeOutput([rows], 'float32');
+      const [xv, gv, bv, yv, hv, rv] = views(backend, x!, gamma!, beta!, y, xhat, rstd);
+      blas.layerNormForward(xv!, gv!, bv!, yv!, hv!, rv!, rows, cols, attrs.eps as number);
+      return [y, xhat, rstd];
+    }),
+    k('Blip2LayerNormGrad', ({ dy, xhat, rstd, gamma }, backend) => {
+      const { rows, cols } = lastAxis(xhat!.shape);
+      const dx = backend.makeOutput([...xhat!.shape], 'float32');
+      const dgamma = backend.makeOutput([cols], 'float32');
+      const dbeta = backend.makeOutput([cols], 'float32');
+      const [dyv, hv, rv, gv, dxv, dgv, dbv] = views(backend, dy!, xhat!, rstd!, gamma!, dx, dgamma, dbeta);
+      blas.layerNormBackward(dyv!, hv!, rv!, gv!, dxv!, dgv!, dbv!, rows, cols);
+      return [dx, dgamma, dbeta];
+    }),
+    k('Blip2SoftmaxGrad', ({ y, dy }, backend) => {
+      const { rows, cols } = lastAxis(y!.shape);
+      const dx = backend.makeOutput([...y!.shape], 'float32');
+      const [yv, dyv, dxv] = views(backend, y!, dy!, dx);
+      blas.softmaxBackward(yv!, dyv!, dxv!, rows, cols);
+      return dx;
+    }),
+    k('Blip2CrossEntropy', ({ logits, targets, weights }, backend, attrs) => {
+      expectDtype('Blip2CrossEntropy', 'logits', logits!, 'float32');
+      expectDtype('Blip2CrossEntropy', 'targets', targets!, 'int32');
+      const [rows, cols] = logits!.shape as [number, number];
+      if (logits!.shape.length !== 2 || targets!.shape.length !== 1 || targets!.shape[0] !== rows) {
+        throw new Error(`Blip2CrossEntropy: logits [${logits!.shape}] must be [N, C] and targets [${targets!.shape}] [N]`);
+      }
+      const loss = backend.makeOutput([rows], 'float32');
+      const [lv, lossv] = views(backend, logits!, loss);
+      const wv = weights ? views(backend, weights)[0]! : NO_WEIGHTS;
+      blas.crossEntropyForward(lv!, int32View(backend, targets!), wv, lossv!, rows, cols, attrs.smoothing as number);
+      return loss;
+    }),
+    k('Blip2CrossEntropyGrad', ({ logits, targets, weights, dloss }, backend, attrs) => {
+      const [rows, cols] = logits!.shape as [number, number];
+      const dlogits = backend.makeOutput([rows, cols], 'float32');
+      const [lv, dlv, dv] = views(backend, logits!, dloss!, dlogits);
+      const wv = weights ? views(backend, weights)[0]! : NO_WEIGHTS;
+      blas.crossEntropyBackward(lv!, int32View(backend, targets!), wv, dlv!, dv!, rows, cols, attrs.smoothing as number);
+      return dlogits;
+    }),
+  ];
+}
+
+const run = (name: string, inputs: tf.NamedTensorMap, attrs: tf.NamedAttrMap = {}) =>
+  tf.engine().runKernel(name, inputs as never, attrs) as tf.Tensor | tf.Tensor[];
+
+export interface FusedOps {
+  /** 0.5·x·(1 + erf(x/√2)), exact-erf GELU. */
+  gelu(x: tf.Tensor): tf.Tensor;
+  /** LayerNorm over the last axis (biased variance, eps inside the root); gamma, beta [C]. */
+  layerNorm(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, eps: number): tf.Tensor;
+  /**
+   * Per-row torch cross_entropy with label smoothing ε: (1-ε)·(-log p_target) + ε·mean_c(-log p_c), times the row
+   * weight. logits [N,C] float32, targets [N] int32, weights [N] (constants: no gradient flows to them).
+   */
+  crossEntropyRows(logits: tf.Tensor2D, targets: tf.Tensor1D, smoothing: number, weights?: tf.Tensor1D): tf.Tensor1D;
+}
+
+let ops: FusedOps | undefined;
+
+function makeOps(): FusedOps {
+  const gelu = tf.customGrad(((x: tf.Tensor, save: tf.GradSaveFunc) => {
+    save([x]);
+    return { value: run('Blip2Gelu', { x }) as tf.Tensor, gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => run('Blip2GeluGrad', { x: saved[0]!, dy }) as tf.Tensor };
+  }) as unknown as Parameters<typeof tf.customGrad>[0]) as unknown as (x: tf.Tensor) => tf.Tensor;
+
+  const layerNorms = new Map<number, (x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor) => tf.Tensor>();
+  const layerNormOf = (eps: number) => {
+    let op = layerNorms.get(eps);
+    if (op) return op;
+    op = tf.customGrad(((x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, save: tf.GradSaveFunc) => {
+      const [y, xhat, rstd] = run('Blip2LayerNorm', { x, gamma, beta }, { eps }) as tf.Tensor[];
+      save([xhat!, rstd!, gamma]);
+      tf.dispose([xhat!, rstd!]); // saved copies share the data
+      return {
+        value: y!,
+        gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+          const [xh, rs, gm] = saved as [tf.Tensor, tf.Tensor, tf.Tensor];
+          return run('Blip2LayerNormGrad', { dy, xhat: xh, rstd: rs, gamma: gm }) as tf.Tensor[];
+        },
+      };
+    }) as unknown as Parameters<typeof tf.customGrad>[0]) as unknown as (x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor) => tf.Tensor;
+    layerNorms.set(eps, op);
+    return op;
+  };
+
+  const crossEntropyRows = (logits: tf.Tensor2D, targets: tf.Tensor1D, smoothing: number, weights?: tf.Tensor1D) => {
+    if (targets.dtype !== 'int32') throw new Error(`crossEntropyRows: targets must be int32, got ${targets.dtype}`);
+    const op = tf.customGrad(((lg: tf.Tensor, save: tf.GradSaveFunc) => {
+      const inputs: tf.NamedTensorMap = weights ? { logits: lg, targets, weights } : { logits: lg, targets };
+      const loss = run('Blip2CrossEntropy', inputs, { smoothing }) as tf.Tensor;
+      // The targets and weights are saved too: the forward pass's tensors are gone when backward runs.
+      save(weights ? [lg, targets, weights] : [lg, targets]);
+      return {
+        value: loss,
+        gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+          const [l, t, w] = saved;
+          const gradInputs: tf.NamedTensorMap = w ? { logits: l!, targets: t!, weights: w, dloss: dy } : { logits: l!, targets: t!, dloss: dy };
+          return run('Blip2CrossEntropyGrad', gradInputs, { smoothing }) as tf.Tensor;
+        },
+      };
+    }) as unknown as Parameters<typeof tf.customGrad>[0]) as unknown as (x: tf.Tensor) => tf.Tensor1D;
+    return op(logits);
+  };
+
+  return { gelu, layerNorm: (x, gamma, beta, eps) => layerNormOf(eps)(x, gamma, beta), crossEntropyRows };
+}
+
+/** Registers the fused kernels on `wasm` and the Softmax gradient that uses one. */
+export function installWasmFused(blas: NativeBlas): void {
+  if (native) return;
+  native = blas;
+  for (const config of kernels(blas)) tf.registerKernel(config);
+  const stockSoftmaxGrad = tf.getGradient(tf.Softmax);
+  tf.registerGradient({
+    kernelName: tf.Softmax,
+    outputsToSave: [true],
+    gradFunc: (dy, saved, attrs) => {
+      const [y] = saved as tf.Tensor[];
+      const { dim } = attrs as unknown as { dim: number };
+      const dyT = dy as tf.Tensor;
+      if (tf.getBackend() === 'wasm' && (dim === -1 || dim === y!.rank - 1)) return { logits: () => run('Blip2SoftmaxGrad', { y: y!, dy: dyT }) as tf.Tensor };
+      if (!stockSoftmaxGrad) throw new Error('no Softmax gradient for a softmax over a non-last axis');
+      return stockSoftmaxGrad.gradFunc(dy, saved, attrs);
+    },
+  });
+  ops = makeOps();
+}
+
+/** The fused differentiable ops, when the engine installed their kernels and `wasm` is the current backend. */
+export function fusedOps(): FusedOps | undefined {
+  return ops && tf.getBackend() === 'wasm' ? ops : undefined;
+}
+
+/** The same functions composed of tfjs ops, for comparisons. */
+export function withoutFusedOps<T>(f: () => T): T {
+  const saved = ops;
+  ops = undefined;
+  try {
+    return f();
+  } finally {
+    ops = saved;
+  }
+}
