@@ -53,7 +53,10 @@ export function embeddings(params: Params, config: Blip2Config, queries?: tf.Ten
 /** The query tokens broadcast to a batch: [1,Q,H] -> [B,Q,H]. */
 export function queryTokens(params: Params, batch: number): tf.Tensor3D {
   const t = param(params, 'query_tokens'); // [1,Q,H]
-  return tf.tile(t, [batch, 1, 1]) as tf.Tensor3D;
+  // A broadcast add to zeros rather than tf.tile: same values, and its gradient is one sum over the batch where
+  // tile's adds up B slices one by one.
+  const [, q, h] = t.shape as [number, number, number];
+  return tf.add(tf.zeros([batch, q, h]), t) as tf.Tensor3D;
 }
 
 /** BertIntermediate + BertOutput: LN(x + W2·gelu(W1·x)). `kind` '' (text rows) or '_query' (query rows). */

@@ -39,6 +39,8 @@ export interface NativeBlas {
   /** `weights`: an empty array when every row counts 1. */
   crossEntropyForward(logits: Float32Array, targets: Int32Array, weights: Float32Array, loss: Float32Array, rows: number, cols: number, smoothing: number): void;
   crossEntropyBackward(logits: Float32Array, targets: Int32Array, weights: Float32Array, dloss: Float32Array, dlogits: Float32Array, rows: number, cols: number, smoothing: number): void;
+  /** out[r·cols + c] = a[r·cols + c] + b[c] (rows = 1: a same-shape sum). */
+  addRows(a: Float32Array, b: Float32Array, out: Float32Array, rows: number, cols: number): void;
   setKernelThreads(threads: number): void;
   /** The kernels' erf (`which` 0) or exp (1), element-wise: for accuracy tests. */
   approx(which: number, x: Float32Array, y: Float32Array, n: number): void;

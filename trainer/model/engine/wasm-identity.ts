@@ -1,5 +1,5 @@
 /**
- * Copy-free Identity and same-dtype Cast for tfjs `wasm`. The stock wasm kernels copy the data (the cpu backend's
+ * Copy-free Identity, same-dtype Cast and order-keeping Transpose for tfjs `wasm`. The stock wasm kernels copy the data (the cpu backend's
  * share it), and the gradients of Multiply, RealDiv and others call `cast(x, 'float32')` on float32 tensors, the tape
  * clones gradients it passes through: a Q-Former layer's backward made ~230 such copies (~7% of its kernel time).
  * Tensor data is immutable in tfjs (kernels write only to the outputs they allocate; a variable's `assign` swaps
@@ -27,6 +27,24 @@ export function installWasmIdentity(): void {
     kernelFunc: (args) => {
       const x = args.inputs.x!;
       return x.dtype === 'string' ? stockIdentity.kernelFunc(args) : share(args.backend as WasmBackend, x);
+    },
+  });
+  // A Transpose that moves only axes of size 1 (the gather gradient transposes by an identity permutation) is a
+  // reshape; the stock kernel copies the data for it.
+  const stockTranspose = tf.getKernel(tf.Transpose, 'wasm');
+  if (!stockTranspose) throw new Error('the wasm backend has no Transpose kernel to replace');
+  tf.unregisterKernel(tf.Transpose, 'wasm');
+  tf.registerKernel({
+    kernelName: tf.Transpose,
+    backendName: 'wasm',
+    kernelFunc: (args) => {
+      const x = args.inputs.x!;
+      const { perm } = args.attrs as unknown as { perm: number[] };
+      const moved = perm.filter((p) => x.shape[p] !== 1);
+      if (x.dtype === 'string' || moved.some((p, i) => i > 0 && p < moved[i - 1]!)) return stockTranspose.kernelFunc(args);
+      const out = share(args.backend as WasmBackend, x);
+      out.shape = perm.map((p) => x.shape[p]!);
+      return out;
     },
   });
   tf.unregisterKernel(tf.Cast, 'wasm');

@@ -84,3 +84,27 @@ test('oneHot with a float32 output and fractional on/off values equals the cpu b
   for (let i = 0; i < 3; i++) wasm[i]!.values.forEach((v, j) => expect(v).toBeCloseTo(cpu[i]!.values[j]!, 6));
   ids.dispose();
 });
+
+test('Add on the addon (same shape, trailing-axis broadcasts either side) and Transpose by moving size-1 axes equal the cpu backend bit for bit', async () => {
+  const pairs: [number[], number[]][] = [
+    [[300, 257], [257]], // bias, enough elements for the threaded path
+    [[7], [3, 5, 7]], // small on the left
+    [[4, 32, 16], [1, 32, 16]], // the query-token broadcast
+    [[123, 456], [123, 456]], // same shape
+    [[6, 5], [6, 1]], // not a trailing broadcast: stock kernel
+    [[2, 3], []], // scalar: stock kernel
+  ];
+  const inputs = pairs.map(([sa, sb], i) => [tf.randomNormal(sa, 0, 1, 'float32', 10 + i), tf.randomNormal(sb, 0, 1, 'float32', 20 + i)] as const);
+  const x = tf.randomNormal([3, 1, 4, 1], 0, 1, 'float32', 30);
+  const [wasm, cpu] = await onBoth(async () => {
+    const sums = inputs.map(([a, b]) => tf.add(a, b));
+    const out = [...sums.map((s) => ({ shape: s.shape, data: Array.from(s.dataSync()) }))];
+    const moved = tf.transpose(x, [1, 0, 3, 2]); // only size-1 axes change places: shares the data
+    const real = tf.transpose(x, [2, 0, 1, 3]); // a real transpose
+    out.push({ shape: moved.shape, data: Array.from(moved.dataSync()) }, { shape: real.shape, data: Array.from(real.dataSync()) });
+    tf.dispose([...sums, moved, real]);
+    return out;
+  });
+  expect(wasm).toEqual(cpu);
+  tf.dispose([...inputs.flat(), x]);
+});

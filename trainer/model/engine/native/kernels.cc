@@ -374,6 +374,31 @@ napi_value CrossEntropyBackward(napi_env env, napi_callback_info info) {
   return nullptr;
 }
 
+// addRows(a, b, out, rows, cols): out[r·cols + c] = a[r·cols + c] + b[c] — a same-shape sum (rows = 1) or b
+// broadcast over a's leading axes (a bias, the query tokens). One float addition per element, as the stock kernel.
+napi_value AddRows(napi_env env, napi_callback_info info) {
+  Args a(env, info, 5, "addRows");
+  const int64_t rows = a.integer(3), cols = a.integer(4);
+  const size_t n = rows * cols;
+  const float* x = a.floats(0, n, "a");
+  const float* b = a.floats(1, cols, "b");
+  float* out = a.floats(2, n, "out");
+  if (!a.ok) return nullptr;
+  if (rows == 1) {
+#pragma omp parallel for simd schedule(static) if (static_cast<int64_t>(n) >= kParallelMin)
+    for (int64_t i = 0; i < cols; i++) out[i] = x[i] + b[i];
+    return nullptr;
+  }
+#pragma omp parallel for schedule(static) if (static_cast<int64_t>(n) >= kParallelMin)
+  for (int64_t r = 0; r < rows; r++) {
+    const float* xr = x + r * cols;
+    float* orow = out + r * cols;
+#pragma omp simd
+    for (int64_t c = 0; c < cols; c++) orow[c] = xr[c] + b[c];
+  }
+  return nullptr;
+}
+
 napi_value SetKernelThreads(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
@@ -415,6 +440,7 @@ bool RegisterKernels(napi_env env, napi_value exports) {
       {"softmaxBackward", nullptr, SoftmaxBackward, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"crossEntropyForward", nullptr, CrossEntropyForward, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"crossEntropyBackward", nullptr, CrossEntropyBackward, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"addRows", nullptr, AddRows, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"setKernelThreads", nullptr, SetKernelThreads, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"approx", nullptr, Approx, nullptr, nullptr, nullptr, napi_default, nullptr},
   };
