@@ -23,7 +23,7 @@ import { batchMatMulGradConfig, installWasmMatMul } from './engine/wasm-matmul';
 import { installWasmSegmentSum } from './engine/wasm-segment-sum';
 import { installWasmSum } from './engine/wasm-sum';
 import { startThreadedWasm, WASM_MAX_THREADS } from './engine/wasm-threads';
-import type { WasmBackend } from './engine/wasm-backend';
+import { guardWasmAllocations, type WasmBackend } from './engine/wasm-backend';
 
 export { tf };
 export type EngineName = 'tensorflow' | 'wasm' | 'cpu';
@@ -154,6 +154,7 @@ async function tryWasm(options: ResolvedEngineOptions): Promise<EngineInfo | und
       throw new Error(`the wasm backend runs ${actual} threads where ${threads} were asked for`);
     }
     const backend = tf.backend() as unknown as WasmBackend;
+    guardWasmAllocations(backend);
     installWasmMatMul(backend, blas);
     if (blas) {
       installWasmSum(blas);

@@ -75,3 +75,48 @@ export function runWasmKernel(
   if (!config) throw new Error(`wasm kernel ${name} is not registered`);
   return config.kernelFunc({ inputs, backend, attrs }) as tf.TensorInfo;
 }
+
+/** The wasm heap cannot hold an allocation: a clear error instead of tfjs writing through a null offset. */
+export class WasmHeapExhaustedError extends Error {
+  constructor(
+    readonly requestedBytes: number,
+    readonly heapBytes: number,
+  ) {
+    const mib = (n: number) => `${(n / 2 ** 20).toFixed(0)} MiB`;
+    super(
+      `wasm heap exhausted: cannot allocate ${mib(requestedBytes)} (heap ${mib(heapBytes)}, limit 4096 MiB). ` +
+        'Lower the batch size (or max_txt_len), or run on tfjs-node-gpu.',
+    );
+    this.name = 'WasmHeapExhaustedError';
+  }
+}
+
+/**
+ * Makes the backend's allocations fail loudly. tfjs-backend-wasm 4.22's `move` (where every tensor's memory is
+ * allocated) takes `_malloc`'s result unchecked: when the 4 GiB heap cannot grow, malloc returns 0 and the tensor is
+ * written over the start of the heap (the process then corrupts itself or spins); a request of 4 GiB or more wraps
+ * around in malloc's 32-bit argument. This `move` is the stock one with both cases checked first.
+ */
+export function guardWasmAllocations(backend: WasmBackend): void {
+  type Move = (dataId: tf.DataId, values: tf.backend_util.BackendValues | null, shape: number[], dtype: tf.DataType, refCount: number) => void;
+  const b = backend as WasmBackend & { move: Move; __guarded?: boolean };
+  if (b.__guarded) return;
+  const stockMove = b.move.bind(b);
+  const wasm = b.wasm as WasmModule & { _malloc(n: number): number; _free(at: number): void };
+  const heapBytes = () => (wasm.wasmMemory?.buffer ?? wasm.HEAPU8.buffer).byteLength;
+  b.move = (dataId, values, shape, dtype, refCount) => {
+    if (dtype === 'string') return stockMove(dataId, values, shape, dtype, refCount);
+    const numBytes = tf.util.sizeFromShape(shape) * tf.util.bytesPerElement(dtype);
+    if (numBytes >= 2 ** 32) throw new WasmHeapExhaustedError(numBytes, heapBytes());
+    const id = b.dataIdNextNumber++;
+    const memoryOffset = wasm._malloc(numBytes) >>> 0;
+    if (memoryOffset === 0 && numBytes > 0) throw new WasmHeapExhaustedError(numBytes, heapBytes());
+    (b.dataIdMap as unknown as Map<tf.DataId, WasmTensorData>).set(dataId, { id, memoryOffset, shape, dtype, refCount });
+    wasm.tfjs.registerTensor(id, tf.util.sizeFromShape(shape), memoryOffset);
+    if (values != null) {
+      const v = values as Float32Array;
+      wasm.HEAPU8.set(new Uint8Array(v.buffer, v.byteOffset, numBytes), memoryOffset);
+    }
+  };
+  b.__guarded = true;
+}

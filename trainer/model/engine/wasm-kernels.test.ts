@@ -108,3 +108,19 @@ test('Add on the addon (same shape, trailing-axis broadcasts either side) and Tr
   expect(wasm).toEqual(cpu);
   tf.dispose([...inputs.flat(), x]);
 });
+
+test('an allocation the 4 GiB wasm heap cannot hold fails with a clear error, and the engine goes on', async () => {
+  const { WasmHeapExhaustedError } = await import('./wasm-backend');
+  const before = tf.memory().numTensors;
+  // 4.4 GB: above what 32-bit wasm can address (unguarded, it would wrap around to a ~100 MB allocation)
+  expect(() => tf.fill([1_100_000_000], 1)).toThrow(WasmHeapExhaustedError);
+  expect(() => tf.fill([1_100_000_000], 1)).toThrow(/wasm heap exhausted: cannot allocate 4196 MiB.*Lower the batch size/);
+  // two of 2.2 GB: the second cannot be had (malloc returns 0)
+  const first = tf.fill([550_000_000], 0.5);
+  expect(() => tf.fill([550_000_000], 1)).toThrow(WasmHeapExhaustedError);
+  first.dispose();
+  expect(tf.memory().numTensors).toBe(before);
+  const t = tf.add(tf.ones([1000]), 1);
+  expect(t.dataSync()[999]).toBe(2);
+  t.dispose();
+});
