@@ -160,7 +160,7 @@ async function tryWasm(options: ResolvedEngineOptions): Promise<EngineInfo | und
       installWasmSum(blas);
       installWasmFused(blas);
     }
-    installWasmSegmentSum();
+    installWasmSegmentSum(blas);
     installWasmIdentity();
     installWasmOneHot();
     installWasmCpuFallbacks();

@@ -41,6 +41,10 @@ export interface NativeBlas {
   crossEntropyBackward(logits: Float32Array, targets: Int32Array, weights: Float32Array, dloss: Float32Array, dlogits: Float32Array, rows: number, cols: number, smoothing: number): void;
   /** out[r·cols + c] = a[r·cols + c] + b[c] (rows = 1: a same-shape sum). */
   addRows(a: Float32Array, b: Float32Array, out: Float32Array, rows: number, cols: number): void;
+  /** out[i] = x[indices[i]] for rows of `cols`; an index outside [0, rows) throws. */
+  gatherRows(x: Float32Array, indices: Int32Array, out: Float32Array, rows: number, cols: number): void;
+  /** out = 0, then out[ids[i]] += x[i] (rows of `cols`) for ids in [0, numSegments). */
+  scatterAddRows(x: Float32Array, ids: Int32Array, out: Float32Array, numSegments: number, cols: number): void;
   setKernelThreads(threads: number): void;
   /** The kernels' erf (`which` 0) or exp (1), element-wise: for accuracy tests. */
   approx(which: number, x: Float32Array, y: Float32Array, n: number): void;

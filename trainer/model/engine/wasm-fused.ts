@@ -209,6 +209,29 @@ function addKernel(blas: NativeBlas, stock: tf.KernelConfig): tf.KernelFunc {
   };
 }
 
+/**
+ * GatherV2 of rows (axis 0, no batch dims, float32 x, int32 indices) on the addon: one row copy each. The stock
+ * kernel walks every element through stride arithmetic (8 ms for 768 rows of a [30523, 256] embedding table).
+ */
+function gatherKernel(blas: NativeBlas, stock: tf.KernelConfig): tf.KernelFunc {
+  return (args) => {
+    const { x, indices } = args.inputs as { x: tf.TensorInfo; indices: tf.TensorInfo };
+    const { axis, batchDims } = args.attrs as unknown as { axis: number; batchDims: number };
+    const backend = args.backend as WasmBackend;
+    if (x.dtype !== 'float32' || indices.dtype !== 'int32' || x.shape.length < 1 || (axis !== 0 && axis !== -x.shape.length) || (batchDims ?? 0) !== 0) {
+      return stock.kernelFunc(args);
+    }
+    const rows = x.shape[0]!;
+    const rest = x.shape.slice(1);
+    const cols = size(rest);
+    const out = backend.makeOutput([...indices.shape, ...rest], 'float32');
+    if (size(out.shape) === 0) return out;
+    const [xv, outv] = views(backend, x, out);
+    blas.gatherRows(xv!, int32View(backend, indices), outv!, rows, cols);
+    return out;
+  };
+}
+
 /** Registers the fused kernels on `wasm` and the Softmax gradient that uses one. */
 export function installWasmFused(blas: NativeBlas): void {
   if (native) return;
@@ -218,6 +241,10 @@ export function installWasmFused(blas: NativeBlas): void {
   if (!stockAdd) throw new Error('the wasm backend has no Add kernel to replace');
   tf.unregisterKernel(tf.Add, 'wasm');
   tf.registerKernel({ kernelName: tf.Add, backendName: 'wasm', kernelFunc: addKernel(blas, stockAdd) });
+  const stockGather = tf.getKernel(tf.GatherV2, 'wasm');
+  if (!stockGather) throw new Error('the wasm backend has no GatherV2 kernel to replace');
+  tf.unregisterKernel(tf.GatherV2, 'wasm');
+  tf.registerKernel({ kernelName: tf.GatherV2, backendName: 'wasm', kernelFunc: gatherKernel(blas, stockGather) });
   const stockSoftmaxGrad = tf.getGradient(tf.Softmax);
   tf.registerGradient({
     kernelName: tf.Softmax,

@@ -55,10 +55,14 @@ test('the gradient of an embedding lookup (gather) equals the cpu backend', asyn
   const [wasm, cpu] = await onBoth(async () => {
     const g = tf.grad((t: tf.Tensor) => tf.sum(tf.mul(tf.gather(t, ids), w)))(table);
     const values = Array.from(await g.data());
-    g.dispose();
+    const gathered = tf.gather(table, ids); // [2, 4, 8], rows copied on the addon
+    values.push(...(await gathered.data()));
+    tf.dispose([g, gathered]);
     return values;
   });
-  expect(wasm.length).toBe(50 * 8);
+  expect(wasm.length).toBe(50 * 8 + 2 * 4 * 8);
+  expect(wasm.slice(400)).toEqual(cpu.slice(400));
+  expect(() => tf.gather(table, tf.tensor1d([50], 'int32'))).toThrow(/out of range|not in \[0, 49\]/);
   wasm.forEach((v, j) => expect(v).toBeCloseTo(cpu[j]!, 5));
   expect(wasm.slice(7 * 8, 8 * 8).some((v) => v !== 0)).toBe(true);
   tf.dispose([table, ids, w]);

@@ -3,10 +3,14 @@
  * i.e. of every embedding lookup, so training cannot run on wasm without it. Semantics of the tfjs cpu kernel
  * (tfjs-backend-cpu/src/kernels/UnsortedSegmentSum.ts): out[s, …] = Σ x[i, …] over the i with segmentIds[i] = s;
  * ids outside [0, numSegments) contribute nothing. `segmentIds` may have any rank; it indexes the leading axes of
- * `x`. A scatter-add in JS straight over the wasm heap: one pass over x, no one-hot matrix.
+ * `x`. A scatter-add straight over the wasm heap (native with the addon, else JS): one pass over x, no one-hot matrix.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import type { NativeBlas } from './native-blas';
 import { dataOf, heapF32, heapI32, type WasmBackend } from './wasm-backend';
+
+/** The native addon, when loaded: float32 sums run there (zero-fill and row adds vectorised). */
+let blas: NativeBlas | undefined;
 
 function unsortedSegmentSum(args: {
   inputs: tf.NamedTensorInfoMap;
@@ -38,6 +42,11 @@ function unsortedSegmentSum(args: {
   const xAt = dataOf(backend, x).memoryOffset / 4;
   const idAt = dataOf(backend, ids).memoryOffset / 4;
   const outAt = dataOf(backend, out).memoryOffset / 4;
+  if (blas && x.dtype === 'float32') {
+    const f = heap as Float32Array;
+    blas.scatterAddRows(f.subarray(xAt, xAt + count * inner), idx.subarray(idAt, idAt + count), f.subarray(outAt, outAt + numSegments * inner), numSegments, inner);
+    return out;
+  }
   heap.fill(0, outAt, outAt + numSegments * inner);
   for (let i = 0; i < count; i++) {
     const s = idx[idAt + i]!;
@@ -52,8 +61,9 @@ function unsortedSegmentSum(args: {
 let installed = false;
 
 /** Registers the kernel on wasm (once; a later tfjs that brings its own keeps its own). */
-export function installWasmSegmentSum(): void {
+export function installWasmSegmentSum(native?: NativeBlas): void {
   if (installed) return;
+  blas = native;
   if (!tf.getKernel(tf.UnsortedSegmentSum, 'wasm')) {
     tf.registerKernel({
       kernelName: tf.UnsortedSegmentSum,

@@ -399,6 +399,62 @@ napi_value AddRows(napi_env env, napi_callback_info info) {
   return nullptr;
 }
 
+// gatherRows(x, indices, out, rows, cols): out[i] = x[indices[i]] for rows of `cols` floats; an index outside
+// [0, rows) is an error (thrown before anything is written).
+napi_value GatherRows(napi_env env, napi_callback_info info) {
+  Args a(env, info, 5, "gatherRows");
+  const int64_t rows = a.integer(3), cols = a.integer(4);
+  const float* x = a.floats(0, rows * cols, "x");
+  if (!a.ok) return nullptr;
+  const int32_t* idx;
+  size_t count;
+  if (!GetInts(env, a.argv[1], &idx, &count)) {
+    napi_throw_type_error(env, nullptr, "kernels: indices must be an Int32Array");
+    return nullptr;
+  }
+  float* out = a.floats(2, count * cols, "out");
+  if (!a.ok) return nullptr;
+  for (size_t i = 0; i < count; i++) {
+    if (idx[i] < 0 || idx[i] >= rows) {
+      napi_throw_range_error(env, nullptr, "kernels: a gather index is out of range");
+      return nullptr;
+    }
+  }
+  const int64_t n = static_cast<int64_t>(count);
+#pragma omp parallel for schedule(static) if (n * cols >= kParallelMin)
+  for (int64_t i = 0; i < n; i++) std::copy(x + idx[i] * cols, x + (idx[i] + 1) * cols, out + i * cols);
+  return nullptr;
+}
+
+// scatterAddRows(x, ids, out, numSegments, cols): out = 0, then out[ids[i]] += x[i] for ids in [0, numSegments)
+// (others skipped), in order of i: the sum of the gather gradient, as tfjs's UnsortedSegmentSum.
+napi_value ScatterAddRows(napi_env env, napi_callback_info info) {
+  Args a(env, info, 5, "scatterAddRows");
+  const int64_t segments = a.integer(3), cols = a.integer(4);
+  float* out = a.floats(2, segments * cols, "out");
+  if (!a.ok) return nullptr;
+  const int32_t* ids;
+  size_t count;
+  if (!GetInts(env, a.argv[1], &ids, &count)) {
+    napi_throw_type_error(env, nullptr, "kernels: ids must be an Int32Array");
+    return nullptr;
+  }
+  const float* x = a.floats(0, count * cols, "x");
+  if (!a.ok) return nullptr;
+  const int64_t total = segments * cols;
+#pragma omp parallel for simd schedule(static) if (total >= kParallelMin)
+  for (int64_t i = 0; i < total; i++) out[i] = 0.0f;
+  for (size_t i = 0; i < count; i++) {
+    const int32_t s = ids[i];
+    if (s < 0 || s >= segments) continue;
+    float* dst = out + static_cast<int64_t>(s) * cols;
+    const float* src = x + i * cols;
+#pragma omp simd
+    for (int64_t c = 0; c < cols; c++) dst[c] += src[c];
+  }
+  return nullptr;
+}
+
 napi_value SetKernelThreads(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
@@ -441,6 +497,8 @@ bool RegisterKernels(napi_env env, napi_value exports) {
       {"crossEntropyForward", nullptr, CrossEntropyForward, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"crossEntropyBackward", nullptr, CrossEntropyBackward, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"addRows", nullptr, AddRows, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"gatherRows", nullptr, GatherRows, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"scatterAddRows", nullptr, ScatterAddRows, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"setKernelThreads", nullptr, SetKernelThreads, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"approx", nullptr, Approx, nullptr, nullptr, nullptr, napi_default, nullptr},
   };
