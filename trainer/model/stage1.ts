@@ -16,7 +16,7 @@ import { gradients } from './engine/gradients';
 import { crossEntropySum, l2normalize, layerNorm, linear, param, stopGradient } from './layers';
 import type { Params } from './params';
 import { itcQueryMask, itcTextMask, itgMask, itmMask, maskRows, type AttentionMask } from './masks';
-import { additiveMask, embeddings, lmHead, projectImage, qformerEncoder, queryTokens, selectImages, type HeadKeyValue } from './qformer';
+import { additiveMask, embeddings, lmHead, projectImage, qformerEncoder, qformerLockstep, queryTokens, selectImages, type HeadKeyValue, type KeyValue } from './qformer';
 
 export type Objective = 'itc' | 'itm' | 'itg';
 
@@ -94,6 +94,12 @@ export interface Stage1Options {
    * false recomputes them per pass and per ITM row as LAVIS does (same numbers, more work; the benchmark baseline).
    */
   reuseImageKeyValues?: boolean;
+  /**
+   * Run the four passes (ITC query and text, ITM, ITG) layer by layer together, sharing GEMMs (`qformerLockstep`);
+   * default true. Applies when the ITM negatives are given, image keys/values are reused, all objectives are on
+   * and no activations are asked for; otherwise the passes run one after another. Same arithmetic either way.
+   */
+  lockstep?: boolean;
 }
 
 export interface Stage1Result {
@@ -127,26 +133,36 @@ export function maskTensor(mask: AttentionMask): tf.Tensor4D | undefined {
   return tf.tidy(() => additiveMask(tf.tensor3d(mask.data, mask.shape, 'int32')));
 }
 
+/** The ITC query pass's input: the query tokens, embedded ([B,Q,H]), and its mask (all ones: none). */
+function queryPassInput(p: Params, config: Blip2Config, batch: number) {
+  return { h: embeddings(p, config, queryTokens(p, batch)), selfMask: maskTensor(itcQueryMask(batch, config.qformer.num_query_tokens)) };
+}
+
+/** l2norm(vision_projection(Z)): [B,Q,H] -> [B,Q,E]. */
+function imageFeatsOf(p: Params, queryOutput: tf.Tensor3D): tf.Tensor3D {
+  return l2normalize(linear(p, 'vision_projection', queryOutput)) as tf.Tensor3D;
+}
+
+/** l2norm(text_projection([CLS] output)): [B,T|1,H] -> [B,E]. */
+function textFeatOf(p: Params, textOutput: tf.Tensor3D): tf.Tensor2D {
+  const [b, , H] = textOutput.shape;
+  const cls = tf.reshape(tf.slice(textOutput, [0, 0, 0], [b, 1, H]), [b, H]); // [B,H]
+  return l2normalize(linear(p, 'text_projection', cls)) as tf.Tensor2D; // [B,E]
+}
+
 /** Image side of ITC: query-only pass (all-ones mask), then l2norm(vision_projection(Z)). */
 function queryPass(p: Params, config: Blip2Config, cross: Map<number, HeadKeyValue>, batch: number) {
-  const q = config.qformer;
-  const h = embeddings(p, config, queryTokens(p, batch)); // [B,Q,H]
-  const selfMask = maskTensor(itcQueryMask(batch, q.num_query_tokens)); // all ones: none
-  const enc = qformerEncoder(p, config, h, { queryLength: q.num_query_tokens, cross, selfMask }); // [B,Q,H]
-  const imageFeats = l2normalize(linear(p, 'vision_projection', enc.out)) as tf.Tensor3D; // [B,Q,E]
-  return { queryOutput: enc.out, kv: enc.kv, imageFeats };
+  const { h, selfMask } = queryPassInput(p, config, batch);
+  const enc = qformerEncoder(p, config, h, { queryLength: config.qformer.num_query_tokens, cross, selfMask }); // [B,Q,H]
+  return { queryOutput: enc.out, kv: enc.kv, imageFeats: imageFeatsOf(p, enc.out) };
 }
 
 /** Text side of ITC: text-only bidirectional pass, pads masked; l2norm(text_projection([CLS] output)). */
 function textPass(p: Params, config: Blip2Config, inputIds: tf.Tensor2D, attentionMask: number[][], allRows = false) {
-  const [b] = inputIds.shape;
-  const H = config.qformer.hidden_size;
   const h = embeddings(p, config, undefined, inputIds); // [B,T,H]
   // Only the [CLS] row of the last layer is read (unless all rows are asked for, as activations).
   const enc = qformerEncoder(p, config, h, { queryLength: 0, selfMask: maskTensor(itcTextMask(attentionMask)), lastLayerRows: allRows ? undefined : 1 }); // [B,T|1,H]
-  const cls = tf.reshape(tf.slice(enc.out, [0, 0, 0], [b, 1, H]), [b, H]); // [B,H]
-  const textFeat = l2normalize(linear(p, 'text_projection', cls)) as tf.Tensor2D; // [B,E]
-  return { textOutput: enc.out, textFeat };
+  return { textOutput: enc.out, textFeat: textFeatOf(p, enc.out) };
 }
 
 /**
@@ -303,8 +319,42 @@ export function stage1Step(params: Params, config: Blip2Config, inputs: Stage1In
     const cross = reuse ? projectImage(p, config, imageEmbeds) : undefined; // per cross layer [B+K,P,H]
     const localEmbeds = () => (imageEmbeds.shape[0] === B ? imageEmbeds : (tf.slice(imageEmbeds, 0, B) as tf.Tensor3D));
 
-    const qp = queryPass(p, config, cross ? selectImages(cross, { begin: 0, size: B }) : projectImage(p, config, localEmbeds()), B);
-    const tp = textPass(p, config, inputs.inputIds, attentionRows, options.activations);
+    // With the negatives known up front, all four passes advance through the layers together (qformerLockstep);
+    // otherwise (negatives sampled from this step's ITC weights, activations asked for, the recompute baseline,
+    // a subset of objectives) they run one after another.
+    const positives = Array.from({ length: B }, (_, b) => b);
+    const decTensor = tf.tensor2d(decIds, [B, T], 'int32');
+    const itgSelfMask = () => maskTensor(maskRows(itgMask(attentionRows, Q), Q, Q + T)); // text rows [B,1,T,Q+T]
+    const itmInput = (negImage: number[], negIds: tf.Tensor2D, negMask: tf.Tensor2D) => {
+      const imageRows = tf.tensor1d([...positives, ...negImage, ...positives], 'int32');
+      const ids3 = tf.concat([inputs.inputIds, inputs.inputIds, negIds], 0) as tf.Tensor2D; // [3B,T]
+      const mask3 = tf.concat([inputs.attentionMask, inputs.attentionMask, negMask], 0) as tf.Tensor2D; // [3B,T]
+      return {
+        h: embeddings(p, config, queryTokens(p, 3 * B), ids3), // [3B,Q+T,H]
+        selfMask: maskTensor(itmMask(mask3.arraySync(), Q)), // [3B,1,Q+T,Q+T]
+        cross: cross ? selectImages(cross, imageRows) : projectImage(p, config, tf.gather(imageEmbeds, imageRows) as tf.Tensor3D),
+      };
+    };
+    let lockstep: { itmOut: tf.Tensor3D; itgOut: tf.Tensor3D } | undefined;
+    let qp: { queryOutput: tf.Tensor3D; kv?: KeyValue[]; imageFeats: tf.Tensor3D };
+    let tp: { textOutput: tf.Tensor3D; textFeat: tf.Tensor2D };
+    if ((options.lockstep ?? true) && cross && negs && objectives.size === 3 && !options.activations) {
+      negImageIndex = negs.negImageIndex ?? Array.from({ length: B }, (_, b) => B + b);
+      const itcQuery = queryPassInput(p, config, B);
+      const itm = itmInput(negImageIndex, negs.negTextIds, negs.negTextMask);
+      const [queryOutput, textOutput, itmOut, itgOut] = qformerLockstep(p, config, [
+        { h: itcQuery.h, queryLength: Q, selfMask: itcQuery.selfMask, cross: selectImages(cross, { begin: 0, size: B }) },
+        { h: embeddings(p, config, undefined, inputs.inputIds), queryLength: 0, selfMask: maskTensor(itcTextMask(attentionRows)), lastLayerRows: 1 },
+        { h: itm.h, queryLength: Q, selfMask: itm.selfMask, cross: itm.cross, lastLayerRows: Q },
+        { h: embeddings(p, config, undefined, decTensor), queryLength: 0, selfMask: itgSelfMask(), pastFrom: 0 },
+      ]) as [tf.Tensor3D, tf.Tensor3D, tf.Tensor3D, tf.Tensor3D];
+      qp = { queryOutput, imageFeats: imageFeatsOf(p, queryOutput) };
+      tp = { textOutput, textFeat: textFeatOf(p, textOutput) };
+      lockstep = { itmOut, itgOut };
+    } else {
+      qp = queryPass(p, config, cross ? selectImages(cross, { begin: 0, size: B }) : projectImage(p, config, localEmbeds()), B);
+      tp = textPass(p, config, inputs.inputIds, attentionRows, options.activations);
+    }
     keep('imageFeats', qp.imageFeats);
     keep('textFeat', tp.textFeat);
 
@@ -342,16 +392,13 @@ export function stage1Step(params: Params, config: Blip2Config, inputs: Stage1In
         negMask = tf.gather(inputs.attentionMask, idx) as tf.Tensor2D;
       }
       // 3B pairs: texts [pos ; pos ; neg], images [pos ; neg ; pos]; each image's keys/values are reused.
-      const positives = Array.from({ length: B }, (_, b) => b);
-      const imageRows = tf.tensor1d([...positives, ...negImageIndex, ...positives], 'int32');
-      const ids3 = tf.concat([inputs.inputIds, inputs.inputIds, negIds], 0) as tf.Tensor2D; // [3B,T]
-      const mask3 = tf.concat([inputs.attentionMask, inputs.attentionMask, negMask], 0) as tf.Tensor2D; // [3B,T]
-      const h = embeddings(p, config, queryTokens(p, 3 * B), ids3); // [3B,Q+T,H]
-      const selfMask = maskTensor(itmMask(mask3.arraySync(), Q)); // [3B,1,Q+T,Q+T]
-      const itmCross = cross ? selectImages(cross, imageRows) : projectImage(p, config, tf.gather(imageEmbeds, imageRows) as tf.Tensor3D);
       // Only the query rows of the last layer are read.
-      const enc = qformerEncoder(p, config, h, { queryLength: Q, selfMask, cross: itmCross, lastLayerRows: Q });
-      const queryOut = enc.out; // [3B,Q,H]
+      let queryOut: tf.Tensor3D;
+      if (lockstep) queryOut = lockstep.itmOut;
+      else {
+        const itm = itmInput(negImageIndex, negIds, negMask);
+        queryOut = qformerEncoder(p, config, itm.h, { queryLength: Q, selfMask: itm.selfMask, cross: itm.cross, lastLayerRows: Q }).out; // [3B,Q,H]
+      }
       const logits = tf.mean(linear(p, 'itm_head', queryOut), 1) as tf.Tensor2D; // [3B,2]
       keep('itmLogits', logits);
       const labels = tf.tensor1d([...positives.map(() => 1), ...positives.map(() => 0), ...positives.map(() => 0)], 'int32');
@@ -360,11 +407,8 @@ export function stage1Step(params: Params, config: Blip2Config, inputs: Stage1In
 
     if (objectives.has('itg')) {
       // Text rows attend to the cached query keys/values (all visible) and to causal, non-pad text.
-      const selfMask = maskTensor(maskRows(itgMask(attentionRows, Q), Q, Q + T)); // text rows [B,1,T,Q+T]
-      const decTensor = tf.tensor2d(decIds, [B, T], 'int32');
-      const h = embeddings(p, config, undefined, decTensor); // [B,T,H]
-      const enc = qformerEncoder(p, config, h, { queryLength: 0, selfMask, past: qp.kv }); // [B,T,H]
-      const flat = tf.reshape(enc.out, [B * T, H]) as tf.Tensor2D;
+      const out = lockstep ? lockstep.itgOut : qformerEncoder(p, config, embeddings(p, config, undefined, decTensor), { queryLength: 0, selfMask: itgSelfMask(), past: qp.kv }).out; // [B,T,H]
+      const flat = tf.reshape(out, [B * T, H]) as tf.Tensor2D;
       if (itgTargets.length) {
         const rows = tf.gather(flat, tf.tensor1d(itgRowIndex, 'int32')) as tf.Tensor2D; // [M,H]
         const logits = lmHead(p, config, rows); // [M,V]
