@@ -19,6 +19,7 @@ import { installWasmCpuFallbacks } from './engine/wasm-cpu-fallback';
 import { installWasmFused } from './engine/wasm-fused';
 import { installWasmIdentity } from './engine/wasm-identity';
 import { installWasmOneHot } from './engine/wasm-one-hot';
+import { installWasmSlice } from './engine/wasm-slice';
 import { batchMatMulGradConfig, installWasmMatMul } from './engine/wasm-matmul';
 import { installWasmSegmentSum } from './engine/wasm-segment-sum';
 import { installWasmSum } from './engine/wasm-sum';
@@ -162,6 +163,7 @@ async function tryWasm(options: ResolvedEngineOptions): Promise<EngineInfo | und
     }
     installWasmSegmentSum(blas);
     installWasmIdentity();
+    installWasmSlice();
     installWasmOneHot();
     installWasmCpuFallbacks();
     return { name: 'wasm', threads: actual, matmul: blas ? 'openblas' : 'xnnpack' };

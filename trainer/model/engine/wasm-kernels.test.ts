@@ -128,3 +128,29 @@ test('an allocation the 4 GiB wasm heap cannot hold fails with a clear error, an
   expect(t.dataSync()[999]).toBe(2);
   t.dispose();
 });
+
+test('Slice and SplitV copy only their part, equal to the cpu backend (float32, int32, bool; every axis)', async () => {
+  const x = tf.randomNormal([3, 5, 4, 6], 0, 1, 'float32', 40);
+  const xi = tf.tensor3d(Array.from({ length: 60 }, (_, i) => i - 7), [3, 4, 5], 'int32');
+  const xb = tf.tensor2d(Array.from({ length: 12 }, (_, i) => i % 3 === 0), [3, 4], 'bool');
+  const [wasm, cpu] = await onBoth(async () => {
+    const out = [
+      tf.slice(x, [1, 0, 0, 0], [2, 5, 4, 6]), // whole trailing axes: one block
+      tf.slice(x, [0, 2, 1, 0], [3, 2, 3, 6]),
+      tf.slice(x, [0, 0, 0, 5], [3, 5, 4, 1]), // last axis only
+      tf.slice(x, [2, 4, 3, 2], [1, 1, 1, 3]),
+      tf.slice(x, [0, 1, 0, 0], [3, 0, 4, 6]), // empty
+      tf.slice(xi, [1, 1, 2], [2, 3, 2]),
+      tf.slice(xb, [1, 1], [2, 2]),
+      ...tf.split(x, [1, 3, 1], 1),
+      ...tf.split(x, 3, 0),
+      ...tf.split(xi, [2, 3], 2),
+      ...tf.split(x, [2, 4], 3),
+    ];
+    const values = out.map((t) => ({ dtype: t.dtype, shape: t.shape, data: Array.from(t.dataSync() as ArrayLike<number>) }));
+    tf.dispose(out);
+    return values;
+  });
+  expect(wasm).toEqual(cpu);
+  tf.dispose([x, xi, xb]);
+});
