@@ -3,7 +3,8 @@
  * ITC + ITM + ITG) of the Q-Former, fed a fixed random ViT output [B, 257, Dv] (the frozen ViT is excluded), text
  * length 32. Baselines measured in the same run: the same step recomputing every image's cross-attention
  * keys/values per pass and per ITM row as the original does (`reuseImageKeyValues: false`), and a plain matmul
- * GFLOP/s probe. Prints the median of each and, as its last line, `step_ms <median>`.
+ * GFLOP/s probe, and the step with its four passes run one after another instead of in lockstep. Prints the median
+ * of each and, as its last line, `step_ms <median>`.
  */
 import { Command, Option } from 'commander';
 import {
@@ -27,8 +28,9 @@ const program = new Command('bench:step')
   .option('--text-len <n>', 'caption length in tokens (max_txt_len)', '32')
   .option('--iters <n>', 'timed steps per variant (after one warm-up step)', '3')
   .option('--no-baseline', 'skip the recompute-keys/values baseline step')
+  .option('--no-sequential', 'skip the variant that runs the four passes one after another (lockstep off)')
   .parse();
-const opts = program.opts<{ preset: string; batch: string; textLen: string; iters: string; baseline: boolean }>();
+const opts = program.opts<{ preset: string; batch: string; textLen: string; iters: string; baseline: boolean; sequential: boolean }>();
 
 const positiveInt = (flag: string, v: string) => {
   const n = Number(v);
@@ -109,9 +111,13 @@ if (opts.baseline) {
   baselineMs = median(naive.ms);
   console.log(`baseline (keys/values recomputed per pass, as the original): median ${fmt(baselineMs)} ms [${naive.ms.map(fmt).join(', ')}], loss ${naive.loss.toFixed(6)}`);
 }
+if (opts.sequential) {
+  const seq = timeStep({ lockstep: false });
+  console.log(`passes one after another (keys/values shared, lockstep off): median ${fmt(median(seq.ms))} ms [${seq.ms.map(fmt).join(', ')}], loss ${seq.loss.toFixed(6)}`);
+}
 const fast = timeStep({});
 const stepMs = median(fast.ms);
-console.log(`step (keys/values shared): median ${fmt(stepMs)} ms [${fast.ms.map(fmt).join(', ')}], loss ${fast.loss.toFixed(6)}`);
+console.log(`step (keys/values shared, passes in lockstep): median ${fmt(stepMs)} ms [${fast.ms.map(fmt).join(', ')}], loss ${fast.loss.toFixed(6)}`);
 if (baselineMs !== undefined) console.log(`ratio baseline/step: ${(baselineMs / stepMs).toFixed(2)}×`);
 const target = opts.preset === 'small' ? 550 : opts.preset === 'tiny' ? undefined : 7600;
 if (target) console.log(`ratio PyTorch-CPU reference (${target} ms, measured elsewhere) / step: ${(target / stepMs).toFixed(2)}×`);
