@@ -1,6 +1,6 @@
 import { beforeAll, describe, expect, test } from 'vitest';
 import { attention, gelu, initEngine, layerNorm, splitHeads, mergeHeads, tf } from './index';
-import { crossEntropySum } from './layers';
+import { crossEntropySum, linear } from './layers';
 import { fusedOps, withoutFusedOps } from './engine/wasm-fused';
 
 beforeAll(async () => {
@@ -78,5 +78,22 @@ describe('layers', () => {
       const ref = mergeHeads(tf.matMul(tf.softmax(scores), splitHeads(v, 2)));
       expect(maxAbsDiff(ours, ref)).toBe(0);
     });
+  });
+
+  test('the fused Linear (bias written first, GEMM adds to it) equals matmul + add, values and gradients bit for bit', () => {
+    const before = tf.memory().numTensors;
+    tf.tidy(() => {
+      const x = tf.randomNormal([3, 37, 48], 0, 1, 'float32', 21);
+      const w = tf.randomNormal([40, 48], 0, 0.2, 'float32', 22);
+      const b = tf.randomNormal([40], 0, 0.5, 'float32', 23);
+      const up = tf.randomNormal([3, 37, 40], 0, 1, 'float32', 24);
+      const fn = (xi: tf.Tensor, wi: tf.Tensor, bi: tf.Tensor) => tf.sum(tf.mul(linear(new Map([['l.weight', wi], ['l.bias', bi]]), 'l', xi), up));
+      const fused = tf.grads(fn)([x, w, b]);
+      const composed = withoutFusedOps(() => tf.grads(fn)([x, w, b]));
+      const params = new Map([['l.weight', w], ['l.bias', b]]);
+      expect(Array.from(linear(params, 'l', x).dataSync())).toEqual(Array.from(withoutFusedOps(() => linear(params, 'l', x)).dataSync()));
+      fused.forEach((g, i) => expect(Array.from(g.dataSync()), `gradient ${i}`).toEqual(Array.from(composed[i]!.dataSync())));
+    });
+    expect(tf.memory().numTensors).toBe(before);
   });
 });

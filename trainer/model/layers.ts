@@ -20,8 +20,13 @@ export function linear(params: Params, prefix: string, x: tf.Tensor): tf.Tensor 
   const b = params.get(`${prefix}.bias`);
   const lead = x.shape.slice(0, -1);
   const x2 = tf.reshape(x, [-1, x.shape[x.shape.length - 1]!]); // [N, in]
-  let y = tf.matMul(x2, w, false, true); // [N, out]
-  if (b) y = tf.add(y, b);
+  const fused = fusedOps();
+  let y: tf.Tensor;
+  if (fused && b && b.rank === 1 && x2.shape[0]! > 0) y = fused.linear(x2 as tf.Tensor2D, w as tf.Tensor2D, b as tf.Tensor1D);
+  else {
+    y = tf.matMul(x2, w, false, true); // [N, out]
+    if (b) y = tf.add(y, b);
+  }
   return tf.reshape(y, [...lead, w.shape[0]!]);
 }
 

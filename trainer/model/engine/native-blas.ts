@@ -27,6 +27,8 @@ export interface NativeBlas {
     batch: number,
     strideA: number,
     strideB: number,
+    /** 0 (default): out is written; 1: the product is added to what out holds. */
+    beta?: number,
   ): void;
   setThreads(threads: number): void;
   getThreads(): number;

@@ -120,6 +120,8 @@ const run = (name: string, inputs: tf.NamedTensorMap, attrs: tf.NamedAttrMap = {
   tf.engine().runKernel(name, inputs as never, attrs) as tf.Tensor | tf.Tensor[];
 
 export interface FusedOps {
+  /** torch.nn.Linear on rows: x [N, in], w [out, in], b [out] -> x·wᵀ + b, one GEMM writing over the bias. */
+  linear(x: tf.Tensor2D, w: tf.Tensor2D, b: tf.Tensor1D): tf.Tensor2D;
   /** 0.5·x·(1 + erf(x/√2)), exact-erf GELU. */
   gelu(x: tf.Tensor): tf.Tensor;
   /** LayerNorm over the last axis (biased variance, eps inside the root); gamma, beta [C]. */
@@ -178,7 +180,20 @@ function makeOps(): FusedOps {
     return op(logits);
   };
 
-  return { gelu, layerNorm: (x, gamma, beta, eps) => layerNormOf(eps)(x, gamma, beta), crossEntropyRows };
+  // The gradient is the composed one's: dx = dy·w, dw = dyᵀ·x (the BatchMatMul gradient's GEMMs), db = Σ_rows dy.
+  const linear = tf.customGrad(((x: tf.Tensor, w: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) => {
+    save([x, w]);
+    const y = run('_FusedMatMul', { a: x, b: w, bias: b }, { transposeA: false, transposeB: true, activation: 'linear' }) as tf.Tensor;
+    return {
+      value: y,
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+        const [xs, ws] = saved as [tf.Tensor, tf.Tensor];
+        return [tf.matMul(dy, ws), tf.matMul(dy, xs, true, false), tf.sum(dy, 0)];
+      },
+    };
+  }) as unknown as Parameters<typeof tf.customGrad>[0]) as unknown as FusedOps['linear'];
+
+  return { linear, gelu, layerNorm: (x, gamma, beta, eps) => layerNormOf(eps)(x, gamma, beta), crossEntropyRows };
 }
 
 /**

@@ -272,6 +272,32 @@ function activate(
 }
 
 /**
+ * x·op(w) + bias for 2-D x and w and a bias [N] (a Linear layer) in one pass: the bias is written into every output
+ * row, then OpenBLAS adds the product to it (beta = 1), which is the same single float addition per element as a
+ * separate Add, without a second pass over the output. Undefined for any other case.
+ */
+function blasLinear(backend: WasmBackend, inputs: tf.NamedTensorInfoMap, transposeA: boolean, transposeB: boolean): tf.TensorInfo | undefined {
+  const { a, b, bias } = inputs;
+  if (!a || !b || !bias || transposeA || inputs.preluActivationWeights) return undefined;
+  if (a.shape.length !== 2 || b.shape.length !== 2 || bias.shape.length !== 1) return undefined;
+  if (a.dtype !== 'float32' || b.dtype !== 'float32' || bias.dtype !== 'float32') return undefined;
+  const [m, k] = a.shape as [number, number];
+  const kb = transposeB ? b.shape[1]! : b.shape[0]!;
+  const n = transposeB ? b.shape[0]! : b.shape[1]!;
+  if (k !== kb || bias.shape[0] !== n || m * n * k === 0) return undefined;
+  const out = backend.makeOutput([m, n], 'float32');
+  const heap = heapF32(backend); // after makeOutput: it may have grown the heap
+  const outAt = dataOf(backend, out).memoryOffset / 4;
+  const biasAt = dataOf(backend, bias).memoryOffset / 4;
+  const row = heap.subarray(biasAt, biasAt + n);
+  for (let r = 0; r < m; r++) heap.set(row, outAt + r * n);
+  const aAt = dataOf(backend, a).memoryOffset / 4;
+  const bAt = dataOf(backend, b).memoryOffset / 4;
+  blas!.sgemm(heap.subarray(aAt, aAt + m * k), heap.subarray(bAt, bAt + k * n), heap.subarray(outAt, outAt + m * n), m, n, k, false, transposeB, 1, 0, 0, 1);
+  return out;
+}
+
+/**
  * `_FusedMatMul` (matmul + bias + activation) as our BatchMatMul, then the backend's Add and activation kernels.
  * The stock fused kernel is not used: on its scalar path it adds the bias by flat output position instead of by
  * column, and its XNNPACK path caches packed weights under b's id (see above).
@@ -285,6 +311,8 @@ const fusedMatMul: tf.KernelFunc = (args) => {
     activation: string;
     leakyreluAlpha?: number;
   };
+  const biased = blas && (activation ?? 'linear') === 'linear' ? blasLinear(backend, inputs, transposeA, transposeB) : undefined;
+  if (biased) return biased;
   let out = batchMatMul({ inputs: { a: inputs.a!, b: inputs.b! }, backend, attrs: { transposeA, transposeB } });
   if (inputs.bias) {
     const biased = runWasmKernel('Add', { a: out, b: inputs.bias }, backend);

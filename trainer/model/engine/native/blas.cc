@@ -23,16 +23,19 @@ static bool floats(napi_env env, napi_value v, float** data, size_t* length) {
   return true;
 }
 
-// sgemm(a, b, out, m, n, k, transposeA, transposeB, batch, strideA, strideB): for each batch i,
-// out[i] (m×n) = op(a[i·strideA]) (m×k) · op(b[i·strideB]) (k×n); a stride of 0 broadcasts one matrix.
+// sgemm(a, b, out, m, n, k, transposeA, transposeB, batch, strideA, strideB[, beta]): for each batch i,
+// out[i] (m×n) = op(a[i·strideA]) (m×k) · op(b[i·strideB]) (k×n) + beta·out[i]; a stride of 0 broadcasts one
+// matrix; beta defaults to 0 (out is only written), 1 adds the product to what out holds (a bias put there first).
 static napi_value Sgemm(napi_env env, napi_callback_info info) {
-  size_t argc = 11;
-  napi_value argv[11];
+  size_t argc = 12;
+  napi_value argv[12];
   CHECK(napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
-  if (argc != 11) {
-    napi_throw_type_error(env, nullptr, "blas.sgemm takes 11 arguments");
+  if (argc != 11 && argc != 12) {
+    napi_throw_type_error(env, nullptr, "blas.sgemm takes 11 or 12 arguments");
     return nullptr;
   }
+  double beta = 0;
+  if (argc == 12) CHECK(napi_get_value_double(env, argv[11], &beta));
   float *a, *b, *c;
   size_t la, lb, lc;
   if (!floats(env, argv[0], &a, &la) || !floats(env, argv[1], &b, &lb) || !floats(env, argv[2], &c, &lc)) {
@@ -56,7 +59,7 @@ static napi_value Sgemm(napi_env env, napi_callback_info info) {
   }
   for (int64_t i = 0; i < batch; i++) {
     cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m, n, k, 1.0f,
-                a + i * strideA, ta ? m : k, b + i * strideB, tb ? k : n, 0.0f, c + i * m * n, n);
+                a + i * strideA, ta ? m : k, b + i * strideB, tb ? k : n, static_cast<float>(beta), c + i * m * n, n);
   }
   return nullptr;
 }
