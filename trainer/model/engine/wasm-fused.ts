@@ -209,17 +209,35 @@ function addKernel(blas: NativeBlas, stock: tf.KernelConfig): tf.KernelFunc {
     const outShape = tf.backend_util.assertAndGetBroadcastShape(a.shape, b.shape);
     const [big, small] = tf.util.arraysEqual(a.shape, outShape) ? [a, b] : tf.util.arraysEqual(b.shape, outShape) ? [b, a] : [];
     if (!big || !small) return stock.kernelFunc(args);
-    let lead = 0;
-    while (lead < small.shape.length && small.shape[lead] === 1) lead++;
-    const trailing = small.shape.slice(lead);
     const n = size(outShape);
-    if (!trailing.length || n === 0 || !tf.util.arraysEqual(trailing, outShape.slice(outShape.length - trailing.length))) {
-      return stock.kernelFunc(args);
+    if (n === 0) return stock.kernelFunc(args);
+    // small, left-padded with 1s to the output's rank, as [P, 1, S] against the output's [P, M, S]: axes equal to the
+    // output's (prefix P), then axes of size 1 (broadcast, M), then axes equal again (suffix S). Covers biases
+    // ([N, C] + [C]), the query tokens and attention masks ([B, n, Sq, Sk] + [B, 1, Sq, Sk] or [B, 1, 1, Sk]).
+    const rank = outShape.length;
+    const sm = [...new Array<number>(rank - small.shape.length).fill(1), ...small.shape];
+    let i = 0;
+    while (i < rank && sm[i] === outShape[i]) i++;
+    let j = i;
+    while (j < rank && sm[j] === 1) j++;
+    if (sm.slice(j).some((d, t) => d !== outShape[j + t])) return stock.kernelFunc(args);
+    const prefix = size(outShape.slice(0, i));
+    const middle = size(outShape.slice(i, j));
+    const suffix = size(outShape.slice(j));
+    if (middle === 1 && prefix > 1) {
+      // same shape (or only size-1 axes differ): one pass
+      const out = backend.makeOutput([...outShape], 'float32');
+      const [bigV, smallV, outV] = views(backend, big, small, out);
+      blas.addRows(bigV!, smallV!, outV!, 1, n);
+      return out;
     }
-    const cols = size(trailing);
+    if (suffix === 1 || prefix * middle * suffix !== n) return stock.kernelFunc(args);
     const out = backend.makeOutput([...outShape], 'float32');
     const [bigV, smallV, outV] = views(backend, big, small, out);
-    blas.addRows(bigV!, smallV!, outV!, n / cols, cols);
+    const block = middle * suffix;
+    for (let p = 0; p < prefix; p++) {
+      blas.addRows(bigV!.subarray(p * block, (p + 1) * block), smallV!.subarray(p * suffix, (p + 1) * suffix), outV!.subarray(p * block, (p + 1) * block), middle, suffix);
+    }
     return out;
   };
 }

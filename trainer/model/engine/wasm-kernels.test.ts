@@ -89,13 +89,18 @@ test('oneHot with a float32 output and fractional on/off values equals the cpu b
   ids.dispose();
 });
 
-test('Add on the addon (same shape, trailing-axis broadcasts either side) and Transpose by moving size-1 axes equal the cpu backend bit for bit', async () => {
+test('Add on the addon (same shape, broadcasts over leading or middle axes, either side) and Transpose by moving size-1 axes equal the cpu backend bit for bit', async () => {
   const pairs: [number[], number[]][] = [
     [[300, 257], [257]], // bias, enough elements for the threaded path
     [[7], [3, 5, 7]], // small on the left
     [[4, 32, 16], [1, 32, 16]], // the query-token broadcast
     [[123, 456], [123, 456]], // same shape
+    [[5, 3, 4, 7], [5, 1, 4, 7]], // attention mask over heads
+    [[5, 3, 4, 7], [5, 1, 1, 7]], // key mask over heads and query rows
+    [[1, 9], [9]],
+    [[4, 1, 6], [4, 1, 6]],
     [[6, 5], [6, 1]], // not a trailing broadcast: stock kernel
+    [[2, 3, 4], [1, 3, 1]], // stock kernel
     [[2, 3], []], // scalar: stock kernel
   ];
   const inputs = pairs.map(([sa, sb], i) => [tf.randomNormal(sa, 0, 1, 'float32', 10 + i), tf.randomNormal(sb, 0, 1, 'float32', 20 + i)] as const);
