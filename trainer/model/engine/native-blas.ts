@@ -37,6 +37,7 @@ export interface NativeBlas {
   geluBackward(x: Float32Array, dy: Float32Array, dx: Float32Array, n: number): void;
   layerNormForward(x: Float32Array, gamma: Float32Array, beta: Float32Array, y: Float32Array, xhat: Float32Array, rstd: Float32Array, rows: number, cols: number, eps: number): void;
   layerNormBackward(dy: Float32Array, xhat: Float32Array, rstd: Float32Array, gamma: Float32Array, dx: Float32Array, dgamma: Float32Array, dbeta: Float32Array, rows: number, cols: number): void;
+  softmaxForward(x: Float32Array, y: Float32Array, rows: number, cols: number): void;
   softmaxBackward(y: Float32Array, dy: Float32Array, dx: Float32Array, rows: number, cols: number): void;
   /** `weights`: an empty array when every row counts 1. */
   crossEntropyForward(logits: Float32Array, targets: Int32Array, weights: Float32Array, loss: Float32Array, rows: number, cols: number, smoothing: number): void;

@@ -274,6 +274,24 @@ export function installWasmFused(blas: NativeBlas): void {
   if (!stockAdd) throw new Error('the wasm backend has no Add kernel to replace');
   tf.unregisterKernel(tf.Add, 'wasm');
   tf.registerKernel({ kernelName: tf.Add, backendName: 'wasm', kernelFunc: addKernel(blas, stockAdd) });
+  const stockSoftmax = tf.getKernel(tf.Softmax, 'wasm');
+  if (!stockSoftmax) throw new Error('the wasm backend has no Softmax kernel to replace');
+  tf.unregisterKernel(tf.Softmax, 'wasm');
+  tf.registerKernel({
+    kernelName: tf.Softmax,
+    backendName: 'wasm',
+    kernelFunc: (args) => {
+      const logits = args.inputs.logits!;
+      const { dim } = args.attrs as unknown as { dim: number };
+      const backend = args.backend as WasmBackend;
+      if (logits.dtype !== 'float32' || (dim !== -1 && dim !== logits.shape.length - 1) || size(logits.shape) === 0) return stockSoftmax.kernelFunc(args);
+      const { rows, cols } = lastAxis(logits.shape);
+      const out = backend.makeOutput([...logits.shape], 'float32');
+      const [xv, yv] = views(backend, logits, out);
+      blas.softmaxForward(xv!, yv!, rows, cols);
+      return out;
+    },
+  });
   const stockGather = tf.getKernel(tf.GatherV2, 'wasm');
   if (!stockGather) throw new Error('the wasm backend has no GatherV2 kernel to replace');
   tf.unregisterKernel(tf.GatherV2, 'wasm');

@@ -134,7 +134,7 @@ test('an allocation the 4 GiB wasm heap cannot hold fails with a clear error, an
   t.dispose();
 });
 
-test('Slice and SplitV copy only their part, equal to the cpu backend (float32, int32, bool; every axis)', async () => {
+test('Slice, SplitV and PadV2 copy only what they must, equal to the cpu backend (float32, int32, bool; every axis)', async () => {
   const x = tf.randomNormal([3, 5, 4, 6], 0, 1, 'float32', 40);
   const xi = tf.tensor3d(Array.from({ length: 60 }, (_, i) => i - 7), [3, 4, 5], 'int32');
   const xb = tf.tensor2d(Array.from({ length: 12 }, (_, i) => i % 3 === 0), [3, 4], 'bool');
@@ -151,6 +151,9 @@ test('Slice and SplitV copy only their part, equal to the cpu backend (float32, 
       ...tf.split(x, 3, 0),
       ...tf.split(xi, [2, 3], 2),
       ...tf.split(x, [2, 4], 3),
+      tf.pad(x, [[1, 0], [0, 2], [0, 0], [3, 1]], 0.5),
+      tf.pad(x, [[0, 0], [0, 0], [1, 1], [0, 0]]),
+      tf.pad(xi, [[2, 1], [0, 0], [0, 3]], -4),
     ];
     const values = out.map((t) => ({ dtype: t.dtype, shape: t.shape, data: Array.from(t.dataSync() as ArrayLike<number>) }));
     tf.dispose(out);
@@ -158,4 +161,19 @@ test('Slice and SplitV copy only their part, equal to the cpu backend (float32, 
   });
   expect(wasm).toEqual(cpu);
   tf.dispose([x, xi, xb]);
+});
+
+test('Softmax on the addon equals the cpu backend to float accuracy (masked rows of -10000 included)', async () => {
+  const x = tf.add(tf.randomNormal([3, 4, 5, 33], 0, 4, 'float32', 50), tf.mul(tf.cast(tf.greater(tf.randomUniform([3, 1, 1, 33], 0, 1, 'float32', 51), 0.7), 'float32'), -10000));
+  const [wasm, cpu] = await onBoth(async () => {
+    const y = tf.softmax(x);
+    const values = Array.from(y.dataSync());
+    y.dispose();
+    return values;
+  });
+  expect(wasm.length).toBe(cpu.length);
+  let worst = 0;
+  wasm.forEach((v, i) => (worst = Math.max(worst, Math.abs(v - cpu[i]!))));
+  expect(worst).toBeLessThan(3e-7);
+  x.dispose();
 });

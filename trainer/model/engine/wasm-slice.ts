@@ -2,7 +2,8 @@
  * Slice and SplitV for tfjs `wasm` that copy only what they return. The stock kernels (tfjs-backend-wasm 4.22
  * kernels/Slice.ts) start with `backend.readSync(x)`, which copies the *whole* input out of the heap into a new
  * JS buffer, and SplitV slices once per piece: splitting a [2304, 256] tensor in four copied it four times over
- * (2 ms). Here a slice is a run of contiguous blocks copied inside the heap (`copyWithin`, a memmove).
+ * (2 ms). Here a slice is a run of contiguous blocks copied inside the heap (`copyWithin`, a memmove); PadV2
+ * (the gradient of a slice) is a fill and the same copy the other way.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { dataOf, type WasmBackend } from './wasm-backend';
@@ -11,26 +12,28 @@ import { dataOf, type WasmBackend } from './wasm-backend';
  * Copies the slice `begin`/`size` of a tensor of `shape` at byte offset `src` to byte offset `dst` (dense), for
  * elements of `bytes` bytes. Trailing axes taken whole merge into one contiguous block per index of the others.
  */
-function copySlice(heap: Uint8Array, src: number, dst: number, shape: number[], begin: number[], size: number[], bytes: number): void {
+function copySlice(heap: Uint8Array, src: number, dst: number, shape: number[], begin: number[], size: number[], bytes: number, into = false): void {
   const rank = shape.length;
   if (size.some((d) => d === 0)) return;
   if (rank === 0) {
     heap.copyWithin(dst, src, src + bytes);
     return;
   }
+  // into: the reverse, a dense block at `src` written into the slice of a tensor of `shape` at `dst` (PadV2).
   const stride = [...tf.util.computeStrides(shape), 1].map((e) => e * bytes); // bytes per step of each axis
   let k = rank - 1; // innermost axis not taken whole: a block is size[k] steps of it (whole axes after it)
   while (k > 0 && size[k] === shape[k]) k--;
   const blockBytes = size[k]! * stride[k]!;
-  const base = src + begin.reduce((acc, b, d) => acc + b * stride[d]!, 0);
+  const base = (into ? dst : src) + begin.reduce((acc, b, d) => acc + b * stride[d]!, 0);
   const count = size.slice(0, k).reduce((p, d) => p * d, 1);
   const index = new Array<number>(k).fill(0);
-  let out = dst;
+  let dense = into ? src : dst;
   for (let n = 0; n < count; n++) {
-    let from = base;
-    for (let d = 0; d < k; d++) from += index[d]! * stride[d]!;
-    heap.copyWithin(out, from, from + blockBytes);
-    out += blockBytes;
+    let at = base;
+    for (let d = 0; d < k; d++) at += index[d]! * stride[d]!;
+    if (into) heap.copyWithin(at, dense, dense + blockBytes);
+    else heap.copyWithin(dense, at, at + blockBytes);
+    dense += blockBytes;
     for (let d = k - 1; d >= 0; d--) {
       if (++index[d]! < size[d]!) break;
       index[d] = 0;
@@ -74,6 +77,24 @@ function splitKernel(stock: tf.KernelConfig): tf.KernelFunc {
   };
 }
 
+function padKernel(stock: tf.KernelConfig): tf.KernelFunc {
+  return (args) => {
+    const x = args.inputs.x!;
+    if (x.dtype !== 'float32' && x.dtype !== 'int32') return stock.kernelFunc(args);
+    const backend = args.backend as WasmBackend;
+    const { paddings, constantValue } = args.attrs as unknown as { paddings: [number, number][]; constantValue: number };
+    const outShape = x.shape.map((d, i) => paddings[i]![0] + d + paddings[i]![1]);
+    const out = backend.makeOutput(outShape, x.dtype);
+    const at = dataOf(backend, out).memoryOffset;
+    const n = outShape.reduce((p, d) => p * d, 1);
+    const buffer = backend.wasm.HEAPU8.buffer;
+    if (x.dtype === 'float32') new Float32Array(buffer, at, n).fill(constantValue);
+    else new Int32Array(buffer, at, n).fill(constantValue);
+    copySlice(backend.wasm.HEAPU8, dataOf(backend, x).memoryOffset, at, outShape, paddings.map((p) => p[0]), [...x.shape], 4, true);
+    return out;
+  };
+}
+
 let installed = false;
 
 export function installWasmSlice(): void {
@@ -81,6 +102,7 @@ export function installWasmSlice(): void {
   for (const [name, make] of [
     [tf.Slice, sliceKernel],
     [tf.SplitV, splitKernel],
+    [tf.PadV2, padKernel],
   ] as const) {
     const stock = tf.getKernel(name, 'wasm');
     if (!stock) throw new Error(`the wasm backend has no ${name} kernel to replace`);

@@ -260,6 +260,34 @@ napi_value LayerNormBackward(napi_env env, napi_callback_info info) {
   return nullptr;
 }
 
+// softmaxForward(x, y, rows, cols): y = exp(x - max)/Σ exp(x - max) over each row.
+napi_value SoftmaxForward(napi_env env, napi_callback_info info) {
+  Args a(env, info, 4, "softmaxForward");
+  const int64_t rows = a.integer(2), cols = a.integer(3);
+  const size_t n = rows * cols;
+  const float* x = a.floats(0, n, "x");
+  float* y = a.floats(1, n, "y");
+  if (!a.ok) return nullptr;
+#pragma omp parallel for schedule(static) if (static_cast<int64_t>(n) >= kParallelMin)
+  for (int64_t r = 0; r < rows; r++) {
+    const float* xr = x + r * cols;
+    float* yr = y + r * cols;
+    float mx = xr[0];
+    for (int64_t c = 1; c < cols; c++) mx = std::max(mx, xr[c]);
+    float sum = 0;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t c = 0; c < cols; c++) {
+      const float e = expApprox(xr[c] - mx);
+      yr[c] = e;
+      sum += e;
+    }
+    const float inv = 1.0f / sum;
+#pragma omp simd
+    for (int64_t c = 0; c < cols; c++) yr[c] *= inv;
+  }
+  return nullptr;
+}
+
 // softmaxBackward(y, dy, dx, rows, cols): dx = y·(dy - Σ_c dy·y), the gradient of a softmax over the last axis.
 napi_value SoftmaxBackward(napi_env env, napi_callback_info info) {
   Args a(env, info, 5, "softmaxBackward");
@@ -493,6 +521,7 @@ bool RegisterKernels(napi_env env, napi_value exports) {
       {"geluBackward", nullptr, GeluBackward, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"layerNormForward", nullptr, LayerNormForward, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"layerNormBackward", nullptr, LayerNormBackward, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"softmaxForward", nullptr, SoftmaxForward, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"softmaxBackward", nullptr, SoftmaxBackward, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"crossEntropyForward", nullptr, CrossEntropyForward, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"crossEntropyBackward", nullptr, CrossEntropyBackward, nullptr, nullptr, nullptr, napi_default, nullptr},
