@@ -54,6 +54,13 @@ test.runIf(fs.existsSync(NATIVE_BLAS_PATH))('the fused kernels: erf and exp accu
   let expErr = 0;
   for (let i = 0; i < n; i++) if (libm[i]! > 1e-37) expErr = Math.max(expErr, Math.abs(ours[i]! - libm[i]!) / libm[i]!);
   expect(expErr).toBeLessThan(3e-7);
+  // below -87: 0, not a denormal
+  const low = new Float32Array([-87.5, -100, -1e4, -Infinity]);
+  const lowOut = new Float32Array(4).fill(1);
+  blas!.approx(1, low, lowOut, 4);
+  expect(Array.from(lowOut)).toEqual([0, 0, 0, 0]);
+  blas!.approx(1, new Float32Array([NaN]), lowOut, 1);
+  expect(lowOut[0]).toBeNaN(); // a diverged logit stays visible
   // GELU at a few points against 0.5·x·(1 + erf(x/√2)) from libm
   const g = new Float32Array([-9, -3, -0.5, 0, 0.5, 3, 9]);
   const y = new Float32Array(g.length);

@@ -44,9 +44,9 @@ inline float erfApprox(float x) {
 }
 
 // exp(x) for float, vectorisable (Cephes expf: range reduction by ln 2, degree-6 polynomial); relative error
-// < 2 ulp; inputs below -87.3 give ~1e-38 instead of 0.
-inline float expApprox(float x) {
-  x = std::min(88.3762626647949f, std::max(-87.3f, x));
+// < 2 ulp; 0 below -87 (where expf's result is denormal or 0).
+inline float expApprox(float in) {
+  float x = std::min(88.3762626647949f, std::max(-87.3f, in));
   // fx = x·log2(e) rounded to the nearest integer by the 1.5·2^23 trick (floorf is vectorised only under
   // -ffast-math, which this file does not use, so the addition and subtraction are kept as written).
   const float fx = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
@@ -61,7 +61,10 @@ inline float expApprox(float x) {
   y = y * x + 1.6666665459e-1f;
   y = y * x + 5.0000001201e-1f;
   y = y * z + x + 1.0f;
-  return y * __builtin_bit_cast(float, (n + 127) << 23);
+  // Below -87 the result would be (or round to) a denormal; 0 instead, as expf underflows: denormals flowing
+  // into the matmuls downstream (masked attention probabilities) slow them tenfold.
+  const float r = in < -87.0f ? 0.0f : y * __builtin_bit_cast(float, (n + 127) << 23);
+  return in == in ? r : in;  // NaN stays NaN (the clamps above would turn it into a number)
 }
 
 struct Floats {
