@@ -97,3 +97,28 @@ describe('layers', () => {
     expect(tf.memory().numTensors).toBe(before);
   });
 });
+
+describe('fused attention', () => {
+  test('heads as column blocks equal split-heads attention: values and gradients, [B,S,H] and pre-split keys/values, masked', () => {
+    const before = tf.memory().numTensors;
+    tf.tidy(() => {
+      const B = 3, Sq = 5, Sk = 7, n = 2, d = 64, H = n * d;
+      const q = tf.randomNormal([B, Sq, H], 0, 1, 'float32', 31);
+      const k = tf.randomNormal([B, Sk, H], 0, 1, 'float32', 32);
+      const v = tf.randomNormal([B, Sk, H], 0, 1, 'float32', 33);
+      const kSplit = splitHeads(tf.randomNormal([B, Sk, H], 0, 1, 'float32', 34), n);
+      const vSplit = splitHeads(tf.randomNormal([B, Sk, H], 0, 1, 'float32', 35), n);
+      const mask = tf.mul(tf.cast(tf.greater(tf.randomUniform([B, 1, Sq, Sk], 0, 1, 'float32', 36), 0.7), 'float32'), -10000);
+      const up = tf.randomNormal([B, Sq, H], 0, 1, 'float32', 37);
+      const cases: [tf.Tensor, tf.Tensor, tf.Tensor | undefined][] = [[k, v, mask], [kSplit, vSplit, undefined], [k, v, undefined]];
+      for (const [kk, vv, m] of cases) {
+        const fn = (qi: tf.Tensor, ki: tf.Tensor, vi: tf.Tensor) => tf.sum(tf.mul(attention(qi, ki, vi, n, m), up));
+        const fused = tf.valueAndGrads(fn)([q, kk, vv]);
+        const composed = withoutFusedOps(() => tf.valueAndGrads(fn)([q, kk, vv]));
+        expect(maxAbsDiff(fused.value, composed.value)).toBeLessThan(1e-4);
+        fused.grads.forEach((g, i) => expect(maxAbsDiff(g, composed.grads[i]!), `gradient ${i}`).toBeLessThan(1e-5));
+      }
+    });
+    expect(tf.memory().numTensors).toBe(before);
+  });
+});

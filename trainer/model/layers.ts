@@ -114,6 +114,13 @@ export function mergeHeads(x: tf.Tensor): tf.Tensor3D {
  * Scores are (q·kᵀ)/sqrt(d) + mask, as BertSelfAttention. Returns [B,Sq,H].
  */
 export function attention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, numHeads: number, additiveMask?: tf.Tensor): tf.Tensor3D {
+  const fused = fusedOps();
+  const d = q.shape[2]! / numHeads;
+  // Heads as column blocks of [B,S,H] on the addon (no split/merge transposes), when scaling by 1/√d is exact
+  // (√d a power of two: d = 64 in BERT-base and the small preset), so the numbers are those of the path below.
+  if (fused && q.rank === 3 && Number.isInteger(Math.log2(Math.sqrt(d))) && k.shape[0] === q.shape[0] && v.shape[0] === q.shape[0]) {
+    return fused.attention(q as tf.Tensor3D, k, v, numHeads, 1 / Math.sqrt(d), additiveMask);
+  }
   const qh = splitHeads(q, numHeads); // [B,n,Sq,d]
   const kh = k.rank === 4 ? (k as tf.Tensor4D) : splitHeads(k, numHeads); // [B,n,Sk,d] (given split, or split here)
   const vh = v.rank === 4 ? (v as tf.Tensor4D) : splitHeads(v, numHeads); // [B,n,Sk,d]

@@ -30,6 +30,17 @@ export interface NativeBlas {
     /** 0 (default): out is written; 1: the product is added to what out holds. */
     beta?: number,
   ): void;
+  /**
+   * For o < outer, i < inner: C(o,i) = alpha·op(A(o,i))·op(B(o,i)), X(o,i) starting at element o·xOuter + i·xInner
+   * with rows ldx apart: attention per (batch, head) on [B, S, H] tensors without splitting heads.
+   */
+  sgemmHeads(
+    a: Float32Array, b: Float32Array, c: Float32Array,
+    outer: number, inner: number, m: number, n: number, k: number,
+    transposeA: boolean, transposeB: boolean, alpha: number,
+    lda: number, ldb: number, ldc: number,
+    aOuter: number, aInner: number, bOuter: number, bInner: number, cOuter: number, cInner: number,
+  ): void;
   setThreads(threads: number): void;
   getThreads(): number;
   // Fused element-wise kernels (native/kernels.cc); sizes in elements, arrays at least that long.

@@ -49,7 +49,70 @@ function kernels(blas: NativeBlas): tf.KernelConfig[] {
     backendName: 'wasm',
     kernelFunc: ({ inputs, backend, attrs }) => kernelFunc(inputs as tf.NamedTensorInfoMap, backend as WasmBackend, attrs ?? {}),
   });
+  /** Layout of a keys/values tensor: [B, Sk, H] (heads are column blocks) or [B, n, Sk, d] (split already). */
+  const kvLayout = (t: tf.TensorInfo, heads: number, d: number) => {
+    if (t.shape.length === 3) {
+      const [b, sk, h] = t.shape as [number, number, number];
+      return { b, sk, ld: h, outer: sk * h, inner: d };
+    }
+    const [b, , sk] = t.shape as [number, number, number, number];
+    return { b, sk, ld: d, outer: heads * sk * d, inner: sk * d };
+  };
+  const headDims = (q: tf.TensorInfo, heads: number) => {
+    const [b, sq, h] = q.shape as [number, number, number];
+    return { b, sq, h, d: h / heads };
+  };
   return [
+    // scores [B,n,Sq,Sk] = alpha·q_h·k_hᵀ per batch and head
+    k('Blip2HeadScores', ({ q, k: key }, backend, attrs) => {
+      const heads = attrs.heads as number;
+      const { b, sq, h, d } = headDims(q!, heads);
+      const kl = kvLayout(key!, heads, d);
+      const s = backend.makeOutput([b, heads, sq, kl.sk], 'float32');
+      const [qv, kv, sv] = views(backend, q!, key!, s);
+      blas.sgemmHeads(qv!, kv!, sv!, b, heads, sq, kl.sk, d, false, true, attrs.alpha as number, h, kl.ld, kl.sk, sq * h, d, kl.outer, kl.inner, heads * sq * kl.sk, sq * kl.sk);
+      return s;
+    }),
+    // context [B,Sq,H] (head h in columns h·d…) = p_h·v_h
+    k('Blip2HeadContext', ({ p, v }, backend, attrs) => {
+      const heads = attrs.heads as number;
+      const [b, , sq, sk] = p!.shape as [number, number, number, number];
+      const d = v!.shape.length === 3 ? v!.shape[2]! / heads : v!.shape[3]!;
+      const vLay = kvLayout(v!, heads, d);
+      const c = backend.makeOutput([b, sq, heads * d], 'float32');
+      const [pv, vv, cv] = views(backend, p!, v!, c);
+      blas.sgemmHeads(pv!, vv!, cv!, b, heads, sq, d, sk, false, false, 1, sk, vLay.ld, heads * d, heads * sq * sk, sq * sk, vLay.outer, vLay.inner, sq * heads * d, d);
+      return c;
+    }),
+    k('Blip2HeadScoresGrad', ({ ds, q, k: key }, backend, attrs) => {
+      const heads = attrs.heads as number;
+      const alpha = attrs.alpha as number;
+      const { b, sq, h, d } = headDims(q!, heads);
+      const kl = kvLayout(key!, heads, d);
+      const dq = backend.makeOutput([...q!.shape], 'float32');
+      const dk = backend.makeOutput([...key!.shape], 'float32');
+      const [dsv, qv, kv, dqv, dkv] = views(backend, ds!, q!, key!, dq, dk);
+      const sOuter = heads * sq * kl.sk;
+      const sInner = sq * kl.sk;
+      blas.sgemmHeads(dsv!, kv!, dqv!, b, heads, sq, d, kl.sk, false, false, alpha, kl.sk, kl.ld, h, sOuter, sInner, kl.outer, kl.inner, sq * h, d);
+      blas.sgemmHeads(dsv!, qv!, dkv!, b, heads, kl.sk, d, sq, true, false, alpha, kl.sk, h, kl.ld, sOuter, sInner, sq * h, d, kl.outer, kl.inner);
+      return [dq, dk];
+    }),
+    k('Blip2HeadContextGrad', ({ dc, p, v }, backend, attrs) => {
+      const heads = attrs.heads as number;
+      const [b, , sq, sk] = p!.shape as [number, number, number, number];
+      const d = v!.shape.length === 3 ? v!.shape[2]! / heads : v!.shape[3]!;
+      const vl = kvLayout(v!, heads, d);
+      const h = heads * d;
+      const dp = backend.makeOutput([...p!.shape], 'float32');
+      const dv = backend.makeOutput([...v!.shape], 'float32');
+      const [dcv, pv, vv, dpv, dvv] = views(backend, dc!, p!, v!, dp, dv);
+      const pOuter = heads * sq * sk;
+      const pInner = sq * sk;
+      blas.sgemmHeads(dcv!, vv!, dpv!, b, heads, sq, sk, d, false, true, 1, h, vl.ld, sk, sq * h, d, vl.outer, vl.inner, pOuter, pInner);
+      blas.sgemmHeads(pv!, dcv!, dvv!, b, heads, sk, d, sq, true, false, 1, sk, h, vl.ld, pOuter, pInner, sq * h, d, vl.outer, vl.inner);
+      return [dp, dv];
+    }),
     k('Blip2Gelu', ({ x }, backend) => {
       expectDtype('Blip2Gelu', 'x', x!, 'float32');
       const y = backend.makeOutput([...x!.shape], 'float32');
@@ -120,6 +183,12 @@ const run = (name: string, inputs: tf.NamedTensorMap, attrs: tf.NamedAttrMap = {
   tf.engine().runKernel(name, inputs as never, attrs) as tf.Tensor | tf.Tensor[];
 
 export interface FusedOps {
+  /**
+   * Multi-head attention on [B, S, H] tensors: softmax(alpha·q_h·k_hᵀ + mask)·v_h per head, heads as column blocks
+   * (no split/merge transposes). q [B,Sq,H]; k, v [B,Sk,H] or split [B,n,Sk,d]; mask broadcastable to [B,n,Sq,Sk]
+   * (a constant: no gradient). Returns [B,Sq,H].
+   */
+  attention(q: tf.Tensor3D, k: tf.Tensor, v: tf.Tensor, heads: number, alpha: number, mask?: tf.Tensor): tf.Tensor3D;
   /** torch.nn.Linear on rows: x [N, in], w [out, in], b [out] -> x·wᵀ + b, one GEMM writing over the bias. */
   linear(x: tf.Tensor2D, w: tf.Tensor2D, b: tf.Tensor1D): tf.Tensor2D;
   /** 0.5·x·(1 + erf(x/√2)), exact-erf GELU. */
@@ -193,7 +262,30 @@ function makeOps(): FusedOps {
     };
   }) as unknown as Parameters<typeof tf.customGrad>[0]) as unknown as FusedOps['linear'];
 
-  return { linear, gelu, layerNorm: (x, gamma, beta, eps) => layerNormOf(eps)(x, gamma, beta), crossEntropyRows };
+  const attention = (q: tf.Tensor3D, k: tf.Tensor, v: tf.Tensor, heads: number, alpha: number, mask?: tf.Tensor) => {
+    const op = tf.customGrad(((qi: tf.Tensor, ki: tf.Tensor, vi: tf.Tensor, save: tf.GradSaveFunc) => {
+      const scores = run('Blip2HeadScores', { q: qi, k: ki }, { heads, alpha }) as tf.Tensor;
+      const masked = mask ? tf.add(scores, mask) : scores;
+      const probs = tf.softmax(masked);
+      tf.dispose([scores, masked]);
+      const ctx = run('Blip2HeadContext', { p: probs, v: vi }, { heads }) as tf.Tensor;
+      save([qi, ki, vi, probs]);
+      probs.dispose();
+      return {
+        value: ctx,
+        gradFunc: (dc: tf.Tensor, saved: tf.Tensor[]) => {
+          const [qs, ks, vs, ps] = saved as [tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor];
+          const [dp, dv] = run('Blip2HeadContextGrad', { dc, p: ps, v: vs }, { heads }) as tf.Tensor[];
+          const ds = run('Blip2SoftmaxGrad', { y: ps, dy: dp! }) as tf.Tensor;
+          const [dq, dk] = run('Blip2HeadScoresGrad', { ds, q: qs, k: ks }, { heads, alpha }) as tf.Tensor[];
+          return [dq!, dk!, dv!];
+        },
+      };
+    }) as unknown as Parameters<typeof tf.customGrad>[0]) as unknown as (q: tf.Tensor, k: tf.Tensor, v: tf.Tensor) => tf.Tensor3D;
+    return op(q, k, v);
+  };
+
+  return { attention, linear, gelu, layerNorm: (x, gamma, beta, eps) => layerNormOf(eps)(x, gamma, beta), crossEntropyRows };
 }
 
 /**

@@ -64,6 +64,60 @@ static napi_value Sgemm(napi_env env, napi_callback_info info) {
   return nullptr;
 }
 
+// sgemmHeads(a, b, c, outer, inner, m, n, k, transposeA, transposeB, alpha, lda, ldb, ldc, aOuter, aInner, bOuter,
+// bInner, cOuter, cInner): for o < outer, i < inner: C(o,i) = alpha·op(A(o,i))·op(B(o,i)), where X(o,i) starts at
+// element o·xOuter + i·xInner of x and its rows are ldx apart. Attention per (batch, head) straight on [B, S, H]
+// tensors (a head is a column block: leading dimension H), without splitting heads into [B, n, S, d] copies.
+static napi_value SgemmHeads(napi_env env, napi_callback_info info) {
+  size_t argc = 20;
+  napi_value argv[20];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
+  if (argc != 20) {
+    napi_throw_type_error(env, nullptr, "blas.sgemmHeads takes 20 arguments");
+    return nullptr;
+  }
+  float *a, *b, *c;
+  size_t la, lb, lc;
+  if (!floats(env, argv[0], &a, &la) || !floats(env, argv[1], &b, &lb) || !floats(env, argv[2], &c, &lc)) {
+    napi_throw_type_error(env, nullptr, "blas.sgemmHeads: a, b and c must be Float32Arrays");
+    return nullptr;
+  }
+  int64_t v[14];
+  bool ta, tb;
+  double alpha;
+  for (int i = 0; i < 5; i++) CHECK(napi_get_value_int64(env, argv[3 + i], &v[i]));  // outer inner m n k
+  CHECK(napi_get_value_bool(env, argv[8], &ta));
+  CHECK(napi_get_value_bool(env, argv[9], &tb));
+  CHECK(napi_get_value_double(env, argv[10], &alpha));
+  for (int i = 0; i < 9; i++) CHECK(napi_get_value_int64(env, argv[11 + i], &v[5 + i]));  // lda … cInner
+  const int64_t outer = v[0], inner = v[1], m = v[2], n = v[3], k = v[4];
+  const int64_t lda = v[5], ldb = v[6], ldc = v[7], aO = v[8], aI = v[9], bO = v[10], bI = v[11], cO = v[12], cI = v[13];
+  for (int i = 0; i < 14; i++) {
+    if (v[i] < 0) {
+      napi_throw_range_error(env, nullptr, "blas.sgemmHeads: sizes and strides must not be negative");
+      return nullptr;
+    }
+  }
+  if (outer == 0 || inner == 0 || m == 0 || n == 0) return nullptr;
+  // the last element each operand reaches
+  const uint64_t aRows = ta ? k : m, aCols = ta ? m : k, bRows = tb ? n : k, bCols = tb ? k : n;
+  const uint64_t aEnd = (outer - 1) * aO + (inner - 1) * aI + (aRows - 1) * lda + aCols;
+  const uint64_t bEnd = (outer - 1) * bO + (inner - 1) * bI + (bRows - 1) * ldb + bCols;
+  const uint64_t cEnd = (outer - 1) * cO + (inner - 1) * cI + (m - 1) * ldc + n;
+  if ((k > 0 && (aEnd > la || bEnd > lb)) || cEnd > lc || lda < (int64_t)aCols || ldb < (int64_t)bCols || ldc < n) {
+    napi_throw_range_error(env, nullptr, "blas.sgemmHeads: the strides reach beyond the arrays");
+    return nullptr;
+  }
+  for (int64_t o = 0; o < outer; o++) {
+    for (int64_t i = 0; i < inner; i++) {
+      cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m, n, k,
+                  static_cast<float>(alpha), a + o * aO + i * aI, lda, b + o * bO + i * bI, ldb, 0.0f,
+                  c + o * cO + i * cI, ldc);
+    }
+  }
+  return nullptr;
+}
+
 static napi_value SetThreads(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
@@ -85,10 +139,11 @@ bool RegisterKernels(napi_env env, napi_value exports);  // kernels.cc
 static napi_value Init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"sgemm", nullptr, Sgemm, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"sgemmHeads", nullptr, SgemmHeads, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"setThreads", nullptr, SetThreads, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"getThreads", nullptr, GetThreads, nullptr, nullptr, nullptr, napi_default, nullptr},
   };
-  CHECK(napi_define_properties(env, exports, 3, props));
+  CHECK(napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
   if (!RegisterKernels(env, exports)) {
     napi_throw_error(env, nullptr, "blas: registering the fused kernels failed");
     return nullptr;
