@@ -6,7 +6,9 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 out="$here/build/blas.node"
-if [ -f "$out" ] && [ "$out" -nt "$here/blas.cc" ] && [ "$out" -nt "$here/kernels.cc" ] && [ "$out" -nt "$0" ]; then exit 0; fi
+stamp="$here/build/march"
+if [ -f "$out" ] && [ "$out" -nt "$here/blas.cc" ] && [ "$out" -nt "$here/kernels.cc" ] && [ "$out" -nt "$0" ] &&
+  [ "$(cat "$stamp" 2>/dev/null)" = "${BLIP2_NATIVE_MARCH:-native}" ]; then exit 0; fi
 node_include="$(node -p "require('path').resolve(process.execPath, '../../include/node')")"
 if [ ! -f "$node_include/node_api.h" ]; then
   echo "native BLAS addon not built: no $node_include/node_api.h (Node's headers)" >&2
@@ -21,7 +23,11 @@ if ! command -v g++ >/dev/null 2>&1; then
   exit 0
 fi
 mkdir -p "$here/build"
-g++ -O3 -march=native -fopenmp -shared -fPIC -DNODE_GYP_MODULE_NAME=blas -I"$node_include" "$here/blas.cc" "$here/kernels.cc" \
+# The CPU to build for: this machine's by default; set BLIP2_NATIVE_MARCH (e.g. x86-64-v3) when the addon is
+# built into an image that runs on other machines.
+march="${BLIP2_NATIVE_MARCH:-native}"
+g++ -O3 -march="$march" -fopenmp -shared -fPIC -DNODE_GYP_MODULE_NAME=blas -I"$node_include" "$here/blas.cc" "$here/kernels.cc" \
   -lopenblas -o "$out.tmp"
 mv "$out.tmp" "$out"
+echo "$march" >"$stamp"
 echo "built $out" >&2
