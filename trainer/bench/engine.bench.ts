@@ -22,6 +22,7 @@ interface EngineSpec {
   stockWasm?: boolean;
   matmul?: EngineOptions['matmul'];
   matmulThreads?: number;
+  wasmThreads?: number;
   /** Only the small matmul (too slow for the rest). */
   smallOnly?: boolean;
 }
@@ -149,6 +150,7 @@ async function child(spec: EngineSpec, reps: number, skipLayer: boolean, profile
     stockWasm: spec.stockWasm,
     matmul: spec.matmul,
     matmulThreads: spec.matmulThreads,
+    wasmThreads: spec.wasmThreads,
   });
   const matmul: Record<string, number> = {};
   for (const [key, [m, k, n]] of Object.entries(MATMULS)) {
@@ -185,7 +187,7 @@ async function main() {
     .option('--rounds <n>', 'run the engine list this many times, interleaved, keeping each one\'s best', '1')
     .option('--threads <n>', 'threads for our wasm engine (default: the CPU cores, at most 8)')
     .option('--skip-layer', 'matmuls only')
-    .option('--only <ids>', 'comma-separated engine ids to run (wasm-stock-1, cpu, xnn-1, xnn-N, blas-1, blas-N, blas-N-wasm-1)')
+    .option('--only <ids>', 'comma-separated engine ids to run (wasm-stock-1, cpu, xnn-1, xnn-N, blas-1, blas-N, blas-N-wasm-N)')
     .option('--profile', 'print the layer step\'s kernel time by kernel (stderr of each engine)')
     .option('--child <json>', 'internal: run one engine and print its result as JSON')
     .parse();
@@ -213,14 +215,14 @@ async function main() {
     { id: 'xnn-1', label: 'ours: wasm + XNNPACK, 1 thread', engine: 'wasm', threads: 1, matmul: 'xnnpack' },
     { id: `xnn-${threads}`, label: `ours: wasm + XNNPACK, ${threads} threads`, engine: 'wasm', threads, matmul: 'xnnpack' },
     { id: 'blas-1', label: 'ours: wasm + OpenBLAS, 1 thread', engine: 'wasm', threads: 1, matmul: 'openblas' },
-    { id: `blas-${threads}`, label: `ours: wasm + OpenBLAS, ${threads} threads`, engine: 'wasm', threads, matmul: 'openblas' },
+    { id: `blas-${threads}`, label: `ours: wasm 1 thread + OpenBLAS ${threads} (default)`, engine: 'wasm', threads, matmul: 'openblas' },
     {
-      id: `blas-${threads}-wasm-1`,
-      label: `ours: wasm 1 thread + OpenBLAS ${threads}`,
+      id: `blas-${threads}-wasm-${threads}`,
+      label: `ours: wasm ${threads} threads + OpenBLAS ${threads}`,
       engine: 'wasm',
-      threads: 1,
+      threads,
+      wasmThreads: threads,
       matmul: 'openblas',
-      matmulThreads: threads,
     },
   ];
   const rounds = Number(opts.rounds);

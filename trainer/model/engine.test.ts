@@ -20,6 +20,8 @@ test('engine options: defaults, and bad values rejected before anything starts, 
   const defaults = resolveEngineOptions({ engine: 'wasm' });
   expect(defaults.threads).toBe(Math.min(WASM_MAX_THREADS, os.availableParallelism()));
   expect(defaults.matmulThreads).toBe(defaults.threads);
+  expect(defaults.wasmThreads).toBeUndefined(); // decided at start: 1 with the addon, else threads
+  expect(() => resolveEngineOptions({ wasmThreads: 9 })).toThrow(/wasmThreads must be an integer in 1…8, got 9/);
   expect(defaults.matmul).toBe('auto');
   expect(() => resolveEngineOptions({ threads: 0 })).toThrow(/threads must be an integer in 1…8, got 0/);
   expect(() => resolveEngineOptions({ threads: 2.5 })).toThrow(EngineOptionsError);
@@ -33,7 +35,7 @@ test('engine options: defaults, and bad values rejected before anything starts, 
 test('the wasm engine runs the thread count asked for, beyond the stock half-the-cores cap', async () => {
   expect(engineName()).toBeUndefined();
   // Two concurrent first calls share one start-up.
-  const [name, again] = await Promise.all([initEngine({ engine: 'wasm', threads }), initEngine({ engine: 'cpu' })]);
+  const [name, again] = await Promise.all([initEngine({ engine: 'wasm', threads, wasmThreads: threads }), initEngine({ engine: 'cpu' })]);
   expect(name).toBe('wasm');
   expect(again).toBe('wasm');
   expect(engineName()).toBe('wasm');

@@ -48,16 +48,27 @@ export interface EngineOptions {
    * Env: BLIP2_ENGINE_MATMUL.
    */
   matmul?: 'auto' | EngineMatMul;
-  /** Threads of the OpenBLAS matmul, 1…64; default: `threads`. Env: BLIP2_ENGINE_MATMUL_THREADS. */
+  /** Threads of the OpenBLAS matmul and the fused kernels, 1…64; default: `threads`. Env: BLIP2_ENGINE_MATMUL_THREADS. */
   matmulThreads?: number;
+  /**
+   * Threads of the wasm backend's own pool, 1…8; default: 1 when the native addon runs the matmuls and the heavy
+   * element-wise kernels (the pool then only serves a few small kernels, and its idle workers cost more than they
+   * give: measured 2–4% of a step), else `threads`. Env: BLIP2_ENGINE_WASM_THREADS.
+   */
+  wasmThreads?: number;
 }
 
 export type EngineMatMul = 'openblas' | 'xnnpack' | 'tensorflow' | 'cpu';
 
 export interface EngineInfo {
   name: EngineName;
-  /** Threads the engine computes on (wasm: the XNNPACK pool the backend reports; cpu: 1; tensorflow: its own). */
+  /**
+   * Threads the engine computes on (wasm with the addon: OpenBLAS and fused-kernel threads; wasm without: the
+   * XNNPACK pool the backend reports; cpu: 1; tensorflow: its own).
+   */
   threads: number;
+  /** wasm: the backend's own thread pool. */
+  wasmThreads?: number;
   /** What runs MatMul/BatchMatMul. */
   matmul: EngineMatMul;
 }
@@ -78,6 +89,8 @@ export interface ResolvedEngineOptions {
   stockWasm: boolean;
   matmul: 'auto' | 'openblas' | 'xnnpack';
   matmulThreads: number;
+  /** Undefined: decided when the engine starts (1 with the addon, else `threads`). */
+  wasmThreads?: number;
 }
 
 /** Bad engine options: the caller's configuration is wrong; nothing was started. */
@@ -108,7 +121,12 @@ export function resolveEngineOptions(options: EngineOptions = {}): ResolvedEngin
   if (!Number.isInteger(matmulThreads) || matmulThreads < 1 || matmulThreads > 64) {
     throw new EngineOptionsError(`engine matmulThreads must be an integer in 1…64, got ${String(matmulThreads)}`);
   }
+  const wasmThreads = options.wasmThreads ?? envNumber('BLIP2_ENGINE_WASM_THREADS');
+  if (wasmThreads !== undefined && (!Number.isInteger(wasmThreads) || wasmThreads < 1 || wasmThreads > WASM_MAX_THREADS)) {
+    throw new EngineOptionsError(`engine wasmThreads must be an integer in 1…${WASM_MAX_THREADS}, got ${String(wasmThreads)}`);
+  }
   return {
+    wasmThreads,
     engine,
     threads,
     stockWasm: options.stockWasm ?? false,
@@ -150,9 +168,10 @@ async function tryWasm(options: ResolvedEngineOptions): Promise<EngineInfo | und
       return { name: 'wasm', threads: getThreadsCount(), matmul: 'xnnpack' };
     }
     const blas = chooseBlas(options); // first: a missing addon that was asked for stops everything
-    const actual = await startThreadedWasm(threads);
-    if (actual !== threads) {
-      throw new Error(`the wasm backend runs ${actual} threads where ${threads} were asked for`);
+    const poolThreads = options.wasmThreads ?? (blas ? 1 : threads);
+    const actual = await startThreadedWasm(poolThreads);
+    if (actual !== poolThreads) {
+      throw new Error(`the wasm backend runs ${actual} threads where ${poolThreads} were asked for`);
     }
     const backend = tf.backend() as unknown as WasmBackend;
     guardWasmAllocations(backend);
@@ -166,7 +185,7 @@ async function tryWasm(options: ResolvedEngineOptions): Promise<EngineInfo | und
     installWasmSlice();
     installWasmOneHot();
     installWasmCpuFallbacks();
-    return { name: 'wasm', threads: actual, matmul: blas ? 'openblas' : 'xnnpack' };
+    return { name: 'wasm', threads: blas ? options.matmulThreads : actual, wasmThreads: actual, matmul: blas ? 'openblas' : 'xnnpack' };
   } catch (e) {
     if (e instanceof MatMulUnavailableError) throw e;
     log.warn('wasm engine failed to start', { error: e instanceof Error ? e.message : String(e) });
@@ -211,7 +230,7 @@ async function startEngine(options: EngineOptions): Promise<EngineName> {
     if (info) {
       await tf.ready();
       current = info;
-      log.info('tensor engine selected', { engine: info.name, threads: info.threads, matmul: info.matmul });
+      log.info('tensor engine selected', { engine: info.name, threads: info.threads, matmul: info.matmul, ...(info.wasmThreads ? { wasmThreads: info.wasmThreads } : {}) });
       return info.name;
     }
   }
