@@ -74,3 +74,48 @@ function halfBitsTable(): Uint32Array {
 export function halfToFloatInto(src: Uint16Array, dst: Float32Array): void {
   halfToFloatBits(src, new Uint32Array(dst.buffer, dst.byteOffset, dst.length), Math.min(src.length, dst.length));
 }
+
+// One float32 seen as its bits: the fused loops below convert through it element by element.
+const oneF32 = new Float32Array(1);
+const oneU32 = new Uint32Array(oneF32.buffer);
+
+/**
+ * The reduce step of an fp16-wire all-reduce in one pass: io[i] = half(fp32(float(io[i]) + acc[i])) for i < n.
+ * The same result as decoding into fp32, adding and encoding in three passes (the sum is rounded to fp32 first).
+ */
+export function addHalfInPlace(io: Uint16Array, acc: Float32Array, n: number): void {
+  const t = halfBitsTable();
+  const f = oneF32;
+  const u = oneU32;
+  for (let i = 0; i < n; i++) {
+    const h = io[i]!;
+    const e = h & 0x7c00;
+    u[0] = e !== 0 && e !== 0x7c00 ? ((h & 0x8000) << 16) | (((h & 0x7fff) + 0x1c000) << 13) : t[h]!;
+    f[0] = f[0]! + acc[i]!;
+    const x = u[0]!;
+    const v = x & 0x7fffffff;
+    io[i] = v >= 0x38800000 && v < 0x47800000 ? ((x >>> 16) & 0x8000) | ((v - 0x38000000 + 0xfff + ((v >>> 13) & 1)) >>> 13) : halfSlow(x);
+  }
+}
+
+/**
+ * As `addHalfInPlace`, and also accBits[i] = bits of float(io[i]) (the owner of a segment keeps exactly what the
+ * other ranks will receive). `accBits` is a Uint32Array view of `acc`.
+ */
+export function addHalfInPlaceKeep(io: Uint16Array, acc: Float32Array, accBits: Uint32Array, n: number): void {
+  const t = halfBitsTable();
+  const f = oneF32;
+  const u = oneU32;
+  for (let i = 0; i < n; i++) {
+    const h = io[i]!;
+    const e = h & 0x7c00;
+    u[0] = e !== 0 && e !== 0x7c00 ? ((h & 0x8000) << 16) | (((h & 0x7fff) + 0x1c000) << 13) : t[h]!;
+    f[0] = f[0]! + acc[i]!;
+    const x = u[0]!;
+    const v = x & 0x7fffffff;
+    const o = v >= 0x38800000 && v < 0x47800000 ? ((x >>> 16) & 0x8000) | ((v - 0x38000000 + 0xfff + ((v >>> 13) & 1)) >>> 13) : halfSlow(x);
+    io[i] = o;
+    const eo = o & 0x7c00;
+    accBits[i] = eo !== 0 && eo !== 0x7c00 ? ((o & 0x8000) << 16) | (((o & 0x7fff) + 0x1c000) << 13) : t[o]!;
+  }
+}

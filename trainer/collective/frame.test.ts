@@ -1,7 +1,7 @@
 import { fileURLToPath } from 'node:url';
 import protobuf from 'protobufjs';
 import { describe, expect, it } from 'vitest';
-import { floatToHalf, halfTable } from './fp16';
+import { addHalfInPlace, addHalfInPlaceKeep, floatToHalf, halfTable, halfToFloatBits } from './fp16';
 import { decodeFrame, DType, FrameEncoder, FrameKind, OpKind, patchForward, type FrameHeader } from './frame';
 import { resolveCollectiveGroupOptions } from './group';
 
@@ -51,6 +51,40 @@ describe('frame encoding', () => {
   it('rejects malformed input', () => {
     expect(() => decodeFrame(Buffer.from([0x0a, 0x05, 0x61]))).toThrow(/truncated/);
     expect(() => decodeFrame(Buffer.from([0x0b]))).toThrow(/wire type 3/);
+  });
+});
+
+describe('fused fp16 reduce step', () => {
+  it('equals decode, fp32 add and encode done in separate passes, specials included', () => {
+    const n = 20_000;
+    const bits = new Uint32Array(n);
+    const acc = new Float32Array(n);
+    let x = 12345;
+    const rnd = () => ((x = (Math.imul(x, 1103515245) + 12345) >>> 0) / 2 ** 32);
+    const special = [0, -0, 65504, -65504, 1e-8, 6e-5, 70000, Infinity, -Infinity, NaN, 2 ** -24, 2 ** -14];
+    const wire = new Uint16Array(n);
+    for (let i = 0; i < n; i++) {
+      wire[i] = Math.floor(rnd() * 65536);
+      acc[i] = i < special.length ? special[i]! : (rnd() - 0.5) * 10 ** Math.floor(rnd() * 12 - 6);
+    }
+    // The separate passes, as before fusing.
+    const sum = new Float32Array(n);
+    halfToFloatBits(wire, new Uint32Array(sum.buffer), n);
+    for (let i = 0; i < n; i++) sum[i] = sum[i]! + acc[i]!;
+    const want = new Uint16Array(n);
+    floatToHalf(new Uint32Array(sum.buffer), want);
+    const wantAcc = new Uint32Array(n);
+    halfToFloatBits(want, wantAcc, n);
+    bits.set(wantAcc);
+
+    const io = wire.slice();
+    addHalfInPlace(io, acc.slice(), n);
+    expect(Array.from(io)).toEqual(Array.from(want));
+    const io2 = wire.slice();
+    const acc2 = acc.slice();
+    addHalfInPlaceKeep(io2, acc2, new Uint32Array(acc2.buffer), n);
+    expect(Array.from(io2)).toEqual(Array.from(want));
+    expect(Array.from(new Uint32Array(acc2.buffer))).toEqual(Array.from(bits));
   });
 });
 

@@ -13,7 +13,7 @@
  * counts the same frames). Frames are self-describing (step, segment, offset), so their order does not matter.
  */
 import { CollectiveError, type CollectiveFailure } from './errors';
-import { floatToHalf, halfToFloatBits } from './fp16';
+import { addHalfInPlace, addHalfInPlaceKeep, floatToHalf, halfToFloatBits } from './fp16';
 import { decodeFrame, DType, FrameEncoder, FrameKind, OpKind, opKindName, patchForward, type DecodedFrame, type FrameHeader } from './frame';
 import type { LinkSide, RingView, Transport } from './transport';
 
@@ -389,13 +389,10 @@ export class Ring {
             if (incoming.buffer !== f.raw.buffer) f.payload.set(new Uint8Array(incoming.buffer, incoming.byteOffset, count * 4));
           } else {
             const incoming = this.payloadF16(f.payload);
-            const sum = this.scratchF32(count);
-            const sumBits = new Uint32Array(sum.buffer, sum.byteOffset, count);
-            halfToFloatBits(incoming, sumBits, count);
-            addInto(sum, local, count);
-            floatToHalf(sumBits, incoming);
-            // The owner keeps exactly what the others will receive, so all ranks end bit-identical.
-            if (last) halfToFloatBits(incoming, new Uint32Array(local.buffer, local.byteOffset, count), count);
+            // One pass: decode, add in fp32, encode. The owner keeps exactly what the others will receive, so all
+            // ranks end bit-identical.
+            if (last) addHalfInPlaceKeep(incoming, local, new Uint32Array(local.buffer, local.byteOffset, count), count);
+            else addHalfInPlace(incoming, local, count);
             if (incoming.buffer !== f.raw.buffer) f.payload.set(new Uint8Array(incoming.buffer, incoming.byteOffset, count * 2));
           }
           // For the last reduce-scatter step, step + 1 is all-gather step 0 (wire step N-1).
