@@ -369,7 +369,12 @@ export class GrpcTransport implements Transport {
     call.write(this.encoder.control(FrameKind.HELLO, view.generation, view.rank));
     const direct = this.options.directFraming ? serverCallHttp2Stream(call) : null;
     this.nextDirect[stream] = direct;
-    if (direct) this.directStats.send++;
+    if (direct) {
+      this.directStats.send++;
+      // grpc-js listens once; a failed direct write after that must not become an unhandled 'error'. The call
+      // reports the loss (attach).
+      direct.on('error', () => {});
+    }
     this.attach(call, 'next', callerRank, view, stream);
     // The stream counts once the successor answers HELLO (see attach).
   }
