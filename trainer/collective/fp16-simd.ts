@@ -5,7 +5,7 @@
  * produces, which never matters: every NaN encodes to a NaN half). Data goes through the module's memory in blocks.
  *
  * Regenerate the bytes after editing the .wat (wabt 1.0.37):
- *   npx -y -p wabt@1.0.37 wat2wasm --enable-simd trainer/collective/fp16-simd.wat -o /tmp/fp16-simd.wasm
+ *   npx -y -p wabt@1.0.37 wat2wasm trainer/collective/fp16-simd.wat -o /tmp/fp16-simd.wasm
  *   base64 -w0 /tmp/fp16-simd.wasm   # into WASM_BASE64 below
  */
 

@@ -1,3 +1,8 @@
+;; fp16 <-> fp32 kernels for fp16 on the wire (trainer/collective/fp16-simd.ts loads the compiled bytes).
+;; Same rules as fp16.ts: encode rounds to nearest even (fast path for |x| in [2^-14, 65536), $enc1 for the rest),
+;; decode re-biases normal halves ($dec1 for zero, subnormal, infinity, NaN -> 0x7fc00000). The SIMD loops handle
+;; eight elements a step and redo a step element by element when any of its lanes leaves the fast path; the
+;; vector snippets for encode and decode are written out in full where used (no calls in the hot loops).
 (module
   (memory (export "memory") 8)
   ;; Regions: A = [0, 262144) 65536 float32 (or their bits); H = [262144, 393216) 65536 halves.
