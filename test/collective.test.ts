@@ -64,6 +64,8 @@ describe.each([2, 3, 4])('ring of %i rank processes', (n) => {
       chunkBytes: 64 * 1024, bucketCapBytes: 256 * 1024, generations: 2,
       // Three ranks spread frames over two streams per link (frames arrive out of order across streams).
       streamsPerLink: n === 3 ? 2 : 1,
+      // Two ranks use grpc-js's own message path; three and four write and read frames on the HTTP/2 streams.
+      directFraming: n !== 2,
     });
     world.join(1);
     await world.waitAll('generation-done', 60_000);
@@ -71,6 +73,15 @@ describe.each([2, 3, 4])('ring of %i rank processes', (n) => {
     const rankOf = (i: number) => (i + 1) % n;
     world.join(2, rankOf);
     await world.waitAll('done', 60_000);
+    // Every stream of every rank took the path it was configured for (a silent fallback would fail here).
+    const streams = n === 3 ? 2 : 1;
+    for (const p of world.procs) {
+      const connected = p.events.filter((ev) => ev.event === 'connected');
+      expect(connected).toHaveLength(2);
+      for (const e of connected) {
+        expect(e.direct).toEqual(n === 2 ? { send: 0, receive: 0 } : { send: streams, receive: streams });
+      }
+    }
 
     const ranks = Array.from({ length: n }, (_, r) => r);
     // 1. Integer-valued sums are exact, including sizes not divisible by N, smaller than N, and empty.

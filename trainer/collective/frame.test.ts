@@ -1,7 +1,11 @@
 import { fileURLToPath } from 'node:url';
 import protobuf from 'protobufjs';
 import { describe, expect, it } from 'vitest';
-import { floatToHalf, halfTable } from './fp16';
+import {
+  addHalfInPlace, addHalfInPlaceJs, addHalfInPlaceKeep, addHalfInPlaceKeepJs, floatToHalf, floatToHalfJs, halfTable, halfToFloatBits,
+  halfToFloatBitsJs,
+} from './fp16';
+import { simdKernels } from './fp16-simd';
 import { decodeFrame, DType, FrameEncoder, FrameKind, OpKind, patchForward, type FrameHeader } from './frame';
 import { resolveCollectiveGroupOptions } from './group';
 
@@ -51,6 +55,81 @@ describe('frame encoding', () => {
   it('rejects malformed input', () => {
     expect(() => decodeFrame(Buffer.from([0x0a, 0x05, 0x61]))).toThrow(/truncated/);
     expect(() => decodeFrame(Buffer.from([0x0b]))).toThrow(/wire type 3/);
+  });
+});
+
+const isNaNHalf = (h: number) => (h & 0x7c00) === 0x7c00 && (h & 0x3ff) !== 0;
+
+describe('fused fp16 reduce step, JavaScript and WebAssembly SIMD', () => {
+  it('equals decode, fp32 add and encode done in separate passes, specials included', () => {
+    expect(simdKernels()).not.toBeNull(); // Node 20 has WebAssembly SIMD: the fast path is what runs
+    const n = 20_003; // not a multiple of 8: the element-by-element tail runs too
+    const acc = new Float32Array(n);
+    let x = 12345;
+    const rnd = () => ((x = (Math.imul(x, 1103515245) + 12345) >>> 0) / 2 ** 32);
+    const special = [0, -0, 65504, -65504, 65519, 65520, 1e-8, 6e-5, -6.1e-5, 70000, Infinity, -Infinity, NaN, 2 ** -24, 2 ** -25, 2 ** -14];
+    const wire = new Uint16Array(n);
+    for (let i = 0; i < n; i++) {
+      // Mostly normal halves (the vector path), every 50th anything (subnormal, infinite, NaN: the fallback).
+      const h = Math.floor(rnd() * 65536);
+      wire[i] = i % 50 === 0 ? h : (h & 0x83ff) | ((1 + Math.floor(rnd() * 29)) << 10);
+      acc[i] = i % 40 < special.length ? special[i % 40]! : (rnd() - 0.5) * 10 ** Math.floor(rnd() * 12 - 6);
+    }
+    // The separate passes, as before fusing, by the JavaScript loops.
+    const sum = new Float32Array(n);
+    halfToFloatBitsJs(wire, new Uint32Array(sum.buffer), n);
+    for (let i = 0; i < n; i++) sum[i] = sum[i]! + acc[i]!;
+    const want = new Uint16Array(n);
+    floatToHalfJs(new Uint32Array(sum.buffer), want);
+    const wantAcc = new Uint32Array(n);
+    halfToFloatBitsJs(want, wantAcc, n);
+    // Same bits, except which NaN an addition produced (every NaN encodes to a NaN half).
+    const same = (got: Uint16Array) => {
+      let nan = 0;
+      for (let i = 0; i < n; i++) {
+        if (isNaNHalf(want[i]!)) {
+          expect(isNaNHalf(got[i]!)).toBe(true);
+          nan++;
+        } else if (got[i] !== want[i]) {
+          expect([i, got[i]]).toEqual([i, want[i]]);
+        }
+      }
+      expect(nan).toBeGreaterThan(0);
+    };
+    for (const [name, add, keep] of [
+      ['js', addHalfInPlaceJs, addHalfInPlaceKeepJs],
+      ['simd', addHalfInPlace, addHalfInPlaceKeep],
+    ] as const) {
+      const io = wire.slice();
+      add(io, acc.slice(), n);
+      same(io);
+      const io2 = wire.slice();
+      const acc2 = acc.slice();
+      keep(io2, acc2, new Uint32Array(acc2.buffer), n);
+      same(io2);
+      const got = new Uint32Array(acc2.buffer);
+      for (let i = 0; i < n; i++) if (!isNaNHalf(want[i]!) && got[i] !== wantAcc[i]) expect([name, i, got[i]]).toEqual([name, i, wantAcc[i]]);
+    }
+  });
+
+  it('SIMD encode and decode give the JavaScript bits for every half and for floats of every exponent', () => {
+    const all = new Uint16Array(65536 + 5);
+    for (let h = 0; h < all.length; h++) all[h] = h & 0xffff;
+    const a = new Uint32Array(all.length);
+    const b = new Uint32Array(all.length);
+    halfToFloatBitsJs(all, a, all.length);
+    halfToFloatBits(all, b, all.length);
+    expect(Buffer.from(b.buffer).equals(Buffer.from(a.buffer))).toBe(true);
+    const n = 200_001;
+    const bits = new Uint32Array(n);
+    let x = 99;
+    for (let i = 0; i < n; i++) bits[i] = x = (Math.imul(x, 1664525) + 1013904223) >>> 0; // every exponent, NaNs too
+    for (let i = 0; i < n; i += 3) bits[i] = (bits[i]! & 0x80ffffff) | ((100 + (i % 50)) << 23); // many near the fp16 range
+    const h1 = new Uint16Array(n);
+    const h2 = new Uint16Array(n);
+    floatToHalfJs(bits, h1);
+    floatToHalf(bits, h2);
+    expect(Buffer.from(h2.buffer).equals(Buffer.from(h1.buffer))).toBe(true);
   });
 });
 

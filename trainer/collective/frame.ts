@@ -64,8 +64,23 @@ const T_MESSAGE = (13 << 3) | 2;
 const T_PADDING = (14 << 3) | 2;
 const T_PAYLOAD = (15 << 3) | 2;
 
-/** grpc-js hands a received message over as a view at byte 5 of a fresh buffer (after its 5-byte length prefix). */
-const GRPC_PREFIX_BYTES = 5;
+/**
+ * gRPC's length prefix (1 flag byte, 4 bytes big-endian length). grpc-js hands a received message over as a view at
+ * byte 5 of a fresh buffer, and the transport's own receive path does the same.
+ */
+export const GRPC_PREFIX_BYTES = 5;
+
+/**
+ * Every frame made here, and every frame the transport receives, has this many bytes free in front of it in its
+ * own ArrayBuffer: the transport writes gRPC's length prefix there and sends prefix and frame as one buffer, so a
+ * frame goes out without being copied (see grpc-transport.ts). A multiple of 8, so alignment is kept.
+ */
+export const FRAME_HEADROOM_BYTES = 8;
+
+/** A zeroed buffer of `length` bytes with `FRAME_HEADROOM_BYTES` free in front of it. */
+export function allocFrame(length: number): Buffer {
+  return Buffer.from(new ArrayBuffer(FRAME_HEADROOM_BYTES + length), FRAME_HEADROOM_BYTES, length);
+}
 
 function varintBytes(value: number): number {
   let n = 1;
@@ -114,11 +129,12 @@ export class FrameEncoder {
 
   /**
    * Allocates a DATA/HELLO frame with room for `payloadBytes` and writes its header. The payload region starts at
-   * `payloadOffset` and is 8-byte aligned in its ArrayBuffer, so typed-array views over it are valid.
+   * `payloadOffset` and is 8-byte aligned in its ArrayBuffer, so typed-array views over it are valid. The frame
+   * has `FRAME_HEADROOM_BYTES` (at least) free in front of it.
    */
   allocate(h: FrameHeader, payloadBytes: number): { frame: Buffer; payloadOffset: number } {
     const { headerBytes } = this.layout(payloadBytes);
-    const leadingPad = (8 - (headerBytes % 8)) % 8;
+    const leadingPad = FRAME_HEADROOM_BYTES + ((8 - (headerBytes % 8)) % 8);
     const ab = new ArrayBuffer(leadingPad + headerBytes + payloadBytes);
     const frame = Buffer.from(ab, leadingPad, headerBytes + payloadBytes);
     this.writeHeader(frame, h, payloadBytes);
@@ -172,7 +188,7 @@ export class FrameEncoder {
   /** An ABORT frame (small; allocated each time). */
   abort(generation: number, opSeq: number, srcRank: number, missingRank: number, message: string): Buffer {
     const msg = Buffer.from(message.slice(0, 2000), 'utf8');
-    const head = Buffer.alloc(this.fixedBytes + 5 + 1 + varintBytes(msg.length) + msg.length);
+    const head = allocFrame(this.fixedBytes + 5 + 1 + varintBytes(msg.length) + msg.length);
     const h: FrameHeader = { generation, opSeq, kind: FrameKind.ABORT, op: 0, dtype: 0, srcRank, step: 0, segment: 0, offset: 0, total: 0 };
     // Reuse the data layout for fields 1..11, then fields 12 and 13 (no padding or payload).
     const tmp = Buffer.alloc(this.layout(0).headerBytes);

@@ -6,11 +6,19 @@
  * raised (`grpc-node.flow_control_window`; the server side has no such option and stays at 64 KiB, which caps
  * throughput at a few hundred MB/s). Messages are Buffers passed through unchanged (no protobuf objects), and
  * the message-size limits are set explicitly on both sides.
+ *
+ * Data frames bypass grpc-js's message layer where its internals allow (`directFraming`, see h2-direct.ts): the
+ * sender writes prefix + frame to the call's HTTP/2 stream from one buffer, the receiver assembles messages into
+ * pooled buffers. Handshake per stream: the predecessor writes HELLO (response side); the successor, once it has
+ * taken over its receiving side, answers HELLO (request side); only then does the predecessor count the stream
+ * as connected and send data, so no data can reach grpc-js's decoder after the take-over.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
+import type { Http2Stream } from 'node:http2';
 import * as grpc from '@grpc/grpc-js';
 import { CollectiveError } from './errors';
 import { decodeFrame, FrameEncoder, FrameKind } from './frame';
+import { FramePool, MessageAssembler, serverCallHttp2Stream, takeOverClientReceive, withGrpcPrefix } from './h2-direct';
 import type { LinkSide, PeerAddress, RingView, Transport, TransportEvents } from './transport';
 
 export const LINK_METHOD_PATH = '/blip2.collective.v1.Collective/Link';
@@ -56,7 +64,18 @@ export interface GrpcTransportOptions {
    * one was written out, so one stream has one message in flight; several keep more queued below JavaScript.
    */
   streamsPerLink: number;
+  /**
+   * Write and read data frames directly on the calls' HTTP/2 streams (same bytes on the wire; no per-message copy
+   * or allocation in grpc-js). Falls back to grpc-js's public path when its internals are not where expected.
+   */
+  directFraming: boolean;
 }
+
+/** Bytes written directly but not yet taken by HTTP/2 before `sendNext` asks the caller to wait for `drained()`. */
+const SEND_QUEUE_HIGH_BYTES = 8 * 1024 * 1024;
+const SEND_QUEUE_LOW_BYTES = SEND_QUEUE_HIGH_BYTES / 2;
+/** Receive buffers kept for reuse (each holds one message of up to maxMessageBytes). */
+const RECEIVE_POOL_BUFFERS = 48;
 
 export const metadataKeys = {
   authorization: 'authorization',
@@ -96,7 +115,16 @@ export class GrpcTransport implements Transport {
   private generation = 0;
   private prevCalls: ClientLink[] = [];
   private nextCalls: (ServerLink | undefined)[] = [];
+  /** The HTTP/2 stream under each next call when data is written directly, else null. */
+  private nextDirect: (Http2Stream | null)[] = [];
+  /** Streams of the next rank that answered HELLO (they are ready for data). */
+  private nextHello: boolean[] = [];
   private nextArrived = 0;
+  /** Bytes written directly whose write has not completed. */
+  private inFlightBytes = 0;
+  private readonly pool: FramePool;
+  /** How many links of the current generation use direct framing (for benchmarks and logs). */
+  private directStats = { send: 0, receive: 0 };
   private roundRobin = 0;
   private readonly pending: PendingCall[] = [];
   private nextWaiter: { resolve: () => void; reject: (e: Error) => void } | null = null;
@@ -110,6 +138,7 @@ export class GrpcTransport implements Transport {
     });
     this.tokenDigest = digest(options.token);
     this.encoder = new FrameEncoder(options.jobId);
+    this.pool = new FramePool(options.maxMessageBytes, RECEIVE_POOL_BUFFERS);
     this.server.addService(collectiveServiceDefinition, { Link: (call: ServerLink) => this.onIncoming(call) });
   }
 
@@ -157,7 +186,10 @@ export class GrpcTransport implements Transport {
       this.nextWaiter = { resolve, reject };
     });
     this.nextCalls = new Array<ServerLink | undefined>(this.options.streamsPerLink).fill(undefined);
+    this.nextDirect = new Array<Http2Stream | null>(this.options.streamsPerLink).fill(null);
+    this.nextHello = new Array<boolean>(this.options.streamsPerLink).fill(false);
     this.nextArrived = 0;
+    this.directStats = { send: 0, receive: 0 };
     // Adopt a successor's call that arrived before we knew this generation; refuse older ones.
     for (const p of this.pending.splice(0)) {
       clearTimeout(p.timer);
@@ -255,6 +287,8 @@ export class GrpcTransport implements Transport {
           call.removeAllListeners();
           this.prevCalls[stream] = call;
           this.attach(call, 'prev', prev.rank, view, stream);
+          // Tells the predecessor that this stream is ready for data (after the receiving side was taken over).
+          call.write(this.encoder.control(FrameKind.HELLO, view.generation, view.rank));
           resolve();
         });
         call.once('error', (e: grpc.ServiceError) => fail(e.code, e.details ?? e.message));
@@ -333,8 +367,16 @@ export class GrpcTransport implements Transport {
     call.removeAllListeners();
     this.nextCalls[stream] = call;
     call.write(this.encoder.control(FrameKind.HELLO, view.generation, view.rank));
+    const direct = this.options.directFraming ? serverCallHttp2Stream(call) : null;
+    this.nextDirect[stream] = direct;
+    if (direct) {
+      this.directStats.send++;
+      // grpc-js listens once; a failed direct write after that must not become an unhandled 'error'. The call
+      // reports the loss (attach).
+      direct.on('error', () => {});
+    }
     this.attach(call, 'next', callerRank, view, stream);
-    if (++this.nextArrived === streams) this.nextWaiter?.resolve();
+    // The stream counts once the successor answers HELLO (see attach).
   }
 
   private attach(call: ClientLink | ServerLink, side: LinkSide, peerRank: number, view: RingView, stream: number): void {
@@ -347,12 +389,19 @@ export class GrpcTransport implements Transport {
       this.events?.onLinkLost(side, peerRank, reason);
       this.flushDrainWaiters();
     };
-    call.on('data', (buf: Buffer) => {
+    const deliver = (buf: Buffer) => {
       if (!isCurrent()) return;
       // Control frames are small; only those are looked at here.
       if (buf.length < 1024) {
         try {
           const f = decodeFrame(buf);
+          if (f.kind === FrameKind.HELLO && side === 'next' && f.generation === view.generation && f.jobId === this.options.jobId) {
+            if (!this.nextHello[stream]) {
+              this.nextHello[stream] = true;
+              if (++this.nextArrived === this.options.streamsPerLink) this.nextWaiter?.resolve();
+            }
+            return;
+          }
           if (f.kind === FrameKind.BYE && f.generation === view.generation) {
             left = true;
             // The peer has left once every stream of the link said BYE (frames on other streams may still come).
@@ -365,7 +414,16 @@ export class GrpcTransport implements Transport {
         }
       }
       this.events?.onFrame(buf, side);
-    });
+    };
+    // grpc-js's path (also keeps the call flowing, so that its 'end' and status arrive).
+    call.on('data', deliver);
+    if (side === 'prev' && this.options.directFraming) {
+      const assembler = new MessageAssembler(this.options.maxMessageBytes, this.pool, deliver, (reason) => {
+        onLost(`stream from rank ${peerRank}: ${reason}`);
+        (call as ClientLink).cancel();
+      });
+      if (takeOverClientReceive(call, (chunk: Buffer) => assembler.write(chunk))) this.directStats.receive++;
+    }
     call.on('error', (e: Error & { code?: number; details?: string }) =>
       onLost(`${side === 'prev' ? 'stream from' : 'stream to'} rank ${peerRank} failed: ${e.details ?? e.message}${e.code !== undefined ? ` (gRPC status ${grpc.status[e.code] ?? e.code})` : ''}`),
     );
@@ -398,18 +456,40 @@ export class GrpcTransport implements Transport {
   sendNext(frame: Buffer, onWritten?: () => void): boolean {
     const k = this.nextCalls.length;
     if (k === 0) return true;
-    const call = this.nextCalls[this.roundRobin++ % k];
+    const i = this.roundRobin++ % k;
+    const call = this.nextCalls[i];
     if (!call) return true;
+    const direct = this.nextDirect[i];
     try {
-      return call.write(frame, onWritten);
+      if (!direct) return call.write(frame, onWritten);
+      const out = withGrpcPrefix(frame);
+      const bytes = out.length;
+      this.inFlightBytes += bytes;
+      direct.write(out, (err?: Error | null) => {
+        this.inFlightBytes -= bytes;
+        if (!err) onWritten?.();
+        if (err || this.inFlightBytes <= SEND_QUEUE_LOW_BYTES) this.flushDrainWaiters();
+      });
+      return this.inFlightBytes < SEND_QUEUE_HIGH_BYTES;
     } catch {
       return true;
     }
   }
 
   drained(): Promise<void> {
-    if (!this.nextCalls.some((c) => c?.writableNeedDrain)) return Promise.resolve();
+    const full = this.inFlightBytes >= SEND_QUEUE_HIGH_BYTES || this.nextCalls.some((c, i) => !this.nextDirect[i] && c?.writableNeedDrain);
+    if (!full) return Promise.resolve();
     return new Promise((resolve) => this.drainWaiters.push(resolve));
+  }
+
+  /** Takes back a frame that `onFrame` delivered, once nothing refers to it any more (its buffer is reused). */
+  recycle(frame: Buffer): void {
+    this.pool.recycle(frame);
+  }
+
+  /** How many streams of the current generation write (send) and read (receive) data frames directly. */
+  get directFramingStreams(): { send: number; receive: number } {
+    return { ...this.directStats };
   }
 
   sendPrev(frame: Buffer): void {
@@ -426,6 +506,8 @@ export class GrpcTransport implements Transport {
     const view = this.view;
     this.prevCalls = [];
     this.nextCalls = [];
+    this.nextDirect = [];
+    this.nextHello = [];
     this.byes = { prev: 0, next: 0 };
     this.view = null;
     for (const call of [...prev, ...next]) {

@@ -13,7 +13,7 @@
  * counts the same frames). Frames are self-describing (step, segment, offset), so their order does not matter.
  */
 import { CollectiveError, type CollectiveFailure } from './errors';
-import { floatToHalf, halfToFloatBits } from './fp16';
+import { addHalfInPlace, addHalfInPlaceKeep, floatToHalf, halfToFloatBits } from './fp16';
 import { decodeFrame, DType, FrameEncoder, FrameKind, OpKind, opKindName, patchForward, type DecodedFrame, type FrameHeader } from './frame';
 import type { LinkSide, RingView, Transport } from './transport';
 
@@ -294,6 +294,17 @@ export class Ring {
     });
   }
 
+  /** Hands a received frame back to the transport; call once, when nothing refers to it any more. */
+  private recycle(f: DecodedFrame): void {
+    this.transport.recycle?.(f.raw);
+  }
+
+  /** Sends a received (already used) frame on as the next step, or hands it back when this is its last hop. */
+  private forwardOrRecycle(f: DecodedFrame, forward: boolean): void {
+    if (forward) this.transport.sendNext(patchForward(f, f.step + 1, this.rank), () => this.recycle(f));
+    else this.recycle(f);
+  }
+
   private scratchF32(n: number): Float32Array {
     if (this.scratch.length < n) this.scratch = new Float32Array(Math.max(n, this.chunkElements));
     return this.scratch.subarray(0, n);
@@ -378,24 +389,24 @@ export class Ring {
             if (incoming.buffer !== f.raw.buffer) f.payload.set(new Uint8Array(incoming.buffer, incoming.byteOffset, count * 4));
           } else {
             const incoming = this.payloadF16(f.payload);
-            const sum = this.scratchF32(count);
-            const sumBits = new Uint32Array(sum.buffer, sum.byteOffset, count);
-            halfToFloatBits(incoming, sumBits, count);
-            addInto(sum, local, count);
-            floatToHalf(sumBits, incoming);
-            // The owner keeps exactly what the others will receive, so all ranks end bit-identical.
-            if (last) halfToFloatBits(incoming, new Uint32Array(local.buffer, local.byteOffset, count), count);
+            // One pass: decode, add in fp32, encode. The owner keeps exactly what the others will receive, so all
+            // ranks end bit-identical.
+            if (last) addHalfInPlaceKeep(incoming, local, new Uint32Array(local.buffer, local.byteOffset, count), count);
+            else addHalfInPlace(incoming, local, count);
             if (incoming.buffer !== f.raw.buffer) f.payload.set(new Uint8Array(incoming.buffer, incoming.byteOffset, count * 2));
           }
           // For the last reduce-scatter step, step + 1 is all-gather step 0 (wire step N-1).
-          this.transport.sendNext(patchForward(f, step + 1, r), progress);
+          this.transport.sendNext(patchForward(f, step + 1, r), () => {
+            progress();
+            this.recycle(f);
+          });
         } else {
-          if (k < n - 2) this.transport.sendNext(patchForward(f, step + 1, r));
           if (!fp16Wire) {
             f.payload.copy(Buffer.from(local.buffer, local.byteOffset, count * 4));
           } else {
             halfToFloatBits(this.payloadF16(f.payload), new Uint32Array(local.buffer, local.byteOffset, count), count);
           }
+          this.forwardOrRecycle(f, k < n - 2);
         }
         if (++received === expected) done();
       };
@@ -449,8 +460,8 @@ export class Ring {
         if (dst.length !== f.total || f.offset + count > dst.length) {
           throw this.error('mismatch', `rank ${o}'s block is announced as ${f.total} elements, then ${dst.length}`, o);
         }
-        if ((r + 1) % n !== o) this.transport.sendNext(patchForward(f, f.step + 1, r));
         f.payload.copy(Buffer.from(dst.buffer, dst.byteOffset + f.offset * 4, count * 4));
+        this.forwardOrRecycle(f, (r + 1) % n !== o);
         if (++got[o] === this.chunks(dst.length) && --pendingOrigins === 0) maybeDone();
       };
       const start = async () => {
@@ -487,8 +498,8 @@ export class Ring {
         if (f.total !== data.length || f.offset + count > data.length) {
           throw this.error('mismatch', `root ${root} broadcasts ${f.total} elements; this rank's buffer holds ${data.length}`, root);
         }
-        if ((r + 1) % n !== root) this.transport.sendNext(patchForward(f, f.step + 1, r));
         f.payload.copy(Buffer.from(data.buffer, data.byteOffset + f.offset * 4, count * 4));
+        this.forwardOrRecycle(f, (r + 1) % n !== root);
         if (++received === expected) done();
       };
       const start = async () => {

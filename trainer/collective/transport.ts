@@ -41,9 +41,15 @@ export interface Transport {
   setEvents(events: TransportEvents): void;
   /**
    * Queues a frame to the next rank; `onWritten` runs once the buffer may be reused. Returns false when the
-   * caller should wait for `drained()` before queuing more.
+   * caller should wait for `drained()` before queuing more. `frame` must come from `FrameEncoder`/`allocFrame` or
+   * from `onFrame`: the transport may write a length prefix into the bytes just before it.
    */
   sendNext(frame: Buffer, onWritten?: () => void): boolean;
+  /**
+   * Optional: takes back a frame that `onFrame` delivered, once the caller holds no reference to it (after using
+   * it, or after the write of it as a forwarded frame completed), so that its buffer is reused.
+   */
+  recycle?(frame: Buffer): void;
   drained(): Promise<void>;
   /** Queues a control frame to the previous rank (best effort). */
   sendPrev(frame: Buffer): void;
