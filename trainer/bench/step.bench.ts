@@ -87,6 +87,16 @@ const negatives = localNegatives({ inputIds, attentionMask }, rot, rot.map((i) =
 const inputs = { visionHidden, inputIds, attentionMask, negatives };
 
 function timeStep(options: Stage1Options): { ms: number[]; loss: number } {
+  try {
+    return timeSteps(options);
+  } catch (e) {
+    // e.g. WasmHeapExhaustedError at a batch the engine cannot hold: one clear line, not a stack through tfjs.
+    console.error(`bench:step: ${e instanceof Error ? e.message : String(e)}`);
+    process.exit(1);
+  }
+}
+
+function timeSteps(options: Stage1Options): { ms: number[]; loss: number } {
   const ms: number[] = [];
   let loss = NaN;
   for (let i = 0; i <= iters; i++) {
