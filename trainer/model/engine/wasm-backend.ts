@@ -44,6 +44,10 @@ export function heapF32(backend: WasmBackend): Float32Array {
   return new Float32Array(buffer);
 }
 
+export function heapU8(backend: WasmBackend): Uint8Array {
+  return new Uint8Array(backend.wasm.wasmMemory?.buffer ?? backend.wasm.HEAPU8.buffer);
+}
+
 export function heapI32(backend: WasmBackend): Int32Array {
   const buffer = backend.wasm.wasmMemory?.buffer ?? backend.wasm.HEAPF32.buffer;
   return new Int32Array(buffer);
@@ -115,7 +119,7 @@ export function guardWasmAllocations(backend: WasmBackend): void {
     wasm.tfjs.registerTensor(id, tf.util.sizeFromShape(shape), memoryOffset);
     if (values != null) {
       const v = values as Float32Array;
-      wasm.HEAPU8.set(new Uint8Array(v.buffer, v.byteOffset, numBytes), memoryOffset);
+      heapU8(b).set(new Uint8Array(v.buffer, v.byteOffset, numBytes), memoryOffset); // a fresh view: the heap may have grown
     }
   };
   b.__guarded = true;

@@ -6,7 +6,7 @@
  * (the gradient of a slice) is a fill and the same copy the other way.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { dataOf, type WasmBackend } from './wasm-backend';
+import { dataOf, heapU8, type WasmBackend } from './wasm-backend';
 
 /**
  * Copies the slice `begin`/`size` of a tensor of `shape` at byte offset `src` to byte offset `dst` (dense), for
@@ -50,7 +50,7 @@ function sliceKernel(stock: tf.KernelConfig): tf.KernelFunc {
     const [b, s] = tf.slice_util.parseSliceParams(x as tf.Tensor, begin, size);
     const out = backend.makeOutput(s, x.dtype);
     const bytes = tf.util.bytesPerElement(x.dtype);
-    copySlice(backend.wasm.HEAPU8, dataOf(backend, x).memoryOffset, dataOf(backend, out).memoryOffset, x.shape, b, s, bytes);
+    copySlice(heapU8(backend), dataOf(backend, x).memoryOffset, dataOf(backend, out).memoryOffset, x.shape, b, s, bytes);
     return out;
   };
 }
@@ -69,8 +69,8 @@ function splitKernel(stock: tf.KernelConfig): tf.KernelFunc {
       const size = [...x.shape];
       size[a] = n;
       const out = backend.makeOutput(size, x.dtype);
-      // HEAPU8 after makeOutput: the allocation may have grown the heap.
-      copySlice(backend.wasm.HEAPU8, dataOf(backend, x).memoryOffset, dataOf(backend, out).memoryOffset, x.shape, begin, size, bytes);
+      // The heap view after makeOutput: the allocation may have grown the heap.
+      copySlice(heapU8(backend), dataOf(backend, x).memoryOffset, dataOf(backend, out).memoryOffset, x.shape, begin, size, bytes);
       begin[a]! += n;
       return out;
     });
@@ -87,10 +87,11 @@ function padKernel(stock: tf.KernelConfig): tf.KernelFunc {
     const out = backend.makeOutput(outShape, x.dtype);
     const at = dataOf(backend, out).memoryOffset;
     const n = outShape.reduce((p, d) => p * d, 1);
-    const buffer = backend.wasm.HEAPU8.buffer;
+    const heap = heapU8(backend); // after makeOutput: the allocation may have grown the heap
+    const buffer = heap.buffer;
     if (x.dtype === 'float32') new Float32Array(buffer, at, n).fill(constantValue);
     else new Int32Array(buffer, at, n).fill(constantValue);
-    copySlice(backend.wasm.HEAPU8, dataOf(backend, x).memoryOffset, at, outShape, paddings.map((p) => p[0]), [...x.shape], 4, true);
+    copySlice(heap, dataOf(backend, x).memoryOffset, at, outShape, paddings.map((p) => p[0]), [...x.shape], 4, true);
     return out;
   };
 }
