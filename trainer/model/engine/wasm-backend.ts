@@ -124,3 +124,11 @@ export function guardWasmAllocations(backend: WasmBackend): void {
   };
   b.__guarded = true;
 }
+
+/** Replaces a stock wasm kernel with `make(stock)`, which may hand the cases it does not take back to the stock one. */
+export function replaceWasmKernel(name: string, make: (stock: tf.KernelConfig) => tf.KernelFunc): void {
+  const stock = tf.getKernel(name, 'wasm');
+  if (!stock) throw new Error(`the wasm backend has no ${name} kernel to replace`);
+  tf.unregisterKernel(name, 'wasm');
+  tf.registerKernel({ kernelName: name, backendName: 'wasm', kernelFunc: make(stock) });
+}

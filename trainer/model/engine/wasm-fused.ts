@@ -13,7 +13,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { NativeBlas } from './native-blas';
-import { dataOf, heapF32, heapI32, type WasmBackend } from './wasm-backend';
+import { dataOf, heapF32, heapI32, replaceWasmKernel, type WasmBackend } from './wasm-backend';
 
 const size = (shape: number[]) => shape.reduce((p, d) => p * d, 1);
 const NO_WEIGHTS = new Float32Array(0);
@@ -357,37 +357,29 @@ function gatherKernel(blas: NativeBlas, stock: tf.KernelConfig): tf.KernelFunc {
   };
 }
 
+/** Softmax over the last axis (float32) on the addon; its exp gives exact zeros for masked keys. */
+function softmaxKernel(blas: NativeBlas, stock: tf.KernelConfig): tf.KernelFunc {
+  return (args) => {
+    const logits = args.inputs.logits!;
+    const { dim } = args.attrs as unknown as { dim: number };
+    const backend = args.backend as WasmBackend;
+    if (logits.dtype !== 'float32' || (dim !== -1 && dim !== logits.shape.length - 1) || size(logits.shape) === 0) return stock.kernelFunc(args);
+    const { rows, cols } = lastAxis(logits.shape);
+    const out = backend.makeOutput([...logits.shape], 'float32');
+    const [xv, yv] = views(backend, logits, out);
+    blas.softmaxForward(xv!, yv!, rows, cols);
+    return out;
+  };
+}
+
 /** Registers the fused kernels on `wasm` and the Softmax gradient that uses one. */
 export function installWasmFused(blas: NativeBlas): void {
   if (native) return;
   native = blas;
   for (const config of kernels(blas)) tf.registerKernel(config);
-  const stockAdd = tf.getKernel(tf.Add, 'wasm');
-  if (!stockAdd) throw new Error('the wasm backend has no Add kernel to replace');
-  tf.unregisterKernel(tf.Add, 'wasm');
-  tf.registerKernel({ kernelName: tf.Add, backendName: 'wasm', kernelFunc: addKernel(blas, stockAdd) });
-  const stockSoftmax = tf.getKernel(tf.Softmax, 'wasm');
-  if (!stockSoftmax) throw new Error('the wasm backend has no Softmax kernel to replace');
-  tf.unregisterKernel(tf.Softmax, 'wasm');
-  tf.registerKernel({
-    kernelName: tf.Softmax,
-    backendName: 'wasm',
-    kernelFunc: (args) => {
-      const logits = args.inputs.logits!;
-      const { dim } = args.attrs as unknown as { dim: number };
-      const backend = args.backend as WasmBackend;
-      if (logits.dtype !== 'float32' || (dim !== -1 && dim !== logits.shape.length - 1) || size(logits.shape) === 0) return stockSoftmax.kernelFunc(args);
-      const { rows, cols } = lastAxis(logits.shape);
-      const out = backend.makeOutput([...logits.shape], 'float32');
-      const [xv, yv] = views(backend, logits, out);
-      blas.softmaxForward(xv!, yv!, rows, cols);
-      return out;
-    },
-  });
-  const stockGather = tf.getKernel(tf.GatherV2, 'wasm');
-  if (!stockGather) throw new Error('the wasm backend has no GatherV2 kernel to replace');
-  tf.unregisterKernel(tf.GatherV2, 'wasm');
-  tf.registerKernel({ kernelName: tf.GatherV2, backendName: 'wasm', kernelFunc: gatherKernel(blas, stockGather) });
+  replaceWasmKernel(tf.Add, (stock) => addKernel(blas, stock));
+  replaceWasmKernel(tf.Softmax, (stock) => softmaxKernel(blas, stock));
+  replaceWasmKernel(tf.GatherV2, (stock) => gatherKernel(blas, stock));
   const stockSoftmaxGrad = tf.getGradient(tf.Softmax);
   tf.registerGradient({
     kernelName: tf.Softmax,

@@ -6,7 +6,7 @@
  * its data id), so an output may share its input's data and count a reference, as tfjs-backend-cpu's Identity does.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import type { WasmBackend } from './wasm-backend';
+import { replaceWasmKernel, type WasmBackend } from './wasm-backend';
 
 function share(backend: WasmBackend, x: tf.TensorInfo): tf.TensorInfo {
   backend.incRef(x.dataId);
@@ -17,45 +17,25 @@ let installed = false;
 
 export function installWasmIdentity(): void {
   if (installed) return;
-  const stockIdentity = tf.getKernel(tf.Identity, 'wasm');
-  const stockCast = tf.getKernel(tf.Cast, 'wasm');
-  if (!stockIdentity || !stockCast) throw new Error('the wasm backend has no Identity/Cast kernel to replace');
-  tf.unregisterKernel(tf.Identity, 'wasm');
-  tf.registerKernel({
-    kernelName: tf.Identity,
-    backendName: 'wasm',
-    kernelFunc: (args) => {
-      const x = args.inputs.x!;
-      return x.dtype === 'string' ? stockIdentity.kernelFunc(args) : share(args.backend as WasmBackend, x);
-    },
+  replaceWasmKernel(tf.Identity, (stock) => (args) => {
+    const x = args.inputs.x!;
+    return x.dtype === 'string' ? stock.kernelFunc(args) : share(args.backend as WasmBackend, x);
   });
   // A Transpose that moves only axes of size 1 (the gather gradient transposes by an identity permutation) is a
   // reshape; the stock kernel copies the data for it.
-  const stockTranspose = tf.getKernel(tf.Transpose, 'wasm');
-  if (!stockTranspose) throw new Error('the wasm backend has no Transpose kernel to replace');
-  tf.unregisterKernel(tf.Transpose, 'wasm');
-  tf.registerKernel({
-    kernelName: tf.Transpose,
-    backendName: 'wasm',
-    kernelFunc: (args) => {
-      const x = args.inputs.x!;
-      const { perm } = args.attrs as unknown as { perm: number[] };
-      const moved = perm.filter((p) => x.shape[p] !== 1);
-      if (x.dtype === 'string' || moved.some((p, i) => i > 0 && p < moved[i - 1]!)) return stockTranspose.kernelFunc(args);
-      const out = share(args.backend as WasmBackend, x);
-      out.shape = perm.map((p) => x.shape[p]!);
-      return out;
-    },
+  replaceWasmKernel(tf.Transpose, (stock) => (args) => {
+    const x = args.inputs.x!;
+    const { perm } = args.attrs as unknown as { perm: number[] };
+    const moved = perm.filter((p) => x.shape[p] !== 1);
+    if (x.dtype === 'string' || moved.some((p, i) => i > 0 && p < moved[i - 1]!)) return stock.kernelFunc(args);
+    const out = share(args.backend as WasmBackend, x);
+    out.shape = perm.map((p) => x.shape[p]!);
+    return out;
   });
-  tf.unregisterKernel(tf.Cast, 'wasm');
-  tf.registerKernel({
-    kernelName: tf.Cast,
-    backendName: 'wasm',
-    kernelFunc: (args) => {
-      const x = args.inputs.x!;
-      const { dtype } = args.attrs as unknown as { dtype: tf.DataType };
-      return x.dtype === dtype && dtype !== 'string' ? share(args.backend as WasmBackend, x) : stockCast.kernelFunc(args);
-    },
+  replaceWasmKernel(tf.Cast, (stock) => (args) => {
+    const x = args.inputs.x!;
+    const { dtype } = args.attrs as unknown as { dtype: tf.DataType };
+    return x.dtype === dtype && dtype !== 'string' ? share(args.backend as WasmBackend, x) : stock.kernelFunc(args);
   });
   installed = true;
 }

@@ -5,19 +5,13 @@
  * int32 outputs keep the stock kernel. Indices outside [0, depth) give a row of `offValue`, as in tfjs cpu.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { dataOf, heapF32, heapI32, type WasmBackend } from './wasm-backend';
+import { dataOf, heapF32, heapI32, replaceWasmKernel, type WasmBackend } from './wasm-backend';
 
 let installed = false;
 
 export function installWasmOneHot(): void {
   if (installed) return;
-  const stock = tf.getKernel(tf.OneHot, 'wasm');
-  if (!stock) throw new Error('the wasm backend has no OneHot kernel to replace');
-  tf.unregisterKernel(tf.OneHot, 'wasm');
-  tf.registerKernel({
-    kernelName: tf.OneHot,
-    backendName: 'wasm',
-    kernelFunc: (args) => {
+  replaceWasmKernel(tf.OneHot, (stock) => (args) => {
       const { dtype, depth, onValue, offValue } = args.attrs as unknown as {
         dtype: tf.DataType;
         depth: number;
@@ -39,7 +33,6 @@ export function installWasmOneHot(): void {
         if (id >= 0 && id < depth) heap[outAt + i * depth + id] = onValue;
       }
       return out;
-    },
   });
   installed = true;
 }

@@ -6,7 +6,7 @@
  * (the gradient of a slice) is a fill and the same copy the other way.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { dataOf, heapU8, type WasmBackend } from './wasm-backend';
+import { dataOf, heapU8, replaceWasmKernel, type WasmBackend } from './wasm-backend';
 
 /**
  * Copies the slice `begin`/`size` of a tensor of `shape` at byte offset `src` to byte offset `dst` (dense), for
@@ -100,15 +100,8 @@ let installed = false;
 
 export function installWasmSlice(): void {
   if (installed) return;
-  for (const [name, make] of [
-    [tf.Slice, sliceKernel],
-    [tf.SplitV, splitKernel],
-    [tf.PadV2, padKernel],
-  ] as const) {
-    const stock = tf.getKernel(name, 'wasm');
-    if (!stock) throw new Error(`the wasm backend has no ${name} kernel to replace`);
-    tf.unregisterKernel(name, 'wasm');
-    tf.registerKernel({ kernelName: name, backendName: 'wasm', kernelFunc: make(stock) });
-  }
+  replaceWasmKernel(tf.Slice, sliceKernel);
+  replaceWasmKernel(tf.SplitV, splitKernel);
+  replaceWasmKernel(tf.PadV2, padKernel);
   installed = true;
 }

@@ -6,7 +6,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { NativeBlas } from './native-blas';
-import { dataOf, heapF32, type WasmBackend } from './wasm-backend';
+import { dataOf, heapF32, replaceWasmKernel, type WasmBackend } from './wasm-backend';
 
 let ones = new Float32Array(0);
 
@@ -48,9 +48,6 @@ let installed = false;
 /** Replaces the wasm Sum kernel with one that sends leading-axis sums to OpenBLAS. */
 export function installWasmSum(blas: NativeBlas): void {
   if (installed) return;
-  const stock = tf.getKernel(tf.Sum, 'wasm');
-  if (!stock) throw new Error('the wasm backend has no Sum kernel to replace');
-  tf.unregisterKernel(tf.Sum, 'wasm');
-  tf.registerKernel({ kernelName: tf.Sum, backendName: 'wasm', kernelFunc: makeSum(stock, blas) });
+  replaceWasmKernel(tf.Sum, (stock) => makeSum(stock, blas));
   installed = true;
 }

@@ -314,6 +314,27 @@ napi_value SoftmaxBackward(napi_env env, napi_callback_info info) {
   return nullptr;
 }
 
+// The targets (Int32Array, one class in [0, cols) per row) and weights (an empty Float32Array, or one per row) of
+// the cross-entropy kernels; false after throwing.
+bool TargetsAndWeights(napi_env env, napi_value t, napi_value wv, int64_t rows, int64_t cols, const int32_t** targets, Floats* w) {
+  size_t nt;
+  if (!GetInts(env, t, targets, &nt) || nt < static_cast<size_t>(rows)) {
+    napi_throw_range_error(env, nullptr, "kernels: targets must be an Int32Array of one class per row");
+    return false;
+  }
+  if (!GetFloats(env, wv, w) || (w->length != 0 && w->length < static_cast<size_t>(rows))) {
+    napi_throw_range_error(env, nullptr, "kernels: weights must be an empty Float32Array or one weight per row");
+    return false;
+  }
+  for (int64_t r = 0; r < rows; r++) {
+    if ((*targets)[r] < 0 || (*targets)[r] >= cols) {
+      napi_throw_range_error(env, nullptr, "kernels: a target class is out of range");
+      return false;
+    }
+  }
+  return true;
+}
+
 // crossEntropyForward(logits, targets, weights, loss, rows, cols, smoothing):
 // per row, with lse = log Σ exp(logits): loss = weight·((1-ε)·(lse - logits[target]) + ε·(lse - mean(logits))).
 // `weights` may be an empty Float32Array (all rows count 1).
@@ -322,25 +343,10 @@ napi_value CrossEntropyForward(napi_env env, napi_callback_info info) {
   const int64_t rows = a.integer(4), cols = a.integer(5);
   const double eps = a.number(6);
   const float* logits = a.floats(0, rows * cols, "logits");
-  Floats w;
   float* loss = a.floats(3, rows, "loss");
-  if (!a.ok) return nullptr;
   const int32_t* targets;
-  size_t nt;
-  if (!GetInts(env, a.argv[1], &targets, &nt) || nt < static_cast<size_t>(rows)) {
-    napi_throw_range_error(env, nullptr, "kernels: targets must be an Int32Array of one class per row");
-    return nullptr;
-  }
-  if (!GetFloats(env, a.argv[2], &w) || (w.length != 0 && w.length < static_cast<size_t>(rows))) {
-    napi_throw_range_error(env, nullptr, "kernels: weights must be an empty Float32Array or one weight per row");
-    return nullptr;
-  }
-  for (int64_t r = 0; r < rows; r++) {
-    if (targets[r] < 0 || targets[r] >= cols) {
-      napi_throw_range_error(env, nullptr, "kernels: a target class is out of range");
-      return nullptr;
-    }
-  }
+  Floats w;
+  if (!a.ok || !TargetsAndWeights(env, a.argv[1], a.argv[2], rows, cols, &targets, &w)) return nullptr;
 #pragma omp parallel for schedule(static) if (rows * cols >= kParallelMin)
   for (int64_t r = 0; r < rows; r++) {
     const float* lr = logits + r * cols;
@@ -370,18 +376,9 @@ napi_value CrossEntropyBackward(napi_env env, napi_callback_info info) {
   const float* logits = a.floats(0, rows * cols, "logits");
   const float* dloss = a.floats(3, rows, "dloss");
   float* dlogits = a.floats(4, rows * cols, "dlogits");
-  if (!a.ok) return nullptr;
   const int32_t* targets;
-  size_t nt;
   Floats w;
-  if (!GetInts(env, a.argv[1], &targets, &nt) || nt < static_cast<size_t>(rows)) {
-    napi_throw_range_error(env, nullptr, "kernels: targets must be an Int32Array of one class per row");
-    return nullptr;
-  }
-  if (!GetFloats(env, a.argv[2], &w) || (w.length != 0 && w.length < static_cast<size_t>(rows))) {
-    napi_throw_range_error(env, nullptr, "kernels: weights must be an empty Float32Array or one weight per row");
-    return nullptr;
-  }
+  if (!a.ok || !TargetsAndWeights(env, a.argv[1], a.argv[2], rows, cols, &targets, &w)) return nullptr;
   const float off = static_cast<float>(eps / cols);
   const float on = static_cast<float>(1.0 - eps);
 #pragma omp parallel for schedule(static) if (rows * cols >= kParallelMin)
@@ -399,8 +396,7 @@ napi_value CrossEntropyBackward(napi_env env, napi_callback_info info) {
     const float inv = 1.0f / sum;
 #pragma omp simd
     for (int64_t c = 0; c < cols; c++) dr[c] = scale * (expApprox(lr[c] - mx) * inv - off);
-    const int32_t t = targets[r];
-    if (t >= 0 && t < cols) dr[t] -= scale * on;
+    dr[targets[r]] -= scale * on;
   }
   return nullptr;
 }
