@@ -1,6 +1,7 @@
 // sgemm for the tensor engine: C = op(A)·op(B) on Float32Arrays (views on any buffer, shared ones included),
 // through the system's CBLAS (Debian's OpenBLAS). Built by build.sh; loaded by ../native-blas.ts when present.
 #include <cblas.h>
+#include <omp.h>
 #include <node_api.h>
 #include <cstdint>
 
@@ -108,13 +109,22 @@ static napi_value SgemmHeads(napi_env env, napi_callback_info info) {
     napi_throw_range_error(env, nullptr, "blas.sgemmHeads: the strides reach beyond the arrays");
     return nullptr;
   }
-  for (int64_t o = 0; o < outer; o++) {
-    for (int64_t i = 0; i < inner; i++) {
-      cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m, n, k,
-                  static_cast<float>(alpha), a + o * aO + i * aI, lda, b + o * bO + i * bI, ldb, 0.0f,
-                  c + o * cO + i * cI, ldc);
-    }
+  // The (batch, head) products are small (attention: 32–64 rows): OpenBLAS threading inside each one costs more
+  // than it gains, so they run single-threaded, spread over the OpenMP threads. OpenBLAS's thread count is global;
+  // it is set back before returning, and nothing else calls it meanwhile (the engine calls from one thread).
+  const int64_t count = outer * inner;
+  const int threads = omp_get_max_threads();
+  const int blasThreads = openblas_get_num_threads();
+  const bool spread = count >= 2 && threads > 1;
+  if (spread) openblas_set_num_threads(1);
+#pragma omp parallel for schedule(static) if (spread)
+  for (int64_t t = 0; t < count; t++) {
+    const int64_t o = t / inner, i = t % inner;
+    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m, n, k,
+                static_cast<float>(alpha), a + o * aO + i * aI, lda, b + o * bO + i * bI, ldb, 0.0f,
+                c + o * cO + i * cI, ldc);
   }
+  if (spread) openblas_set_num_threads(blasThreads);
   return nullptr;
 }
 
