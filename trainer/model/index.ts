@@ -43,6 +43,6 @@ export { initEngine, engineName, tf } from './engine';
 export * from './params';
 export { VisionBackbone, visionBlock } from './vision';
 export { linear, layerNorm, gelu, attention, splitHeads, mergeHeads, l2normalize, crossEntropySum, stopGradient } from './layers';
-export { embeddings, qformerLayer, qformerEncoder, projectImage, selectImages, lmHead, additiveMask, type KeyValue, type HeadKeyValue } from './qformer';
+export { embeddings, qformerEncoder, qformerLockstep, projectImage, selectImages, lmHead, additiveMask, type KeyValue, type HeadKeyValue } from './qformer';
 export * from './stage1';
 export * from './masks';

@@ -66,59 +66,6 @@ function feedForward(params: Params, config: Blip2Config, layer: number, kind: '
   return layerNorm(params, `${p}.output${kind}.LayerNorm`, tf.add(x, linear(params, `${p}.output${kind}.dense`, hidden)), config.qformer.layer_norm_eps);
 }
 
-export interface LayerOptions {
-  /** Leading rows that are queries (0 for a text-only pass). */
-  queryLength: number;
-  /** Additive self-attention mask, broadcastable to [B,1,S,Sk] (Sk includes `past`). */
-  selfMask?: tf.Tensor;
-  /** Cached keys/values prepended to this layer's self-attention keys (ITG's query keys/values). */
-  past?: KeyValue;
-  /** Projected image keys/values for this layer's cross-attention (required on cross layers with queries). */
-  cross?: HeadKeyValue;
-  /**
-   * Compute outputs only for rows [0, outputRows) (default all). Keys/values still come from every row, so those
-   * rows are exact; for a last layer whose other rows nobody reads (ITM's text rows, all but [CLS] in ITC's text pass).
-   */
-  outputRows?: number;
-}
-
-/**
- * BertLayer.forward. h [B,S,H] -> out [B,S,H], plus this layer's self-attention keys/values of its own rows
- * (the `past_key_value` LAVIS caches in the query pass).
- */
-export function qformerLayer(params: Params, config: Blip2Config, layer: number, h: tf.Tensor3D, options: LayerOptions): { out: tf.Tensor3D; kv: KeyValue } {
-  const q = config.qformer;
-  const p = `qformer.encoder.layer.${layer}`;
-  const kv: KeyValue = {
-    k: linear(params, `${p}.attention.attention.key`, h) as tf.Tensor3D,
-    v: linear(params, `${p}.attention.attention.value`, h) as tf.Tensor3D,
-  };
-  const [batch, rows, width] = h.shape;
-  const outRows = Math.min(options.outputRows ?? rows, rows);
-  const hOut = outRows === rows ? h : tf.slice(h, [0, 0, 0], [batch, outRows, width]); // [B,S',H]
-  let mask = options.selfMask;
-  if (mask && outRows < rows && mask.shape[2] !== 1) mask = tf.slice(mask, [0, 0, 0, 0], [mask.shape[0]!, mask.shape[1]!, outRows, mask.shape[3]!]);
-  const query = linear(params, `${p}.attention.attention.query`, hOut); // [B,S',H]
-  const keys = options.past ? tf.concat([options.past.k, kv.k], 1) : kv.k; // [B,Sp+S,H]
-  const values = options.past ? tf.concat([options.past.v, kv.v], 1) : kv.v;
-  const ctx = attention(query, keys, values, q.num_heads, mask); // [B,S',H]
-  const a = layerNorm(params, `${p}.attention.output.LayerNorm`, tf.add(hOut, linear(params, `${p}.attention.output.dense`, ctx)), q.layer_norm_eps) as tf.Tensor3D;
-  const Q = Math.min(options.queryLength, outRows);
-  const [b, s, H] = a.shape;
-  if (Q === 0) return { out: feedForward(params, config, layer, '', a) as tf.Tensor3D, kv };
-  let aq: tf.Tensor = Q === s ? a : tf.slice(a, [0, 0, 0], [b, Q, H]); // [B,Q,H]
-  if (hasCrossAttention(q, layer)) {
-    if (!options.cross) throw new Error(`layer ${layer} has cross-attention but no image keys/values were given`);
-    const cq = linear(params, `${p}.crossattention.attention.query`, aq); // [B,Q,H]
-    const cctx = attention(cq, options.cross.k, options.cross.v, q.num_heads); // [B,Q,H]; the image mask is all ones
-    aq = layerNorm(params, `${p}.crossattention.output.LayerNorm`, tf.add(aq, linear(params, `${p}.crossattention.output.dense`, cctx)), q.layer_norm_eps);
-  }
-  const outQ = feedForward(params, config, layer, '_query', aq); // [B,Q,H]
-  if (Q === s) return { out: outQ as tf.Tensor3D, kv };
-  const outT = feedForward(params, config, layer, '', tf.slice(a, [0, Q, 0], [b, s - Q, H])); // [B,T,H]
-  return { out: tf.concat([outQ, outT], 1) as tf.Tensor3D, kv };
-}
-
 /**
  * Cross-attention keys/values of every cross layer for a batch of image embeddings [N,P,Dv] -> per layer
  * {k, v} [N,heads,P,d]. Computed once per image and reused by the ITC query pass and all ITM groups.
@@ -156,38 +103,13 @@ export function selectImages(cross: Map<number, HeadKeyValue>, rows: tf.Tensor1D
   return out;
 }
 
-export interface EncoderOptions {
-  queryLength: number;
-  /** Rows of the last layer's output that are needed (default all); see LayerOptions.outputRows. */
-  lastLayerRows?: number;
-  selfMask?: tf.Tensor;
-  /** Per layer cached keys/values (ITG). */
-  past?: KeyValue[];
-  /** Per cross layer image keys/values. */
-  cross?: Map<number, HeadKeyValue>;
-}
+/** One pass's options (`LockstepStream` without the input and the links between streams). */
+export type EncoderOptions = Omit<LockstepStream, 'h' | 'pastFrom' | 'keepKeyValues'>;
 
-/** BertEncoder.forward over all layers. Returns the last hidden state and each layer's self keys/values. */
+/** BertEncoder.forward over all layers (one stream of `qformerLockstep`). Returns the last hidden state and each layer's self keys/values. */
 export function qformerEncoder(params: Params, config: Blip2Config, h: tf.Tensor3D, options: EncoderOptions): { out: tf.Tensor3D; kv: KeyValue[] } {
-  const kvs: KeyValue[] = [];
-  let x = h;
-  for (let i = 0; i < config.qformer.num_layers; i++) {
-    // One tidy per layer: its intermediates that backward does not need are freed now, not at the end of the
-    // forward pass (the tape keeps its own references to what it saved).
-    const [out, k, v] = tf.tidy(() => {
-      const r = qformerLayer(params, config, i, x, {
-        queryLength: options.queryLength,
-        selfMask: options.selfMask,
-        past: options.past?.[i],
-        cross: options.cross?.get(i),
-        outputRows: i === config.qformer.num_layers - 1 ? options.lastLayerRows : undefined,
-      });
-      return [r.out, r.kv.k, r.kv.v];
-    }) as [tf.Tensor3D, tf.Tensor3D, tf.Tensor3D];
-    x = out;
-    kvs.push({ k, v });
-  }
-  return { out: x, kv: kvs };
+  const r = qformerLockstep(params, config, [{ h, ...options, keepKeyValues: true }]);
+  return { out: r.out[0]!, kv: r.kv[0]! };
 }
 
 /** ITG head (BertOnlyMLMHead): dense -> gelu -> LayerNorm -> ·word_embeddingsᵀ + bias. x [N,H] -> [N,V]. */
@@ -206,9 +128,16 @@ export interface LockstepStream {
   selfMask?: tf.Tensor;
   /** Index of an earlier stream whose per-layer keys/values this stream's keys are prefixed with (ITG). */
   pastFrom?: number;
+  /** Per-layer keys/values of an earlier run to prefix this stream's keys with (ITG after a separate query pass). */
+  past?: KeyValue[];
+  /** Return this stream's self-attention keys/values of every layer (the `past_key_value` LAVIS caches). */
+  keepKeyValues?: boolean;
   /** Image keys/values per cross layer (streams with queries). */
   cross?: Map<number, HeadKeyValue>;
-  /** Rows of the last layer's output that are read (default all). */
+  /**
+   * Rows of the last layer's output that are read (default all). Keys/values still come from every row, so those
+   * rows are exact; for a last layer whose other rows nobody reads (ITM's text rows, all but [CLS] in ITC's text pass).
+   */
   lastLayerRows?: number;
 }
 
@@ -234,17 +163,21 @@ function unstackRows(x: tf.Tensor2D, shapes: [number, number][]): tf.Tensor3D[] 
  * Attention itself runs per stream (own masks, own image keys/values, ITG's cached query keys/values). Row for row
  * the arithmetic is that of `qformerEncoder`; only the GEMMs are larger, which on a CPU runs them 1.5–3× faster
  * (a [256, 256]·[256, 256] GEMM reaches ~60 GFLOP/s here, a [2304, 256]·[256, 256] one ~250).
- * Returns each stream's last hidden state (rows [0, lastLayerRows)).
+ * Returns each stream's last hidden state (rows [0, lastLayerRows)), and its per-layer keys/values where asked for.
+ * Each layer runs in its own tidy: its intermediates that backward does not need are freed at once (the tape keeps
+ * its own references to what it saved).
  */
-export function qformerLockstep(params: Params, config: Blip2Config, streams: LockstepStream[]): tf.Tensor3D[] {
+export function qformerLockstep(params: Params, config: Blip2Config, streams: LockstepStream[]): { out: tf.Tensor3D[]; kv: (KeyValue[] | undefined)[] } {
   const q = config.qformer;
   const H = q.hidden_size;
   const eps = q.layer_norm_eps;
   let hs = streams.map((s) => s.h);
+  const keep = streams.flatMap((s, i) => (s.keepKeyValues ? [i] : []));
+  const kv: (KeyValue[] | undefined)[] = streams.map((s) => (s.keepKeyValues ? [] : undefined));
   for (let layer = 0; layer < q.num_layers; layer++) {
     const last = layer === q.num_layers - 1;
     const p = `qformer.encoder.layer.${layer}`;
-    hs = tf.tidy(() => {
+    const result = tf.tidy(() => {
       const shapes = hs.map((h) => [h.shape[0], h.shape[1]] as [number, number]);
       const outRows = streams.map((s, i) => Math.min(last ? (s.lastLayerRows ?? shapes[i]![1]) : shapes[i]![1], shapes[i]![1]));
       const outShapes = shapes.map(([b], i) => [b, outRows[i]!] as [number, number]);
@@ -258,8 +191,8 @@ export function qformerLockstep(params: Params, config: Blip2Config, streams: Lo
       const ctx = streams.map((s, i) => {
         let mask = s.selfMask;
         if (mask && outRows[i]! < shapes[i]![1] && mask.shape[2] !== 1) mask = tf.slice(mask, [0, 0, 0, 0], [mask.shape[0]!, mask.shape[1]!, outRows[i]!, mask.shape[3]!]);
-        const past = s.pastFrom === undefined ? undefined : { k: k[s.pastFrom]!, v: v[s.pastFrom]! };
-        if (past && s.pastFrom! >= i) throw new Error(`stream ${i} takes keys/values from stream ${s.pastFrom}, which must come before it`);
+        if (s.pastFrom !== undefined && s.pastFrom >= i) throw new Error(`stream ${i} takes keys/values from stream ${s.pastFrom}, which must come before it`);
+        const past = s.pastFrom === undefined ? s.past?.[layer] : { k: k[s.pastFrom]!, v: v[s.pastFrom]! };
         const keys = past ? tf.concat([past.k, k[i]!], 1) : k[i]!;
         const values = past ? tf.concat([past.v, v[i]!], 1) : v[i]!;
         return attention(qs[i]!, keys, values, q.num_heads, mask); // [B,S',H]
@@ -300,8 +233,10 @@ export function qformerLockstep(params: Params, config: Blip2Config, streams: Lo
         if (ti < 0) return queryOut[qi]!;
         return tf.concat([queryOut[qi]!, textOut[ti]!], 1) as tf.Tensor3D;
       });
-      return next;
-    });
+      return [...next, ...keep.flatMap((i) => [k[i]!, v[i]!])];
+    }) as tf.Tensor3D[];
+    hs = result.slice(0, streams.length);
+    keep.forEach((i, j) => kv[i]!.push({ k: result[streams.length + 2 * j]!, v: result[streams.length + 2 * j + 1]! }));
   }
-  return hs;
+  return { out: hs, kv };
 }

@@ -347,7 +347,7 @@ export function stage1Step(params: Params, config: Blip2Config, inputs: Stage1In
         { h: embeddings(p, config, undefined, inputs.inputIds), queryLength: 0, selfMask: maskTensor(itcTextMask(attentionRows)), lastLayerRows: 1 },
         { h: itm.h, queryLength: Q, selfMask: itm.selfMask, cross: itm.cross, lastLayerRows: Q },
         { h: embeddings(p, config, undefined, decTensor), queryLength: 0, selfMask: itgSelfMask(), pastFrom: 0 },
-      ]) as [tf.Tensor3D, tf.Tensor3D, tf.Tensor3D, tf.Tensor3D];
+      ]).out as [tf.Tensor3D, tf.Tensor3D, tf.Tensor3D, tf.Tensor3D];
       qp = { queryOutput, imageFeats: imageFeatsOf(p, queryOutput) };
       tp = { textOutput, textFeat: textFeatOf(p, textOutput) };
       lockstep = { itmOut, itgOut };
