@@ -19,20 +19,11 @@ import { fileURLToPath } from 'node:url';
 import { Command, InvalidArgumentError } from 'commander';
 import * as grpc from '@grpc/grpc-js';
 import { createCollectiveGroup, type CollectiveGroup } from '../collective';
+import { passThroughBidiMethod } from '../collective/grpc-transport';
 
 const passThrough = (b: Buffer) => b;
 /** A bare gRPC stream through grpc-js's message layer (pass-through Buffers, big window), for comparison. */
-const streamService: grpc.ServiceDefinition = {
-  Pull: {
-    path: '/blip2.bench.v1.Stream/Pull',
-    requestStream: true,
-    responseStream: true,
-    requestSerialize: passThrough,
-    requestDeserialize: passThrough,
-    responseSerialize: passThrough,
-    responseDeserialize: passThrough,
-  },
-};
+const streamService: grpc.ServiceDefinition = { Pull: passThroughBidiMethod('/blip2.bench.v1.Stream/Pull') };
 
 const MiB = 1024 * 1024;
 const selfPath = fileURLToPath(import.meta.url);

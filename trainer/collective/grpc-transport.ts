@@ -25,18 +25,21 @@ export const LINK_METHOD_PATH = '/blip2.collective.v1.Collective/Link';
 
 const passThrough = (b: Buffer): Buffer => b;
 
-/** The service definition for grpc-js, with Buffer pass-through (de)serialisers. */
-export const collectiveServiceDefinition: grpc.ServiceDefinition = {
-  Link: {
-    path: LINK_METHOD_PATH,
+/** A bidirectional-streaming method at `path` whose messages are Buffers passed through as they are. */
+export function passThroughBidiMethod(path: string): grpc.MethodDefinition<Buffer, Buffer> {
+  return {
+    path,
     requestStream: true,
     responseStream: true,
     requestSerialize: passThrough,
     requestDeserialize: passThrough,
     responseSerialize: passThrough,
     responseDeserialize: passThrough,
-  },
-};
+  };
+}
+
+/** The service definition for grpc-js, with Buffer pass-through (de)serialisers. */
+export const collectiveServiceDefinition: grpc.ServiceDefinition = { Link: passThroughBidiMethod(LINK_METHOD_PATH) };
 
 /** PEM material for mutual TLS. Every rank presents `certPem` and accepts peers whose certificate `caPem` signed. */
 export interface CollectiveTlsOptions {
