@@ -5,6 +5,8 @@
 #include <node_api.h>
 #include <cstdint>
 
+#include "typed-arrays.h"
+
 #define CHECK(call)                                                        \
   do {                                                                     \
     if ((call) != napi_ok) {                                               \
@@ -14,14 +16,7 @@
   } while (0)
 
 static bool floats(napi_env env, napi_value v, float** data, size_t* length) {
-  napi_typedarray_type type;
-  napi_value buffer;
-  size_t offset;
-  void* raw;
-  if (napi_get_typedarray_info(env, v, &type, length, &raw, &buffer, &offset) != napi_ok) return false;
-  if (type != napi_float32_array) return false;
-  *data = static_cast<float*>(raw);
-  return true;
+  return TypedArrayData(env, v, napi_float32_array, data, length);
 }
 
 // sgemm(a, b, out, m, n, k, transposeA, transposeB, batch, strideA, strideB[, beta]): for each batch i,

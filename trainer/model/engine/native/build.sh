@@ -2,12 +2,12 @@
 # Builds the engine's native addon (blas.cc: OpenBLAS sgemm; kernels.cc: fused element-wise kernels, OpenMP →
 # build/blas.node) with the system compiler for this machine's CPU (-march=native: it is built where it runs), Node's
 # headers and Debian's OpenBLAS (libopenblas-dev). Prints why and exits 0 when something is missing: the engine then runs
-# its wasm matmul instead. Idempotent: rebuilds only when blas.cc is newer than the addon.
+# its wasm matmul instead. Idempotent: rebuilds only when a source (or this script, or the CPU asked for) changed.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 out="$here/build/blas.node"
 stamp="$here/build/march"
-if [ -f "$out" ] && [ "$out" -nt "$here/blas.cc" ] && [ "$out" -nt "$here/kernels.cc" ] && [ "$out" -nt "$0" ] &&
+if [ -f "$out" ] && [ "$out" -nt "$here/blas.cc" ] && [ "$out" -nt "$here/kernels.cc" ] && [ "$out" -nt "$here/typed-arrays.h" ] && [ "$out" -nt "$0" ] &&
   [ "$(cat "$stamp" 2>/dev/null)" = "${BLIP2_NATIVE_MARCH:-native}" ]; then exit 0; fi
 node_include="$(node -p "require('path').resolve(process.execPath, '../../include/node')")"
 if [ ! -f "$node_include/node_api.h" ]; then

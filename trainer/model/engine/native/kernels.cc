@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "typed-arrays.h"
+
 namespace {
 
 #define CHECK_OR(call, ret)                                                  \
@@ -73,25 +75,11 @@ struct Floats {
 };
 
 bool GetFloats(napi_env env, napi_value v, Floats* out) {
-  napi_typedarray_type type;
-  napi_value buffer;
-  size_t offset;
-  void* raw;
-  if (napi_get_typedarray_info(env, v, &type, &out->length, &raw, &buffer, &offset) != napi_ok) return false;
-  if (type != napi_float32_array) return false;
-  out->data = static_cast<float*>(raw);
-  return true;
+  return TypedArrayData(env, v, napi_float32_array, &out->data, &out->length);
 }
 
 bool GetInts(napi_env env, napi_value v, const int32_t** data, size_t* length) {
-  napi_typedarray_type type;
-  napi_value buffer;
-  size_t offset;
-  void* raw;
-  if (napi_get_typedarray_info(env, v, &type, length, &raw, &buffer, &offset) != napi_ok) return false;
-  if (type != napi_int32_array) return false;
-  *data = static_cast<const int32_t*>(raw);
-  return true;
+  return TypedArrayData(env, v, napi_int32_array, data, length);
 }
 
 // Reads argv as: `nf` Float32Arrays (each at least the size given by `need`), then integers, then doubles.
