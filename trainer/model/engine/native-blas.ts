@@ -1,5 +1,5 @@
 /**
- * The optional native addon: N-API functions (native/blas.cc) calling Debian's OpenBLAS `cblas_sgemm`,
+ * The optional native addon: N-API functions calling Debian's OpenBLAS `cblas_sgemm` (native/blas.cc) and fused kernels (native/kernels.cc),
  * built by native/build.sh (run by test/setup/install.sh). It works on Float32Array views of the wasm heap, so the
  * wasm backend's MatMul can hand it the tensors' memory without a copy. When the addon is not built or does not
  * load, `loadNativeBlas` returns undefined and the engine keeps the XNNPACK matmul.
