@@ -172,9 +172,16 @@ test('Softmax on the addon equals the cpu backend to float accuracy (masked rows
     return values;
   });
   expect(wasm.length).toBe(cpu.length);
-  let worst = 0;
-  wasm.forEach((v, i) => (worst = Math.max(worst, Math.abs(v - cpu[i]!))));
-  expect(worst).toBeLessThan(3e-7);
+  // What the arithmetic allows, relative to each probability p (u = 2^-24, float's unit roundoff; n = 33 keys):
+  //  - exp: ours is within 2 ulp ≤ 4u (the kernel's Cephes form), the cpu backend's Math.exp rounded to float 1u;
+  //  - the sum of n positive terms: (n - 1)u on each side, and the two sides add in different orders (the addon's
+  //    SIMD reduction depends on the vector width the compiler picked for the CPU it was built on);
+  //  - the normalisation: ours multiplies by a rounded 1/Σ (2u), the cpu backend divides (1u).
+  // x - max is the same float subtraction on both sides. Bound: (4 + 1 + 2(n - 1) + 3)u·p = (2n + 6)u·p.
+  const u = 2 ** -24;
+  const n = x.shape[3]!;
+  const over = wasm.map((v, i) => ({ i, err: Math.abs(v - cpu[i]!), bound: (2 * n + 6) * u * cpu[i]! })).filter((e) => e.err > e.bound);
+  expect(over.slice(0, 5)).toEqual([]);
   // masked keys get exact zeros, never denormals (which slow every matmul they reach by ~10×)
   expect(wasm.filter((v) => v !== 0 && Math.abs(v) < 1.17549435e-38)).toEqual([]);
   expect(wasm.filter((v) => v === 0).length).toBeGreaterThan(100);
