@@ -1,6 +1,6 @@
 /**
  * cyrb128: a 128-bit string hash returned as four 32-bit words. The project's seeded randomness (data planning and
- * augmentation in dataloader/rng.ts, counter-based draws of the training step in trainer/rng.ts) derives every
+ * augmentation in dataloader/rng.ts, the ITM hard negatives of the training step through `uniformAt`) derives every
  * generator from it, so that each random choice is a pure function of named parts (seed, epoch, step, sample id…).
  */
 export function cyrb128(str: string): [number, number, number, number] {
@@ -23,7 +23,16 @@ export function cyrb128(str: string): [number, number, number, number] {
   return [h1 >>> 0, h2 >>> 0, h3 >>> 0, h4 >>> 0];
 }
 
-/** mulberry32: a small, fast, seedable uniform [0, 1) generator (the ITM negative sampler, test data). */
+/**
+ * One uniform double in [0, 1) (53 random bits) determined by `parts`: counter-based, so draws do not depend on
+ * how a batch is split over ranks, and a resumed run repeats them without any saved generator state but the seed.
+ */
+export function uniformAt(...parts: Array<string | number>): number {
+  const [a, b] = cyrb128(parts.map(String).join('\u0000'));
+  return ((a >>> 5) * 67108864 + (b >>> 6)) / 9007199254740992;
+}
+
+/** mulberry32: a small, fast, seedable uniform [0, 1) generator (test data). */
 export function mulberry32(seed: number): () => number {
   let a = seed >>> 0;
   return () => {

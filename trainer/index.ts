@@ -18,7 +18,7 @@ export {
   type CheckpointState, type CheckpointMeta, type ParamValue, type ReadCheckpointOptions, type WriteCheckpointOptions,
 } from './checkpoint';
 export {
-  distributedStage1Step, collectiveAdapter, fetchRows, itmWeights, sampleNegatives, itgTargetCount, StepInputError,
+  distributedStage1Step, collectiveAdapter, fetchRows, StepInputError,
   type StepCollective, type LocalBatch, type Stage1Model, type Stage1Dims, type Stage1Normalisers, type Stage1LossInputs,
   type NegativeChoice, type Stage1StepResult,
 } from './step';
@@ -31,5 +31,5 @@ export {
 } from './loop';
 export { createTrainerCore, modelConfigFor, learningRateSchedule, type BuiltTrainerCore, type OptimSettings, type TrainerCoreOptions } from './core';
 export { JetStreamEpochData, LocalEpochData, LocalShardQueue, LocalLease, type BatchOptions, type JetStreamEpochDataOptions } from './epoch-data';
-export { createTrainerMetrics, STEP_PHASES, type TrainerMetrics, type TrainerMetricsOptions, type StepRecord, type StepPhase, type Objective } from './metrics';
-export { uniformAt, drawIndex } from './rng';
+export { createTrainerMetrics, STEP_PHASES, type TrainerMetrics, type TrainerMetricsOptions, type StepRecord, type StepPhase } from './metrics';
+export type { Objective } from './model';

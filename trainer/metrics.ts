@@ -6,8 +6,8 @@
 import { appendFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
+import type { Objective } from './model';
 
-export type Objective = 'itc' | 'itm' | 'itg';
 export const STEP_PHASES = ['data', 'forward_backward', 'communication', 'optimizer'] as const;
 export type StepPhase = (typeof STEP_PHASES)[number];
 

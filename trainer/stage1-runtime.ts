@@ -7,7 +7,7 @@ import {
 } from './model';
 import type { ParamSpec } from './optim';
 import type { LocalBatch, Stage1Dims, Stage1LossInputs, Stage1Model } from './step';
-import type { Objective } from './metrics';
+import type { Objective } from './model';
 import { StepInputError } from './step';
 
 export class Stage1Runtime implements Stage1Model {

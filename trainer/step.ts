@@ -22,10 +22,8 @@
  *  6. All-reduce SUM of the gradients (and the three local loss terms, in the same buffer): the result is the
  *     single-process gradient and loss of the global batch, whatever the per-rank batch sizes.
  */
-import { tf } from './model/engine';
-import { drawIndex, uniformAt } from './rng';
+import { itgTargetCount, itmSamplingWeights, OBJECTIVES, sampleHardNegatives, type Objective } from './model';
 import type { ParamSpec } from './optim';
-import type { Objective } from './metrics';
 import { Blip2Error } from '../common';
 
 /** The step's view of a collective group (variable-sized all-gather and sum all-reduce, both in rank order). */
@@ -141,13 +139,6 @@ export class StepInputError extends Blip2Error {}
 
 const now = () => performance.now() / 1000;
 
-/** Number of ITG target tokens: positions 1..T−1 whose token is not padding (LAVIS masks labels by pad id). */
-export function itgTargetCount(inputIds: Int32Array, batch: number, textLen: number, padTokenId: number): number {
-  let n = 0;
-  for (let i = 0; i < batch; i++) for (let t = 1; t < textLen; t++) if (inputIds[i * textLen + t] !== padTokenId) n++;
-  return n;
-}
-
 /**
  * Rows of a row-major table spread over ranks, fetched by global index. Each rank passes its own rows; the rows
  * another rank owns are sent only when someone asked for them. Collective: every rank must call it.
@@ -200,45 +191,6 @@ function ownerOf(offsets: readonly number[], sizes: readonly number[], g: number
   for (let r = 0; r < sizes.length; r++) if (g >= offsets[r]! && g < offsets[r]! + sizes[r]!) return r;
   throw new StepInputError(`global row ${g} is outside the global batch of ${offsets.at(-1)! + sizes.at(-1)!} rows`);
 }
-
-/**
- * ITM sampling weights of the local rows (spec §5.2): softmax over the global batch of sim_t2i / sim_i2t, the
- * positive (column rankOffset + i) set to −10000 first. Returns [b, B] each.
- */
-export function itmWeights(
-  imageFeats: Float32Array, textFeat: Float32Array, allImageFeats: Float32Array, allTextFeat: Float32Array,
-  b: number, globalBatch: number, rankOffset: number, dims: Pick<Stage1Dims, 'numQueryTokens' | 'embedDim'>, temp: number,
-): { t2i: Float32Array; i2t: Float32Array } {
-  const Q = dims.numQueryTokens, E = dims.embedDim, B = globalBatch;
-  return tf.tidy(() => {
-    const positive = tf.cast(tf.oneHot(tf.range(rankOffset, rankOffset + b, 1, 'int32'), B), 'bool'); // [b, B]
-    const t2iDots = tf.matMul(tf.tensor2d(textFeat, [b, E]), tf.tensor2d(allImageFeats, [B * Q, E]), false, true); // [b, B·Q]
-    const t2iSim = tf.div(tf.max(tf.reshape(t2iDots, [b, B, Q]), 2), temp); // [b, B]
-    const i2tDots = tf.matMul(tf.tensor2d(imageFeats, [b * Q, E]), tf.tensor2d(allTextFeat, [B, E]), false, true); // [b·Q, B]
-    const i2tSim = tf.div(tf.max(tf.reshape(i2tDots, [b, Q, B]), 1), temp); // [b, B]
-    const masked = (s: tf.Tensor) => tf.where(positive, tf.fill([b, B], -10000), s);
-    return {
-      t2i: tf.softmax(masked(t2iSim) as tf.Tensor2D, 1).dataSync() as Float32Array,
-      i2t: tf.softmax(masked(i2tSim) as tf.Tensor2D, 1).dataSync() as Float32Array,
-    };
-  });
-}
-
-/** Negatives drawn for the local rows from `itmWeights`, keyed by (seed, step, global row). */
-export function sampleNegatives(
-  weights: { t2i: Float32Array; i2t: Float32Array }, b: number, globalBatch: number, rankOffset: number, seed: number, step: number,
-): { negImageIdx: Int32Array; negTextIdx: Int32Array } {
-  const negImageIdx = new Int32Array(b);
-  const negTextIdx = new Int32Array(b);
-  for (let i = 0; i < b; i++) {
-    const g = rankOffset + i;
-    negImageIdx[i] = drawIndex(weights.t2i.subarray(i * globalBatch, (i + 1) * globalBatch), uniformAt('itm', seed, step, g, 'image'));
-    negTextIdx[i] = drawIndex(weights.i2t.subarray(i * globalBatch, (i + 1) * globalBatch), uniformAt('itm', seed, step, g, 'text'));
-  }
-  return { negImageIdx, negTextIdx };
-}
-
-const OBJECTIVES: Objective[] = ['itc', 'itm', 'itg'];
 
 /**
  * One synchronous stage-1 step over the collective group; every rank calls it with its own batch (possibly empty).
@@ -302,7 +254,7 @@ export async function distributedStage1Step(
       }
     }
   }
-  const normalisers: Stage1Normalisers = { itcRows: B, itmRows: 3 * B, itgTokens: itgTargetCount(allIds, B, T, d.padTokenId) };
+  const normalisers: Stage1Normalisers = { itcRows: B, itmRows: 3 * B, itgTokens: itgTargetCount(allIds, T, d.padTokenId) };
 
   // 3. Negatives for the local rows, as global indices.
   let negImageIdx: Int32Array, negTextIdx: Int32Array;
@@ -318,9 +270,10 @@ export async function distributedStage1Step(
     }
   } else {
     t0 = now();
-    weights = b > 0 ? itmWeights(feats.imageFeats, feats.textFeat, allImageFeats, allTextFeat, b, B, rankOffset, d, model.temperature())
+    weights = b > 0
+      ? itmSamplingWeights({ ...feats, allImageFeats, allTextFeat }, { rows: b, globalBatch: B, numQueryTokens: Q, embedDim: E }, model.temperature(), rankOffset)
       : { t2i: new Float32Array(0), i2t: new Float32Array(0) };
-    ({ negImageIdx, negTextIdx } = sampleNegatives(weights, b, B, rankOffset, negatives.seed, negatives.step));
+    ({ negImageIdx, negTextIdx } = sampleHardNegatives(weights, b, B, { seed: negatives.seed, step: negatives.step, rankOffset }));
     fb += now() - t0;
   }
 

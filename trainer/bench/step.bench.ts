@@ -14,11 +14,12 @@ import {
   initEngine,
   localNegatives,
   presetConfig,
-  stage1Step,
+  DEFAULT_SCHEDULE,
+  stage1StepWithSchedule,
   tf,
   trainableCount,
   visionSeqLen,
-  type Stage1Options,
+  type PassSchedule,
 } from '../model';
 
 const program = new Command('bench:step')
@@ -86,9 +87,9 @@ const rot = Array.from({ length: B }, (_, i) => (i + 1) % B);
 const negatives = localNegatives({ inputIds, attentionMask }, rot, rot.map((i) => (i + 1) % B));
 const inputs = { visionHidden, inputIds, attentionMask, negatives };
 
-function timeStep(options: Stage1Options): { ms: number[]; loss: number } {
+function timeStep(schedule: PassSchedule): { ms: number[]; loss: number } {
   try {
-    return timeSteps(options);
+    return timeSteps(schedule);
   } catch (e) {
     // e.g. WasmHeapExhaustedError at a batch the engine cannot hold: one clear line, not a stack through tfjs.
     console.error(`bench:step: ${e instanceof Error ? e.message : String(e)}`);
@@ -96,12 +97,12 @@ function timeStep(options: Stage1Options): { ms: number[]; loss: number } {
   }
 }
 
-function timeSteps(options: Stage1Options): { ms: number[]; loss: number } {
+function timeSteps(schedule: PassSchedule): { ms: number[]; loss: number } {
   const ms: number[] = [];
   let loss = NaN;
   for (let i = 0; i <= iters; i++) {
     const t0 = performance.now();
-    const r = stage1Step(params, config, inputs, options);
+    const r = stage1StepWithSchedule(params, config, inputs, {}, schedule);
     for (const g of r.grads.values()) g.dataSync();
     const dt = performance.now() - t0;
     loss = r.losses.total;
@@ -117,15 +118,15 @@ const gflops = matmulGflops();
 console.log(`matmul probe [${B * (q.num_query_tokens + T)}×${q.hidden_size}]·[${q.hidden_size}×${q.intermediate_size}]: ${gflops.toFixed(1)} GFLOP/s`);
 let baselineMs: number | undefined;
 if (opts.baseline) {
-  const naive = timeStep({ reuseImageKeyValues: false });
+  const naive = timeStep({ ...DEFAULT_SCHEDULE, reuseImageKeyValues: false });
   baselineMs = median(naive.ms);
   console.log(`baseline (keys/values recomputed per pass, as the original): median ${fmt(baselineMs)} ms [${naive.ms.map(fmt).join(', ')}], loss ${naive.loss.toFixed(6)}`);
 }
 if (opts.sequential) {
-  const seq = timeStep({ lockstep: false });
+  const seq = timeStep({ ...DEFAULT_SCHEDULE, lockstep: false });
   console.log(`passes one after another (keys/values shared, lockstep off): median ${fmt(median(seq.ms))} ms [${seq.ms.map(fmt).join(', ')}], loss ${seq.loss.toFixed(6)}`);
 }
-const fast = timeStep({});
+const fast = timeStep(DEFAULT_SCHEDULE);
 const stepMs = median(fast.ms);
 console.log(`step (keys/values shared, passes in lockstep): median ${fmt(stepMs)} ms [${fast.ms.map(fmt).join(', ')}], loss ${fast.loss.toFixed(6)}`);
 if (baselineMs !== undefined) console.log(`ratio baseline/step: ${(baselineMs / stepMs).toFixed(2)}×`);

@@ -9,7 +9,7 @@ import { createParams, initEngine, presetConfig, visionSeqLen } from '../model';
 import { createLocalGroup } from '../local-group';
 import { Stage1Runtime } from '../stage1-runtime';
 import { distributedStage1Step } from '../step';
-import { uniformAt } from '../rng';
+import { uniformAt } from '../../common';
 
 const arg = (name: string, dflt: string) => {
   const i = process.argv.indexOf(`--${name}`);

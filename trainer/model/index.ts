@@ -12,8 +12,9 @@
  * - Stage 1: `stage1Step(params, config, inputs, options) -> Stage1Result` (losses as numbers, grads of the
  *   normalised total w.r.t. the trainable names, `imageFeats`/`textFeat` for gathering, `simI2t`/`simT2i`,
  *   `itmWeightsT2i`/`itmWeightsI2t`, `dispose()`); `stage1Features` (forward-only features to all-gather before
- *   the step), `itcSimilarities`, `itmWeights`, `sampleHardNegatives` (seeded), `localNegatives`, `itgTargetCount`
- *   (local ITG token count, to all-reduce for `normalisers.itgTokens`), `lnVision`, and for gathers that pass
+ *   the step), `itcSimilarities`, `itmWeights` / `itmSamplingWeights`, `sampleHardNegatives` (counter-based draws
+ *   keyed by seed, step and global row), `localNegatives`, `itgTargetCount` (local ITG token count, to all-reduce
+ *   for `normalisers.itgTokens`), `lnVision`, and for gathers that pass
  *   gradients back `options.gatheredGrads` + `stage1FeatureBackward`. Masks of spec §5.4: `itcQueryMask`,
  *   `itcTextMask`, `itmMask`, `itgMask`.
  *
@@ -30,7 +31,7 @@
  *   1. f = stage1Features(params, config, local); all-gather f.imageFeats [B_r,Q,E] and f.textFeat [B_r,E] in rank
  *      order -> allImageFeats [N,Q,E], allTextFeat [N,E].
  *   2. sims = itcSimilarities(temp, f.imageFeats, f.textFeat, allImageFeats, allTextFeat); w = itmWeights(sims..., offset);
- *      neg = sampleHardNegatives(w.itmWeightsT2i.arraySync(), w.itmWeightsI2t.arraySync(), seed) (gathered columns);
+ *      neg = sampleHardNegatives({t2i, i2t}, B_r, N, {seed, step, rankOffset: offset}) (gathered columns);
  *      fetch the negative images' visionHidden and texts from their owners -> `negatives`
  *      (`negVisionHidden` [B,P,Dv], or `negImageIndex` into [visionHidden ; extraVisionHidden] to reuse local images).
  *   3. r = stage1Step(params, config, {visionHidden, inputIds, attentionMask, gathered: {allImageFeats, allTextFeat,
@@ -39,10 +40,22 @@
  *      are equal).
  */
 export * from './config';
+export { ModelInputError } from './errors';
 export { initEngine, engineName, tf } from './engine';
 export * from './params';
 export { VisionBackbone, visionBlock } from './vision';
 export { linear, layerNorm, gelu, attention, splitHeads, mergeHeads, l2normalize, crossEntropySum, stopGradient } from './layers';
-export { embeddings, qformerEncoder, qformerLockstep, projectImage, selectImages, lmHead, additiveMask, type KeyValue, type HeadKeyValue } from './qformer';
-export * from './stage1';
+export {
+  embeddings, queryTokens, qformerLayer, qformerEncoder, projectImage, selectImages, additiveMask,
+  type KeyValue, type HeadKeyValue, type PassOptions, type LayerOptions,
+} from './qformer';
+export { qformerLockstep, type LockstepStream } from './qformer-lockstep';
+export { itcSimilarities, itcLoss, imageFeatures, textFeature, type Pass } from './itc';
+export { itmWeights, itmSamplingWeights, sampleHardNegatives, drawIndex, localNegatives, itmLoss, type ItmNegatives, type NegativeKey } from './itm';
+export { itgTargetCount, itgTargets, itgLoss, lmHead, type ItgTargets } from './itg';
+export {
+  stage1Step, stage1StepWithSchedule, DEFAULT_SCHEDULE, OBJECTIVES,
+  type Objective, type Stage1Inputs, type Stage1Options, type Stage1Result, type GatheredFeatures, type LossNormalisers, type PassSchedule,
+} from './stage1';
+export { stage1Features, stage1FeatureBackward, lnVision, crossAttentionLayers } from './features';
 export * from './masks';

@@ -1,13 +1,18 @@
 /**
- * The Q-Former (LAVIS Qformer.py BertModel; HF Blip2QFormerModel): embeddings, post-LN BERT layers whose query rows
- * cross-attend to the image on layers i % cross_attention_freq == 0, and separate query/text FFNs.
+ * The Q-Former (LAVIS Qformer.py BertModel; HF Blip2QFormerModel), written as the paper draws it: learned query
+ * tokens and text tokens share each layer's self-attention; every `cross_attention_freq`-th layer the query rows
+ * cross-attend to the image; query rows and text rows each have their own feed-forward network.
+ *
+ * `qformerLayer` is one BertLayer; `qformerEncoder` is the loop over it (BertEncoder). The fast path that advances
+ * several passes through the layers together lives beside it in `qformer-lockstep.ts` and computes the same numbers.
  */
 import { hasCrossAttention, type Blip2Config } from './config';
 import { tf } from './engine';
 import { attention, gelu, layerNorm, linear, param, splitHeads } from './layers';
+import { ModelInputError } from './errors';
 import type { Params } from './params';
 
-/** Keys/values of one attention, [B, S, H] each (self-attention). */
+/** Keys/values of one self-attention, [B, S, H] each. */
 export interface KeyValue {
   k: tf.Tensor3D;
   v: tf.Tensor3D;
@@ -41,7 +46,7 @@ export function embeddings(params: Params, config: Blip2Config, queries?: tf.Ten
   if (queries) parts.push(queries);
   if (inputIds) {
     const [b, t] = inputIds.shape;
-    if (t > q.max_position_embeddings) throw new Error(`text length ${t} exceeds max_position_embeddings ${q.max_position_embeddings}`);
+    if (t > q.max_position_embeddings) throw new ModelInputError(`text length ${t} exceeds max_position_embeddings ${q.max_position_embeddings}: shorten the captions (max_txt_len)`);
     const words = tf.reshape(tf.gather(param(params, 'embeddings.word_embeddings.weight'), tf.reshape(inputIds, [-1])), [b, t, q.hidden_size]); // [B,T,H]
     const pos = tf.slice(param(params, 'embeddings.position_embeddings.weight'), [0, 0], [t, q.hidden_size]); // [T,H]
     parts.push(tf.add(words, pos));
@@ -60,10 +65,10 @@ export function queryTokens(params: Params, batch: number): tf.Tensor3D {
 }
 
 /** BertIntermediate + BertOutput: LN(x + W2·gelu(W1·x)). `kind` '' (text rows) or '_query' (query rows). */
-function feedForward(params: Params, config: Blip2Config, layer: number, kind: '' | '_query', x: tf.Tensor): tf.Tensor {
+export function feedForward(params: Params, config: Blip2Config, layer: number, kind: '' | '_query', x: tf.Tensor): tf.Tensor {
   const p = `qformer.encoder.layer.${layer}`;
-  const hidden = gelu(linear(params, `${p}.intermediate${kind}.dense`, x)); // [B,S,I]
-  return layerNorm(params, `${p}.output${kind}.LayerNorm`, tf.add(x, linear(params, `${p}.output${kind}.dense`, hidden)), config.qformer.layer_norm_eps);
+  const hidden = gelu(linear(params, `${p}.intermediate${kind}.dense`, x)); // [..., I]
+  return layerNorm(params, `${p}.output${kind}.LayerNorm`, tf.add(x, linear(params, `${p}.output${kind}.dense`, hidden)), config.qformer.layer_norm_eps); // [..., H]
 }
 
 /**
@@ -73,10 +78,8 @@ function feedForward(params: Params, config: Blip2Config, layer: number, kind: '
 export function projectImage(params: Params, config: Blip2Config, imageEmbeds: tf.Tensor3D): Map<number, HeadKeyValue> {
   const q = config.qformer;
   const out = new Map<number, HeadKeyValue>();
-  const layers: number[] = [];
-  for (let i = 0; i < q.num_layers; i++) if (hasCrossAttention(q, i)) layers.push(i);
-  if (!layers.length) return out;
-  for (const i of layers) {
+  for (let i = 0; i < q.num_layers; i++) {
+    if (!hasCrossAttention(q, i)) continue;
     const p = `qformer.encoder.layer.${i}.crossattention.attention`;
     out.set(i, { k: splitHeads(linear(params, `${p}.key`, imageEmbeds), q.num_heads), v: splitHeads(linear(params, `${p}.value`, imageEmbeds), q.num_heads) }); // [N,n,P,d]
   }
@@ -103,140 +106,103 @@ export function selectImages(cross: Map<number, HeadKeyValue>, rows: tf.Tensor1D
   return out;
 }
 
-/** One pass's options (`LockstepStream` without the input and the links between streams). */
-export type EncoderOptions = Omit<LockstepStream, 'h' | 'pastFrom' | 'keepKeyValues'>;
-
-/** BertEncoder.forward over all layers (one stream of `qformerLockstep`). Returns the last hidden state and each layer's self keys/values. */
-export function qformerEncoder(params: Params, config: Blip2Config, h: tf.Tensor3D, options: EncoderOptions): { out: tf.Tensor3D; kv: KeyValue[] } {
-  const r = qformerLockstep(params, config, [{ h, ...options, keepKeyValues: true }]);
-  return { out: r.out[0]!, kv: r.kv[0]! };
-}
-
-/** ITG head (BertOnlyMLMHead): dense -> gelu -> LayerNorm -> ·word_embeddingsᵀ + bias. x [N,H] -> [N,V]. */
-export function lmHead(params: Params, config: Blip2Config, x: tf.Tensor2D): tf.Tensor2D {
-  const t = layerNorm(params, 'cls.predictions.transform.LayerNorm', gelu(linear(params, 'cls.predictions.transform.dense', x)), config.qformer.layer_norm_eps);
-  return tf.add(tf.matMul(t, param(params, 'embeddings.word_embeddings.weight'), false, true), param(params, 'cls.predictions.bias')) as tf.Tensor2D; // [N,V]
-}
-
-/** One pass through the Q-Former run by `qformerLockstep`. */
-export interface LockstepStream {
-  /** Input to layer 0, [B, S, H] (queries first, then text). */
-  h: tf.Tensor3D;
-  /** Leading rows that are queries (0 for text-only). */
+/** What one pass through the Q-Former needs besides its input (the same for every layer). */
+export interface PassOptions {
+  /** Leading rows of the input that are queries (0 for a text-only pass). */
   queryLength: number;
-  /** Additive self-attention mask, broadcastable to [B,1,S,Sk]. */
+  /** Additive self-attention mask, broadcastable to [B,1,S,S_keys]. */
   selfMask?: tf.Tensor;
-  /** Index of an earlier stream whose per-layer keys/values this stream's keys are prefixed with (ITG). */
-  pastFrom?: number;
-  /** Per-layer keys/values of an earlier run to prefix this stream's keys with (ITG after a separate query pass). */
-  past?: KeyValue[];
-  /** Return this stream's self-attention keys/values of every layer (the `past_key_value` LAVIS caches). */
-  keepKeyValues?: boolean;
-  /** Image keys/values per cross layer (streams with queries). */
+  /** Image keys/values per cross layer (passes with queries). */
   cross?: Map<number, HeadKeyValue>;
+  /** Per-layer keys/values of an earlier pass that prefix this pass's keys (ITG after the ITC query pass). */
+  past?: KeyValue[];
   /**
    * Rows of the last layer's output that are read (default all). Keys/values still come from every row, so those
    * rows are exact; for a last layer whose other rows nobody reads (ITM's text rows, all but [CLS] in ITC's text pass).
    */
   lastLayerRows?: number;
+  /** Return this pass's self-attention keys/values of every layer (the `past_key_value` LAVIS caches). */
+  keepKeyValues?: boolean;
 }
 
-const rowsOf = (t: tf.Tensor) => t.shape[0]! * t.shape[1]!;
-
-/** Rows of several [B_i, S_i, H] tensors stacked into one [Σ B_i·S_i, H]. */
-function stackRows(parts: tf.Tensor[], width: number): tf.Tensor2D {
-  const flat = parts.map((t) => tf.reshape(t, [rowsOf(t), width]));
-  return (flat.length === 1 ? flat[0]! : tf.concat(flat, 0)) as tf.Tensor2D;
-}
-
-/** The inverse of stackRows: [Σ B_i·S_i, H] back into [B_i, S_i, H] pieces. */
-function unstackRows(x: tf.Tensor2D, shapes: [number, number][]): tf.Tensor3D[] {
-  const width = x.shape[1];
-  const pieces = shapes.length === 1 ? [x] : tf.split(x, shapes.map(([b, s]) => b * s), 0);
-  return pieces.map((p, i) => tf.reshape(p, [shapes[i]![0], shapes[i]![1], width]) as tf.Tensor3D);
+/** One layer's part of a pass. */
+export interface LayerOptions {
+  queryLength: number;
+  selfMask?: tf.Tensor;
+  /** This layer's image keys/values (a cross-attention layer, in a pass with queries). */
+  image?: HeadKeyValue;
+  /** Keys/values prefixed to this layer's own (ITG: the query pass's, all visible). */
+  past?: KeyValue;
+  /** Output rows computed (default all): only the first `outputRows` rows ask queries. */
+  outputRows?: number;
 }
 
 /**
- * Several passes through the Q-Former (ITC's query and text passes, ITM, ITG) advanced layer by layer together, so
- * that every projection whose weights they share runs as one GEMM over all their rows: self-attention query, key,
- * value and output, each cross-attention projection over all query rows, each FFN over all query (or text) rows.
- * Attention itself runs per stream (own masks, own image keys/values, ITG's cached query keys/values). Row for row
- * the arithmetic is that of `qformerEncoder`; only the GEMMs are larger, which on a CPU runs them 1.5–3× faster
- * (a [256, 256]·[256, 256] GEMM reaches ~60 GFLOP/s here, a [2304, 256]·[256, 256] one ~250).
- * Returns each stream's last hidden state (rows [0, lastLayerRows)), and its per-layer keys/values where asked for.
- * Each layer runs in its own tidy: its intermediates that backward does not need are freed at once (the tape keeps
- * its own references to what it saved).
+ * One Q-Former layer (BertLayer.forward with query_length): h [B, S, H] with S = queries + text, queries first.
+ *  1. Self-attention over [queries ; text] (with `past` keys/values in front), then Add & LayerNorm.
+ *  2. Query rows: cross-attention to the image on cross layers, then Add & LayerNorm; the query FFN.
+ *  3. Text rows: the text FFN.
+ * Returns the layer output [B, R, H] (R = outputRows) and its self-attention keys/values [B, S, H].
  */
-export function qformerLockstep(params: Params, config: Blip2Config, streams: LockstepStream[]): { out: tf.Tensor3D[]; kv: (KeyValue[] | undefined)[] } {
-  const q = config.qformer;
-  const H = q.hidden_size;
-  const eps = q.layer_norm_eps;
-  let hs = streams.map((s) => s.h);
-  const keep = streams.flatMap((s, i) => (s.keepKeyValues ? [i] : []));
-  const kv: (KeyValue[] | undefined)[] = streams.map((s) => (s.keepKeyValues ? [] : undefined));
-  for (let layer = 0; layer < q.num_layers; layer++) {
-    const last = layer === q.num_layers - 1;
-    const p = `qformer.encoder.layer.${layer}`;
-    const result = tf.tidy(() => {
-      const shapes = hs.map((h) => [h.shape[0], h.shape[1]] as [number, number]);
-      const outRows = streams.map((s, i) => Math.min(last ? (s.lastLayerRows ?? shapes[i]![1]) : shapes[i]![1], shapes[i]![1]));
-      const outShapes = shapes.map(([b], i) => [b, outRows[i]!] as [number, number]);
-      const hOut = hs.map((h, i) => (outRows[i] === shapes[i]![1] ? h : tf.slice(h, [0, 0, 0], [shapes[i]![0], outRows[i]!, H])));
-      // Self-attention: keys and values of every row, queries of the output rows, each one GEMM.
-      const x = stackRows(hs, H);
-      const k = unstackRows(linear(params, `${p}.attention.attention.key`, x) as tf.Tensor2D, shapes);
-      const v = unstackRows(linear(params, `${p}.attention.attention.value`, x) as tf.Tensor2D, shapes);
-      const xOut = outRows.every((r, i) => r === shapes[i]![1]) ? x : stackRows(hOut, H);
-      const qs = unstackRows(linear(params, `${p}.attention.attention.query`, xOut) as tf.Tensor2D, outShapes);
-      const ctx = streams.map((s, i) => {
-        let mask = s.selfMask;
-        if (mask && outRows[i]! < shapes[i]![1] && mask.shape[2] !== 1) mask = tf.slice(mask, [0, 0, 0, 0], [mask.shape[0]!, mask.shape[1]!, outRows[i]!, mask.shape[3]!]);
-        if (s.pastFrom !== undefined && s.pastFrom >= i) throw new Error(`stream ${i} takes keys/values from stream ${s.pastFrom}, which must come before it`);
-        const past = s.pastFrom === undefined ? s.past?.[layer] : { k: k[s.pastFrom]!, v: v[s.pastFrom]! };
-        const keys = past ? tf.concat([past.k, k[i]!], 1) : k[i]!;
-        const values = past ? tf.concat([past.v, v[i]!], 1) : v[i]!;
-        return attention(qs[i]!, keys, values, q.num_heads, mask); // [B,S',H]
-      });
-      const attnOut = linear(params, `${p}.attention.output.dense`, stackRows(ctx, H));
-      const a = unstackRows(layerNorm(params, `${p}.attention.output.LayerNorm`, tf.add(xOut, attnOut), eps) as tf.Tensor2D, outShapes);
-      // Query rows: cross-attention (on cross layers), then the query FFN; text rows: the text FFN.
-      const Qs = streams.map((s, i) => Math.min(s.queryLength, outRows[i]!));
-      const withQ = streams.map((_, i) => i).filter((i) => Qs[i]! > 0);
-      const withT = streams.map((_, i) => i).filter((i) => Qs[i]! < outRows[i]!);
-      const queryShapes = withQ.map((i) => [outShapes[i]![0], Qs[i]!] as [number, number]);
-      const textShapes = withT.map((i) => [outShapes[i]![0], outRows[i]! - Qs[i]!] as [number, number]);
-      const aq = withQ.map((i) => (Qs[i] === outRows[i] ? a[i]! : tf.slice(a[i]!, [0, 0, 0], [outShapes[i]![0], Qs[i]!, H])));
-      let queryOut: tf.Tensor3D[] = [];
-      if (withQ.length) {
-        let xq = stackRows(aq, H);
-        if (hasCrossAttention(q, layer)) {
-          const cq = unstackRows(linear(params, `${p}.crossattention.attention.query`, xq) as tf.Tensor2D, queryShapes);
-          const cctx = withQ.map((i, j) => {
-            const cross = streams[i]!.cross?.get(layer);
-            if (!cross) throw new Error(`layer ${layer} has cross-attention but stream ${i} has no image keys/values`);
-            return attention(cq[j]!, cross.k, cross.v, q.num_heads); // the image mask is all ones
-          });
-          const co = linear(params, `${p}.crossattention.output.dense`, stackRows(cctx, H));
-          xq = layerNorm(params, `${p}.crossattention.output.LayerNorm`, tf.add(xq, co), eps) as tf.Tensor2D;
-        }
-        queryOut = unstackRows(feedForward(params, config, layer, '_query', xq) as tf.Tensor2D, queryShapes);
-      }
-      let textOut: tf.Tensor3D[] = [];
-      if (withT.length) {
-        const at = withT.map((i) => (Qs[i] === 0 ? a[i]! : tf.slice(a[i]!, [0, Qs[i]!, 0], [outShapes[i]![0], outRows[i]! - Qs[i]!, H])));
-        textOut = unstackRows(feedForward(params, config, layer, '', stackRows(at, H)) as tf.Tensor2D, textShapes);
-      }
-      const next = streams.map((_, i) => {
-        const qi = withQ.indexOf(i);
-        const ti = withT.indexOf(i);
-        if (qi < 0) return textOut[ti]!;
-        if (ti < 0) return queryOut[qi]!;
-        return tf.concat([queryOut[qi]!, textOut[ti]!], 1) as tf.Tensor3D;
-      });
-      return [...next, ...keep.flatMap((i) => [k[i]!, v[i]!])];
-    }) as tf.Tensor3D[];
-    hs = result.slice(0, streams.length);
-    keep.forEach((i, j) => kv[i]!.push({ k: result[streams.length + 2 * j]!, v: result[streams.length + 2 * j + 1]! }));
+export function qformerLayer(params: Params, config: Blip2Config, layer: number, h: tf.Tensor3D, options: LayerOptions): { out: tf.Tensor3D; kv: KeyValue } {
+  const c = config.qformer;
+  const p = `qformer.encoder.layer.${layer}`;
+  const [B, S, H] = h.shape;
+  const R = Math.min(options.outputRows ?? S, S);
+  const hOut = R === S ? h : (tf.slice(h, [0, 0, 0], [B, R, H]) as tf.Tensor3D); // [B,R,H]
+
+  // 1. Self-attention (BertSelfAttention + BertSelfOutput): keys/values of every row, queries of the output rows.
+  const k = linear(params, `${p}.attention.attention.key`, h) as tf.Tensor3D; // [B,S,H]
+  const v = linear(params, `${p}.attention.attention.value`, h) as tf.Tensor3D; // [B,S,H]
+  const q = linear(params, `${p}.attention.attention.query`, hOut) as tf.Tensor3D; // [B,R,H]
+  const keys = options.past ? tf.concat([options.past.k, k], 1) : k; // [B,S_past+S,H]
+  const values = options.past ? tf.concat([options.past.v, v], 1) : v; // [B,S_past+S,H]
+  let mask = options.selfMask;
+  if (mask && R < S && mask.shape[2] !== 1) mask = tf.slice(mask, [0, 0, 0, 0], [mask.shape[0]!, mask.shape[1]!, R, mask.shape[3]!]); // [B,1,R,S_keys]
+  const context = attention(q, keys, values, c.num_heads, mask); // [B,R,H]
+  const a = layerNorm(params, `${p}.attention.output.LayerNorm`, tf.add(hOut, linear(params, `${p}.attention.output.dense`, context)), c.layer_norm_eps) as tf.Tensor3D; // [B,R,H]
+
+  // 2. Query rows: cross-attention to the image (every cross_attention_freq-th layer), then the query FFN.
+  const Q = Math.min(options.queryLength, R);
+  const parts: tf.Tensor[] = [];
+  if (Q > 0) {
+    let aq = Q === R ? a : (tf.slice(a, [0, 0, 0], [B, Q, H]) as tf.Tensor3D); // [B,Q,H]
+    if (hasCrossAttention(c, layer)) {
+      if (!options.image) throw new ModelInputError(`layer ${layer} cross-attends to the image, but no image keys/values were given`);
+      const cq = linear(params, `${p}.crossattention.attention.query`, aq) as tf.Tensor3D; // [B,Q,H]
+      const cctx = attention(cq, options.image.k, options.image.v, c.num_heads); // [B,Q,H] (the image mask is all ones)
+      aq = layerNorm(params, `${p}.crossattention.output.LayerNorm`, tf.add(aq, linear(params, `${p}.crossattention.output.dense`, cctx)), c.layer_norm_eps) as tf.Tensor3D;
+    }
+    parts.push(feedForward(params, config, layer, '_query', aq)); // [B,Q,H]
   }
-  return { out: hs, kv };
+  // 3. Text rows: the text FFN.
+  if (Q < R) parts.push(feedForward(params, config, layer, '', Q === 0 ? a : tf.slice(a, [0, Q, 0], [B, R - Q, H]))); // [B,R-Q,H]
+  const out = (parts.length === 1 ? parts[0]! : tf.concat(parts, 1)) as tf.Tensor3D; // [B,R,H]
+  return { out, kv: { k, v } };
+}
+
+/**
+ * BertEncoder.forward: `qformerLayer` over every layer. h [B,S,H] -> the last hidden state [B,S|lastLayerRows,H],
+ * and each layer's self-attention keys/values when `keepKeyValues`. Each layer runs in its own tidy: what backward
+ * does not need is freed at once (the tape keeps its own references to what it saved).
+ */
+export function qformerEncoder(params: Params, config: Blip2Config, h: tf.Tensor3D, options: PassOptions): { out: tf.Tensor3D; kv: KeyValue[] } {
+  const layers = config.qformer.num_layers;
+  const kv: KeyValue[] = [];
+  let x = h;
+  for (let layer = 0; layer < layers; layer++) {
+    const [out, k, v] = tf.tidy(() => {
+      const r = qformerLayer(params, config, layer, x, {
+        queryLength: options.queryLength,
+        selfMask: options.selfMask,
+        image: options.cross?.get(layer),
+        past: options.past?.[layer],
+        outputRows: layer === layers - 1 ? options.lastLayerRows : undefined,
+      });
+      return options.keepKeyValues ? [r.out, r.kv.k, r.kv.v] : [r.out];
+    }) as tf.Tensor3D[];
+    x = out!;
+    if (options.keepKeyValues) kv.push({ k: k!, v: v! });
+  }
+  return { out: x, kv };
 }

@@ -9,6 +9,8 @@ import {
   sampleHardNegatives,
   stage1Features,
   stage1Step,
+  stage1StepWithSchedule,
+  DEFAULT_SCHEDULE,
   tf,
   visionSeqLen,
   type Blip2Config,
@@ -61,7 +63,7 @@ describe('stage-1 step', () => {
     const b = batch(config, 3, 11);
     const neg = localNegatives(b, [2, 0, 1], [1, 2, 0]);
     const shared = stage1Step(params, config, { ...b, negatives: neg });
-    const naive = stage1Step(params, config, { ...b, negatives: neg }, { reuseImageKeyValues: false });
+    const naive = stage1StepWithSchedule(params, config, { ...b, negatives: neg }, {}, { ...DEFAULT_SCHEDULE, reuseImageKeyValues: false });
     expect(shared.losses.total).toBeCloseTo(naive.losses.total, 5);
     for (const [n, g] of naive.grads) expectAllClose(n, shared.grads.get(n)!, g, 1e-5);
     for (const r of [shared, naive]) r.dispose();
@@ -70,17 +72,14 @@ describe('stage-1 step', () => {
     disposeParams(params);
   });
 
-  test('the hard-negative sampler is seeded and never draws a masked positive', () => {
-    const w = [
-      [0, 0.5, 0.5],
-      [0.9, 0, 0.1],
-      [0.2, 0.8, 0],
-    ];
-    const a = sampleHardNegatives(w, w, 7);
-    expect(sampleHardNegatives(w, w, 7)).toEqual(a);
+  test('the hard-negative sampler is keyed by (seed, step, row) and never draws a masked positive', () => {
+    const w = Float32Array.from([0, 0.5, 0.5, 0.9, 0, 0.1, 0.2, 0.8, 0]); // [3, 3] row-major
+    const weights = { t2i: w, i2t: w };
+    const a = sampleHardNegatives(weights, 3, 3, { seed: 7, step: 0, rankOffset: 0 });
+    expect(sampleHardNegatives(weights, 3, 3, { seed: 7, step: 0, rankOffset: 0 })).toEqual(a);
     const counts = [0, 0, 0];
     for (let s = 0; s < 400; s++) {
-      const r = sampleHardNegatives(w, w, s);
+      const r = sampleHardNegatives(weights, 3, 3, { seed: s, step: 3, rankOffset: 0 });
       r.negImageIdx.forEach((j, i) => expect(j).not.toBe(i));
       counts[r.negImageIdx[1]!]++;
     }
@@ -141,7 +140,7 @@ describe('stage-1 step', () => {
     const feats = local.map((l) => stage1Features(params, config, l));
     const allImageFeats = tf.concat(feats.map((f) => f.imageFeats)) as tf.Tensor3D;
     const allTextFeat = tf.concat(feats.map((f) => f.textFeat)) as tf.Tensor2D;
-    const itgTokens = local.reduce((n, l) => n + itgTargetCount(config, l.inputIds.arraySync()), 0); // all-reduced count
+    const itgTokens = local.reduce((n, l) => n + itgTargetCount(l.inputIds.dataSync(), config.qformer.max_txt_len, config.qformer.pad_token_id), 0); // all-reduced count
     const results = local.map((l, r) => {
       const rows = Array.from({ length: sizes[r]! }, (_, b) => offsets[r]! + b);
       const textRows = tf.tensor1d(rows.map((i) => negText[i]!), 'int32');

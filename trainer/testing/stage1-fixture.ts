@@ -3,7 +3,7 @@
  * (in-process ranks and real trainer processes over gRPC).
  */
 import { createParams, presetConfig, stage1Step, tf, trainableNames, visionSeqLen, type Blip2Config } from '../model';
-import { uniformAt } from '../rng';
+import { uniformAt } from '../../common';
 import type { LocalBatch } from '../step';
 
 export interface GlobalBatch {
