@@ -119,6 +119,7 @@ convict.addFormats({
 
 /** Model presets that the model package defines (trainer/model). */
 export const MODEL_PRESETS = ['tiny', 'small', 'base', 'blip2-opt-2.7b'] as const;
+export type ModelPresetName = (typeof MODEL_PRESETS)[number];
 
 // Every key: doc, format, default, env. `arg` is added below (the dotted path), `env` is BLIP2_<PATH>.
 const schema = {

@@ -37,13 +37,16 @@ describe('trainer processes in a job', () => {
   });
 
   test('rank 0 SIGKILLed after a commit: the survivor restores it, a replacement joins, exactly-once ledger, loss falls', async () => {
+    // Enough epochs that the replacement (started as soon as the survivor is alone) boots and is taken in before the
+    // job ends: with 2 epochs a fast machine finished the job in ~4 s, before the new process had joined.
+    const EPOCHS = 6;
     const jobId = `trainer-${process.pid}`;
     const j = await makeJobDir(
       {
         job: { id: jobId, token: 'job-token' },
         nats: { url: inject('natsUrl') },
         model: { preset: 'tiny' },
-        train: { epochs: 2, batchSizePerTrainer: 4, seed: 42 },
+        train: { epochs: EPOCHS, batchSizePerTrainer: 4, seed: 42 },
         optim: { lr: 2e-3, warmupLr: 1e-4, warmupSteps: 2, minLr: 1e-4 },
         checkpoint: { intervalSteps: 2 },
         // An ack wait about as long as a step: the leases stay held because they are renewed off the main thread.
@@ -85,8 +88,8 @@ describe('trainer processes in a job', () => {
       return s && s.generation > before.generation && s.world.length === 1 ? s : null;
     }, 30_000, 100);
     const stepAtLoss = alone.committed?.step ?? 0;
+    const c = start('trainer/main.ts', 'c'); // booting takes seconds; it joins whenever it is up
     await waitUntil('the survivor commits on its own', async () => ((await state())?.committed?.step ?? 0) > stepAtLoss, 60_000, 200);
-    const c = start('trainer/main.ts', 'c');
     await waitUntil('the replacement in the world', async () => (await state())?.world.some((p) => p.nodeId === 'c'), 60_000, 200);
     for (const [name, p] of [[survivor, trainers.get(survivor)!], ['c', c], ['coordinator', coordinator]] as const) {
       expect((await exitWithin(p, 120_000, name)).code, p.output().slice(-3000)).toBe(0);
@@ -99,7 +102,7 @@ describe('trainer processes in a job', () => {
     const ledger = JSON.parse(readFileSync(join(s.committed!.checkpointDir, 'ledger.json'), 'utf8')) as Record<string, string[]>;
     const index = loadIndex(join(j.dataRoot, 'index.json'));
     const l = new SampleLedger();
-    for (let e = 0; e < 2; e++) {
+    for (let e = 0; e < EPOCHS; e++) {
       const expected: string[] = [];
       for await (const b of createBatchStream({
         source: localShardSource(planEpoch({ index, datasets: ['train'], epoch: e, seed: 42, shardSizeSamples: 8 })),

@@ -11,7 +11,7 @@ import { META_FILE, MODEL_FILE, readCheckpoint } from './checkpoint';
 import type { TrainerCore, VisionEncoder } from './loop';
 import type { TrainerMetrics } from './metrics';
 import {
-  createParams, disposeParams, loadParams, presetConfig, tf, VisionBackbone, type Blip2Config,
+  blip2ConfigFromJson, createParams, disposeParams, loadParams, presetConfig, tf, VisionBackbone, type Blip2Config,
 } from './model';
 import { AdamW, linearWarmupCosineLr } from './optim';
 import { Stage1Runtime } from './stage1-runtime';
@@ -82,22 +82,31 @@ function weightFiles(path: string): { files: string[]; trainerCheckpoint: boolea
   return { files, trainerCheckpoint: false };
 }
 
+/** A model config.json (a BLIP-2 checkpoint's, HF keys, or one this project wrote), checked. */
+export function loadModelConfig(path: string): Blip2Config {
+  let json: unknown;
+  try {
+    json = JSON.parse(readFileSync(path, 'utf8'));
+  } catch (e) {
+    throw new UsageError(`model.config ${path}: cannot read it as JSON (${(e as Error).message})`);
+  }
+  return blip2ConfigFromJson(json, `model.config ${path}`);
+}
+
 /** The preset (or config file) with the Q-Former's vocabulary and special token ids taken from the tokenizer. */
 export function modelConfigFor(preset: string, modelConfigFile: string | undefined, tokenizer: CaptionTokenizer): Blip2Config {
-  const config = modelConfigFile
-    ? (JSON.parse(readFileSync(modelConfigFile, 'utf8')) as Blip2Config)
-    : presetConfig(preset);
+  const config = modelConfigFile ? loadModelConfig(modelConfigFile) : presetConfig(preset);
   if (tokenizer.kind !== 'bert' || tokenizer.sepTokenId === undefined || tokenizer.decTokenId === undefined) {
     throw new UsageError(`tokenizer: the Q-Former needs a BERT-style tokenizer ([CLS], [SEP], [DEC]); got kind ${tokenizer.kind}`);
   }
-  const q = config.qformer;
+  const q = config.qformer_config;
   q.vocab_size = tokenizer.vocabSize;
   q.pad_token_id = tokenizer.padTokenId;
-  q.cls_token_id = tokenizer.bosTokenId;
-  q.sep_token_id = tokenizer.sepTokenId;
-  q.dec_token_id = tokenizer.decTokenId;
-  if (q.max_txt_len > q.max_position_embeddings) {
-    throw new UsageError(`model: max_txt_len ${q.max_txt_len} exceeds max_position_embeddings ${q.max_position_embeddings}`);
+  config.lavis_config.cls_token_id = tokenizer.bosTokenId;
+  config.lavis_config.sep_token_id = tokenizer.sepTokenId;
+  config.lavis_config.dec_token_id = tokenizer.decTokenId;
+  if (config.lavis_config.max_txt_len > q.max_position_embeddings) {
+    throw new UsageError(`model: max_txt_len ${config.lavis_config.max_txt_len} exceeds max_position_embeddings ${q.max_position_embeddings}`);
   }
   return config;
 }
@@ -110,8 +119,8 @@ export function learningRateSchedule(o: OptimSettings, epochs: number): (epoch: 
 
 export async function createTrainerCore(o: TrainerCoreOptions): Promise<BuiltTrainerCore> {
   const log = o.log ?? createLogger('trainer');
-  const base = o.modelConfigFile ? (JSON.parse(readFileSync(o.modelConfigFile, 'utf8')) as Blip2Config) : presetConfig(o.preset);
-  const tokenizer = CaptionTokenizer.fromFile(o.tokenizerPath, { maxLength: base.qformer.max_txt_len });
+  const base = o.modelConfigFile ? loadModelConfig(o.modelConfigFile) : presetConfig(o.preset);
+  const tokenizer = CaptionTokenizer.fromFile(o.tokenizerPath, { maxLength: base.lavis_config.max_txt_len });
   const config = modelConfigFor(o.preset, o.modelConfigFile, tokenizer);
   const weights = o.weights ? weightFiles(o.weights) : undefined;
   const files = weights?.files;
@@ -131,7 +140,7 @@ export async function createTrainerCore(o: TrainerCoreOptions): Promise<BuiltTra
     beta1: o.optim.beta1, beta2: o.optim.beta2, eps: o.optim.eps, weightDecay: o.optim.weightDecay, maxGradNorm: o.optim.gradClipNorm,
   });
   const configHash = createHash('sha256').update(JSON.stringify({ config, stage: 1, weights: o.weights ?? '' })).digest('hex').slice(0, 16);
-  const size = config.vision.image_size;
+  const size = config.vision_config.image_size;
   const encoder: VisionEncoder = {
     encode(pixels, batch) {
       return tf.tidy(() => vision.encode(tf.tensor4d(pixels, [batch, 3, size, size])).dataSync() as Float32Array);

@@ -167,7 +167,7 @@ runProcess('trainer', async () => {
       const data = new JetStreamEpochData({
         nc, stream: queue.stream, durable: queue.durable, ackWaitMs: queue.ackWaitMs, keeper, dataRoot: config.data.root,
         tokenizer: core.tokenizer, batchSize: config.train.batchSizePerTrainer, workers: config.data.workers,
-        transform: { mode: 'train', imageSize: core.config.vision.image_size }, registry, logger: log,
+        transform: { mode: 'train', imageSize: core.config.vision_config.image_size }, registry, logger: log,
       });
       const commits: CommitChannel = {
         propose: (c) => member.proposeCommit(c),

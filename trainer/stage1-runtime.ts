@@ -24,12 +24,12 @@ export class Stage1Runtime implements Stage1Model {
       if (JSON.stringify(t.shape) !== JSON.stringify(p.shape)) throw new StepInputError(`parameter ${p.name} has shape [${t.shape.join(', ')}], expected [${p.shape.join(', ')}]`);
     }
     this.dims = {
-      visionSeqLen: visionSeqLen(config.vision),
-      visionWidth: config.vision.hidden_size,
-      textLen: config.qformer.max_txt_len,
-      numQueryTokens: config.qformer.num_query_tokens,
-      embedDim: config.qformer.embed_dim,
-      padTokenId: config.qformer.pad_token_id,
+      visionSeqLen: visionSeqLen(config.vision_config),
+      visionWidth: config.vision_config.hidden_size,
+      textLen: config.lavis_config.max_txt_len,
+      numQueryTokens: config.num_query_tokens,
+      embedDim: config.lavis_config.embed_dim,
+      padTokenId: config.qformer_config.pad_token_id,
     };
   }
 

@@ -7,7 +7,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { expect } from 'vitest';
 import { readSafetensors, toFloat32, toInt32, type SafeTensor } from '../../common';
-import { tf, type Blip2Config } from '../../trainer/model';
+import { blip2ConfigFromLavis, tf, type Blip2Config } from '../../trainer/model';
 
 const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 
@@ -28,8 +28,10 @@ export function goldenDir(): string {
 
 export interface Golden {
   dir: string;
+  /** golden.json["config"] (LAVIS's names) as the model's config (Hugging Face's names). */
+  config: Blip2Config;
   json: {
-    config: Blip2Config;
+    config: Parameters<typeof blip2ConfigFromLavis>[0];
     inputs: {
       batch: number;
       input_ids: number[][];
@@ -53,9 +55,11 @@ export function golden(): Golden {
   if (cached) return cached;
   const dir = goldenDir();
   const files = new Map<string, Map<string, SafeTensor>>();
+  const json = JSON.parse(readFileSync(join(dir, 'golden.json'), 'utf8')) as Golden['json'];
   cached = {
     dir,
-    json: JSON.parse(readFileSync(join(dir, 'golden.json'), 'utf8')),
+    config: blip2ConfigFromLavis(json.config),
+    json,
     path: (name) => join(dir, name),
     file(name) {
       if (!files.has(name)) files.set(name, readSafetensors(join(dir, name)).tensors);

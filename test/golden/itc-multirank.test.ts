@@ -20,7 +20,7 @@ import {
 import { expectClose, expectGradClose, expectLoss, floatTensor, get, golden, intTensor, liveTensors } from './golden';
 
 const g = golden();
-const config = g.json.config;
+const config = g.config;
 const mr = g.json.inputs.multirank;
 let params: Params;
 let all: { visionHidden: tf.Tensor3D; inputIds: tf.Tensor2D; attentionMask: tf.Tensor2D };

@@ -21,7 +21,7 @@ import {
 import { expectClose, expectLoss, floatTensor, get, golden, intTensor, liveTensors } from './golden';
 
 const g = golden();
-const config = g.json.config;
+const config = g.config;
 const case1 = () => g.file('case1_stage1_forward.safetensors');
 let params: Params;
 let backbone: VisionBackbone;
@@ -53,7 +53,7 @@ describe('golden case 1: stage-1 forward', () => {
   test('attention masks', () => {
     const c = case1();
     const { attention_mask: att, batch } = g.json.inputs;
-    const Q = config.qformer.num_query_tokens;
+    const Q = config.num_query_tokens;
     const negText = g.json.inputs.itm_neg_text_idx;
     const itmRows = [...att, ...att, ...negText.map((i) => att[i]!)];
     const cases = [
@@ -115,8 +115,8 @@ describe('golden case 1: stage-1 forward', () => {
     const c = case1();
     const B = g.json.inputs.batch;
     expect(Array.from(toInt32(get(c, 'out.itm_labels')))).toEqual([...Array(B).fill(1), ...Array(2 * B).fill(0)]);
-    const q = config.qformer;
-    const dec = g.json.inputs.input_ids.map((row) => row.map((v, j) => (j === 0 ? q.dec_token_id : v)));
+    const q = config.qformer_config;
+    const dec = g.json.inputs.input_ids.map((row) => row.map((v, j) => (j === 0 ? config.lavis_config.dec_token_id : v)));
     expect(Array.from(toInt32(get(c, 'out.itg_input_ids')))).toEqual(dec.flat());
     expect(Array.from(toInt32(get(c, 'out.itg_labels')))).toEqual(dec.flat().map((v) => (v === q.pad_token_id ? -100 : v)));
   });

@@ -5,7 +5,7 @@ import { disposeParams, initEngine, loadParams, localNegatives, stage1Step, tf, 
 import { expectGradClose, floatTensor, get, golden, intTensor, liveTensors } from './golden';
 
 const g = golden();
-const config = g.json.config;
+const config = g.config;
 let params: Params;
 let inputs: { visionHidden: tf.Tensor3D; inputIds: tf.Tensor2D; attentionMask: tf.Tensor2D };
 

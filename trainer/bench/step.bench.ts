@@ -44,16 +44,16 @@ const iters = positiveInt('--iters', opts.iters);
 
 await initEngine();
 const base = presetConfig(opts.preset);
-const config = { ...base, qformer: { ...base.qformer, max_txt_len: T } };
-const q = config.qformer;
-const P = visionSeqLen(config.vision);
-const Dv = config.vision.hidden_size;
+const config = { ...base, qformer: { ...base.qformer_config, max_txt_len: T } };
+const q = config.qformer_config;
+const P = visionSeqLen(config.vision_config);
+const Dv = config.vision_config.hidden_size;
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
 // Matmul probe: the FFN-shaped GEMM of this model, [B·64, H] · [H, 4H].
 function matmulGflops(): number {
-  const m = B * (q.num_query_tokens + T);
+  const m = B * (config.num_query_tokens + T);
   const a = tf.randomNormal([m, q.hidden_size]);
   const b = tf.randomNormal([q.hidden_size, q.intermediate_size]);
   const times: number[] = [];
@@ -78,7 +78,7 @@ const ids: number[][] = [];
 const mask: number[][] = [];
 for (let i = 0; i < B; i++) {
   const len = Math.min(T, 8 + Math.floor(rand() * (T - 7)));
-  ids.push(Array.from({ length: T }, (_, j) => (j === 0 ? q.cls_token_id : j === len - 1 ? q.sep_token_id : j < len ? 3 + Math.floor(rand() * (q.vocab_size - 4)) : q.pad_token_id)));
+  ids.push(Array.from({ length: T }, (_, j) => (j === 0 ? config.lavis_config.cls_token_id : j === len - 1 ? config.lavis_config.sep_token_id : j < len ? 3 + Math.floor(rand() * (q.vocab_size - 4)) : q.pad_token_id)));
   mask.push(Array.from({ length: T }, (_, j) => (j < len ? 1 : 0)));
 }
 const inputIds = tf.tensor2d(ids, [B, T], 'int32');
@@ -113,9 +113,9 @@ function timeSteps(schedule: PassSchedule): { ms: number[]; loss: number } {
 }
 
 const fmt = (x: number) => x.toFixed(0);
-console.log(`engine ${engineName()}; preset ${opts.preset}: Q-Former ${q.num_layers} layers × ${q.hidden_size}, ${q.num_query_tokens} queries, image ${P}×${Dv}, batch ${B}, text ${T}; ${trainableCount(config, 1).toLocaleString('en-US')} trainable parameters`);
+console.log(`engine ${engineName()}; preset ${opts.preset}: Q-Former ${q.num_hidden_layers} layers × ${q.hidden_size}, ${config.num_query_tokens} queries, image ${P}×${Dv}, batch ${B}, text ${T}; ${trainableCount(config, 1).toLocaleString('en-US')} trainable parameters`);
 const gflops = matmulGflops();
-console.log(`matmul probe [${B * (q.num_query_tokens + T)}×${q.hidden_size}]·[${q.hidden_size}×${q.intermediate_size}]: ${gflops.toFixed(1)} GFLOP/s`);
+console.log(`matmul probe [${B * (config.num_query_tokens + T)}×${q.hidden_size}]·[${q.hidden_size}×${q.intermediate_size}]: ${gflops.toFixed(1)} GFLOP/s`);
 let baselineMs: number | undefined;
 if (opts.baseline) {
   const naive = timeStep({ ...DEFAULT_SCHEDULE, reuseImageKeyValues: false });

@@ -33,15 +33,15 @@ if (!engine) {
 } else {
   await initEngine({ engine: engine as 'cpu' | 'wasm' });
   const config = presetConfig(preset);
-  const S = visionSeqLen(config.vision), Dv = config.vision.hidden_size, T = config.qformer.max_txt_len;
+  const S = visionSeqLen(config.vision_config), Dv = config.vision_config.hidden_size, T = config.lavis_config.max_txt_len;
   // Captions of random length, [CLS] … [SEP] then padding, as the tokenizer pads to max_txt_len.
-  const q = config.qformer;
+  const q = config.qformer_config;
   const inputIds = new Int32Array(batch * T);
   const attentionMask = new Int32Array(batch * T);
   for (let b = 0; b < batch; b++) {
     const len = 3 + Math.floor(uniformAt('len', b) * (T - 3));
     for (let t = 0; t < T; t++) {
-      inputIds[b * T + t] = t === 0 ? q.cls_token_id : t === len - 1 ? q.sep_token_id : t < len ? 3 + Math.floor(uniformAt('id', b, t) * 20) : q.pad_token_id;
+      inputIds[b * T + t] = t === 0 ? config.lavis_config.cls_token_id : t === len - 1 ? config.lavis_config.sep_token_id : t < len ? 3 + Math.floor(uniformAt('id', b, t) * 20) : q.pad_token_id;
       attentionMask[b * T + t] = t < len ? 1 : 0;
     }
   }

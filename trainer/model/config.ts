@@ -1,147 +1,232 @@
 /**
- * BLIP-2 configuration, mirroring the keys of ../shared/golden/golden.json["config"] (snake_case, as HF
- * config.json files), the presets, and the parameter manifest: every parameter's HF name, shape, and group.
+ * BLIP-2 configuration with Hugging Face's names (`Blip2Config`'s config.json: `vision_config`, `qformer_config`,
+ * `text_config`, `num_query_tokens`), so that the config.json of a BLIP-2 checkpoint loads as it is; LAVIS's
+ * pre-training settings that config.json does not carry sit in `lavis_config`. Also the presets, and the parameter
+ * manifest: every parameter's HF name, shape, and group.
  */
 import { UsageError } from '../../common';
+import type { ModelPresetName } from '../../common';
 
-/** EVA ViT (LAVIS eva_vit.py / HF Blip2VisionConfig). */
-export interface VisionConfig {
+/** The EVA ViT (HF Blip2VisionConfig; LAVIS eva_vit.py). */
+export interface Blip2VisionConfig {
   image_size: number;
   patch_size: number;
   hidden_size: number;
-  num_layers: number;
-  num_heads: number;
+  num_hidden_layers: number;
+  num_attention_heads: number;
   intermediate_size: number;
   /** Block LayerNorm eps (1e-6 in LAVIS). */
   layer_norm_eps: number;
-  /** `ln_vision` (= HF `post_layernorm`) eps: torch default 1e-5 in LAVIS. */
-  ln_vision_eps: number;
 }
 
-/** Q-Former (LAVIS Qformer.py BERT config + Blip2Qformer extras). */
-export interface QformerConfig {
+/** The Q-Former's BERT (HF Blip2QFormerConfig; LAVIS Qformer.py BertConfig). */
+export interface Blip2QFormerConfig {
   vocab_size: number;
   hidden_size: number;
-  num_layers: number;
-  num_heads: number;
+  num_hidden_layers: number;
+  num_attention_heads: number;
   intermediate_size: number;
   max_position_embeddings: number;
   layer_norm_eps: number;
-  /** Layer i has cross-attention iff i % cross_attention_freq === 0. */
-  cross_attention_freq: number;
+  pad_token_id: number;
+  /** Layer i has cross-attention iff i % cross_attention_frequency === 0. */
+  cross_attention_frequency: number;
   /** Width of the image embeddings the cross-attention keys/values read (= vision hidden_size). */
   encoder_hidden_size: number;
-  num_query_tokens: number;
-  /** ITC projection dim (`embed_dim`). */
-  embed_dim: number;
-  max_txt_len: number;
-  pad_token_id: number;
-  cls_token_id: number;
-  sep_token_id: number;
-  /** [DEC] (bos) id that replaces [CLS] for ITG. */
-  dec_token_id: number;
-  itc_label_smoothing: number;
-  itg_label_smoothing: number;
-  temp_init: number;
 }
 
-/** OPT decoder (stage 2); only its projection is trainable. */
+/** The OPT decoder of stage 2 (HF OPTConfig); frozen. */
 export interface OptConfig {
   vocab_size: number;
   hidden_size: number;
-  num_layers: number;
-  num_heads: number;
+  num_hidden_layers: number;
+  num_attention_heads: number;
   ffn_dim: number;
   max_position_embeddings: number;
-  layer_norm_eps: number;
   pad_token_id: number;
   bos_token_id: number;
+  eos_token_id: number;
+}
+
+/**
+ * LAVIS Blip2Qformer settings that HF's config.json does not carry (HF's BLIP-2 is the stage-2 model; these belong
+ * to stage-1 pre-training). Each with where it comes from.
+ */
+export interface LavisConfig {
+  /** ITC projection dim (Blip2Qformer `embed_dim`, 256). */
+  embed_dim: number;
+  /** Caption length in tokens (Blip2Qformer `max_txt_len`, 32). */
+  max_txt_len: number;
+  /** `ln_vision` (= HF `vision_model.post_layernorm`) eps: LAVIS builds it as nn.LayerNorm, torch's default 1e-5. */
+  ln_vision_eps: number;
+  /** Initial ITC temperature (Blip2Qformer `temp`, 0.07). */
+  temp_init: number;
+  /** Label smoothing of the ITC and ITG cross-entropies (0.1 in LAVIS). */
+  itc_label_smoothing: number;
+  itg_label_smoothing: number;
+  /** BERT tokenizer ids: [CLS], [SEP], and [DEC] (the bos token LAVIS adds; it replaces [CLS] for ITG). */
+  cls_token_id: number;
+  sep_token_id: number;
+  dec_token_id: number;
+  /** OPT's id of "\n": LAVIS Blip2OPT ends a caption with it (stage 2). */
   newline_token_id: number;
-  position_offset: number;
 }
 
+/** The whole model: HF Blip2Config's keys, plus `lavis_config`. */
 export interface Blip2Config {
-  vision: VisionConfig;
-  qformer: QformerConfig;
-  opt: OptConfig;
+  vision_config: Blip2VisionConfig;
+  qformer_config: Blip2QFormerConfig;
+  text_config: OptConfig;
+  /** Learned query tokens (32). */
+  num_query_tokens: number;
+  lavis_config: LavisConfig;
 }
 
-const bertQformer = (over: Partial<QformerConfig>): QformerConfig => ({
-  vocab_size: 30523,
-  hidden_size: 768,
-  num_layers: 12,
-  num_heads: 12,
-  intermediate_size: 3072,
-  max_position_embeddings: 512,
-  layer_norm_eps: 1e-12,
-  cross_attention_freq: 2,
-  encoder_hidden_size: 1408,
-  num_query_tokens: 32,
+/** LAVIS's values (blip2_qformer.py, pretrain configs). */
+export const LAVIS_DEFAULTS: LavisConfig = {
   embed_dim: 256,
   max_txt_len: 32,
-  pad_token_id: 0,
+  ln_vision_eps: 1e-5,
+  temp_init: 0.07,
+  itc_label_smoothing: 0.1,
+  itg_label_smoothing: 0.1,
   cls_token_id: 101,
   sep_token_id: 102,
   dec_token_id: 30522,
-  itc_label_smoothing: 0.1,
-  itg_label_smoothing: 0.1,
-  temp_init: 0.07,
-  ...over,
-});
+  newline_token_id: 50118,
+};
+
+const bertBase: Blip2QFormerConfig = {
+  vocab_size: 30523, // bert-base-uncased + [DEC]
+  hidden_size: 768,
+  num_hidden_layers: 12,
+  num_attention_heads: 12,
+  intermediate_size: 3072,
+  max_position_embeddings: 512,
+  layer_norm_eps: 1e-12,
+  pad_token_id: 0,
+  cross_attention_frequency: 2,
+  encoder_hidden_size: 1408,
+};
 
 const opt27b: OptConfig = {
   vocab_size: 50272,
   hidden_size: 2560,
-  num_layers: 32,
-  num_heads: 32,
+  num_hidden_layers: 32,
+  num_attention_heads: 32,
   ffn_dim: 10240,
   max_position_embeddings: 2048,
-  layer_norm_eps: 1e-5,
   pad_token_id: 1,
   bos_token_id: 2,
-  newline_token_id: 50118,
-  position_offset: 2,
+  eos_token_id: 2,
 };
 
-/** Named configurations. `base` is an alias of `blip2-opt-2.7b`. */
-export const PRESETS: Record<string, Blip2Config> = {
+const vitG: Blip2VisionConfig = { image_size: 224, patch_size: 14, hidden_size: 1408, num_hidden_layers: 39, num_attention_heads: 16, intermediate_size: 6144, layer_norm_eps: 1e-6 };
+
+/** Named configurations, one per name that `model.preset` accepts (common/config.ts). `base` = `blip2-opt-2.7b`. */
+export const PRESETS: Record<ModelPresetName, Blip2Config> = {
   /** Test-sized model (the shape of the golden set; tests read their config from golden.json). */
   tiny: {
-    vision: { image_size: 32, patch_size: 8, hidden_size: 48, num_layers: 2, num_heads: 4, intermediate_size: 96, layer_norm_eps: 1e-6, ln_vision_eps: 1e-5 },
-    qformer: bertQformer({
-      vocab_size: 100, hidden_size: 32, num_layers: 4, num_heads: 4, intermediate_size: 64, max_position_embeddings: 16,
-      encoder_hidden_size: 48, num_query_tokens: 8, embed_dim: 16, max_txt_len: 12, cls_token_id: 1, sep_token_id: 2, dec_token_id: 99,
-    }),
-    opt: { vocab_size: 120, hidden_size: 40, num_layers: 2, num_heads: 4, ffn_dim: 80, max_position_embeddings: 32, layer_norm_eps: 1e-5, pad_token_id: 1, bos_token_id: 2, newline_token_id: 3, position_offset: 2 },
+    vision_config: { image_size: 32, patch_size: 8, hidden_size: 48, num_hidden_layers: 2, num_attention_heads: 4, intermediate_size: 96, layer_norm_eps: 1e-6 },
+    qformer_config: { ...bertBase, vocab_size: 100, hidden_size: 32, num_hidden_layers: 4, num_attention_heads: 4, intermediate_size: 64, max_position_embeddings: 16, encoder_hidden_size: 48 },
+    text_config: { vocab_size: 120, hidden_size: 40, num_hidden_layers: 2, num_attention_heads: 4, ffn_dim: 80, max_position_embeddings: 32, pad_token_id: 1, bos_token_id: 2, eos_token_id: 2 },
+    num_query_tokens: 8,
+    lavis_config: { ...LAVIS_DEFAULTS, embed_dim: 16, max_txt_len: 12, cls_token_id: 1, sep_token_id: 2, dec_token_id: 99, newline_token_id: 3 },
   },
   /** Small Q-Former (4 layers, 256 wide) over a 257×512 image grid: the `bench:step --preset small` model. */
   small: {
-    vision: { image_size: 224, patch_size: 14, hidden_size: 512, num_layers: 6, num_heads: 8, intermediate_size: 2048, layer_norm_eps: 1e-6, ln_vision_eps: 1e-5 },
-    qformer: bertQformer({ hidden_size: 256, num_layers: 4, num_heads: 4, intermediate_size: 1024, encoder_hidden_size: 512 }),
-    opt: opt27b,
+    vision_config: { image_size: 224, patch_size: 14, hidden_size: 512, num_hidden_layers: 6, num_attention_heads: 8, intermediate_size: 2048, layer_norm_eps: 1e-6 },
+    qformer_config: { ...bertBase, hidden_size: 256, num_hidden_layers: 4, num_attention_heads: 4, intermediate_size: 1024, encoder_hidden_size: 512 },
+    text_config: opt27b,
+    num_query_tokens: 32,
+    lavis_config: LAVIS_DEFAULTS,
   },
-  /** ViT-g/14 (39 blocks) + BERT-base Q-Former + OPT-2.7b shapes (LAVIS pretrain_opt2.7b). */
-  'blip2-opt-2.7b': {
-    vision: { image_size: 224, patch_size: 14, hidden_size: 1408, num_layers: 39, num_heads: 16, intermediate_size: 6144, layer_norm_eps: 1e-6, ln_vision_eps: 1e-5 },
-    qformer: bertQformer({}),
-    opt: opt27b,
-  },
+  /** ViT-g/14 (39 blocks) + BERT-base Q-Former + OPT-2.7b shapes (LAVIS pretrain_opt2.7b; HF Salesforce/blip2-opt-2.7b). */
+  'blip2-opt-2.7b': { vision_config: vitG, qformer_config: bertBase, text_config: opt27b, num_query_tokens: 32, lavis_config: LAVIS_DEFAULTS },
+  base: { vision_config: vitG, qformer_config: bertBase, text_config: opt27b, num_query_tokens: 32, lavis_config: LAVIS_DEFAULTS },
 };
-PRESETS.base = PRESETS['blip2-opt-2.7b']!;
 
 export function presetConfig(name: string): Blip2Config {
-  const c = PRESETS[name];
+  const c = (PRESETS as Record<string, Blip2Config | undefined>)[name];
   if (!c) throw new UsageError(`unknown preset "${name}" (known: ${Object.keys(PRESETS).join(', ')})`);
   return structuredClone(c);
 }
 
+/**
+ * A config.json as a `Blip2Config`: a BLIP-2 checkpoint's (HF keys; the LAVIS settings it lacks take LAVIS's
+ * values, the keys we do not use are ignored) or one this project wrote. Every field the model reads must be a
+ * finite number; a missing or wrong one is named.
+ */
+export function blip2ConfigFromJson(json: unknown, source = 'config.json'): Blip2Config {
+  const o = (json ?? {}) as Record<string, unknown>;
+  const section = (key: string): Record<string, unknown> => {
+    const v = o[key];
+    if (v === undefined || v === null || typeof v !== 'object') throw new UsageError(`${source}: "${key}" is missing (a BLIP-2 config.json has vision_config, qformer_config and text_config)`);
+    return v as Record<string, unknown>;
+  };
+  const pick = <T extends object>(name: string, from: Record<string, unknown>, like: T, defaults?: Partial<T>): T => {
+    const out: Record<string, number> = {};
+    for (const key of Object.keys(like)) {
+      const v = from[key] ?? (defaults as Record<string, unknown> | undefined)?.[key];
+      if (typeof v !== 'number' || !Number.isFinite(v)) throw new UsageError(`${source}: ${name}.${key} must be a number, got ${JSON.stringify(v)}`);
+      out[key] = v;
+    }
+    return out as T;
+  };
+  const base = PRESETS['blip2-opt-2.7b'];
+  const numQuery = o.num_query_tokens ?? base.num_query_tokens;
+  if (typeof numQuery !== 'number' || !Number.isInteger(numQuery) || numQuery < 1) throw new UsageError(`${source}: num_query_tokens must be a positive integer, got ${JSON.stringify(numQuery)}`);
+  return {
+    // HF's own defaults fill what a config.json may leave out (HF writes only non-default values).
+    vision_config: pick('vision_config', section('vision_config'), base.vision_config, HF_VISION_DEFAULTS),
+    qformer_config: pick('qformer_config', section('qformer_config'), base.qformer_config, HF_QFORMER_DEFAULTS),
+    text_config: pick('text_config', section('text_config'), base.text_config, HF_OPT_DEFAULTS),
+    num_query_tokens: numQuery,
+    lavis_config: pick('lavis_config', (o.lavis_config ?? {}) as Record<string, unknown>, LAVIS_DEFAULTS, LAVIS_DEFAULTS),
+  };
+}
+
+/** transformers' class defaults (Blip2VisionConfig, Blip2QFormerConfig, OPTConfig), for keys a config.json omits. */
+const HF_VISION_DEFAULTS: Partial<Blip2VisionConfig> = { hidden_size: 1408, intermediate_size: 6144, num_hidden_layers: 39, num_attention_heads: 16, image_size: 224, patch_size: 14, layer_norm_eps: 1e-6 };
+const HF_QFORMER_DEFAULTS: Partial<Blip2QFormerConfig> = {
+  vocab_size: 30522, hidden_size: 768, num_hidden_layers: 12, num_attention_heads: 12, intermediate_size: 3072, max_position_embeddings: 512,
+  layer_norm_eps: 1e-12, pad_token_id: 0, cross_attention_frequency: 2, encoder_hidden_size: 1408,
+};
+const HF_OPT_DEFAULTS: Partial<OptConfig> = { vocab_size: 50272, hidden_size: 768, num_hidden_layers: 12, num_attention_heads: 12, ffn_dim: 3072, max_position_embeddings: 2048, pad_token_id: 1, bos_token_id: 2, eos_token_id: 2 };
+
+/**
+ * The golden set's config (golden.json["config"]: LAVIS's names, grouped as vision / qformer / opt) as a
+ * `Blip2Config`. The README's table lists the same mapping.
+ */
+export function blip2ConfigFromLavis(c: { vision: Record<string, number>; qformer: Record<string, number>; opt: Record<string, number> }): Blip2Config {
+  const { vision: v, qformer: q, opt: o } = c;
+  return {
+    vision_config: { image_size: v.image_size!, patch_size: v.patch_size!, hidden_size: v.hidden_size!, num_hidden_layers: v.num_layers!, num_attention_heads: v.num_heads!, intermediate_size: v.intermediate_size!, layer_norm_eps: v.layer_norm_eps! },
+    qformer_config: {
+      vocab_size: q.vocab_size!, hidden_size: q.hidden_size!, num_hidden_layers: q.num_layers!, num_attention_heads: q.num_heads!, intermediate_size: q.intermediate_size!,
+      max_position_embeddings: q.max_position_embeddings!, layer_norm_eps: q.layer_norm_eps!, pad_token_id: q.pad_token_id!, cross_attention_frequency: q.cross_attention_freq!,
+      encoder_hidden_size: q.encoder_hidden_size!,
+    },
+    text_config: { vocab_size: o.vocab_size!, hidden_size: o.hidden_size!, num_hidden_layers: o.num_layers!, num_attention_heads: o.num_heads!, ffn_dim: o.ffn_dim!, max_position_embeddings: o.max_position_embeddings!, pad_token_id: o.pad_token_id!, bos_token_id: o.bos_token_id!, eos_token_id: o.bos_token_id! },
+    num_query_tokens: q.num_query_tokens!,
+    lavis_config: {
+      embed_dim: q.embed_dim!, max_txt_len: q.max_txt_len!, ln_vision_eps: v.ln_vision_eps!, temp_init: q.temp_init!, itc_label_smoothing: q.itc_label_smoothing!,
+      itg_label_smoothing: q.itg_label_smoothing!, cls_token_id: q.cls_token_id!, sep_token_id: q.sep_token_id!, dec_token_id: q.dec_token_id!,
+      newline_token_id: o.newline_token_id!,
+    },
+  };
+}
+
+/** OPT's learned positions are offset by 2 (HF OPTLearnedPositionalEmbedding): the table has max_position_embeddings + 2 rows. */
+export const OPT_POSITION_OFFSET = 2;
+
 /** Image tokens the Q-Former cross-attends to: patches + [CLS]. */
-export function visionSeqLen(v: VisionConfig): number {
+export function visionSeqLen(v: Blip2VisionConfig): number {
   return (v.image_size / v.patch_size) ** 2 + 1;
 }
 
-export function hasCrossAttention(q: QformerConfig, layer: number): boolean {
-  return layer % q.cross_attention_freq === 0;
+export function hasCrossAttention(q: Blip2QFormerConfig, layer: number): boolean {
+  return layer % q.cross_attention_frequency === 0;
 }
 
 /**
@@ -166,7 +251,7 @@ export type Stage = 1 | 2;
 
 /** Every parameter of the model in checkpoint order, HF names (golden names for the LAVIS-only extras). */
 export function paramManifest(config: Blip2Config): ParamSpec[] {
-  const { vision: v, qformer: q, opt: o } = config;
+  const { vision_config: v, qformer_config: q, text_config: o } = config;
   const out: ParamSpec[] = [];
   const add = (name: string, shape: number[], group: ParamGroup, init: ParamSpec['init'] = 'normal') => out.push({ name, shape, group, init });
   const linear = (prefix: string, outDim: number, inDim: number, group: ParamGroup) => {
@@ -183,7 +268,7 @@ export function paramManifest(config: Blip2Config): ParamSpec[] {
   add('vision_model.embeddings.patch_embedding.weight', [V, 3, v.patch_size, v.patch_size], 'vision');
   add('vision_model.embeddings.patch_embedding.bias', [V], 'vision', 'zeros');
   add('vision_model.embeddings.position_embedding', [1, visionSeqLen(v), V], 'vision');
-  for (let i = 0; i < v.num_layers; i++) {
+  for (let i = 0; i < v.num_hidden_layers; i++) {
     const p = `vision_model.encoder.layers.${i}`;
     layerNorm(`${p}.layer_norm1`, V, 'vision');
     add(`${p}.self_attn.qkv.weight`, [3 * V, V], 'vision');
@@ -198,11 +283,11 @@ export function paramManifest(config: Blip2Config): ParamSpec[] {
   layerNorm('vision_model.post_layernorm', V, 'qformer_query');
   // Q-Former
   const H = q.hidden_size;
-  add('query_tokens', [1, q.num_query_tokens, H], 'qformer_query');
+  add('query_tokens', [1, config.num_query_tokens, H], 'qformer_query');
   add('embeddings.word_embeddings.weight', [q.vocab_size, H], 'qformer_text');
   add('embeddings.position_embeddings.weight', [q.max_position_embeddings, H], 'qformer_text');
   layerNorm('qformer.layernorm', H, 'qformer_query');
-  for (let i = 0; i < q.num_layers; i++) {
+  for (let i = 0; i < q.num_hidden_layers; i++) {
     const p = `qformer.encoder.layer.${i}`;
     for (const n of ['query', 'key', 'value']) linear(`${p}.attention.attention.${n}`, H, H, 'qformer_query');
     linear(`${p}.attention.output.dense`, H, H, 'qformer_query');
@@ -222,8 +307,8 @@ export function paramManifest(config: Blip2Config): ParamSpec[] {
     layerNorm(`${p}.output_query.LayerNorm`, H, 'qformer_query');
   }
   // Heads
-  linear('vision_projection', q.embed_dim, H, 'qformer_text');
-  linear('text_projection', q.embed_dim, H, 'qformer_text');
+  linear('vision_projection', config.lavis_config.embed_dim, H, 'qformer_text');
+  linear('text_projection', config.lavis_config.embed_dim, H, 'qformer_text');
   linear('itm_head', 2, H, 'qformer_text');
   // Extras absent from the HF checkpoint:
   // - `temp`: LAVIS Blip2Qformer.temp, the ITC temperature (a 0-d Parameter, init 0.07, divides the similarities).
@@ -237,8 +322,8 @@ export function paramManifest(config: Blip2Config): ParamSpec[] {
   linear('language_projection', o.hidden_size, H, 'language_projection');
   const O = o.hidden_size;
   add('language_model.model.decoder.embed_tokens.weight', [o.vocab_size, O], 'language_model');
-  add('language_model.model.decoder.embed_positions.weight', [o.max_position_embeddings + o.position_offset, O], 'language_model');
-  for (let i = 0; i < o.num_layers; i++) {
+  add('language_model.model.decoder.embed_positions.weight', [o.max_position_embeddings + OPT_POSITION_OFFSET, O], 'language_model');
+  for (let i = 0; i < o.num_hidden_layers; i++) {
     const p = `language_model.model.decoder.layers.${i}`;
     for (const n of ['k_proj', 'v_proj', 'q_proj', 'out_proj']) linear(`${p}.self_attn.${n}`, O, O, 'language_model');
     layerNorm(`${p}.self_attn_layer_norm`, O, 'language_model');

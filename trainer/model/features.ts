@@ -15,13 +15,13 @@ type LocalInputs = Pick<Stage1Inputs, 'visionHidden' | 'inputIds' | 'attentionMa
 
 /** ln_vision (= `vision_model.post_layernorm`): visionHidden [B,P,Dv] -> image_embeds [B,P,Dv]. */
 export function lnVision(params: Params, config: Blip2Config, visionHidden: tf.Tensor3D): tf.Tensor3D {
-  return tf.tidy(() => layerNorm(params, 'vision_model.post_layernorm', visionHidden, config.vision.ln_vision_eps) as tf.Tensor3D);
+  return tf.tidy(() => layerNorm(params, 'vision_model.post_layernorm', visionHidden, config.lavis_config.ln_vision_eps) as tf.Tensor3D);
 }
 
 /** imageFeats [B,Q,E] and textFeat [B,E] of a batch (query pass and text pass), inside the caller's scope. */
 function itcFeatures(params: Params, config: Blip2Config, inputs: LocalInputs) {
   const b = inputs.visionHidden.shape[0];
-  const embeds = layerNorm(params, 'vision_model.post_layernorm', inputs.visionHidden, config.vision.ln_vision_eps) as tf.Tensor3D; // [B,P,Dv]
+  const embeds = layerNorm(params, 'vision_model.post_layernorm', inputs.visionHidden, config.lavis_config.ln_vision_eps) as tf.Tensor3D; // [B,P,Dv]
   const queryPass = itcQueryPass(params, config, projectImage(params, config, embeds), b);
   const textPass = itcTextPass(params, config, inputs.inputIds, inputs.attentionMask.arraySync());
   return {
@@ -59,5 +59,5 @@ export function stage1FeatureBackward(
 
 /** Layers of the Q-Former that cross-attend (for reports and tests). */
 export function crossAttentionLayers(config: Blip2Config): number[] {
-  return Array.from({ length: config.qformer.num_layers }, (_, i) => i).filter((i) => hasCrossAttention(config.qformer, i));
+  return Array.from({ length: config.qformer_config.num_hidden_layers }, (_, i) => i).filter((i) => hasCrossAttention(config.qformer_config, i));
 }

@@ -1,7 +1,7 @@
 /**
  * The BLIP-2 model on tfjs: public surface for the trainer and the CLI.
  *
- * - Config: `Blip2Config` (keys as golden.json["config"]), `PRESETS` (`tiny`, `small`, `blip2-opt-2.7b` = `base`),
+ * - Config: `Blip2Config` (Hugging Face config.json keys + `lavis_config`; `blip2ConfigFromJson` loads a checkpoint's config.json, `blip2ConfigFromLavis` the golden set's), `PRESETS` (`tiny`, `small`, `blip2-opt-2.7b` = `base`),
  *   `presetConfig(name)`, `paramManifest(config)` (HF names, shapes, groups), `trainableNames(config, stage)`,
  *   `trainableCount(config, stage)`.
  * - Parameters: `Params` (Map<HF name, tf.Tensor>), `createParams(config, seed, {stage|groups})`,

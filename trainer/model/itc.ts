@@ -22,7 +22,7 @@ export function maskTensor(mask: AttentionMask): tf.Tensor4D | undefined {
 
 /** The query pass: the query tokens alone, cross-attending to the image (mask all ones). */
 export function itcQueryPass(p: Params, config: Blip2Config, cross: Map<number, HeadKeyValue>, batch: number, keepKeyValues = false): Pass {
-  const Q = config.qformer.num_query_tokens;
+  const Q = config.num_query_tokens;
   return { h: embeddings(p, config, queryTokens(p, batch)), queryLength: Q, selfMask: maskTensor(itcQueryMask(batch, Q)), cross, keepKeyValues }; // [B,Q,H]
 }
 
@@ -64,7 +64,7 @@ export function itcSimilarities(temp: tf.Tensor | number, imageFeats: tf.Tensor3
  */
 export function itcLoss(config: Blip2Config, simI2t: tf.Tensor2D, simT2i: tf.Tensor2D, offset: number, rows: number): tf.Scalar {
   const b = simI2t.shape[0];
-  const smoothing = config.qformer.itc_label_smoothing;
+  const smoothing = config.lavis_config.itc_label_smoothing;
   const targets = tf.range(offset, offset + b, 1, 'int32') as tf.Tensor1D;
   const sum = tf.add(crossEntropySum(simI2t, targets, smoothing), crossEntropySum(simT2i, targets, smoothing));
   return tf.div(sum, 2 * rows) as tf.Scalar;

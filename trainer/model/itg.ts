@@ -32,8 +32,8 @@ export interface ItgTargets {
 }
 
 export function itgTargets(config: Blip2Config, idRows: number[][]): ItgTargets {
-  const q = config.qformer;
-  const decIds = idRows.map((row) => row.map((v, j) => (j === 0 ? q.dec_token_id : v)));
+  const q = config.qformer_config;
+  const decIds = idRows.map((row) => row.map((v, j) => (j === 0 ? config.lavis_config.dec_token_id : v)));
   const rowIndex: number[] = [];
   const targets: number[] = [];
   decIds.forEach((row, b) => {
@@ -52,7 +52,7 @@ export function itgTargets(config: Blip2Config, idRows: number[][]): ItgTargets 
  * from the ITC query pass (`past`, or the lockstep stream it runs in), as LAVIS reuses its past_key_values.
  */
 export function itgPass(p: Params, config: Blip2Config, decIds: number[][], attentionRows: number[][], past?: KeyValue[]): Pass {
-  const Q = config.qformer.num_query_tokens;
+  const Q = config.num_query_tokens;
   const T = decIds[0]?.length ?? 0;
   const ids = tf.tensor2d(decIds, [decIds.length, T], 'int32');
   const selfMask = maskTensor(maskRows(itgMask(attentionRows, Q), Q, Q + T)); // text rows [B,1,T,Q+T]
@@ -61,7 +61,7 @@ export function itgPass(p: Params, config: Blip2Config, decIds: number[][], atte
 
 /** ITG head (BertOnlyMLMHead `cls`): dense -> gelu -> LayerNorm -> ·word_embeddingsᵀ + bias. x [N,H] -> [N,V]. */
 export function lmHead(params: Params, config: Blip2Config, x: tf.Tensor2D): tf.Tensor2D {
-  const t = layerNorm(params, 'cls.predictions.transform.LayerNorm', gelu(linear(params, 'cls.predictions.transform.dense', x)), config.qformer.layer_norm_eps);
+  const t = layerNorm(params, 'cls.predictions.transform.LayerNorm', gelu(linear(params, 'cls.predictions.transform.dense', x)), config.qformer_config.layer_norm_eps);
   return tf.add(tf.matMul(t, param(params, 'embeddings.word_embeddings.weight'), false, true), param(params, 'cls.predictions.bias')) as tf.Tensor2D; // [N,V]
 }
 
@@ -75,6 +75,6 @@ export function itgLoss(p: Params, config: Blip2Config, out: tf.Tensor3D, t: Itg
   if (!t.targets.length) return tf.mul(tf.sum(flat), 0) as tf.Scalar;
   const rows = tf.gather(flat, tf.tensor1d(t.rowIndex, 'int32')) as tf.Tensor2D; // [M,H]
   const logits = lmHead(p, config, rows); // [M,V]
-  const sum = crossEntropySum(logits, tf.tensor1d(t.targets, 'int32'), config.qformer.itg_label_smoothing);
+  const sum = crossEntropySum(logits, tf.tensor1d(t.targets, 'int32'), config.lavis_config.itg_label_smoothing);
   return tf.div(sum, Math.max(tokens, 1)) as tf.Scalar;
 }

@@ -135,7 +135,7 @@ export function itmPass(
   negatives: { negImageIndex: number[]; negTextIds: tf.Tensor2D; negTextMask: tf.Tensor2D },
 ): Pass {
   const B = text.inputIds.shape[0];
-  const Q = config.qformer.num_query_tokens;
+  const Q = config.num_query_tokens;
   const positives = Array.from({ length: B }, (_, b) => b);
   const imageRows = tf.tensor1d([...positives, ...negatives.negImageIndex, ...positives], 'int32'); // [3B]
   const ids3 = tf.concat([text.inputIds, text.inputIds, negatives.negTextIds], 0) as tf.Tensor2D; // [3B,T]

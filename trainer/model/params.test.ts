@@ -33,12 +33,13 @@ describe('presets and parameter counts', () => {
 
   test('presets have the documented shapes', () => {
     const base = presetConfig('blip2-opt-2.7b');
-    expect(visionSeqLen(base.vision)).toBe(257);
-    expect(base.vision.num_layers).toBe(39);
+    expect(visionSeqLen(base.vision_config)).toBe(257);
+    expect(base.vision_config.num_hidden_layers).toBe(39);
     const small = presetConfig('small');
-    expect(visionSeqLen(small.vision)).toBe(257);
-    expect(small.vision.hidden_size).toBe(512);
-    expect(small.qformer).toMatchObject({ num_layers: 4, hidden_size: 256, num_heads: 4, intermediate_size: 1024, num_query_tokens: 32, vocab_size: 30523, cross_attention_freq: 2, encoder_hidden_size: 512 });
+    expect(visionSeqLen(small.vision_config)).toBe(257);
+    expect(small.vision_config.hidden_size).toBe(512);
+    expect(small.qformer_config).toMatchObject({ num_hidden_layers: 4, hidden_size: 256, num_attention_heads: 4, intermediate_size: 1024, vocab_size: 30523, cross_attention_frequency: 2, encoder_hidden_size: 512 });
+    expect(small.num_query_tokens).toBe(32);
     const spec = new Map(paramManifest(small).map((p) => [p.name, p.shape]));
     expect(spec.get('qformer.encoder.layer.2.crossattention.attention.key.weight')).toEqual([256, 512]);
     expect(spec.has('qformer.encoder.layer.1.crossattention.attention.key.weight')).toBe(false);
@@ -124,10 +125,10 @@ describe('frozen ViT', () => {
     expect(fp16.residentBytes / fp16.paramCount).toBeLessThanOrEqual(2.1);
     expect(fp32.residentBytes / fp32.paramCount).toBe(4);
     const before = tf.memory().numTensors;
-    const pixels = tf.randomNormal([2, 3, config.vision.image_size, config.vision.image_size], 0, 1, 'float32', 4);
+    const pixels = tf.randomNormal([2, 3, config.vision_config.image_size, config.vision_config.image_size], 0, 1, 'float32', 4);
     const a = fp16.encode(pixels);
     const b = fp32.encode(pixels);
-    expect(a.shape).toEqual([2, visionSeqLen(config.vision), config.vision.hidden_size]);
+    expect(a.shape).toEqual([2, visionSeqLen(config.vision_config), config.vision_config.hidden_size]);
     // fp16-rounded weights: close to the float32 model, not equal
     const diff = tf.tidy(() => tf.max(tf.abs(tf.sub(a, b))).dataSync()[0]!);
     expect(diff).toBeGreaterThan(0);

@@ -52,7 +52,7 @@ export function createParams(config: Blip2Config, seed: number, options: ParamSe
     let t: tf.Tensor;
     if (spec.init === 'zeros') t = tf.zeros(spec.shape);
     else if (spec.init === 'ones') t = tf.ones(spec.shape);
-    else if (spec.init === 'temp') t = tf.scalar(config.qformer.temp_init);
+    else if (spec.init === 'temp') t = tf.scalar(config.lavis_config.temp_init);
     else t = tf.randomNormal(spec.shape, 0, 0.02, 'float32', seed * 100_003 + i);
     params.set(spec.name, t);
   });

@@ -17,16 +17,16 @@ beforeAll(async () => {
 describe.each(['tiny', 'small'])('qformerLockstep on the %s preset', (preset) => {
   test('equals the passes run one by one through qformerEncoder: outputs and gradients', () => {
     const config = presetConfig(preset);
-    if (preset === 'small') config.qformer.num_layers = 2; // one cross and one plain layer keep the test short
-    const q = config.qformer;
+    if (preset === 'small') config.qformer_config.num_hidden_layers = 2; // one cross and one plain layer keep the test short
+    const q = config.qformer_config;
     const B = 3, T = 10;
     const params = createParams(config, 5);
     const before = tf.memory().numTensors;
-    const ids = Array.from({ length: B }, (_, b) => Array.from({ length: T }, (_, t) => (t === 0 ? q.cls_token_id : t < 4 + 2 * b ? 5 + ((7 * t + b) % 50) : q.pad_token_id)));
+    const ids = Array.from({ length: B }, (_, b) => Array.from({ length: T }, (_, t) => (t === 0 ? config.lavis_config.cls_token_id : t < 4 + 2 * b ? 5 + ((7 * t + b) % 50) : q.pad_token_id)));
     const attentionRows = ids.map((row) => row.map((v) => (v === q.pad_token_id ? 0 : 1)));
     const inputIds = tf.tensor2d(ids, [B, T], 'int32');
     const attentionMask = tf.tensor2d(attentionRows, [B, T], 'int32');
-    const visionHidden = tf.randomNormal([B, visionSeqLen(config.vision), config.vision.hidden_size], 0, 1, 'float32', 7) as tf.Tensor3D;
+    const visionHidden = tf.randomNormal([B, visionSeqLen(config.vision_config), config.vision_config.hidden_size], 0, 1, 'float32', 7) as tf.Tensor3D;
     const negTextIds = tf.reverse(inputIds, 0) as tf.Tensor2D;
     const negTextMask = tf.reverse(attentionMask, 0) as tf.Tensor2D;
     const itg = itgTargets(config, ids);
@@ -36,7 +36,7 @@ describe.each(['tiny', 'small'])('qformerLockstep on the %s preset', (preset) =>
 
     /** The four passes' outputs, each weighted by fixed random numbers and summed (a scalar to differentiate). */
     const loss = (lockstep: boolean) => {
-      const embeds = layerNorm(params, 'vision_model.post_layernorm', visionHidden, config.vision.ln_vision_eps) as tf.Tensor3D;
+      const embeds = layerNorm(params, 'vision_model.post_layernorm', visionHidden, config.lavis_config.ln_vision_eps) as tf.Tensor3D;
       const cross = projectImage(params, config, embeds);
       const passes = [
         itcQueryPass(params, config, selectImages(cross, { begin: 0, size: B }), B, true),
@@ -72,7 +72,7 @@ describe.each(['tiny', 'small'])('qformerLockstep on the %s preset', (preset) =>
     // GEMM, the readable path per pass and then adds the passes, in another order. Either way each number is a sum
     // whose order changed, so the bound is 2·K·u of the largest term on each side (u = 2^-24), K the longest sum:
     // all rows of all passes, or the FFN's intermediate size. Measured: values equal on tiny, ~1e-6 relative apart.
-    const rows = B * q.num_query_tokens + B * T + 3 * B * (q.num_query_tokens + T) + B * T;
+    const rows = B * config.num_query_tokens + B * T + 3 * B * (config.num_query_tokens + T) + B * T;
     const K = Math.max(rows, q.intermediate_size);
     fast.forEach((g, i) => {
       const ref = readable[i]!;

@@ -42,7 +42,7 @@ function unstackRows(x: tf.Tensor2D, shapes: [number, number][]): tf.Tensor3D[] 
  * Returns each stream's last hidden state (rows [0, lastLayerRows)), and its per-layer keys/values where asked for.
  */
 export function qformerLockstep(params: Params, config: Blip2Config, streams: LockstepStream[]): { out: tf.Tensor3D[]; kv: (KeyValue[] | undefined)[] } {
-  const q = config.qformer;
+  const q = config.qformer_config;
   const H = q.hidden_size;
   const eps = q.layer_norm_eps;
   streams.forEach((s, i) => {
@@ -51,8 +51,8 @@ export function qformerLockstep(params: Params, config: Blip2Config, streams: Lo
   let hs = streams.map((s) => s.h);
   const keep = streams.flatMap((s, i) => (s.keepKeyValues ? [i] : []));
   const kv: (KeyValue[] | undefined)[] = streams.map((s) => (s.keepKeyValues ? [] : undefined));
-  for (let layer = 0; layer < q.num_layers; layer++) {
-    const last = layer === q.num_layers - 1;
+  for (let layer = 0; layer < q.num_hidden_layers; layer++) {
+    const last = layer === q.num_hidden_layers - 1;
     const p = `qformer.encoder.layer.${layer}`;
     const result = tf.tidy(() => {
       const shapes = hs.map((h) => [h.shape[0], h.shape[1]] as [number, number]);
@@ -71,7 +71,7 @@ export function qformerLockstep(params: Params, config: Blip2Config, streams: Lo
         const past = s.pastFrom === undefined ? s.past?.[layer] : { k: k[s.pastFrom]!, v: v[s.pastFrom]! };
         const keys = past ? tf.concat([past.k, k[i]!], 1) : k[i]!;
         const values = past ? tf.concat([past.v, v[i]!], 1) : v[i]!;
-        return attention(qs[i]!, keys, values, q.num_heads, mask); // [B,S',H]
+        return attention(qs[i]!, keys, values, q.num_attention_heads, mask); // [B,S',H]
       });
       const attnOut = linear(params, `${p}.attention.output.dense`, stackRows(ctx, H));
       const a = unstackRows(layerNorm(params, `${p}.attention.output.LayerNorm`, tf.add(xOut, attnOut), eps) as tf.Tensor2D, outShapes);
@@ -90,7 +90,7 @@ export function qformerLockstep(params: Params, config: Blip2Config, streams: Lo
           const cctx = withQ.map((i, j) => {
             const cross = streams[i]!.cross?.get(layer);
             if (!cross) throw new ModelInputError(`layer ${layer} has cross-attention but stream ${i} has no image keys/values`);
-            return attention(cq[j]!, cross.k, cross.v, q.num_heads); // the image mask is all ones
+            return attention(cq[j]!, cross.k, cross.v, q.num_attention_heads); // the image mask is all ones
           });
           const co = linear(params, `${p}.crossattention.output.dense`, stackRows(cctx, H));
           xq = layerNorm(params, `${p}.crossattention.output.LayerNorm`, tf.add(xq, co), eps) as tf.Tensor2D;

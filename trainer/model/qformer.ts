@@ -1,6 +1,6 @@
 /**
  * The Q-Former (LAVIS Qformer.py BertModel; HF Blip2QFormerModel), written as the paper draws it: learned query
- * tokens and text tokens share each layer's self-attention; every `cross_attention_freq`-th layer the query rows
+ * tokens and text tokens share each layer's self-attention; every `cross_attention_frequency`-th layer the query rows
  * cross-attend to the image; query rows and text rows each have their own feed-forward network.
  *
  * `qformerLayer` is one BertLayer; `qformerEncoder` is the loop over it (BertEncoder). The fast path that advances
@@ -41,7 +41,7 @@ export function additiveMask(mask: tf.Tensor): tf.Tensor4D {
  * x = LayerNorm([queries ; text]). queries [B,Q,H], inputIds int32 [B,T] -> [B,Q+T,H].
  */
 export function embeddings(params: Params, config: Blip2Config, queries?: tf.Tensor, inputIds?: tf.Tensor2D): tf.Tensor3D {
-  const q = config.qformer;
+  const q = config.qformer_config;
   const parts: tf.Tensor[] = [];
   if (queries) parts.push(queries);
   if (inputIds) {
@@ -68,7 +68,7 @@ export function queryTokens(params: Params, batch: number): tf.Tensor3D {
 export function feedForward(params: Params, config: Blip2Config, layer: number, kind: '' | '_query', x: tf.Tensor): tf.Tensor {
   const p = `qformer.encoder.layer.${layer}`;
   const hidden = gelu(linear(params, `${p}.intermediate${kind}.dense`, x)); // [..., I]
-  return layerNorm(params, `${p}.output${kind}.LayerNorm`, tf.add(x, linear(params, `${p}.output${kind}.dense`, hidden)), config.qformer.layer_norm_eps); // [..., H]
+  return layerNorm(params, `${p}.output${kind}.LayerNorm`, tf.add(x, linear(params, `${p}.output${kind}.dense`, hidden)), config.qformer_config.layer_norm_eps); // [..., H]
 }
 
 /**
@@ -76,12 +76,12 @@ export function feedForward(params: Params, config: Blip2Config, layer: number, 
  * {k, v} [N,heads,P,d]. Computed once per image and reused by the ITC query pass and all ITM groups.
  */
 export function projectImage(params: Params, config: Blip2Config, imageEmbeds: tf.Tensor3D): Map<number, HeadKeyValue> {
-  const q = config.qformer;
+  const q = config.qformer_config;
   const out = new Map<number, HeadKeyValue>();
-  for (let i = 0; i < q.num_layers; i++) {
+  for (let i = 0; i < q.num_hidden_layers; i++) {
     if (!hasCrossAttention(q, i)) continue;
     const p = `qformer.encoder.layer.${i}.crossattention.attention`;
-    out.set(i, { k: splitHeads(linear(params, `${p}.key`, imageEmbeds), q.num_heads), v: splitHeads(linear(params, `${p}.value`, imageEmbeds), q.num_heads) }); // [N,n,P,d]
+    out.set(i, { k: splitHeads(linear(params, `${p}.key`, imageEmbeds), q.num_attention_heads), v: splitHeads(linear(params, `${p}.value`, imageEmbeds), q.num_attention_heads) }); // [N,n,P,d]
   }
   return out;
 }
@@ -145,7 +145,7 @@ export interface LayerOptions {
  * Returns the layer output [B, R, H] (R = outputRows) and its self-attention keys/values [B, S, H].
  */
 export function qformerLayer(params: Params, config: Blip2Config, layer: number, h: tf.Tensor3D, options: LayerOptions): { out: tf.Tensor3D; kv: KeyValue } {
-  const c = config.qformer;
+  const c = config.qformer_config;
   const p = `qformer.encoder.layer.${layer}`;
   const [B, S, H] = h.shape;
   const R = Math.min(options.outputRows ?? S, S);
@@ -159,10 +159,10 @@ export function qformerLayer(params: Params, config: Blip2Config, layer: number,
   const values = options.past ? tf.concat([options.past.v, v], 1) : v; // [B,S_past+S,H]
   let mask = options.selfMask;
   if (mask && R < S && mask.shape[2] !== 1) mask = tf.slice(mask, [0, 0, 0, 0], [mask.shape[0]!, mask.shape[1]!, R, mask.shape[3]!]); // [B,1,R,S_keys]
-  const context = attention(q, keys, values, c.num_heads, mask); // [B,R,H]
+  const context = attention(q, keys, values, c.num_attention_heads, mask); // [B,R,H]
   const a = layerNorm(params, `${p}.attention.output.LayerNorm`, tf.add(hOut, linear(params, `${p}.attention.output.dense`, context)), c.layer_norm_eps) as tf.Tensor3D; // [B,R,H]
 
-  // 2. Query rows: cross-attention to the image (every cross_attention_freq-th layer), then the query FFN.
+  // 2. Query rows: cross-attention to the image (every cross_attention_frequency-th layer), then the query FFN.
   const Q = Math.min(options.queryLength, R);
   const parts: tf.Tensor[] = [];
   if (Q > 0) {
@@ -170,7 +170,7 @@ export function qformerLayer(params: Params, config: Blip2Config, layer: number,
     if (hasCrossAttention(c, layer)) {
       if (!options.image) throw new ModelInputError(`layer ${layer} cross-attends to the image, but no image keys/values were given`);
       const cq = linear(params, `${p}.crossattention.attention.query`, aq) as tf.Tensor3D; // [B,Q,H]
-      const cctx = attention(cq, options.image.k, options.image.v, c.num_heads); // [B,Q,H] (the image mask is all ones)
+      const cctx = attention(cq, options.image.k, options.image.v, c.num_attention_heads); // [B,Q,H] (the image mask is all ones)
       aq = layerNorm(params, `${p}.crossattention.output.LayerNorm`, tf.add(aq, linear(params, `${p}.crossattention.output.dense`, cctx)), c.layer_norm_eps) as tf.Tensor3D;
     }
     parts.push(feedForward(params, config, layer, '_query', aq)); // [B,Q,H]
@@ -187,7 +187,7 @@ export function qformerLayer(params: Params, config: Blip2Config, layer: number,
  * does not need is freed at once (the tape keeps its own references to what it saved).
  */
 export function qformerEncoder(params: Params, config: Blip2Config, h: tf.Tensor3D, options: PassOptions): { out: tf.Tensor3D; kv: KeyValue[] } {
-  const layers = config.qformer.num_layers;
+  const layers = config.qformer_config.num_hidden_layers;
   const kv: KeyValue[] = [];
   let x = h;
   for (let layer = 0; layer < layers; layer++) {

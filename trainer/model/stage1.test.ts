@@ -24,19 +24,19 @@ beforeAll(async () => {
 
 /** Random stage-1 batch: vision hidden states, ids with [CLS] … [SEP] [PAD]…, masks. */
 function batch(config: Blip2Config, n: number, seed: number) {
-  const q = config.qformer;
-  const T = q.max_txt_len;
+  const q = config.qformer_config;
+  const T = config.lavis_config.max_txt_len;
   let s = seed;
   const rand = () => ((s = (s * 1103515245 + 12345) % 2147483648) / 2147483648);
   const ids: number[][] = [];
   const mask: number[][] = [];
   for (let i = 0; i < n; i++) {
     const len = 3 + Math.floor(rand() * (T - 3));
-    ids.push(Array.from({ length: T }, (_, j) => (j === 0 ? q.cls_token_id : j === len - 1 ? q.sep_token_id : j < len ? 3 + Math.floor(rand() * (q.vocab_size - 4)) : q.pad_token_id)));
+    ids.push(Array.from({ length: T }, (_, j) => (j === 0 ? config.lavis_config.cls_token_id : j === len - 1 ? config.lavis_config.sep_token_id : j < len ? 3 + Math.floor(rand() * (q.vocab_size - 4)) : q.pad_token_id)));
     mask.push(Array.from({ length: T }, (_, j) => (j < len ? 1 : 0)));
   }
   return {
-    visionHidden: tf.randomNormal([n, visionSeqLen(config.vision), config.vision.hidden_size], 0, 1, 'float32', seed) as tf.Tensor3D,
+    visionHidden: tf.randomNormal([n, visionSeqLen(config.vision_config), config.vision_config.hidden_size], 0, 1, 'float32', seed) as tf.Tensor3D,
     inputIds: tf.tensor2d(ids, undefined, 'int32'),
     attentionMask: tf.tensor2d(mask, undefined, 'int32'),
     ids,
@@ -107,7 +107,7 @@ describe('stage-1 step', () => {
     const config = presetConfig('tiny');
     const params = createParams(config, 1);
     const b = batch(config, 2, 1);
-    const wide = tf.zeros([2, visionSeqLen(config.vision), config.vision.hidden_size + 1]) as tf.Tensor3D;
+    const wide = tf.zeros([2, visionSeqLen(config.vision_config), config.vision_config.hidden_size + 1]) as tf.Tensor3D;
     expect(() => stage1Step(params, config, { ...b, visionHidden: wide })).toThrow(/visionHidden width 49/);
     expect(() => stage1Step(params, config, { ...b, negatives: { negImageIndex: [0, 5], negTextIds: b.inputIds, negTextMask: b.attentionMask } })).toThrow(/negImageIndex \[0,5\]/);
     for (const t of [wide, b.visionHidden, b.inputIds, b.attentionMask]) t.dispose();
@@ -121,7 +121,7 @@ describe('stage-1 step', () => {
     ['2 ranks, batches 2/2, cross-attention every 2nd layer', [2, 2], 2],
   ] as const)('%s: summed rank gradients equal the one-process gradient', (_name, sizes, freq) => {
     const base = presetConfig('tiny');
-    const config: Blip2Config = { ...base, qformer: { ...base.qformer, cross_attention_freq: freq } };
+    const config: Blip2Config = { ...base, qformer_config: { ...base.qformer_config, cross_attention_frequency: freq } };
     const params: Params = createParams(config, 5);
     const before = tf.memory().numTensors;
     const N = sizes.reduce((a, b) => a + b, 0);
@@ -140,7 +140,7 @@ describe('stage-1 step', () => {
     const feats = local.map((l) => stage1Features(params, config, l));
     const allImageFeats = tf.concat(feats.map((f) => f.imageFeats)) as tf.Tensor3D;
     const allTextFeat = tf.concat(feats.map((f) => f.textFeat)) as tf.Tensor2D;
-    const itgTokens = local.reduce((n, l) => n + itgTargetCount(l.inputIds.dataSync(), config.qformer.max_txt_len, config.qformer.pad_token_id), 0); // all-reduced count
+    const itgTokens = local.reduce((n, l) => n + itgTargetCount(l.inputIds.dataSync(), config.lavis_config.max_txt_len, config.qformer_config.pad_token_id), 0); // all-reduced count
     const results = local.map((l, r) => {
       const rows = Array.from({ length: sizes[r]! }, (_, b) => offsets[r]! + b);
       const textRows = tf.tensor1d(rows.map((i) => negText[i]!), 'int32');

@@ -189,7 +189,7 @@ function stage1Forward(p: Params, config: Blip2Config, inputs: Stage1Inputs, pla
   // 1. ln_vision over the local batch, then any negatives from elsewhere: [B+K,P,Dv].
   const extra = negs?.negVisionHidden ?? negs?.extraVisionHidden;
   const pool = extra ? (tf.concat([inputs.visionHidden, extra], 0) as tf.Tensor3D) : inputs.visionHidden;
-  const imageEmbeds = layerNorm(p, 'vision_model.post_layernorm', pool, config.vision.ln_vision_eps) as tf.Tensor3D; // [B+K,P,Dv]
+  const imageEmbeds = layerNorm(p, 'vision_model.post_layernorm', pool, config.lavis_config.ln_vision_eps) as tf.Tensor3D; // [B+K,P,Dv]
   const cross = schedule.reuseImageKeyValues ? projectImage(p, config, imageEmbeds) : undefined; // per cross layer [B+K,n,P,d]
   const localImages = (): Map<number, HeadKeyValue> =>
     cross ? selectImages(cross, { begin: 0, size: B }) : projectImage(p, config, imageEmbeds.shape[0] === B ? imageEmbeds : (tf.slice(imageEmbeds, 0, B) as tf.Tensor3D));
@@ -254,7 +254,7 @@ function stage1Forward(p: Params, config: Blip2Config, inputs: Stage1Inputs, pla
     losses.push(record.loss('itg', itgLoss(p, config, out, plan.itg, plan.norm.itgTokens)));
     if (plan.activations) {
       const [, T, H] = out.shape;
-      record.keep('itgLogits', tf.reshape(lmHead(p, config, tf.reshape(out, [B * T, H]) as tf.Tensor2D), [B, T, config.qformer.vocab_size]));
+      record.keep('itgLogits', tf.reshape(lmHead(p, config, tf.reshape(out, [B * T, H]) as tf.Tensor2D), [B, T, config.qformer_config.vocab_size]));
     }
   }
 
@@ -347,7 +347,7 @@ class Recorder {
 function checkInputs(config: Blip2Config, inputs: Stage1Inputs): void {
   const shape = (t: tf.Tensor) => JSON.stringify(t.shape);
   const [b, P, Dv] = inputs.visionHidden.shape;
-  if (Dv !== config.vision.hidden_size) throw new ModelInputError(`visionHidden width ${Dv} != vision hidden_size ${config.vision.hidden_size}`);
+  if (Dv !== config.vision_config.hidden_size) throw new ModelInputError(`visionHidden width ${Dv} != vision hidden_size ${config.vision_config.hidden_size}`);
   const [bi, t] = inputs.inputIds.shape;
   if (bi !== b) throw new ModelInputError(`inputIds batch ${bi} != visionHidden batch ${b}`);
   if (inputs.attentionMask.shape[0] !== b || inputs.attentionMask.shape[1] !== t) throw new ModelInputError(`attentionMask shape ${shape(inputs.attentionMask)} != inputIds shape [${b}, ${t}]`);

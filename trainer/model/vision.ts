@@ -86,7 +86,7 @@ export class VisionBackbone {
    * Each block's weights exist as float32 tensors only while that block runs.
    */
   encode(pixelValues: tf.Tensor): tf.Tensor3D {
-    const v = this.config.vision;
+    const v = this.config.vision_config;
     const [b, c, h, w] = pixelValues.shape as [number, number, number, number];
     if (c !== 3 || h !== v.image_size || w !== v.image_size) {
       throw new Error(`pixel_values shape ${JSON.stringify(pixelValues.shape)} must be [B, 3, ${v.image_size}, ${v.image_size}]`);
@@ -107,7 +107,7 @@ export class VisionBackbone {
     } finally {
       for (const t of emb.values()) t.dispose();
     }
-    for (let i = 0; i < v.num_layers; i++) {
+    for (let i = 0; i < v.num_hidden_layers; i++) {
       const blockParams = this.materialise(`vision_model.encoder.layers.${i}.`);
       try {
         const next = tf.tidy(() => visionBlock(blockParams, this.config, i, x));
@@ -130,7 +130,7 @@ function residentOf(t: SafeTensor, name: string, path: string): Resident {
 
 /** EVA Block: x += proj(attn(norm1(x))); x += fc2(gelu(fc1(norm2(x)))). x [B,P,V] -> [B,P,V]. */
 export function visionBlock(params: Params, config: Blip2Config, i: number, x: tf.Tensor3D): tf.Tensor3D {
-  const v = config.vision;
+  const v = config.vision_config;
   const p = `vision_model.encoder.layers.${i}`;
   const V = v.hidden_size;
   const h1 = layerNorm(params, `${p}.layer_norm1`, x, v.layer_norm_eps); // [B,P,V]
@@ -138,10 +138,10 @@ export function visionBlock(params: Params, config: Blip2Config, i: number, x: t
   const qkvBias = tf.concat([params.get(`${p}.self_attn.q_bias`)!, tf.zeros([V]), params.get(`${p}.self_attn.v_bias`)!]); // [3V]
   const qkv = tf.add(tf.matMul(tf.reshape(h1, [-1, V]), params.get(`${p}.self_attn.qkv.weight`)!, false, true), qkvBias); // [B·P,3V]
   const [q, k, val] = tf.split(qkv, 3, 1).map((t) => tf.reshape(t, x.shape)); // 3 × [B,P,V]
-  const hd = V / v.num_heads;
-  const qh = tf.mul(splitHeads(q!, v.num_heads), hd ** -0.5); // [B,n,P,d], scaled before q·kᵀ as EVA
-  const probs = tf.softmax(tf.matMul(qh, splitHeads(k!, v.num_heads), false, true)); // [B,n,P,P]
-  const ctx = mergeHeads(tf.matMul(probs, splitHeads(val!, v.num_heads))); // [B,P,V]
+  const hd = V / v.num_attention_heads;
+  const qh = tf.mul(splitHeads(q!, v.num_attention_heads), hd ** -0.5); // [B,n,P,d], scaled before q·kᵀ as EVA
+  const probs = tf.softmax(tf.matMul(qh, splitHeads(k!, v.num_attention_heads), false, true)); // [B,n,P,P]
+  const ctx = mergeHeads(tf.matMul(probs, splitHeads(val!, v.num_attention_heads))); // [B,P,V]
   const x1 = tf.add(x, linear(params, `${p}.self_attn.projection`, ctx)); // [B,P,V]
   const h2 = layerNorm(params, `${p}.layer_norm2`, x1, v.layer_norm_eps);
   const mlp = linear(params, `${p}.mlp.fc2`, gelu(linear(params, `${p}.mlp.fc1`, h2))); // [B,P,V]

@@ -20,14 +20,14 @@ export interface GlobalBatch {
 /** A global batch of `batch` samples for the `tiny` preset: random pre-ln_vision states, captions of varied length. */
 export function makeGlobalBatch(batch: number, seed = 1): GlobalBatch {
   const config = presetConfig('tiny');
-  const S = visionSeqLen(config.vision), Dv = config.vision.hidden_size, T = config.qformer.max_txt_len, q = config.qformer;
+  const S = visionSeqLen(config.vision_config), Dv = config.vision_config.hidden_size, T = config.lavis_config.max_txt_len, q = config.qformer_config;
   const visionHidden = Float32Array.from({ length: batch * S * Dv }, (_, i) => (uniformAt('vh', seed, i) - 0.5) * 4);
   const inputIds = new Int32Array(batch * T);
   const attentionMask = new Int32Array(batch * T);
   for (let b = 0; b < batch; b++) {
     const len = 3 + Math.floor(uniformAt('len', seed, b) * (T - 3)); // [CLS] + words + [SEP], 3..T
     for (let t = 0; t < T; t++) {
-      const id = t === 0 ? q.cls_token_id : t === len - 1 ? q.sep_token_id : t < len ? 3 + Math.floor(uniformAt('id', seed, b, t) * (q.vocab_size - 4)) : q.pad_token_id;
+      const id = t === 0 ? config.lavis_config.cls_token_id : t === len - 1 ? config.lavis_config.sep_token_id : t < len ? 3 + Math.floor(uniformAt('id', seed, b, t) * (q.vocab_size - 4)) : q.pad_token_id;
       inputIds[b * T + t] = id;
       attentionMask[b * T + t] = t < len ? 1 : 0;
     }
@@ -42,7 +42,7 @@ export function makeGlobalBatch(batch: number, seed = 1): GlobalBatch {
 
 /** Rows [begin, begin+size) of the global batch. */
 export function sliceBatch(g: GlobalBatch, begin: number, size: number): LocalBatch {
-  const S = visionSeqLen(g.config.vision), Dv = g.config.vision.hidden_size, T = g.config.qformer.max_txt_len;
+  const S = visionSeqLen(g.config.vision_config), Dv = g.config.vision_config.hidden_size, T = g.config.lavis_config.max_txt_len;
   return {
     batch: size,
     visionHidden: g.visionHidden.slice(begin * S * Dv, (begin + size) * S * Dv),
@@ -57,7 +57,7 @@ export const fixtureParams = (config: Blip2Config, seed = 7) => createParams(con
 /** One process, the whole global batch, the same fixed negatives: the reference loss and gradient. */
 export function referenceStep(g: GlobalBatch, paramSeed = 7): { losses: { itc: number; itm: number; itg: number }; grads: Map<string, Float32Array> } {
   const params = fixtureParams(g.config, paramSeed);
-  const S = visionSeqLen(g.config.vision), Dv = g.config.vision.hidden_size, T = g.config.qformer.max_txt_len;
+  const S = visionSeqLen(g.config.vision_config), Dv = g.config.vision_config.hidden_size, T = g.config.lavis_config.max_txt_len;
   tf.engine().startScope();
   try {
     const inputIds = tf.tensor2d(g.inputIds, [g.batch, T], 'int32');
