@@ -10,6 +10,7 @@ import { paramManifest, visionSeqLen, type Blip2Config } from './config';
 import { tf } from './engine';
 import { gelu, layerNorm, linear, mergeHeads, splitHeads } from './layers';
 import { CheckpointMismatchError, type Params } from './params';
+import { ModelInputError } from './errors';
 
 type Resident = { shape: number[]; f16?: Uint16Array; f32?: Float32Array };
 
@@ -50,7 +51,7 @@ export class VisionBackbone {
     const weights = new Map<string, Resident>();
     for (const spec of paramManifest(config).filter((s) => s.group === 'vision')) {
       const t = params.get(spec.name);
-      if (!t) throw new Error(`vision parameter "${spec.name}" missing`);
+      if (!t) throw new ModelInputError(`vision parameter "${spec.name}" is missing from the parameter set: load the ViT from a checkpoint that holds it`);
       const values = (await t.data()) as Float32Array;
       weights.set(spec.name, options.fp16 ? { shape: spec.shape, f16: narrowToF16(values) } : { shape: spec.shape, f32: Float32Array.from(values) });
     }
@@ -89,7 +90,7 @@ export class VisionBackbone {
     const v = this.config.vision_config;
     const [b, c, h, w] = pixelValues.shape as [number, number, number, number];
     if (c !== 3 || h !== v.image_size || w !== v.image_size) {
-      throw new Error(`pixel_values shape ${JSON.stringify(pixelValues.shape)} must be [B, 3, ${v.image_size}, ${v.image_size}]`);
+      throw new ModelInputError(`pixel_values shape ${JSON.stringify(pixelValues.shape)} must be [B, 3, ${v.image_size}, ${v.image_size}]`);
     }
     const emb = this.materialise('vision_model.embeddings.');
     let x: tf.Tensor3D;
@@ -117,7 +118,7 @@ export class VisionBackbone {
         for (const t of blockParams.values()) t.dispose();
       }
     }
-    if (x.shape[1] !== visionSeqLen(v)) throw new Error(`internal: vision sequence ${x.shape[1]} != ${visionSeqLen(v)}`);
+    if (x.shape[1] !== visionSeqLen(v)) throw new ModelInputError(`internal: vision sequence ${x.shape[1]} != ${visionSeqLen(v)}`);
     return x;
   }
 }
