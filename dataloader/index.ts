@@ -48,6 +48,7 @@ export {
   ShardPublisher, ShardConsumer, LeasedShard,
   type ShardQueueOptions, type ShardPublisherOptions, type ShardConsumerOptions, type EpochProgress,
 } from './jetstream';
+export { shardQueueOptions } from './job-queue';
 export { trainerDataMetrics, coordinatorDataMetrics, type TrainerDataMetrics, type CoordinatorDataMetrics } from './metrics';
 export { BadSampleError, DescriptorError, DatasetError, type SkipReason } from './errors';
 export { writeSynthDataset, synthScene, renderScene, synthVocabulary, type SynthOptions, type SynthScene } from './synth';

@@ -13,13 +13,11 @@
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { createLogger, createRegistry, serveMetrics, UsageError, type Logger } from '../common';
+import { connectJobNats, createLogger, createRegistry, loadProcessConfig, runProcess, serveMetrics, UsageError, type Logger } from '../common';
 import {
   AuthError, GenerationChangedError, JobFinishedError, JobMember, ProtocolError, type Assignment,
 } from '../coordinator';
-import { shardQueueOptions } from '../coordinator/epochs';
-import { connectJobNats } from '../coordinator/nats';
-import { loadProcessConfig, runProcess } from '../coordinator/process';
+import { shardQueueOptions } from '../dataloader';
 import { CheckpointError } from './checkpoint';
 import { CollectiveError, createCollectiveGroup, type CollectiveGroup } from './collective';
 import { createTrainerCore } from './core';

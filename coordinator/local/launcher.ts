@@ -16,11 +16,10 @@ import { createWriteStream, existsSync, mkdirSync, readFileSync, rmSync, writeFi
 import { availableParallelism } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { NatsConnection } from '@nats-io/transport-node';
-import { UsageError, loadJobConfig, type JobConfig } from '../../common';
+import { connectJobNats, jobSubjects, loadJobConfig, UsageError, type JobConfig } from '../../common';
 import { loadIndex, writeSynthDataset } from '../../dataloader';
-import { connectJobNats } from '../nats';
 import { JobStore } from '../store';
-import { jobSubjects, type JobState } from '../types';
+import type { JobState } from '../types';
 import type { ProgressReport } from '../wire';
 import { freePort, startNatsServer, type NatsServerHandle } from './nats-server';
 
