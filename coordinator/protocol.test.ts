@@ -1,6 +1,6 @@
 import { describe, expect, test } from 'vitest';
-import { assignmentOf, initialState, step, type JobEvent, type ProtocolOptions } from './protocol';
-import type { JobState } from './types';
+import { assignmentOf, type JobState } from './client';
+import { initialState, step, type JobEvent, type ProtocolOptions } from './protocol';
 
 const opts = (o: Partial<ProtocolOptions> = {}): ProtocolOptions => ({ minWorld: 2, maxWorld: 4, settleMs: 100, epochs: 2, maxSteps: 0, ...o });
 

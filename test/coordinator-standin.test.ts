@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { afterAll, afterEach, beforeAll, describe, expect, inject, test } from 'vitest';
 import { connectJobNats, loadJobConfig } from '../common';
-import { JobMember, JobStore, type JobState } from '../coordinator';
+import { JobMember, JobStore, type JobState } from '../coordinator/client';
 import { loadIndex, planEpoch, sampleId, SampleLedger } from '../dataloader';
 import { freePort } from './setup/nats';
 import { exitWithin, makeJobDir, runTs, waitUntil, type JobDir, type Proc } from './helpers/procs';

@@ -25,7 +25,7 @@ import type { Batch, LeasedShard, ShardDescriptor, ShardLease } from '../dataloa
 import { pruneCheckpoints, readCheckpoint, writeCheckpoint } from './checkpoint';
 import type { TrainerMetrics } from './metrics';
 import type { AdamW } from './optim';
-import type { CommitInfo } from '../coordinator';
+import type { CommitInfo } from '../coordinator/client';
 import type { Stage1Runtime } from './stage1-runtime';
 import { distributedStage1Step, type LocalBatch, type StepCollective } from './step';
 

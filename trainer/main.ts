@@ -16,7 +16,7 @@ import { join } from 'node:path';
 import { connectJobNats, createLogger, createRegistry, loadProcessConfig, runProcess, serveMetrics, UsageError, type Logger } from '../common';
 import {
   AuthError, GenerationChangedError, JobFinishedError, JobMember, ProtocolError, type Assignment,
-} from '../coordinator';
+} from '../coordinator/client';
 import { shardQueueOptions } from '../dataloader';
 import { CheckpointError } from './checkpoint';
 import { CollectiveError, createCollectiveGroup, type CollectiveGroup } from './collective';

@@ -18,9 +18,7 @@ import { join, resolve } from 'node:path';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { connectJobNats, jobSubjects, loadJobConfig, UsageError, type JobConfig } from '../../common';
 import { loadIndex, writeSynthDataset } from '../../dataloader';
-import { JobStore } from '../store';
-import type { JobState } from '../types';
-import type { ProgressReport } from '../wire';
+import { JobStore, type JobState, type ProgressReport } from '../client';
 import { freePort, startNatsServer, type NatsServerHandle } from './nats-server';
 
 const repoRoot = resolve(import.meta.dirname, '../..');

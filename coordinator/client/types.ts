@@ -1,5 +1,6 @@
-// Types of the job protocol shared by the coordinator and the membership client.
-import { Blip2Error, UsageError } from '../common';
+// Types of the job protocol shared by the coordinator and the membership client: the job state stored in NATS KV,
+// a member's assignment and commit records, and the errors a member acts on.
+import { Blip2Error, UsageError } from '../../common';
 
 export interface PeerInfo {
   rank: number;

@@ -4,7 +4,7 @@
  */
 import type { NatsConnection } from '@nats-io/transport-node';
 import { Kvm, type KV } from '@nats-io/kv';
-import { Blip2Error, jobSubjects } from '../common';
+import { Blip2Error, jobSubjects } from '../../common';
 import type { JobState } from './types';
 
 /** Someone else wrote the state since it was read: re-read and re-apply the event. */

@@ -6,8 +6,8 @@
 import { randomBytes } from 'node:crypto';
 import { Worker } from 'node:worker_threads';
 import type { NatsConnection } from '@nats-io/transport-node';
-import { Blip2Error, createLogger, jobSubjects, natsConnectDataOf, type Logger } from '../common';
-import { assignmentOf } from './protocol';
+import { Blip2Error, createLogger, jobSubjects, natsConnectDataOf, type Logger } from '../../common';
+import { assignmentOf } from './assignment';
 import { JobStore } from './store';
 import {
   AuthError, GenerationChangedError, JobFinishedError, ProtocolError,
