@@ -9,7 +9,7 @@ export default defineConfig({
       {
         test: {
           name: 'unit',
-          include: ['{common,coordinator,trainer,dataloader,deploy}/**/*.test.ts'],
+          include: ['{common,coordinator,trainer,dataloader,deploy,cli}/**/*.test.ts'],
           testTimeout: 120_000,
         },
       },

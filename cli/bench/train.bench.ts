@@ -11,7 +11,7 @@ import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
-import { launchLocal } from '../local/launcher';
+import { launchLocal } from '../launcher';
 
 interface Args { ranks: number[]; preset: string; steps: number; skip: number; batch: number; imageSize: number }
 

@@ -16,12 +16,12 @@ import { createWriteStream, existsSync, mkdirSync, readFileSync, rmSync, writeFi
 import { availableParallelism } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { NatsConnection } from '@nats-io/transport-node';
-import { connectJobNats, jobSubjects, loadJobConfig, UsageError, type JobConfig } from '../../common';
-import { loadIndex, writeSynthDataset } from '../../dataloader';
-import { JobStore, type JobState, type ProgressReport } from '../client';
+import { connectJobNats, jobSubjects, loadJobConfig, UsageError, type JobConfig } from '../common';
+import { JobStore, type JobState, type ProgressReport } from '../coordinator/client';
+import { loadIndex, writeSynthDataset } from '../dataloader';
 import { freePort, startNatsServer, type NatsServerHandle } from './nats-server';
 
-const repoRoot = resolve(import.meta.dirname, '../..');
+const repoRoot = resolve(import.meta.dirname, '..');
 
 export interface LaunchOptions {
   /** Job config file. Default: none (the built-in demo). */
