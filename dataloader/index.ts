@@ -33,16 +33,16 @@ export {
 export {
   loadIndex, writeIndex, buildIndex, validateIndex, DATASET_FORMATS,
   type DatasetIndex, type DatasetEntry, type ShardEntry, type DatasetFormat,
-} from './datasetIndex';
+} from './dataset-index';
 export { descriptorId, sampleId, encodeDescriptor, parseDescriptor, type ShardDescriptor } from './descriptor';
 export { planEpoch, type PlanEpochOptions } from './plan';
 export { SampleLedger, type LedgerCheck } from './ledger';
-export { CommitTracker, cursorsFrom, type AckableLease, type CommitTrackerOptions, type DataCheckpointState } from './commitTracker';
-export { readShard, type ReadShardOptions, type ShardItem, type ShardSample, type ShardSkip } from './shardReader';
+export { CommitTracker, cursorsFrom, type AckableLease, type CommitTrackerOptions, type DataCheckpointState } from './commit-tracker';
+export { readShard, type ReadShardOptions, type ShardItem, type ShardSample, type ShardSkip } from './shard-reader';
 export {
   createBatchStream, localShardSource, swapLeftRight,
   type Batch, type BatchStream, type BatchStreamOptions, type ShardCursor, type ShardLease, type ShardSource,
-} from './batchStream';
+} from './batch-stream';
 export { TransformPool, TransformWorkerError, type TransformPoolOptions, type TransformResult } from './workers/pool';
 export {
   ShardPublisher, ShardConsumer, LeasedShard,

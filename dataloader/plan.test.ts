@@ -1,5 +1,5 @@
 import { describe, expect, test } from 'vitest';
-import type { DatasetIndex } from './datasetIndex';
+import type { DatasetIndex } from './dataset-index';
 import { descriptorId, encodeDescriptor, parseDescriptor, type ShardDescriptor } from './descriptor';
 import { DescriptorError } from './errors';
 import { SampleLedger } from './ledger';

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
 import { beforeAll, describe, expect, test, afterAll } from 'vitest';
-import { buildIndex, loadIndex } from './datasetIndex';
+import { buildIndex, loadIndex } from './dataset-index';
 import { countTarSamples, readTarSamples } from './formats/webdataset';
 import { SYNTH_COLOURS, SYNTH_RELATIONS, renderScene, synthScene, writeSynthDataset, type SynthScene } from './synth';
 import { CaptionTokenizer } from './tokenizer';

@@ -16,7 +16,7 @@ import { createLogger, type Logger } from '../common';
 import type { ShardDescriptor } from './descriptor';
 import { BadSampleError } from './errors';
 import { trainerDataMetrics, type TrainerDataMetrics } from './metrics';
-import { readShard } from './shardReader';
+import { readShard } from './shard-reader';
 import type { CaptionTokenizer } from './tokenizer';
 import type { TransformOptions } from './transforms';
 import { TransformPool, TransformWorkerError } from './workers/pool';
