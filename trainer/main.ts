@@ -26,7 +26,6 @@ import { GenerationAbortedError, runGeneration, type CommitChannel } from './loo
 import { LeaseKeeper } from './lease-keeper';
 import { createTrainerMetrics } from './metrics';
 import { engineName, initEngine, tf } from './model';
-import type { EngineName } from './model/engine';
 import { collectiveAdapter } from './step';
 
 const HELP = `Usage: tsx trainer/main.ts [--config FILE] [--<key> <value> ...]
@@ -45,6 +44,8 @@ Keys a trainer reads: job.{id,token,runDir}, node.id, model.{preset,config,check
 checkpoint.{dir,intervalSteps}, nats.*, grpc.{host,advertiseHost,port,tls.*}, metrics.*, log.*, membership.heartbeatMs.
 Tensor engine: BLIP2_ENGINE=tensorflow|wasm|cpu (default: the fastest that loads and can train).
 `;
+
+type EngineName = Awaited<ReturnType<typeof initEngine>>;
 
 /** Engines that cannot differentiate an embedding lookup (wasm at tfjs 4.22 lacks UnsortedSegmentSum) fall back to cpu. */
 async function trainingEngine(log: Logger): Promise<EngineName> {
