@@ -124,139 +124,49 @@ export function swapLeftRight(caption: string): string {
   return caption.replace(/\b(left|right)\b/g, (w) => (w === 'left' ? 'right' : 'left'));
 }
 
+/**
+ * The batch stream over `options.source`:
+ *  1. check the options;
+ *  2. start the producer: leased shards are read from their cursors and their images handed to the worker pool,
+ *     in order, into the bounded prefetch queue;
+ *  3. per `next()`: take a batch's worth of samples from the queue (skips and shard ends recorded as cursors);
+ *  4. assemble them into one batch (pixels, token ids, cursors, completed shards).
+ */
 export function createBatchStream<L extends ShardLease>(options: BatchStreamOptions<L>): BatchStream<L> {
+  // 1. Options.
   const batchSize = options.batchSize;
   if (!Number.isInteger(batchSize) || batchSize < 1) throw new RangeError(`batchSize must be a positive integer, got ${batchSize}`);
   const prefetch = options.prefetch ?? 2 * batchSize;
   if (!Number.isInteger(prefetch) || prefetch < 1) throw new RangeError(`prefetch must be a positive integer, got ${prefetch}`);
-  const imageSize = options.transform?.imageSize ?? 224;
-  const swap = options.swapLeftRightOnFlip ?? true;
   const metrics: TrainerDataMetrics | undefined = options.registry ? trainerDataMetrics(options.registry) : undefined;
   const log = options.logger ?? createLogger('batch-stream');
+  const settings: BatchSettings = {
+    batchSize,
+    imageSize: options.transform?.imageSize ?? 224,
+    swap: options.swapLeftRightOnFlip ?? true,
+    tokenizer: options.tokenizer,
+    metrics,
+    skip: (e: BadSampleError) => {
+      metrics?.samplesSkipped.inc({ reason: e.reason });
+      log.warn('sample skipped', { reason: e.reason, shard: e.shard, key: e.key, error: e.message });
+    },
+  };
   const pool = new TransformPool({ workers: options.workers ?? 1, transform: options.transform });
 
-  const queue: Entry<L>[] = [];
-  let producerDone = false;
-  let producerError: unknown;
-  let closed = false;
-  let wakeConsumer: (() => void) | undefined;
-  let wakeProducer: (() => void) | undefined;
-  const notifyConsumer = () => { const w = wakeConsumer; wakeConsumer = undefined; w?.(); };
-  const notifyProducer = () => { const w = wakeProducer; wakeProducer = undefined; w?.(); };
-  const push = async (e: Entry<L>) => {
-    while (queue.length >= prefetch && !closed) await new Promise<void>((r) => (wakeProducer = r));
-    queue.push(e);
-    metrics?.prefetchSamples.set(queue.length);
-    notifyConsumer();
-  };
+  // 2. The producer.
+  const queue = new PrefetchQueue<Entry<L>>(prefetch, (n) => metrics?.prefetchSamples.set(n));
+  void produce(queue, options, pool, log);
 
-  const produce = async () => {
-    try {
-      while (!closed) {
-        const lease = await options.source.next();
-        if (!lease) break;
-        const d = lease.descriptor;
-        try {
-          for await (const item of readShard(d, { dataRoot: options.dataRoot, fromOrdinal: lease.cursor, maxCaptionChars: options.maxCaptionChars })) {
-            if (closed) return;
-            if (item.kind === 'skip') { await push({ kind: 'skip', lease, ordinal: item.ordinal, error: item.error }); continue; }
-            const result = pool.run(item.image, [d.seed, d.epoch, item.sampleId]);
-            result.catch(() => undefined); // handled in order by the consumer
-            await push({ kind: 'sample', lease, ordinal: item.ordinal, sampleId: item.sampleId, key: item.key, caption: item.caption, result });
-          }
-        } catch (e) {
-          // The shard cannot be read at all (missing file): hand it back and go on with the next one.
-          log.error('shard unreadable, handed back', { id: d.id, error: (e as Error).message });
-          lease.nak?.(5000);
-          continue;
-        }
-        await push({ kind: 'end', lease });
-      }
-    } catch (e) {
-      producerError = e;
-    } finally {
-      producerDone = true;
-      notifyConsumer();
-    }
-  };
-  void produce();
-
-  const take = async (): Promise<Entry<L> | undefined> => {
-    while (queue.length === 0) {
-      if (producerDone || closed) return undefined;
-      await new Promise<void>((r) => (wakeConsumer = r));
-    }
-    const e = queue.shift()!;
-    metrics?.prefetchSamples.set(queue.length);
-    notifyProducer();
-    return e;
-  };
-
-  const skip = (e: BadSampleError) => {
-    metrics?.samplesSkipped.inc({ reason: e.reason });
-    log.warn('sample skipped', { reason: e.reason, shard: e.shard, key: e.key, error: e.message });
-  };
-
-  // Builds one batch. Returns undefined at the end of the stream with nothing left to report.
+  // 3.–4. One batch per call; undefined at the end of the stream with nothing left to report.
   const nextBatch = async (): Promise<Batch<L> | undefined> => {
-    const rows: Array<{ sampleId: string; caption: string; pixels: Float32Array; epoch: number }> = [];
-    const cursors = new Map<L, ShardCursor<L>>();
-    const completed: L[] = [];
-    const touch = (lease: L, nextOrdinal: number, done = false) => {
-      const c = cursors.get(lease) ?? { lease, descriptorId: lease.descriptor.id, nextOrdinal, done: false };
-      c.nextOrdinal = Math.max(c.nextOrdinal, nextOrdinal);
-      c.done ||= done;
-      cursors.set(lease, c);
-    };
-    const consume = async (e: Entry<L>) => {
-      if (e.kind === 'end') { touch(e.lease, e.lease.descriptor.end, true); completed.push(e.lease); return; }
-      touch(e.lease, e.ordinal + 1);
-      if (e.kind === 'skip') { skip(e.error); return; }
-      try {
-        const r = await e.result;
-        metrics?.decodeSeconds.observe(r.seconds);
-        const caption = swap && r.flipped ? swapLeftRight(e.caption) : e.caption;
-        rows.push({ sampleId: e.sampleId, caption, pixels: r.pixels, epoch: e.lease.descriptor.epoch });
-      } catch (err) {
-        if (err instanceof TransformWorkerError) throw err;
-        skip(new BadSampleError('corrupt_image', e.lease.descriptor.shard, e.key, (err as Error).message));
-      }
-    };
-    while (rows.length < batchSize) {
-      const e = await take();
-      if (!e) break;
-      await consume(e);
-    }
-    // Report shard ends (and skips) that are already queued behind the batch's last sample.
-    while (queue.length && queue[0]!.kind !== 'sample') await consume((await take())!);
-    if (producerError) throw producerError;
-    if (rows.length === 0 && completed.length === 0 && cursors.size === 0) return undefined;
-    const B = rows.length;
-    const plane = 3 * imageSize * imageSize;
-    const pixelValues = new Float32Array(B * plane);
-    rows.forEach((r, b) => pixelValues.set(r.pixels, b * plane));
-    const tok = options.tokenizer.encodeBatch(rows.map((r) => r.caption));
-    metrics?.samples.inc(B);
-    metrics?.batches.inc();
-    return {
-      sampleIds: rows.map((r) => r.sampleId),
-      captions: rows.map((r) => r.caption),
-      pixelValues,
-      inputIds: tok.inputIds,
-      attentionMask: tok.attentionMask,
-      batchSize: B,
-      seqLength: tok.seqLength,
-      imageSize,
-      epochs: rows.map((r) => r.epoch),
-      cursors: [...cursors.values()],
-      completed,
-    };
+    const taken = await takeBatch(queue, settings);
+    if (queue.producerError) throw queue.producerError;
+    if (taken.rows.length === 0 && taken.completed.length === 0 && taken.cursors.size === 0) return undefined;
+    return assembleBatch(taken, settings);
   };
 
   const close = async () => {
-    closed = true;
-    notifyProducer();
-    notifyConsumer();
+    queue.close();
     await pool.close();
   };
 
@@ -265,7 +175,7 @@ export function createBatchStream<L extends ShardLease>(options: BatchStreamOpti
       const t0 = performance.now();
       let b: Batch<L> | undefined;
       try {
-        b = closed ? undefined : await nextBatch();
+        b = queue.closed ? undefined : await nextBatch();
       } catch (e) {
         await close();
         throw e;
@@ -282,4 +192,180 @@ export function createBatchStream<L extends ShardLease>(options: BatchStreamOpti
     close,
   };
   return stream;
+}
+
+/** What taking and assembling a batch needs. */
+interface BatchSettings {
+  batchSize: number;
+  imageSize: number;
+  /** Swap left/right in the captions of flipped images. */
+  swap: boolean;
+  tokenizer: CaptionTokenizer;
+  metrics?: TrainerDataMetrics;
+  /** Counts and logs a skipped sample. */
+  skip(e: BadSampleError): void;
+}
+
+/** The bounded, order-preserving queue between the producer (shard reader) and the batches (consumer). */
+class PrefetchQueue<E> {
+  private readonly items: E[] = [];
+  producerDone = false;
+  producerError: unknown;
+  closed = false;
+  private wakeConsumer?: () => void;
+  private wakeProducer?: () => void;
+
+  constructor(private readonly capacity: number, private readonly onDepth: (n: number) => void) {}
+
+  get length(): number {
+    return this.items.length;
+  }
+
+  /** The entry at the head, without taking it. */
+  peek(): E | undefined {
+    return this.items[0];
+  }
+
+  /** Waits while the queue is full (unless closed), then appends. */
+  async push(e: E): Promise<void> {
+    while (this.items.length >= this.capacity && !this.closed) await new Promise<void>((r) => (this.wakeProducer = r));
+    this.items.push(e);
+    this.onDepth(this.items.length);
+    this.notifyConsumer();
+  }
+
+  /** The next entry; undefined once the producer is done (or the queue closed) and nothing is left. */
+  async take(): Promise<E | undefined> {
+    while (this.items.length === 0) {
+      if (this.producerDone || this.closed) return undefined;
+      await new Promise<void>((r) => (this.wakeConsumer = r));
+    }
+    const e = this.items.shift()!;
+    this.onDepth(this.items.length);
+    this.notifyProducer();
+    return e;
+  }
+
+  /** The producer has stopped (with `error` when it failed). */
+  finish(error?: unknown): void {
+    if (error !== undefined) this.producerError = error;
+    this.producerDone = true;
+    this.notifyConsumer();
+  }
+
+  close(): void {
+    this.closed = true;
+    this.notifyProducer();
+    this.notifyConsumer();
+  }
+
+  private notifyConsumer(): void {
+    const w = this.wakeConsumer;
+    this.wakeConsumer = undefined;
+    w?.();
+  }
+
+  private notifyProducer(): void {
+    const w = this.wakeProducer;
+    this.wakeProducer = undefined;
+    w?.();
+  }
+}
+
+/** Step 2: leases from the source, their samples read from the cursor and sent to the pool, in order, into `queue`. */
+async function produce<L extends ShardLease>(
+  queue: PrefetchQueue<Entry<L>>, options: BatchStreamOptions<L>, pool: TransformPool, log: Logger,
+): Promise<void> {
+  let failure: unknown;
+  try {
+    while (!queue.closed) {
+      const lease = await options.source.next();
+      if (!lease) break;
+      const d = lease.descriptor;
+      try {
+        for await (const item of readShard(d, { dataRoot: options.dataRoot, fromOrdinal: lease.cursor, maxCaptionChars: options.maxCaptionChars })) {
+          if (queue.closed) return;
+          if (item.kind === 'skip') { await queue.push({ kind: 'skip', lease, ordinal: item.ordinal, error: item.error }); continue; }
+          const result = pool.run(item.image, [d.seed, d.epoch, item.sampleId]);
+          result.catch(() => undefined); // handled in order by the consumer
+          await queue.push({ kind: 'sample', lease, ordinal: item.ordinal, sampleId: item.sampleId, key: item.key, caption: item.caption, result });
+        }
+      } catch (e) {
+        // The shard cannot be read at all (missing file): hand it back and go on with the next one.
+        log.error('shard unreadable, handed back', { id: d.id, error: (e as Error).message });
+        lease.nak?.(5000);
+        continue;
+      }
+      await queue.push({ kind: 'end', lease });
+    }
+  } catch (e) {
+    failure = e;
+  } finally {
+    queue.finish(failure);
+  }
+}
+
+interface TakenBatch<L extends ShardLease> {
+  rows: Array<{ sampleId: string; caption: string; pixels: Float32Array; epoch: number }>;
+  cursors: Map<L, ShardCursor<L>>;
+  completed: L[];
+}
+
+/** Step 3: up to `batchSize` decoded samples, then the shard ends and skips queued right behind them. */
+async function takeBatch<L extends ShardLease>(queue: PrefetchQueue<Entry<L>>, s: BatchSettings): Promise<TakenBatch<L>> {
+  const taken: TakenBatch<L> = { rows: [], cursors: new Map(), completed: [] };
+  const { rows, cursors, completed } = taken;
+  const touch = (lease: L, nextOrdinal: number, done = false) => {
+    const c = cursors.get(lease) ?? { lease, descriptorId: lease.descriptor.id, nextOrdinal, done: false };
+    c.nextOrdinal = Math.max(c.nextOrdinal, nextOrdinal);
+    c.done ||= done;
+    cursors.set(lease, c);
+  };
+  const consume = async (e: Entry<L>) => {
+    if (e.kind === 'end') { touch(e.lease, e.lease.descriptor.end, true); completed.push(e.lease); return; }
+    touch(e.lease, e.ordinal + 1);
+    if (e.kind === 'skip') { s.skip(e.error); return; }
+    try {
+      const r = await e.result;
+      s.metrics?.decodeSeconds.observe(r.seconds);
+      const caption = s.swap && r.flipped ? swapLeftRight(e.caption) : e.caption;
+      rows.push({ sampleId: e.sampleId, caption, pixels: r.pixels, epoch: e.lease.descriptor.epoch });
+    } catch (err) {
+      if (err instanceof TransformWorkerError) throw err;
+      s.skip(new BadSampleError('corrupt_image', e.lease.descriptor.shard, e.key, (err as Error).message));
+    }
+  };
+  while (rows.length < s.batchSize) {
+    const e = await queue.take();
+    if (!e) break;
+    await consume(e);
+  }
+  // Report shard ends (and skips) that are already queued behind the batch's last sample.
+  while (queue.length && queue.peek()!.kind !== 'sample') await consume((await queue.take())!);
+  return taken;
+}
+
+/** Step 4: pixels into one [B, 3, S, S] array, captions through the tokenizer. */
+function assembleBatch<L extends ShardLease>(taken: TakenBatch<L>, s: BatchSettings): Batch<L> {
+  const { rows, cursors, completed } = taken;
+  const B = rows.length;
+  const plane = 3 * s.imageSize * s.imageSize;
+  const pixelValues = new Float32Array(B * plane);
+  rows.forEach((r, b) => pixelValues.set(r.pixels, b * plane));
+  const tok = s.tokenizer.encodeBatch(rows.map((r) => r.caption));
+  s.metrics?.samples.inc(B);
+  s.metrics?.batches.inc();
+  return {
+    sampleIds: rows.map((r) => r.sampleId),
+    captions: rows.map((r) => r.caption),
+    pixelValues,
+    inputIds: tok.inputIds,
+    attentionMask: tok.attentionMask,
+    batchSize: B,
+    seqLength: tok.seqLength,
+    imageSize: s.imageSize,
+    epochs: rows.map((r) => r.epoch),
+    cursors: [...cursors.values()],
+    completed,
+  };
 }
