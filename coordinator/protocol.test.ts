@@ -1,3 +1,5 @@
+// The job protocol's pure state machine over world sizes 1-4: rendezvous, losses, spares, joins at commits,
+// commits, epochs, failures, restarts and queue rebuilds.
 import { describe, expect, test } from 'vitest';
 import { assignmentOf, type JobState } from './client';
 import { initialState, step, type JobEvent, type ProtocolOptions } from './protocol';

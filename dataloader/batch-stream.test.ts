@@ -1,3 +1,5 @@
+// The batch stream over the synthetic dataset: every sample once per epoch, shapes, seeded augmentation, resumption
+// from cursors, bad samples skipped.
 import { cpSync, mkdirSync, readFileSync, writeFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';

@@ -1,3 +1,4 @@
+// CommitTracker: shards acked only after the checkpoint that holds them commits; cursors restored.
 import { describe, expect, test } from 'vitest';
 import type { Batch } from './batch-stream';
 import { CommitTracker, cursorsFrom } from './commit-tracker';

@@ -1,3 +1,4 @@
+// planEpoch as a pure function of (index, epoch, seed), and shard descriptors' encoding.
 import { describe, expect, test } from 'vitest';
 import type { DatasetIndex } from './dataset-index';
 import { descriptorId, encodeDescriptor, parseDescriptor, type ShardDescriptor } from './descriptor';

@@ -1,3 +1,4 @@
+// The synthetic caption dataset: shards, index and tokenizer written; captions true to the pictures; a non-trivial task.
 import { readFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
