@@ -1,6 +1,6 @@
 import { defineConfig } from 'vitest/config';
 
-// Three projects: `unit` (next to the code), `golden` (numerical parity with ../shared/golden), and
+// Three projects: `unit` (next to the code, and the house's import rule in test/house/), `golden` (numerical parity with ../shared/golden), and
 // `integration` (spans processes; talks to a real nats-server and real gRPC sockets).
 export default defineConfig({
   test: {
@@ -9,7 +9,7 @@ export default defineConfig({
       {
         test: {
           name: 'unit',
-          include: ['{common,coordinator,trainer,dataloader,deploy}/**/*.test.ts'],
+          include: ['{common,coordinator,trainer,dataloader,deploy,cli}/**/*.test.ts', 'test/house/**/*.test.ts'],
           testTimeout: 120_000,
         },
       },
@@ -24,7 +24,7 @@ export default defineConfig({
         test: {
           name: 'integration',
           include: ['test/**/*.test.ts'],
-          exclude: ['test/golden/**'],
+          exclude: ['test/golden/**', 'test/house/**'],
           globalSetup: ['test/setup/global-setup.ts'],
           testTimeout: 300_000,
           hookTimeout: 120_000,

@@ -1,3 +1,4 @@
+// The job config: sources and their precedence (defaults < file < env < flags), and every validation rule.
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';

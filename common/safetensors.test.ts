@@ -1,3 +1,4 @@
+// safetensors I/O: every dtype round-tripped, F16 conversion, and truncated or lying files refused with their name.
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';

@@ -10,12 +10,10 @@
  */
 import { timingSafeEqual } from 'node:crypto';
 import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
-import { createLogger, type Logger } from '../common';
+import { createLogger, jobSubjects, type Logger } from '../common';
 import { CoordinatorMetrics } from './metrics';
 import { initialState, step, type JobAction, type JobEvent, type ProtocolOptions } from './protocol';
-import { JobStore, RevisionConflictError, type StoredState } from './store';
-import { jobSubjects, type JobState } from './types';
-import { encode, type ControlReply, type ControlRequest, type Heartbeat } from './wire';
+import { encode, JobStore, RevisionConflictError, type ControlReply, type ControlRequest, type Heartbeat, type JobState, type StoredState } from './client';
 
 /** The job's shard queue, as the coordinator drives it. */
 export interface EpochPublisher {

@@ -9,15 +9,8 @@ import type { NatsConnection } from '@nats-io/transport-node';
 import type { Registry } from 'prom-client';
 import { UsageError, type JobConfig, type Logger } from '../common';
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
-import { encodeDescriptor, loadIndex, planEpoch, ShardPublisher, type DatasetIndex, type ShardQueueOptions } from '../dataloader';
+import { encodeDescriptor, loadIndex, planEpoch, shardQueueOptions, ShardPublisher, type DatasetIndex } from '../dataloader';
 import type { EpochPublisher } from './coordinator';
-import { jobSubjects } from './types';
-
-/** The job's shard queue: trainers build their ShardConsumer with the same options. */
-export function shardQueueOptions(config: JobConfig, nc: NatsConnection): Required<Omit<ShardQueueOptions, 'maxDeliver' | 'maxAckPending'>> {
-  const s = jobSubjects(config.job.id);
-  return { nc, stream: s.shardStream, subject: s.shardSubject, durable: 'trainers', ackWaitMs: config.data.ackWaitMs };
-}
 
 /** index.json of the job's data root; a clear error when it is missing. */
 export function loadJobIndex(config: JobConfig): DatasetIndex {

@@ -1,14 +1,7 @@
-// The coordinator's public surface: the membership client trainers use, the protocol and its types, the
-// coordinator service and its metrics.
-export * from './types';
-export { JobMember, type JoinOptions } from './member';
+// The coordinator service's public surface: the service and its metrics, the protocol's pure state machine, and
+// epoch planning over the dataloader. The process is coordinator/main.ts. The membership client that trainers use,
+// and the job state and messages it shares with the service, are the nested room coordinator/client/.
 export { Coordinator, type CoordinatorOptions, type EpochPublisher } from './coordinator';
 export { CoordinatorMetrics } from './metrics';
-export { step, initialState, assignmentOf, type JobEvent, type JobAction, type ProtocolOptions, type StepResult } from './protocol';
-export { JobStore, RevisionConflictError, type StoredState } from './store';
-export type { ProgressReport } from './wire';
-export { DataEpochPublisher, shardQueueOptions, loadJobIndex } from './epochs';
-export { connectJobNats, natsConnectDataOf, type NatsConnectData, type ConnectJobNatsOptions } from './nats';
-export { loadProcessConfig, runProcess } from './process';
-export { launchLocal, DEMO_OVERRIDES, type LaunchOptions, type LaunchSummary } from './local/launcher';
-export { startNatsServer, freePort, type NatsServerHandle, type StartNatsServerOptions } from './local/nats-server';
+export { step, initialState, type JobEvent, type JobAction, type ProtocolOptions, type StepResult } from './protocol';
+export { DataEpochPublisher, loadJobIndex } from './epochs';

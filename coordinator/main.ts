@@ -3,12 +3,10 @@
  * Runs the job's coordinator until the job finishes (exit 0); SIGTERM/SIGINT stop it at once, leaving the job's
  * state in NATS KV for the next coordinator to continue from.
  */
-import { createLogger, createRegistry, serveMetrics, UsageError } from '../common';
+import { connectJobNats, createLogger, createRegistry, loadProcessConfig, runProcess, serveMetrics, UsageError } from '../common';
 import { Coordinator } from './coordinator';
 import { DataEpochPublisher, loadJobIndex } from './epochs';
 import { CoordinatorMetrics } from './metrics';
-import { connectJobNats } from './nats';
-import { loadProcessConfig, runProcess } from './process';
 
 runProcess('coordinator', async () => {
   const { config } = loadProcessConfig(process.argv.slice(2));

@@ -1,3 +1,4 @@
+// The coordinator's Prometheus metrics: names, counters advanced by differences, served on /metrics.
 import { expect, test } from 'vitest';
 import { createRegistry, serveMetrics } from '../common';
 import { CoordinatorMetrics } from './metrics';

@@ -1,6 +1,8 @@
+// The job protocol's pure state machine over world sizes 1-4: rendezvous, losses, spares, joins at commits,
+// commits, epochs, failures, restarts and queue rebuilds.
 import { describe, expect, test } from 'vitest';
-import { assignmentOf, initialState, step, type JobEvent, type ProtocolOptions } from './protocol';
-import type { JobState } from './types';
+import { assignmentOf, type JobState } from './client';
+import { initialState, step, type JobEvent, type ProtocolOptions } from './protocol';
 
 const opts = (o: Partial<ProtocolOptions> = {}): ProtocolOptions => ({ minWorld: 2, maxWorld: 4, settleMs: 100, epochs: 2, maxSteps: 0, ...o });
 

@@ -1,6 +1,6 @@
 /**
  * The job protocol as a pure state machine: `step(state, event, options) -> { state, actions, error }`.
- * The coordinator stores the state in NATS KV with compare-and-set on the entry's revision (coordinator/store.ts),
+ * The coordinator stores the state in NATS KV with compare-and-set on the entry's revision (coordinator/client/store.ts),
  * so a restarted coordinator, or a second one racing it, never loses or forks the job.
  *
  * Lifecycle:
@@ -15,7 +15,7 @@
  *     survivors, restoring the last commit; below `world.min` the job waits.
  *  5. `epochDone` (rank 0, every shard of the epoch committed): next epoch, or `finished` after the last.
  */
-import type { CommitInfo, JobState, MemberRecord, PeerInfo } from './types';
+import type { CommitInfo, JobState, MemberRecord, PeerInfo } from './client';
 
 export interface ProtocolOptions {
   /** Fewest members to train with. */
@@ -256,20 +256,4 @@ export function step(state: JobState, event: JobEvent, o: ProtocolOptions): Step
       break;
   }
   return { state: s, actions };
-}
-
-/** The assignment of `nodeId` in `state`, or null when it holds no rank. */
-export function assignmentOf(s: JobState, nodeId: string) {
-  if (s.status !== 'running' || s.queueGeneration < s.generation) return null;
-  const me = s.world.find((p) => p.nodeId === nodeId);
-  if (!me) return null;
-  return {
-    jobId: s.jobId,
-    generation: s.generation,
-    rank: me.rank,
-    worldSize: s.world.length,
-    peers: s.world.map((p) => ({ ...p })),
-    epoch: s.epoch,
-    restore: s.committed ? { ...s.committed, cursors: { ...s.committed.cursors }, ackedShards: [...s.committed.ackedShards] } : null,
-  };
 }

@@ -1,3 +1,4 @@
+// preCaption against LAVIS's BlipCaptionProcessor.pre_caption.
 import { describe, expect, test } from 'vitest';
 import { preCaption } from './caption';
 

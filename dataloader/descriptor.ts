@@ -2,7 +2,7 @@
  * Shard descriptors: the unit of work the coordinator publishes and trainers pull. A descriptor is
  * self-contained: a trainer with the data root mounted can read it without the index.
  */
-import { DATASET_FORMATS, type DatasetFormat } from './datasetIndex';
+import { DATASET_FORMATS, type DatasetFormat } from './dataset-index';
 import { DescriptorError } from './errors';
 
 export interface ShardDescriptor {

@@ -1,3 +1,4 @@
+// The dataloader's errors (bad samples, descriptors, datasets) and the reasons a sample is skipped.
 import { Blip2Error } from '../common';
 
 /** Why a sample was skipped; the `reason` label of `blip2_trainer_data_samples_skipped_total`. */

@@ -24,31 +24,24 @@
  *
  * Exactly-once: `SampleLedger.check(epoch, expectedIds)`.
  */
-export { preCaption } from './caption';
-export { CaptionTokenizer, bertTokenizerJson, type CaptionTokenizerOptions, type TokenizedBatch, type TokenizerKind } from './tokenizer';
+export { CaptionTokenizer, type CaptionTokenizerOptions, type TokenizedBatch, type TokenizerKind } from './tokenizer';
+export type { TransformOptions } from './transforms';
 export {
-  transformImage, decodeOnly, randomResizedCropParams, normalizeToChw, CLIP_MEAN, CLIP_STD,
-  type TransformOptions, type TransformedImage, type CropBox,
-} from './transforms';
-export {
-  loadIndex, writeIndex, buildIndex, validateIndex, DATASET_FORMATS,
+  loadIndex, writeIndex, buildIndex,
   type DatasetIndex, type DatasetEntry, type ShardEntry, type DatasetFormat,
-} from './datasetIndex';
+} from './dataset-index';
 export { descriptorId, sampleId, encodeDescriptor, parseDescriptor, type ShardDescriptor } from './descriptor';
 export { planEpoch, type PlanEpochOptions } from './plan';
 export { SampleLedger, type LedgerCheck } from './ledger';
-export { CommitTracker, cursorsFrom, type AckableLease, type CommitTrackerOptions, type DataCheckpointState } from './commitTracker';
-export { readShard, type ReadShardOptions, type ShardItem, type ShardSample, type ShardSkip } from './shardReader';
+export { CommitTracker, cursorsFrom, type AckableLease, type CommitTrackerOptions, type DataCheckpointState } from './commit-tracker';
 export {
-  createBatchStream, localShardSource, swapLeftRight,
+  createBatchStream, localShardSource,
   type Batch, type BatchStream, type BatchStreamOptions, type ShardCursor, type ShardLease, type ShardSource,
-} from './batchStream';
-export { TransformPool, TransformWorkerError, type TransformPoolOptions, type TransformResult } from './workers/pool';
+} from './batch-stream';
 export {
   ShardPublisher, ShardConsumer, LeasedShard,
   type ShardQueueOptions, type ShardPublisherOptions, type ShardConsumerOptions, type EpochProgress,
 } from './jetstream';
-export { trainerDataMetrics, coordinatorDataMetrics, type TrainerDataMetrics, type CoordinatorDataMetrics } from './metrics';
+export { shardQueueOptions } from './job-queue';
 export { BadSampleError, DescriptorError, DatasetError, type SkipReason } from './errors';
-export { writeSynthDataset, synthScene, renderScene, synthVocabulary, type SynthOptions, type SynthScene } from './synth';
-export { readTarSamples, writeTarShard, countTarSamples } from './formats/webdataset';
+export { writeSynthDataset, type SynthOptions } from './synth';

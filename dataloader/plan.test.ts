@@ -1,5 +1,6 @@
+// planEpoch as a pure function of (index, epoch, seed), and shard descriptors' encoding.
 import { describe, expect, test } from 'vitest';
-import type { DatasetIndex } from './datasetIndex';
+import type { DatasetIndex } from './dataset-index';
 import { descriptorId, encodeDescriptor, parseDescriptor, type ShardDescriptor } from './descriptor';
 import { DescriptorError } from './errors';
 import { SampleLedger } from './ledger';

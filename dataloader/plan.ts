@@ -3,7 +3,7 @@
  * split into sample ranges, then all ranges are shuffled with a generator seeded by (seed, epoch). Trainers pull
  * descriptors dynamically from JetStream, so the plan does not depend on the world size.
  */
-import type { DatasetIndex } from './datasetIndex';
+import type { DatasetIndex } from './dataset-index';
 import { descriptorId, type ShardDescriptor } from './descriptor';
 import { DatasetError } from './errors';
 import { seededRandom, shuffled } from './rng';

@@ -1,9 +1,10 @@
+// The synthetic caption dataset: shards, index and tokenizer written; captions true to the pictures; a non-trivial task.
 import { readFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
 import { beforeAll, describe, expect, test, afterAll } from 'vitest';
-import { buildIndex, loadIndex } from './datasetIndex';
+import { buildIndex, loadIndex } from './dataset-index';
 import { countTarSamples, readTarSamples } from './formats/webdataset';
 import { SYNTH_COLOURS, SYNTH_RELATIONS, renderScene, synthScene, writeSynthDataset, type SynthScene } from './synth';
 import { CaptionTokenizer } from './tokenizer';

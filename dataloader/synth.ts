@@ -9,7 +9,7 @@
 import { mkdirSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import sharp from 'sharp';
-import { writeIndex, type DatasetEntry, type DatasetIndex } from './datasetIndex';
+import { writeIndex, type DatasetEntry, type DatasetIndex } from './dataset-index';
 import { DatasetError } from './errors';
 import { writeTarShard } from './formats/webdataset';
 import { randInt, seededRandom } from './rng';

@@ -1,3 +1,4 @@
+// The caption tokenizers (bert for the Q-Former, opt) loaded from tokenizer.json files.
 import { writeFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';

@@ -1,3 +1,4 @@
+// BLIP-2's image transforms: torchvision's RandomResizedCrop parameters, train and eval transforms.
 import sharp from 'sharp';
 import { describe, expect, test } from 'vitest';
 import { seededRandom } from './rng';

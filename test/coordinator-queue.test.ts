@@ -7,8 +7,8 @@ import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import { afterAll, beforeAll, expect, inject, test } from 'vitest';
 import { loadJobConfig } from '../common';
-import { DataEpochPublisher, shardQueueOptions } from '../coordinator';
-import { parseDescriptor } from '../dataloader';
+import { DataEpochPublisher } from '../coordinator';
+import { parseDescriptor, shardQueueOptions } from '../dataloader';
 import { makeJobDir } from './helpers/procs';
 
 let nc: NatsConnection;

@@ -9,7 +9,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { afterAll, afterEach, beforeAll, describe, expect, inject, test } from 'vitest';
-import { JobStore, type JobState } from '../coordinator';
+import { JobStore, type JobState } from '../coordinator/client';
 import { CaptionTokenizer, createBatchStream, loadIndex, localShardSource, planEpoch, SampleLedger } from '../dataloader';
 import { exitWithin, makeJobDir, runTs, waitUntil, type Proc } from './helpers/procs';
 

@@ -11,7 +11,9 @@
  *   ViT, AdamW and schedule; `JetStreamEpochData` / `LocalEpochData` feed it batches.
  * - Metrics: `createTrainerMetrics({ registry, nodeId, runDir })`.
  */
-export * from './optim';
+export {
+  AdamW, blip2ParamGroups, linearWarmupCosineLr, type AdamWOptions, type AdamWState, type LinearWarmupCosineOptions,
+} from './optim';
 export {
   CheckpointError, writeCheckpoint, readCheckpoint, readCheckpointMeta, listCheckpoints, pruneCheckpoints, removeStaleTemporaries,
   checkpointName, checkpointRoot, CHECKPOINT_FORMAT, MODEL_FILE, OPTIMIZER_FILE, META_FILE,

@@ -1,7 +1,7 @@
 /** The main-thread side of the lease keeper (see lease-keeper-worker.mjs for why leases are renewed off-thread). */
 import { Worker } from 'node:worker_threads';
 import type { NatsConnection } from '@nats-io/transport-node';
-import { natsConnectDataOf } from '../coordinator/nats';
+import { natsConnectDataOf } from '../common';
 
 export interface LeaseKeeperOptions {
   /** How often each held lease is renewed, ms (a third of the queue's ack wait). */

@@ -25,7 +25,7 @@ import type { Batch, LeasedShard, ShardDescriptor, ShardLease } from '../dataloa
 import { pruneCheckpoints, readCheckpoint, writeCheckpoint } from './checkpoint';
 import type { TrainerMetrics } from './metrics';
 import type { AdamW } from './optim';
-import type { CommitInfo } from '../coordinator';
+import type { CommitInfo } from '../coordinator/client';
 import type { Stage1Runtime } from './stage1-runtime';
 import { distributedStage1Step, type LocalBatch, type StepCollective } from './step';
 
@@ -162,78 +162,260 @@ const flatten = (values: Map<string, Float32Array>, names: readonly string[]) =>
 export async function runGeneration<L extends TrainLease>(
   core: TrainerCore, g: GenerationInput<L>, onStep?: (s: StepSummary) => void,
 ): Promise<GenerationOutcome> {
-  const { runtime, optimizer, options: o } = core;
-  const log = (core.log ?? createLogger('trainer')).child({ generation: g.generation, rank: g.rank });
-  const names = runtime.trainable.map((p) => p.name);
-  const checkAbort = () => {
+  const run = new GenerationRun(core, g, onStep);
+  // 1. State.
+  await run.restoreOrStart();
+  for (;;) {
+    // 2.–3. One epoch of steps, with its commits.
+    const stopped = await run.trainEpoch();
+    if (stopped) return stopped;
+    // 4.–5. The epoch's last commit, then the next epoch (or the job's end).
+    const finished = await run.endEpoch();
+    if (finished) return finished;
+  }
+}
+
+/** What this rank trained of one shard since the last commit. */
+interface Touched<L> {
+  lease: L;
+  next: number;
+  done: boolean;
+}
+
+const EMPTY_BATCH: LocalBatch = { batch: 0, visionHidden: new Float32Array(0), inputIds: new Int32Array(0), attentionMask: new Int32Array(0) };
+
+/** The state of one generation on one rank, and its steps (runGeneration drives them in order). */
+class GenerationRun<L extends TrainLease> {
+  private readonly log: Logger;
+  private readonly names: string[];
+  private step = 0;
+  private epoch = 0;
+  private stepInEpoch = 0;
+  private lastCommit: CommitRecord | null;
+  private values!: Map<string, Float32Array>;
+  /** Sample ids in the committed model, per epoch (`ledger.json` of every checkpoint, cumulative along parents). */
+  private ledger: Record<string, string[]> = {};
+  private parent: string | null;
+  private samplesCommitted: number;
+  // What this rank trained since the last commit.
+  private readonly touched = new Map<string, Touched<L>>();
+  private samplesSinceCommit: string[] = [];
+  private stepsSinceCommit = 0;
+
+  constructor(private readonly core: TrainerCore, private readonly g: GenerationInput<L>, private readonly onStep?: (s: StepSummary) => void) {
+    this.log = (core.log ?? createLogger('trainer')).child({ generation: g.generation, rank: g.rank });
+    this.names = core.runtime.trainable.map((p) => p.name);
+    this.lastCommit = g.restore;
+    this.parent = g.restore ? basename(g.restore.checkpointDir) : null;
+    this.samplesCommitted = g.restore?.samples ?? 0;
+  }
+
+  private checkAbort(): void {
+    const g = this.g;
     if (g.signal?.aborted) {
       const why = g.signal.reason instanceof Error ? g.signal.reason.message : String(g.signal.reason ?? 'membership changed');
       throw new GenerationAbortedError(`generation ${g.generation} was aborted (${why})`);
     }
-  };
-
-  // 1. State.
-  let step: number, epoch: number, stepInEpoch: number;
-  let lastCommit: CommitRecord | null = g.restore;
-  let values: Map<string, Float32Array>;
-  /** Sample ids in the committed model, per epoch (`ledger.json` of every checkpoint, cumulative along parents). */
-  let ledger: Record<string, string[]> = {};
-  if (g.restore) {
-    const t0 = performance.now();
-    const ck = readCheckpoint(g.restore.checkpointDir, { configHash: o.configHash, params: runtime.trainable });
-    values = new Map([...ck.params].map(([k, v]) => [k, v.data]));
-    optimizer.loadState(ck.optimizer);
-    if (ck.files['ledger.json']) ledger = JSON.parse(ck.files['ledger.json']) as Record<string, string[]>;
-    step = ck.step;
-    if (g.epoch === ck.epoch) {
-      epoch = ck.epoch;
-      stepInEpoch = ck.stepInEpoch;
-    } else {
-      epoch = g.epoch;
-      stepInEpoch = 0;
-    }
-    core.metrics?.observeCheckpoint('restore', (performance.now() - t0) / 1000);
-    log.info('restored commit', { step, epoch, dir: g.restore.checkpointDir });
-  } else {
-    values = g.rank === 0 ? core.initialValues() : new Map(runtime.trainable.map((p) => [p.name, new Float32Array(p.shape.reduce((a, b) => a * b, 1))]));
-    if (g.worldSize > 1) {
-      const flat = flatten(values, names);
-      await g.coll.broadcast(flat, 0);
-      let off = 0;
-      for (const k of names) {
-        values.get(k)!.set(flat.subarray(off, off + values.get(k)!.length));
-        off += values.get(k)!.length;
-      }
-    }
-    optimizer.loadState({
-      step: 0,
-      expAvg: new Map(runtime.trainable.map((p) => [p.name, new Float32Array(values.get(p.name)!.length)])),
-      expAvgSq: new Map(runtime.trainable.map((p) => [p.name, new Float32Array(values.get(p.name)!.length)])),
-    });
-    step = 0;
-    epoch = g.epoch;
-    stepInEpoch = 0;
-    log.info('fresh start', { epoch });
   }
-  runtime.setValues(values);
-  let parent = g.restore ? basename(g.restore.checkpointDir) : null;
-  let samplesCommitted = g.restore?.samples ?? 0;
 
-  // What this rank trained since the last commit.
-  const touched = new Map<string, { lease: L; next: number; done: boolean }>();
-  let samplesSinceCommit: string[] = [];
-  let stepsSinceCommit = 0;
-  const sameEpoch = (c: CommitRecord | null) => (c && c.epoch === epoch ? c : null);
+  private sameEpoch(c: CommitRecord | null): CommitRecord | null {
+    return c && c.epoch === this.epoch ? c : null;
+  }
 
-  const commit = async () => {
-    checkAbort();
+  /** 1. Restore the assignment's commit, or start fresh from rank 0's parameters (broadcast) and an empty optimiser. */
+  async restoreOrStart(): Promise<void> {
+    const { core, g, log } = this;
+    const { runtime, optimizer, options: o } = core;
+    if (g.restore) {
+      const t0 = performance.now();
+      const ck = readCheckpoint(g.restore.checkpointDir, { configHash: o.configHash, params: runtime.trainable });
+      this.values = new Map([...ck.params].map(([k, v]) => [k, v.data]));
+      optimizer.loadState(ck.optimizer);
+      if (ck.files['ledger.json']) this.ledger = JSON.parse(ck.files['ledger.json']) as Record<string, string[]>;
+      this.step = ck.step;
+      if (g.epoch === ck.epoch) {
+        this.epoch = ck.epoch;
+        this.stepInEpoch = ck.stepInEpoch;
+      } else {
+        this.epoch = g.epoch;
+        this.stepInEpoch = 0;
+      }
+      core.metrics?.observeCheckpoint('restore', (performance.now() - t0) / 1000);
+      log.info('restored commit', { step: this.step, epoch: this.epoch, dir: g.restore.checkpointDir });
+    } else {
+      const values = g.rank === 0 ? core.initialValues() : new Map(runtime.trainable.map((p) => [p.name, new Float32Array(p.shape.reduce((a, b) => a * b, 1))]));
+      if (g.worldSize > 1) {
+        const flat = flatten(values, this.names);
+        await g.coll.broadcast(flat, 0);
+        let off = 0;
+        for (const k of this.names) {
+          values.get(k)!.set(flat.subarray(off, off + values.get(k)!.length));
+          off += values.get(k)!.length;
+        }
+      }
+      optimizer.loadState({
+        step: 0,
+        expAvg: new Map(runtime.trainable.map((p) => [p.name, new Float32Array(values.get(p.name)!.length)])),
+        expAvgSq: new Map(runtime.trainable.map((p) => [p.name, new Float32Array(values.get(p.name)!.length)])),
+      });
+      this.values = values;
+      this.step = 0;
+      this.epoch = g.epoch;
+      this.stepInEpoch = 0;
+      log.info('fresh start', { epoch: this.epoch });
+    }
+    runtime.setValues(this.values);
+  }
+
+  /**
+   * 2.–3. One epoch: steps until every rank is out of data and the queue is drained (undefined), or `maxSteps` is
+   * committed (that outcome). A commit every `checkpointEvery` steps.
+   */
+  async trainEpoch(): Promise<GenerationOutcome | undefined> {
+    const { g } = this;
+    const base = this.sameEpoch(this.lastCommit);
+    const acked = new Set(base?.ackedShards ?? []);
+    const open = () => g.data.open(this.epoch, {
+      cursorFor: (d) => this.sameEpoch(this.lastCommit)?.cursors[d.id],
+      skip: (d) => acked.has(d.id) || this.sameEpoch(this.lastCommit)?.ackedShards.includes(d.id) === true,
+    });
+    let stream = open();
+    let dry = false;
+    try {
+      for (;;) {
+        this.checkAbort();
+        const tData = performance.now();
+        let batch: Batch<L> | null = null;
+        if (!dry) {
+          const r = await stream.next();
+          if (r.done) dry = true;
+          else batch = r.value;
+        }
+        const dataSeconds = (performance.now() - tData) / 1000;
+        this.checkAbort();
+        const done = await this.trainStep(batch, dataSeconds);
+        if (done === 'dry') {
+          if (await this.epochOver()) return undefined;
+          await stream.close();
+          await new Promise((r) => setTimeout(r, this.core.options.drainPollMs ?? 500));
+          stream = open();
+          dry = false;
+          continue;
+        }
+        if (done) return done;
+      }
+    } finally {
+      await stream.close();
+    }
+  }
+
+  /**
+   * One synchronous step (an empty batch when this rank is out of data) and the same update on every rank; a
+   * commit when one is due. 'dry' when no rank had data (no step was taken).
+   */
+  private async trainStep(batch: Batch<L> | null, dataSeconds: number): Promise<GenerationOutcome | 'dry' | undefined> {
+    const { core, g, log } = this;
+    const { runtime, optimizer, options: o } = core;
+    const tVision = performance.now();
+    const local: LocalBatch = batch
+      ? { batch: batch.batchSize, visionHidden: core.vision.encode(batch.pixelValues, batch.batchSize), inputIds: batch.inputIds, attentionMask: batch.attentionMask }
+      : EMPTY_BATCH;
+    const visionSeconds = (performance.now() - tVision) / 1000;
+    const res = await distributedStage1Step(runtime, g.coll, local, { kind: 'sample', seed: o.seed, step: this.step });
+    if (res === null) return 'dry';
+    // 3. The same update on every rank.
+    const tOpt = performance.now();
+    const lr = o.learningRate(this.epoch, this.stepInEpoch);
+    const { gradNorm } = optimizer.update(this.values, res.grads, lr);
+    runtime.setValues(this.values);
+    const optSeconds = (performance.now() - tOpt) / 1000;
+    this.step++;
+    this.stepInEpoch++;
+    this.stepsSinceCommit++;
+    const { step, epoch } = this;
+    if (batch) {
+      this.samplesSinceCommit.push(...batch.sampleIds);
+      for (const c of batch.cursors) this.touched.set(c.descriptorId, { lease: c.lease, next: c.nextOrdinal, done: c.done });
+    }
+    const summary: StepSummary = { step, epoch, losses: res.losses, globalBatch: res.globalBatch, learningRate: lr, gradNorm };
+    this.onStep?.(summary);
+    core.metrics?.observeStep({
+      step, epoch, generation: g.generation, rank: g.rank, worldSize: g.worldSize, losses: res.losses, samples: local.batch,
+      globalSamples: res.globalBatch, learningRate: lr, gradNorm,
+      phaseSeconds: { data: dataSeconds, forward_backward: visionSeconds + res.forwardBackwardSeconds, communication: res.communicationSeconds, optimizer: optSeconds },
+      allReduceBytes: res.allReduceBytes, allReduceSeconds: res.allReduceSeconds,
+    });
+    core.metrics?.setShardsPending(g.data.heldLeases());
+    if (g.rank === 0) {
+      const seconds = dataSeconds + visionSeconds + res.forwardBackwardSeconds + res.communicationSeconds + optSeconds;
+      g.commits.progress?.({ step, epoch, losses: res.losses, samples: this.samplesCommitted + this.samplesSinceCommit.length, samplesPerSec: seconds > 0 ? res.globalBatch / seconds : 0 });
+    }
+    const atMax = o.maxSteps > 0 && step >= o.maxSteps;
+    if (step % o.checkpointEvery === 0 || atMax) await this.commit();
+    if (atMax) {
+      log.info('reached maxSteps', { step });
+      return { kind: 'maxSteps', step };
+    }
+    return undefined;
+  }
+
+  /** All ranks are out of data: is the epoch over (rank 0 decides from the queue and everyone's leases)? */
+  private async epochOver(): Promise<boolean> {
+    const { g } = this;
+    const held = await g.coll.allGather(Float32Array.of(g.data.heldLeases()));
+    const total = held.reduce((n, b) => n + b[0]!, 0);
+    let over = 1;
+    if (g.rank === 0) {
+      const q = await g.data.queueState();
+      over = q.pending === 0 && q.ackPending <= total ? 1 : 0;
+      if (!over) this.log.info('epoch not drained yet', { pending: q.pending, ackPending: q.ackPending, heldInGeneration: total });
+    }
+    const decision = await g.coll.allGather(Float32Array.of(over));
+    return decision[0]![0] === 1;
+  }
+
+  /**
+   * 4.–5. Epoch over on every rank: its last commit, rank 0 reports it done, then every rank waits for the next
+   * epoch (undefined) or the job's end (`finished`).
+   */
+  async endEpoch(): Promise<GenerationOutcome | undefined> {
+    const { g } = this;
+    const finishedShards = [...this.touched.values()].some((t) => t.done);
+    // Nothing trained or finished since the last commit (e.g. restored at the epoch's end): nothing to commit.
+    if (this.stepsSinceCommit > 0 || finishedShards) await this.commit();
+    this.log.info('epoch done', { epoch: this.epoch, step: this.step });
+    if (g.rank === 0) await g.commits.epochDone(this.epoch);
+    let next: number;
+    try {
+      next = await g.commits.waitForEpoch(this.epoch + 1);
+    } catch (e) {
+      if ((e as Error).name === 'JobFinishedError') return { kind: 'finished' };
+      throw e;
+    }
+    this.epoch = next;
+    this.stepInEpoch = 0;
+    this.touched.clear();
+    return undefined;
+  }
+
+  /**
+   * A commit: 1. ranks all-gather their cursors, finished shards and sample ids; 2. rank 0 writes the checkpoint and
+   * proposes it; 3. every rank waits until it is recorded, then acks the shards it holds; 4. the new commit becomes
+   * the base of the next one.
+   */
+  private async commit(): Promise<void> {
+    const { core, g, log } = this;
+    const { runtime, optimizer, options: o } = core;
+    const { step, epoch, stepInEpoch, touched } = this;
+    this.checkAbort();
+    // 1. Everyone's part.
     const mine = {
       cursors: Object.fromEntries([...touched].filter(([, t]) => !t.done).map(([id, t]) => [id, t.next])),
       completed: [...touched].filter(([, t]) => t.done).map(([id]) => id),
-      samples: samplesSinceCommit,
+      samples: this.samplesSinceCommit,
     };
     const all = await allGatherJson<typeof mine>(g.coll, mine);
-    const base = sameEpoch(lastCommit);
+    const base = this.sameEpoch(this.lastCommit);
     const cursors: Record<string, number> = { ...(base?.cursors ?? {}) };
     const acked = new Set(base?.ackedShards ?? []);
     for (const r of all) Object.assign(cursors, r.cursors);
@@ -249,23 +431,25 @@ export async function runGeneration<L extends TrainLease>(
       // a step), so that the queue handed it out again.
       log.error('samples trained twice since the last commit: raise data.ackWaitMs above the longest step', { samples: twice.slice(0, 5), count: twice.length });
     }
-    const nextLedger = { ...ledger, [epoch]: [...(ledger[epoch] ?? []), ...ids] };
+    const nextLedger = { ...this.ledger, [epoch]: [...(this.ledger[epoch] ?? []), ...ids] };
+    // 2. Rank 0 writes and proposes.
     if (g.rank === 0) {
       const t0 = performance.now();
       const s = optimizer.state();
       const dir = writeCheckpoint(o.checkpointRoot, {
         step, epoch, stepInEpoch,
-        params: new Map(runtime.trainable.map((p) => [p.name, { shape: [...p.shape], data: values.get(p.name)! }])),
+        params: new Map(runtime.trainable.map((p) => [p.name, { shape: [...p.shape], data: this.values.get(p.name)! }])),
         optimizer: s, optimizerOptions: optimizer.options, rng: { seed: o.seed, scheme: 'counter(seed, step, global row)' },
-        cursors, ackedShards: [...acked], configHash: o.configHash, parent,
+        cursors, ackedShards: [...acked], configHash: o.configHash, parent: this.parent,
         extra: { generation: g.generation, worldSize: g.worldSize, samples: { epoch, ids } },
         files: { 'ledger.json': JSON.stringify(nextLedger) },
       });
       core.metrics?.observeCheckpoint('write', (performance.now() - t0) / 1000);
       await g.commits.propose({
-        step, epoch, checkpointDir: dir, cursors, ackedShards: [...acked], samples: samplesCommitted + ids.length, generation: g.generation,
+        step, epoch, checkpointDir: dir, cursors, ackedShards: [...acked], samples: this.samplesCommitted + ids.length, generation: g.generation,
       });
     }
+    // 3. Recorded: ack what it holds.
     const committed = await g.commits.waitCommitted(step);
     let ackedNow = 0;
     for (const [id, t] of [...touched]) {
@@ -281,115 +465,13 @@ export async function runGeneration<L extends TrainLease>(
       const removed = pruneCheckpoints(o.checkpointRoot, committed.checkpointDir, o.keepCheckpoints);
       if (removed.length) log.debug('old checkpoints removed', { removed });
     }
-    lastCommit = committed;
-    ledger = nextLedger;
-    parent = basename(committed.checkpointDir);
-    samplesCommitted += ids.length;
-    samplesSinceCommit = [];
-    stepsSinceCommit = 0;
+    // 4. The base of the next commit.
+    this.lastCommit = committed;
+    this.ledger = nextLedger;
+    this.parent = basename(committed.checkpointDir);
+    this.samplesCommitted += ids.length;
+    this.samplesSinceCommit = [];
+    this.stepsSinceCommit = 0;
     log.debug('committed', { step, epoch, dir: committed.checkpointDir });
-  };
-
-  /** All ranks are out of data: is the epoch over (rank 0 decides from the queue and everyone's leases)? */
-  const epochOver = async (): Promise<boolean> => {
-    const held = await g.coll.allGather(Float32Array.of(g.data.heldLeases()));
-    const total = held.reduce((n, b) => n + b[0]!, 0);
-    let over = 1;
-    if (g.rank === 0) {
-      const q = await g.data.queueState();
-      over = q.pending === 0 && q.ackPending <= total ? 1 : 0;
-      if (!over) log.info('epoch not drained yet', { pending: q.pending, ackPending: q.ackPending, heldInGeneration: total });
-    }
-    const decision = await g.coll.allGather(Float32Array.of(over));
-    return decision[0]![0] === 1;
-  };
-
-  const empty: LocalBatch = { batch: 0, visionHidden: new Float32Array(0), inputIds: new Int32Array(0), attentionMask: new Int32Array(0) };
-
-  for (;;) {
-    // 2. One epoch.
-    const base = sameEpoch(lastCommit);
-    const acked = new Set(base?.ackedShards ?? []);
-    const open = () => g.data.open(epoch, { cursorFor: (d) => sameEpoch(lastCommit)?.cursors[d.id], skip: (d) => acked.has(d.id) || sameEpoch(lastCommit)?.ackedShards.includes(d.id) === true });
-    let stream = open();
-    let dry = false;
-    try {
-      for (;;) {
-        checkAbort();
-        const tData = performance.now();
-        let batch: Batch<L> | null = null;
-        if (!dry) {
-          const r = await stream.next();
-          if (r.done) dry = true;
-          else batch = r.value;
-        }
-        const dataSeconds = (performance.now() - tData) / 1000;
-        checkAbort();
-        const tVision = performance.now();
-        const local: LocalBatch = batch
-          ? { batch: batch.batchSize, visionHidden: core.vision.encode(batch.pixelValues, batch.batchSize), inputIds: batch.inputIds, attentionMask: batch.attentionMask }
-          : empty;
-        const visionSeconds = (performance.now() - tVision) / 1000;
-        const res = await distributedStage1Step(runtime, g.coll, local, { kind: 'sample', seed: o.seed, step });
-        if (res === null) {
-          if (await epochOver()) break;
-          await stream.close();
-          await new Promise((r) => setTimeout(r, o.drainPollMs ?? 500));
-          stream = open();
-          dry = false;
-          continue;
-        }
-        // 3. The same update on every rank.
-        const tOpt = performance.now();
-        const lr = o.learningRate(epoch, stepInEpoch);
-        const { gradNorm } = optimizer.update(values, res.grads, lr);
-        runtime.setValues(values);
-        const optSeconds = (performance.now() - tOpt) / 1000;
-        step++;
-        stepInEpoch++;
-        stepsSinceCommit++;
-        if (batch) {
-          samplesSinceCommit.push(...batch.sampleIds);
-          for (const c of batch.cursors) touched.set(c.descriptorId, { lease: c.lease, next: c.nextOrdinal, done: c.done });
-        }
-        const summary: StepSummary = { step, epoch, losses: res.losses, globalBatch: res.globalBatch, learningRate: lr, gradNorm };
-        onStep?.(summary);
-        core.metrics?.observeStep({
-          step, epoch, generation: g.generation, rank: g.rank, worldSize: g.worldSize, losses: res.losses, samples: local.batch,
-          globalSamples: res.globalBatch, learningRate: lr, gradNorm,
-          phaseSeconds: { data: dataSeconds, forward_backward: visionSeconds + res.forwardBackwardSeconds, communication: res.communicationSeconds, optimizer: optSeconds },
-          allReduceBytes: res.allReduceBytes, allReduceSeconds: res.allReduceSeconds,
-        });
-        core.metrics?.setShardsPending(g.data.heldLeases());
-        if (g.rank === 0) {
-          const seconds = dataSeconds + visionSeconds + res.forwardBackwardSeconds + res.communicationSeconds + optSeconds;
-          g.commits.progress?.({ step, epoch, losses: res.losses, samples: samplesCommitted + samplesSinceCommit.length, samplesPerSec: seconds > 0 ? res.globalBatch / seconds : 0 });
-        }
-        const atMax = o.maxSteps > 0 && step >= o.maxSteps;
-        if (step % o.checkpointEvery === 0 || atMax) await commit();
-        if (atMax) {
-          log.info('reached maxSteps', { step });
-          return { kind: 'maxSteps', step };
-        }
-      }
-    } finally {
-      await stream.close();
-    }
-    // 4. Epoch over on every rank: the last commit of the epoch, then the next epoch.
-    const finishedShards = [...touched.values()].some((t) => t.done);
-    // Nothing trained or finished since the last commit (e.g. restored at the epoch's end): nothing to commit.
-    if (stepsSinceCommit > 0 || finishedShards) await commit();
-    log.info('epoch done', { epoch, step });
-    if (g.rank === 0) await g.commits.epochDone(epoch);
-    let next: number;
-    try {
-      next = await g.commits.waitForEpoch(epoch + 1);
-    } catch (e) {
-      if ((e as Error).name === 'JobFinishedError') return { kind: 'finished' };
-      throw e;
-    }
-    epoch = next;
-    stepInEpoch = 0;
-    touched.clear();
   }
 }

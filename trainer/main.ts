@@ -13,22 +13,23 @@
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { createLogger, createRegistry, serveMetrics, UsageError, type Logger } from '../common';
+import type { NatsConnection } from '@nats-io/transport-node';
+import type { Registry } from 'prom-client';
+import {
+  connectJobNats, createLogger, createRegistry, loadProcessConfig, runProcess, serveMetrics, UsageError, type JobConfig, type Logger,
+} from '../common';
 import {
   AuthError, GenerationChangedError, JobFinishedError, JobMember, ProtocolError, type Assignment,
-} from '../coordinator';
-import { shardQueueOptions } from '../coordinator/epochs';
-import { connectJobNats } from '../coordinator/nats';
-import { loadProcessConfig, runProcess } from '../coordinator/process';
+} from '../coordinator/client';
+import { shardQueueOptions } from '../dataloader';
 import { CheckpointError } from './checkpoint';
 import { CollectiveError, createCollectiveGroup, type CollectiveGroup } from './collective';
-import { createTrainerCore } from './core';
+import { createTrainerCore, type BuiltTrainerCore } from './core';
 import { JetStreamEpochData } from './epoch-data';
 import { GenerationAbortedError, runGeneration, type CommitChannel } from './loop';
 import { LeaseKeeper } from './lease-keeper';
-import { createTrainerMetrics } from './metrics';
+import { createTrainerMetrics, type TrainerMetrics } from './metrics';
 import { engineName, initEngine, tf } from './model';
-import type { EngineName } from './model/engine';
 import { collectiveAdapter } from './step';
 
 const HELP = `Usage: tsx trainer/main.ts [--config FILE] [--<key> <value> ...]
@@ -48,6 +49,8 @@ checkpoint.{dir,intervalSteps}, nats.*, grpc.{host,advertiseHost,port,tls.*}, me
 Tensor engine: BLIP2_ENGINE=tensorflow|wasm|cpu (default: the fastest that loads and can train).
 `;
 
+type EngineName = Awaited<ReturnType<typeof initEngine>>;
+
 /** Engines that cannot differentiate an embedding lookup (wasm at tfjs 4.22 lacks UnsortedSegmentSum) fall back to cpu. */
 async function trainingEngine(log: Logger): Promise<EngineName> {
   const name = await initEngine();
@@ -62,12 +65,180 @@ async function trainingEngine(log: Logger): Promise<EngineName> {
   }
 }
 
+/** What the generations of one trainer process share (built by steps 1 and 2). */
+interface TrainerParts {
+  config: JobConfig;
+  log: Logger;
+  registry: Registry;
+  metrics: TrainerMetrics;
+  core: BuiltTrainerCore;
+  group: CollectiveGroup;
+  nc: NatsConnection;
+  member: JobMember;
+  keeper: LeaseKeeper | undefined;
+  queue: ReturnType<typeof shardQueueOptions>;
+  /** Aborted by SIGTERM / SIGINT. */
+  stop: AbortController;
+}
+
+const ringOf = (a: Assignment) => ({
+  generation: a.generation, rank: a.rank, worldSize: a.worldSize,
+  peers: a.peers.map((p) => ({ rank: p.rank, ...hostPort(p.address) })),
+});
+
+/** Steps 3 and 4: every assignment in turn, until the job finishes or the trainer is stopped. */
+class GenerationDriver {
+  /** An assignment that arrived while the previous generation was still running, and its ring connection. */
+  private early: { a: Assignment; connected: Promise<void> } | undefined;
+  private afterGeneration = -1;
+  private running = false;
+  private reason: 'start' | 'failure' | 'generation_change' = 'start';
+
+  constructor(private readonly t: TrainerParts) {}
+
+  private get stopping(): boolean {
+    return this.t.stop.signal.aborted;
+  }
+
+  /** Resolves when the job has finished or the trainer is stopping; throws what the trainer cannot go on from. */
+  async runAll(): Promise<void> {
+    for (;;) {
+      const next = await this.nextAssignment();
+      if (!next) return;
+      if ((await this.runAssignment(next.a, next.connected)) === 'done') return;
+    }
+  }
+
+  /** The next assignment (one that arrived early, or the next one the job state gives); undefined at the end. */
+  private async nextAssignment(): Promise<{ a: Assignment; connected?: Promise<void> } | undefined> {
+    let a: Assignment;
+    let connected: Promise<void> | undefined;
+    try {
+      if (this.early && this.early.a.generation > this.afterGeneration) ({ a, connected } = this.early);
+      else a = await this.t.member.waitForAssignment(this.afterGeneration, this.t.stop.signal);
+      this.early = undefined;
+    } catch (e) {
+      if (e instanceof JobFinishedError) return undefined;
+      if (this.stopping) return undefined;
+      throw e;
+    }
+    return { a, connected };
+  }
+
+  /**
+   * One generation: 3. connect the ring and train (trainer/loop.ts); 4. on a collective failure report it, on a
+   * generation change go back to rendezvous ('again'); 'done' when the job finished or the trainer is stopping.
+   */
+  private async runAssignment(a: Assignment, connected: Promise<void> | undefined): Promise<'done' | 'again'> {
+    const { config, log, registry, metrics, core, group, nc, member, keeper, queue, stop } = this.t;
+    this.afterGeneration = a.generation;
+    metrics.incRendezvous(this.reason);
+    metrics.setMembership({ worldSize: a.worldSize, generation: a.generation, rank: a.rank });
+    log.info('assignment', { generation: a.generation, rank: a.rank, worldSize: a.worldSize, epoch: a.epoch, restore: a.restore?.step ?? null });
+
+    const abort = new AbortController();
+    const onStop = () => abort.abort(new GenerationAbortedError('the trainer is stopping'));
+    stop.signal.addEventListener('abort', onStop);
+    // A generation change: stop between steps, and make a collective that is waiting on the old ring fail now
+    // (re-connecting the ring for the next generation closes the old links).
+    const off = member.onGenerationChange((generation) => {
+      if (generation === a.generation || abort.signal.aborted) return;
+      abort.abort(new GenerationAbortedError(`generation ${a.generation} -> ${generation}`));
+      void member.waitForAssignment(a.generation, stop.signal).then((next) => {
+        if (!this.running || this.early || next.generation <= a.generation) return;
+        const c = group.connect(ringOf(next)); // fails whatever collective still waits on the old ring
+        c.catch(() => undefined);
+        this.early = { a: next, connected: c };
+      }, () => undefined);
+    });
+    const data = new JetStreamEpochData({
+      nc, stream: queue.stream, durable: queue.durable, ackWaitMs: queue.ackWaitMs, keeper, dataRoot: config.data.root,
+      tokenizer: core.tokenizer, batchSize: config.train.batchSizePerTrainer, workers: config.data.workers,
+      transform: { mode: 'train', imageSize: core.config.vision_config.image_size }, registry, logger: log,
+    });
+    const commits: CommitChannel = {
+      propose: (c) => member.proposeCommit(c),
+      waitCommitted: (step) => member.waitCommitted(step, abort.signal),
+      epochDone: (epoch) => member.epochDone(epoch),
+      waitForEpoch: (epoch) => member.waitForEpoch(epoch, abort.signal),
+      progress: (p) => member.reportProgress(p),
+    };
+    try {
+      await (connected ?? group.connect(ringOf(a)));
+      this.running = true;
+      let outcome;
+      try {
+        outcome = await runGeneration(core, {
+          generation: a.generation, rank: a.rank, worldSize: a.worldSize, epoch: a.epoch, restore: a.restore,
+          coll: collectiveAdapter(group), commits, data, signal: abort.signal,
+        });
+      } finally {
+        this.running = false;
+      }
+      if (outcome.kind === 'maxSteps') {
+        log.info('train.maxSteps reached; waiting for the job to finish', { step: outcome.step });
+        await member.waitFinished(stop.signal).catch(() => undefined);
+      }
+      return 'done';
+    } catch (e) {
+      data.close();
+      if (e instanceof JobFinishedError) return 'done';
+      if (this.stopping) return 'done';
+      if (e instanceof CollectiveError && !abort.signal.aborted && member.generation === a.generation) {
+        log.warn('collective failed; reporting it', { op: e.op, failure: e.failure, missingRank: e.missingRank, error: e.message });
+        await member.reportFailure(a.generation, {
+          ...(e.missingRank >= 0 ? { missingRank: e.missingRank } : {}), op: e.op, message: e.message,
+        }).catch((err: Error) => log.warn('could not report the failure', { error: err.message }));
+        this.reason = 'failure';
+        return 'again';
+      }
+      if (e instanceof CollectiveError || e instanceof GenerationChangedError || e instanceof GenerationAbortedError ||
+        e instanceof ProtocolError || abort.signal.aborted) {
+        log.info('generation ended; back to rendezvous', { generation: a.generation, error: (e as Error).message });
+        this.reason = 'generation_change';
+        return 'again';
+      }
+      if (e instanceof CheckpointError) throw new UsageError(`cannot restore the committed checkpoint: ${e.message}`);
+      throw e;
+    } finally {
+      off();
+      stop.signal.removeEventListener('abort', onStop);
+      data.close();
+    }
+  }
+}
+
+/** Step 2: the collective's gRPC server (mutual TLS when configured); its address as peers reach it. */
+async function startCollective(config: JobConfig, log: Logger): Promise<{ group: CollectiveGroup; address: string }> {
+  const tls = config.grpc.tls.certFile
+    ? { certFile: config.grpc.tls.certFile, keyFile: config.grpc.tls.keyFile, caFile: config.grpc.tls.caFile }
+    : undefined;
+  const group: CollectiveGroup = await createCollectiveGroup({
+    jobId: config.job.id, token: config.job.token, listen: { host: config.grpc.host, port: config.grpc.port },
+    ...(tls ? { tls: tlsOptions(tls) } : {}),
+  });
+  const address = `${config.grpc.advertiseHost}:${group.address.port}`;
+  log.info('collective server listening', { address });
+  return { group, address };
+}
+
+/** Step 2: joins the job with the job token (a refused token is bad input: exit 2). */
+async function joinJob(config: JobConfig, nc: NatsConnection, nodeId: string, address: string): Promise<JobMember> {
+  try {
+    return await JobMember.join({ nc, jobId: config.job.id, token: config.job.token, nodeId, address, heartbeatMs: config.membership.heartbeatMs });
+  } catch (e) {
+    if (e instanceof AuthError) throw new UsageError(`job ${config.job.id} refused this trainer: ${e.message}`);
+    throw e;
+  }
+}
+
 runProcess('trainer', async () => {
   const argv = process.argv.slice(2);
   if (argv.includes('--help') || argv.includes('-h')) {
     process.stdout.write(HELP);
     return 0;
   }
+  // 1. Config, engine, metrics, model.
   const { config } = loadProcessConfig(argv);
   const nodeId = config.node.id;
   const log = createLogger('trainer', { job: config.job.id, node: nodeId });
@@ -89,142 +260,32 @@ runProcess('trainer', async () => {
     checkpointRoot: config.checkpoint.dir, keepCheckpoints: config.checkpoint.keep, ledgerPath: join(config.job.runDir, 'ledger.jsonl'), metrics, log,
   });
 
-  const tls = config.grpc.tls.certFile
-    ? { certFile: config.grpc.tls.certFile, keyFile: config.grpc.tls.keyFile, caFile: config.grpc.tls.caFile }
-    : undefined;
-  const group: CollectiveGroup = await createCollectiveGroup({
-    jobId: config.job.id, token: config.job.token, listen: { host: config.grpc.host, port: config.grpc.port },
-    ...(tls ? { tls: tlsOptions(tls) } : {}),
-  });
-  const address = `${config.grpc.advertiseHost}:${group.address.port}`;
-  log.info('collective server listening', { address });
-
+  // 2. The collective server, NATS, the job.
+  const { group, address } = await startCollective(config, log);
   const nc = await connectJobNats(config);
-  let member: JobMember;
-  try {
-    member = await JobMember.join({ nc, jobId: config.job.id, token: config.job.token, nodeId, address, heartbeatMs: config.membership.heartbeatMs });
-  } catch (e) {
-    if (e instanceof AuthError) throw new UsageError(`job ${config.job.id} refused this trainer: ${e.message}`);
-    throw e;
-  }
+  const member = await joinJob(config, nc, nodeId, address);
   log.info('joined', { generation: member.generation });
 
-  let stopping = false;
-  const stopController = new AbortController();
+  const stop = new AbortController();
   for (const sig of ['SIGTERM', 'SIGINT'] as const) {
     process.once(sig, () => {
-      stopping = true;
       log.info('stopping', { signal: sig });
-      stopController.abort(sig);
+      stop.abort(sig);
     });
   }
 
   const queue = shardQueueOptions(config, nc);
   const keeper = await LeaseKeeper.start(nc, { periodMs: Math.max(50, Math.floor(queue.ackWaitMs / 3)), name: `blip2-${nodeId}-leases` });
-  const ringOf = (a: Assignment) => ({
-    generation: a.generation, rank: a.rank, worldSize: a.worldSize,
-    peers: a.peers.map((p) => ({ rank: p.rank, ...hostPort(p.address) })),
-  });
-  /** An assignment that arrived while the previous generation was still running, and its ring connection. */
-  let early: { a: Assignment; connected: Promise<void> } | undefined;
-  let afterGeneration = -1;
-  let running = false;
+  // 3.–4. The generations; 5. the exit status.
   let code = 0;
-  let reason: 'start' | 'failure' | 'generation_change' = 'start';
   try {
-    for (;;) {
-      let a: Assignment;
-      let connected: Promise<void> | undefined;
-      try {
-        if (early && early.a.generation > afterGeneration) ({ a, connected } = early);
-        else a = await member.waitForAssignment(afterGeneration, stopController.signal);
-        early = undefined;
-      } catch (e) {
-        if (e instanceof JobFinishedError) break;
-        if (stopping) break;
-        throw e;
-      }
-      afterGeneration = a.generation;
-      metrics.incRendezvous(reason);
-      metrics.setMembership({ worldSize: a.worldSize, generation: a.generation, rank: a.rank });
-      log.info('assignment', { generation: a.generation, rank: a.rank, worldSize: a.worldSize, epoch: a.epoch, restore: a.restore?.step ?? null });
-
-      const abort = new AbortController();
-      const onStop = () => abort.abort(new GenerationAbortedError('the trainer is stopping'));
-      stopController.signal.addEventListener('abort', onStop);
-      // A generation change: stop between steps, and make a collective that is waiting on the old ring fail now
-      // (re-connecting the ring for the next generation closes the old links).
-      const off = member.onGenerationChange((generation) => {
-        if (generation === a.generation || abort.signal.aborted) return;
-        abort.abort(new GenerationAbortedError(`generation ${a.generation} -> ${generation}`));
-        void member.waitForAssignment(a.generation, stopController.signal).then((next) => {
-          if (!running || early || next.generation <= a.generation) return;
-          const c = group.connect(ringOf(next)); // fails whatever collective still waits on the old ring
-          c.catch(() => undefined);
-          early = { a: next, connected: c };
-        }, () => undefined);
-      });
-      const data = new JetStreamEpochData({
-        nc, stream: queue.stream, durable: queue.durable, ackWaitMs: queue.ackWaitMs, keeper, dataRoot: config.data.root,
-        tokenizer: core.tokenizer, batchSize: config.train.batchSizePerTrainer, workers: config.data.workers,
-        transform: { mode: 'train', imageSize: core.config.vision_config.image_size }, registry, logger: log,
-      });
-      const commits: CommitChannel = {
-        propose: (c) => member.proposeCommit(c),
-        waitCommitted: (step) => member.waitCommitted(step, abort.signal),
-        epochDone: (epoch) => member.epochDone(epoch),
-        waitForEpoch: (epoch) => member.waitForEpoch(epoch, abort.signal),
-        progress: (p) => member.reportProgress(p),
-      };
-      try {
-        await (connected ?? group.connect(ringOf(a)));
-        running = true;
-        let outcome;
-        try {
-          outcome = await runGeneration(core, {
-            generation: a.generation, rank: a.rank, worldSize: a.worldSize, epoch: a.epoch, restore: a.restore,
-            coll: collectiveAdapter(group), commits, data, signal: abort.signal,
-          });
-        } finally {
-          running = false;
-        }
-        if (outcome.kind === 'maxSteps') {
-          log.info('train.maxSteps reached; waiting for the job to finish', { step: outcome.step });
-          await member.waitFinished(stopController.signal).catch(() => undefined);
-        }
-        break;
-      } catch (e) {
-        data.close();
-        if (e instanceof JobFinishedError) break;
-        if (stopping) break;
-        if (e instanceof CollectiveError && !abort.signal.aborted && member.generation === a.generation) {
-          log.warn('collective failed; reporting it', { op: e.op, failure: e.failure, missingRank: e.missingRank, error: e.message });
-          await member.reportFailure(a.generation, {
-            ...(e.missingRank >= 0 ? { missingRank: e.missingRank } : {}), op: e.op, message: e.message,
-          }).catch((err: Error) => log.warn('could not report the failure', { error: err.message }));
-          reason = 'failure';
-          continue;
-        }
-        if (e instanceof CollectiveError || e instanceof GenerationChangedError || e instanceof GenerationAbortedError ||
-          e instanceof ProtocolError || abort.signal.aborted) {
-          log.info('generation ended; back to rendezvous', { generation: a.generation, error: (e as Error).message });
-          reason = 'generation_change';
-          continue;
-        }
-        if (e instanceof CheckpointError) throw new UsageError(`cannot restore the committed checkpoint: ${e.message}`);
-        throw e;
-      } finally {
-        off();
-        stopController.signal.removeEventListener('abort', onStop);
-        data.close();
-      }
-    }
-    log.info(stopping ? 'stopped' : 'job finished');
+    await new GenerationDriver({ config, log, registry, metrics, core, group, nc, member, keeper, queue, stop }).runAll();
+    log.info(stop.signal.aborted ? 'stopped' : 'job finished');
   } catch (e) {
     code = e instanceof UsageError ? 2 : 1;
     throw e;
   } finally {
-    if (stopping) await member.leave().catch(() => undefined);
+    if (stop.signal.aborted) await member.leave().catch(() => undefined);
     else member.close();
     await keeper?.stop().catch(() => undefined);
     await group.close().catch(() => undefined);

@@ -1,3 +1,4 @@
+// The transform worker pool: same pixels as the calling thread, per-request failures, a dead worker failing the pool.
 import sharp from 'sharp';
 import { describe, expect, test } from 'vitest';
 import { transformImage } from '../transforms';

@@ -37,7 +37,7 @@ export interface TransformPoolOptions {
   transform?: TransformOptions;
 }
 
-const WORKER_ENTRY = fileURLToPath(new URL('./transformWorker.mjs', import.meta.url));
+const WORKER_ENTRY = fileURLToPath(new URL('./transform-worker.mjs', import.meta.url));
 
 interface Slot {
   worker: Worker;

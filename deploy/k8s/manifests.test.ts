@@ -1,3 +1,4 @@
+// The Kubernetes manifests of a job: the objects rendered, secrets only in the Secret, NATS only when needed.
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';

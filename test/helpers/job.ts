@@ -3,7 +3,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { NatsConnection } from '@nats-io/transport-node';
-import { JobStore, type JobState } from '../../coordinator';
+import { JobStore, type JobState } from '../../coordinator/client';
 import { loadIndex, planEpoch, SampleLedger, type ShardDescriptor } from '../../dataloader';
 import { makeJobDir, runTs, type JobDir, type Proc } from './procs';
 

@@ -3,7 +3,7 @@
 // ticks this worker every period; if it stops ticking for `stallMs` (a hung process), the beats stop too and the
 // coordinator declares the member lost.
 import { parentPort, workerData } from 'node:worker_threads';
-import { connectFromWorkerData } from '../common/nats-worker.mjs';
+import { connectFromWorkerData } from '../../common/nats-worker.mjs';
 
 const { subject, payload, periodMs, stallMs } = workerData;
 const nc = await connectFromWorkerData(workerData);

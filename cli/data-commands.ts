@@ -1,7 +1,7 @@
+// The `blip2` subcommands about datasets: `data synth` (the synthetic caption dataset) and `data index`.
 import { InvalidArgumentError, type Command } from 'commander';
 import { dirname, join, relative, resolve } from 'node:path';
-import { buildIndex, writeIndex } from './datasetIndex';
-import { writeSynthDataset } from './synth';
+import { buildIndex, writeIndex, writeSynthDataset } from '../dataloader';
 
 const int = (name: string) => (v: string): number => {
   const n = Number(v);

@@ -1,9 +1,10 @@
-// Entry point of the `blip2` command: each area of the project contributes its own subcommands.
+// Entry point of the `blip2` command (bin/blip2.js loads it): the model, data and job subcommands, each defined in
+// this folder over the logic its room exports.
 import { Command, CommanderError } from 'commander';
-import { Blip2Error, UsageError } from '../../common';
-import { registerModelCommands } from '../../trainer/commands';
-import { registerDataCommands } from '../../dataloader/commands';
-import { registerJobCommands } from '../commands';
+import { Blip2Error, UsageError } from '../common';
+import { registerDataCommands } from './data-commands';
+import { registerJobCommands } from './job-commands';
+import { registerModelCommands } from './model-commands';
 
 const program = new Command('blip2')
   .description('Distributed pre-training of the BLIP-2 Q-Former (stage 1 and 2) across a cluster.')

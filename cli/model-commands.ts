@@ -1,6 +1,7 @@
+// The `blip2` subcommand about the model: `params` (trainable parameter counts of a preset and stage).
 import { Option, type Command } from 'commander';
 import { UsageError } from '../common';
-import { paramManifest, presetConfig, PRESETS, trainableCount, trainableGroups, type Stage } from './model/config';
+import { paramManifest, presetConfig, PRESETS, trainableCount, trainableGroups, type Stage } from '../trainer/model';
 
 /** Subcommands about the model: `params`. */
 export function registerModelCommands(program: Command): void {

@@ -1,10 +1,8 @@
+// The `blip2` subcommands about jobs: `launch` (on this machine, or rendered for Kubernetes) and `config`.
 import { Option, type Command } from 'commander';
-import { describeConfigKeys, loadJobConfig, UsageError } from '../common';
-import { randomBytes } from 'node:crypto';
-import { mkdirSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { renderKubernetesYaml } from '../deploy/k8s/manifests';
-import { launchLocal } from './local/launcher';
+import { describeConfigKeys, loadJobConfig } from '../common';
+import { renderKubernetesTarget } from './kubernetes';
+import { launchLocal } from './launcher';
 
 const CONFIG_FLAGS_HELP = `
 Any job config key can be given as a flag after the options: --<key> <value> or --<key>=<value>,
@@ -34,14 +32,9 @@ export function registerJobCommands(program: Command): void {
     .addHelpText('after', CONFIG_FLAGS_HELP)
     .action(async (opts: { config?: string; target: string; trainerEntry: string; renderDir?: string; image: string; namespace: string }, cmd: Command) => {
       if (opts.target === 'kubernetes') {
-        if (!opts.renderDir) {
-          throw new UsageError('--target kubernetes only renders manifests so far: add --render-dir DIR, then `kubectl apply -f DIR`');
-        }
-        const { config } = loadJobConfig({ file: opts.config, argv: cmd.args });
-        if (!config.job.token) config.job.token = randomBytes(16).toString('hex');
-        mkdirSync(opts.renderDir, { recursive: true });
-        const file = join(opts.renderDir, `${config.job.id}.yaml`);
-        writeFileSync(file, renderKubernetesYaml(config, { image: opts.image, namespace: opts.namespace }));
+        const file = renderKubernetesTarget({
+          configFile: opts.config, configArgs: cmd.args, renderDir: opts.renderDir, image: opts.image, namespace: opts.namespace,
+        });
         process.stdout.write(`wrote ${file} (it holds the job token in a Secret); apply with: kubectl apply -f ${file}\n`);
         return;
       }

@@ -14,7 +14,7 @@
  * Cursors are kept for every shard touched in the epoch, finished ones at their end, so a finished shard whose ack
  * was lost (death between commit and ack) is redelivered, read from its end, and acked without a sample.
  */
-import type { Batch, ShardLease } from './batchStream';
+import type { Batch, ShardLease } from './batch-stream';
 import type { ShardDescriptor } from './descriptor';
 import type { SampleLedger } from './ledger';
 

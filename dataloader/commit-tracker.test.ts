@@ -1,6 +1,7 @@
+// CommitTracker: shards acked only after the checkpoint that holds them commits; cursors restored.
 import { describe, expect, test } from 'vitest';
-import type { Batch } from './batchStream';
-import { CommitTracker, cursorsFrom } from './commitTracker';
+import type { Batch } from './batch-stream';
+import { CommitTracker, cursorsFrom } from './commit-tracker';
 import type { ShardDescriptor } from './descriptor';
 import { SampleLedger } from './ledger';
 

@@ -1,11 +1,13 @@
+// The batch stream over the synthetic dataset: every sample once per epoch, shapes, seeded augmentation, resumption
+// from cursors, bad samples skipped.
 import { cpSync, mkdirSync, readFileSync, writeFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
 import { Registry } from 'prom-client';
 import { beforeAll, describe, expect, test, afterAll } from 'vitest';
-import { createBatchStream, localShardSource, swapLeftRight, type Batch, type ShardLease } from './batchStream';
-import { buildIndex, loadIndex, type DatasetIndex } from './datasetIndex';
+import { createBatchStream, localShardSource, swapLeftRight, type Batch, type ShardLease } from './batch-stream';
+import { buildIndex, loadIndex, type DatasetIndex } from './dataset-index';
 import type { ShardDescriptor } from './descriptor';
 import { writeTarShard } from './formats/webdataset';
 import { SampleLedger } from './ledger';

@@ -11,7 +11,8 @@ import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
-import { launchLocal } from '../local/launcher';
+import { UsageError } from '../../common';
+import { launchLocal } from '../launcher';
 
 interface Args { ranks: number[]; preset: string; steps: number; skip: number; batch: number; imageSize: number }
 
@@ -19,7 +20,7 @@ function parseArgs(argv: string[]): Args {
   const a: Args = { ranks: [1, 2, 4], preset: 'tiny', steps: 8, skip: 2, batch: 4, imageSize: 32 };
   const int = (flag: string, v: string | undefined, min: number) => {
     const n = Number(v);
-    if (!Number.isInteger(n) || n < min) throw new Error(`${flag} must be an integer >= ${min}, got ${JSON.stringify(v)}`);
+    if (!Number.isInteger(n) || n < min) throw new UsageError(`${flag} must be an integer >= ${min}, got ${JSON.stringify(v)}`);
     return n;
   };
   for (let i = 0; i < argv.length; i++) {
@@ -36,10 +37,10 @@ function parseArgs(argv: string[]): Args {
         process.stdout.write('npm run bench:train -- [--ranks 1,2,4] [--preset tiny|small] [--steps 8] [--skip 2] [--batch 4] [--image-size 32]\n');
         process.exit(0);
       // falls through
-      default: throw new Error(`unknown flag ${f} (try --help)`);
+      default: throw new UsageError(`unknown flag ${f} (try --help)`);
     }
   }
-  if (a.skip >= a.steps) throw new Error(`--skip (${a.skip}) must be below --steps (${a.steps})`);
+  if (a.skip >= a.steps) throw new UsageError(`--skip (${a.skip}) must be below --steps (${a.steps})`);
   if (!a.ranks.includes(1)) a.ranks.unshift(1); // the baseline, measured in the same run
   a.ranks = [...new Set(a.ranks)].sort((x, y) => x - y);
   return a;

@@ -1,5 +1,6 @@
-// Types of the job protocol shared by the coordinator and the membership client.
-import { Blip2Error, UsageError } from '../common';
+// Types of the job protocol shared by the coordinator and the membership client: the job state stored in NATS KV,
+// a member's assignment and commit records, and the errors a member acts on.
+import { Blip2Error, UsageError } from '../../common';
 
 export interface PeerInfo {
   rank: number;
@@ -80,26 +81,6 @@ export interface JobState {
   nextJoinSeq: number;
   /** Why the generation last changed (for logs and the launcher's display). */
   reason: string;
-}
-
-/** Subjects and names of one job on NATS. */
-export function jobSubjects(jobId: string) {
-  return {
-    /** Request/reply: join, failure, commit, epochDone, leave. */
-    control: `blip2.${jobId}.control`,
-    /** Publish: heartbeats of members. */
-    heartbeat: `blip2.${jobId}.heartbeat`,
-    /** Publish: rank 0's progress (step, losses, samples/s). */
-    progress: `blip2.${jobId}.progress`,
-    /** KV bucket holding the job state. */
-    bucket: `blip2-job-${jobId}`,
-    /** KV key of the state. */
-    stateKey: 'state',
-    /** JetStream stream of the job's shard descriptors. */
-    shardStream: `BLIP2_SHARDS_${jobId.replace(/-/g, '_')}`,
-    /** Subject prefix of the shard descriptors (`<prefix>.<epoch>`). */
-    shardSubject: `blip2.${jobId}.shards`,
-  };
 }
 
 /** The job token was refused: fix the configuration (job.token); retrying does not help. */

@@ -4,8 +4,8 @@
  */
 import type { NatsConnection } from '@nats-io/transport-node';
 import { Kvm, type KV } from '@nats-io/kv';
-import { Blip2Error } from '../common';
-import { jobSubjects, type JobState } from './types';
+import { Blip2Error, jobSubjects } from '../../common';
+import type { JobState } from './types';
 
 /** Someone else wrote the state since it was read: re-read and re-apply the event. */
 export class RevisionConflictError extends Blip2Error {}

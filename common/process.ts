@@ -1,5 +1,7 @@
-// Shared start-up of the job's processes: split `--config FILE` from config flags, load and apply the config.
-import { createLogger, loadJobConfig, setLogFormat, setLogLevel, UsageError, type LoadedJobConfig } from '../common';
+// Shared start-up of the job's processes (coordinator and trainer): split `--config FILE` from config flags, load and apply the config.
+import { loadJobConfig, type LoadedJobConfig } from './config';
+import { UsageError } from './errors';
+import { createLogger, setLogFormat, setLogLevel } from './log';
 
 /** `[--config FILE] [--key value | --key=value ...]` -> the loaded job config. */
 export function loadProcessConfig(argv: string[], env: NodeJS.ProcessEnv = process.env): LoadedJobConfig {

@@ -6,12 +6,11 @@
 import { randomBytes } from 'node:crypto';
 import { Worker } from 'node:worker_threads';
 import type { NatsConnection } from '@nats-io/transport-node';
-import { Blip2Error, createLogger, type Logger } from '../common';
-import { assignmentOf } from './protocol';
-import { natsConnectDataOf } from './nats';
+import { Blip2Error, createLogger, jobSubjects, natsConnectDataOf, type Logger } from '../../common';
+import { assignmentOf } from './assignment';
 import { JobStore } from './store';
 import {
-  AuthError, GenerationChangedError, JobFinishedError, ProtocolError, jobSubjects,
+  AuthError, GenerationChangedError, JobFinishedError, ProtocolError,
   type Assignment, type CommitInfo, type JobState,
 } from './types';
 import { encode, type ControlReply, type ControlRequest, type Heartbeat, type ProgressReport } from './wire';

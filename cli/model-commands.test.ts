@@ -1,3 +1,4 @@
+// `blip2 params` through the real command (bin/blip2.js).
 import { execFileSync, spawnSync } from 'node:child_process';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';

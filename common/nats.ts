@@ -1,10 +1,12 @@
-// Connecting to the job's NATS server with the credentials the job config names.
+// What every process of a job needs to talk to NATS: the connection, opened with the credentials the job config
+// names (and remembered, so a worker thread can open its own), and the job's subject and bucket names.
 import { readFileSync } from 'node:fs';
 import {
   connect, credsAuthenticator, tokenAuthenticator, usernamePasswordAuthenticator,
   type Authenticator, type NatsConnection,
 } from '@nats-io/transport-node';
-import { UsageError, type JobConfig } from '../common';
+import type { JobConfig } from './config';
+import { UsageError } from './errors';
 
 export interface ConnectJobNatsOptions {
   /** Connection name shown by the server (monitoring). Default: blip2-<node.id>. */
@@ -65,4 +67,24 @@ export async function connectJobNats(config: JobConfig, o: ConnectJobNatsOptions
   } catch (e) {
     throw new UsageError(`could not connect to NATS at ${url}: ${(e as Error).message}`);
   }
+}
+
+/** Subjects and names of one job on NATS. */
+export function jobSubjects(jobId: string) {
+  return {
+    /** Request/reply: join, failure, commit, epochDone, leave. */
+    control: `blip2.${jobId}.control`,
+    /** Publish: heartbeats of members. */
+    heartbeat: `blip2.${jobId}.heartbeat`,
+    /** Publish: rank 0's progress (step, losses, samples/s). */
+    progress: `blip2.${jobId}.progress`,
+    /** KV bucket holding the job state. */
+    bucket: `blip2-job-${jobId}`,
+    /** KV key of the state. */
+    stateKey: 'state',
+    /** JetStream stream of the job's shard descriptors. */
+    shardStream: `BLIP2_SHARDS_${jobId.replace(/-/g, '_')}`,
+    /** Subject prefix of the shard descriptors (`<prefix>.<epoch>`). */
+    shardSubject: `blip2.${jobId}.shards`,
+  };
 }

@@ -2,4 +2,4 @@
 import { register } from 'tsx/esm/api';
 
 register();
-await import('./transformWorker.ts');
+await import('./transform-worker.ts');

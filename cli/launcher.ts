@@ -1,0 +1,368 @@
+/**
+ * `blip2 launch` with target `local`: runs a whole job on this machine.
+ *
+ *  1. Resolve the config (file < env < flags); with no file, the built-in demo (synthetic data, `tiny`, 2 trainers).
+ *  2. Data: with no data.root configured and no index there, generate the synthetic dataset into <runDir>/data.
+ *  3. NATS: with nats.url empty, start a nats-server whose JetStream store is <runDir>/nats, so launching the same
+ *     run again continues the job where it stopped (the job state lives in its KV bucket).
+ *  4. Write <runDir>/job.resolved.json (secrets left out: they travel in the children's environment) and start the
+ *     coordinator and world.trainers trainer processes; their logs go to <runDir>/logs/<node>.log.
+ *  5. Show progress from rank 0's reports and the job state until the job ends or is stopped.
+ *  6. End with a summary (<runDir>/summary.json and the closing lines).
+ *  Ctrl-C: wait for the next committed checkpoint, then stop every process (a second Ctrl-C stops at once).
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { createWriteStream, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
+import { join, resolve } from 'node:path';
+import type { NatsConnection } from '@nats-io/transport-node';
+import { Blip2Error, connectJobNats, jobSubjects, loadJobConfig, UsageError, type JobConfig } from '../common';
+import { JobStore, type JobState, type ProgressReport } from '../coordinator/client';
+import { loadIndex, writeSynthDataset } from '../dataloader';
+import { freePort, startNatsServer, type NatsServerHandle } from './nats-server';
+
+const repoRoot = resolve(import.meta.dirname, '..');
+
+export interface LaunchOptions {
+  /** Job config file. Default: none (the built-in demo). */
+  configFile?: string;
+  /** Config flags (`--train.epochs 3`). */
+  configArgs?: string[];
+  /** Trainer entry script, relative to the repository root. Default: trainer/main.ts. */
+  trainerEntry?: string;
+  /** Where progress goes. Default: process.stdout. */
+  out?: NodeJS.WritableStream;
+  /** Environment the config reads. Default: process.env. */
+  env?: NodeJS.ProcessEnv;
+  /** Stop (after the next commit) when this signal aborts; Ctrl-C does the same. */
+  signal?: AbortSignal;
+}
+
+export interface LaunchSummary {
+  status: JobState['status'] | 'stopped' | 'failed';
+  jobId: string;
+  runDir: string;
+  checkpointDir: string | null;
+  step: number;
+  epochs: number;
+  samples: number;
+  losses: Record<string, number>;
+  generations: number;
+  wallSeconds: number;
+}
+
+/** The demo's settings (applied only when no config file is given; env and flags still win). */
+export const DEMO_OVERRIDES: Record<string, unknown> = {
+  'job.id': 'blip2-demo',
+  'model.preset': 'tiny',
+  'world.trainers': 2,
+  'world.min': 1,
+  'train.epochs': 2,
+  'train.batchSizePerTrainer': 4,
+  'optim.warmupSteps': 5,
+  'optim.lr': 1e-3,
+  'checkpoint.intervalSteps': 5,
+  'data.synthSamples': 96,
+  'data.synthImageSize': 32,
+};
+
+/** A sleep that does not keep the process alive. */
+const unrefSleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms).unref());
+
+const fmtDuration = (s: number) => {
+  if (!Number.isFinite(s) || s < 0) return '?';
+  const m = Math.floor(s / 60);
+  return m >= 60 ? `${Math.floor(m / 60)}h${String(m % 60).padStart(2, '0')}m` : m > 0 ? `${m}m${String(Math.round(s % 60)).padStart(2, '0')}s` : `${Math.round(s)}s`;
+};
+const fmtLosses = (l: Record<string, number>) =>
+  Object.entries(l).map(([k, v]) => `${k} ${v.toFixed(4)}`).join('  ') || '-';
+
+type Say = (line: string) => void;
+type Child = { name: string; proc: ChildProcess; exit: Promise<number | null> };
+
+/** Runs a whole job on this machine (the steps at the top of this file); resolves with its summary. */
+export async function launchLocal(o: LaunchOptions = {}): Promise<LaunchSummary> {
+  const out = o.out ?? process.stdout;
+  const say: Say = (line) => out.write(line + '\n');
+  // 1. Config and run dir.
+  const c = resolveLaunchConfig(o);
+  const t0 = Date.now();
+  const { summaryPath, logDir } = prepareRunDir(c, o, say);
+  // 2. Data.
+  const samplesPerEpoch = await prepareData(c, say);
+
+  // 3. NATS.
+  let server: NatsServerHandle | undefined;
+  let natsUrl = c.nats.url;
+  if (!natsUrl) {
+    server = await startNatsServer({ storeDir: join(c.job.runDir, 'nats'), detached: true });
+    natsUrl = server.url;
+    say(`nats-server started at ${natsUrl} (JetStream store ${server.storeDir})`);
+  }
+  const children: Child[] = [];
+  let nc: NatsConnection | undefined;
+  const cleanup = async () => {
+    for (const ch of children) if (ch.proc.exitCode === null) ch.proc.kill('SIGTERM');
+    await Promise.race([Promise.all(children.map((ch) => ch.exit)), unrefSleep(10_000)]);
+    for (const ch of children) if (ch.proc.exitCode === null && ch.proc.signalCode === null) ch.proc.kill('SIGKILL');
+    await nc?.close().catch(() => undefined);
+    await server?.stop();
+  };
+
+  try {
+    nc = await connectJobNats(c, { url: natsUrl, name: 'blip2-launch' });
+    const store = await JobStore.open(nc, c.job.id, { create: true });
+    const previous = await store.read();
+    if (previous?.state.status === 'finished') {
+      throw new UsageError(`job ${c.job.id} in ${c.job.runDir} has already finished (checkpoint ${previous.state.committed?.checkpointDir ?? 'none'}); choose another job.id or remove the run dir`);
+    }
+    if (previous) say(`continuing job ${c.job.id}: epoch ${previous.state.epoch}, committed step ${previous.state.committed?.step ?? 0}`);
+    // 4. Processes.
+    const { coordinatorExit } = await startProcesses(c, o, { natsUrl, logDir, children, say });
+    // 5. Progress, until the job ends or is stopped.
+    const end = await followJob(c, o, { nc, store, previous: previous?.state ?? null, children, coordinatorExit, logDir, samplesPerEpoch, say });
+    // 6. Summary.
+    return writeSummary(c, { ...end, t0, summaryPath, firstSamples: previous?.state.committed?.samples ?? 0, say });
+  } finally {
+    await cleanup();
+  }
+}
+
+/** Step 1: the job config (file < env < flags; with no file, the demo's settings), a token for this run. */
+function resolveLaunchConfig(o: LaunchOptions): JobConfig {
+  const env = o.env ?? process.env;
+  const { config } = loadJobConfig({ file: o.configFile, env, argv: o.configArgs ?? [], overrides: o.configFile ? {} : DEMO_OVERRIDES });
+  if (!config.job.token) config.job.token = randomBytes(16).toString('hex'); // this run's secret
+  if (config.launch.target !== 'local') {
+    throw new UsageError(`launch.target ${JSON.stringify(config.launch.target)}: only "local" is implemented; render manifests with deploy/ (Kubernetes target not yet)`);
+  }
+  return config;
+}
+
+/** Step 1: the run dir and its logs/ (a finished demo run is started afresh; a finished job is refused). */
+function prepareRunDir(c: JobConfig, o: LaunchOptions, say: Say): { summaryPath: string; logDir: string } {
+  const summaryPath = join(c.job.runDir, 'summary.json');
+  if (existsSync(summaryPath) && (JSON.parse(readFileSync(summaryPath, 'utf8')) as LaunchSummary).status === 'finished') {
+    if (o.configFile) {
+      throw new UsageError(`job ${c.job.id} in ${c.job.runDir} has already finished (see ${summaryPath}); choose another job.id or job.runDir, or remove the run dir`);
+    }
+    say(`the previous demo run in ${c.job.runDir} finished; starting a new one`);
+    rmSync(c.job.runDir, { recursive: true, force: true });
+  }
+  mkdirSync(c.job.runDir, { recursive: true });
+  const logDir = join(c.job.runDir, 'logs');
+  mkdirSync(logDir, { recursive: true });
+  say(`blip2 launch: job ${c.job.id} (${o.configFile ? `config ${o.configFile}` : 'built-in demo'}), run dir ${c.job.runDir}`);
+  return { summaryPath, logDir };
+}
+
+/** Step 2: the dataset's index (the synthetic dataset generated into <runDir>/data when there is none); samples per epoch. */
+async function prepareData(c: JobConfig, say: Say): Promise<number> {
+  const indexPath = join(c.data.root, 'index.json');
+  if (!existsSync(indexPath)) {
+    if (c.data.root !== join(c.job.runDir, 'data')) throw new UsageError(`data.root ${c.data.root}: no index.json (write one with \`blip2 data index\` or \`blip2 data synth\`)`);
+    say(`generating the synthetic dataset (${c.data.synthSamples} samples, ${c.data.synthImageSize}px) into ${c.data.root}`);
+    await writeSynthDataset({ out: c.data.root, samples: c.data.synthSamples, shardSize: c.data.samplesPerShard * 2, imageSize: c.data.synthImageSize, seed: c.train.seed });
+  }
+  const index = loadIndex(indexPath);
+  const trainSets = index.datasets.filter((d) => (c.data.datasets.length ? c.data.datasets.includes(d.name) : d.split !== 'val' && d.split !== 'test'));
+  return trainSets.reduce((n, d) => n + d.samples, 0);
+}
+
+/**
+ * Step 4: <runDir>/job.resolved.json (secrets left out: they travel in the children's environment), then the
+ * coordinator and world.trainers trainers, each logging to <runDir>/logs/<node>.log. Resolves (once started) with
+ * the coordinator's exit.
+ */
+async function startProcesses(
+  c: JobConfig, o: LaunchOptions, x: { natsUrl: string; logDir: string; children: Child[]; say: Say },
+): Promise<{ coordinatorExit: Promise<number | null> }> {
+  const { natsUrl, logDir, children, say } = x;
+  // Never the user's own config file: its nats.url must stay as written, or a relaunch would look for this run's
+  // nats-server.
+  const resolved = JSON.parse(JSON.stringify(c)) as JobConfig;
+  resolved.job.token = '';
+  resolved.nats = { ...resolved.nats, url: natsUrl, password: '', token: '' };
+  const jobFile = join(c.job.runDir, 'job.resolved.json');
+  if (o.configFile && resolve(o.configFile) === jobFile) throw new UsageError(`--config ${o.configFile}: that name is the launcher's own output; rename the file`);
+  writeFileSync(jobFile, JSON.stringify(resolved, null, 2) + '\n');
+  const secrets: Record<string, string> = { BLIP2_JOB_TOKEN: c.job.token };
+  if (c.nats.password) secrets.BLIP2_NATS_PASSWORD = c.nats.password;
+  if (c.nats.token) secrets.BLIP2_NATS_TOKEN = c.nats.token;
+  const start = (name: string, entry: string, extraEnv: Record<string, string>) => {
+    const log = createWriteStream(join(logDir, `${name}.log`), { flags: 'a' });
+    const proc = spawn(process.execPath, ['--import', 'tsx', join(repoRoot, entry), '--config', jobFile], {
+      cwd: repoRoot,
+      env: { ...process.env, ...secrets, BLIP2_NODE_ID: name, ...extraEnv },
+      stdio: ['ignore', 'pipe', 'pipe'],
+      detached: true, // its own process group: the terminal's Ctrl-C reaches only the launcher, which stops it after a commit
+    });
+    proc.stdout!.pipe(log, { end: false });
+    proc.stderr!.pipe(log, { end: false });
+    const exit = new Promise<number | null>((r) => proc.once('exit', (code) => r(code)));
+    children.push({ name, proc, exit });
+    return exit;
+  };
+  const trainerEntry = o.trainerEntry ?? 'trainer/main.ts';
+  if (!existsSync(join(repoRoot, trainerEntry))) throw new UsageError(`trainer entry ${trainerEntry} not found in ${repoRoot}`);
+  // Metrics ports: metrics.port, metrics.port + 1, ... or, with 0, free ports chosen here so they can be shown.
+  const metricsPorts: number[] = [];
+  for (let i = 0; i <= c.world.trainers; i++) metricsPorts.push(c.metrics.port ? c.metrics.port + i : await freePort());
+  const port = (base: number, i: number) => String(base ? base + i : 0);
+  const coordinatorExit = start('coordinator', 'coordinator/main.ts', { BLIP2_METRICS_PORT: String(metricsPorts[0]) });
+  // The trainers share this machine's cores: each engine gets its share of threads (more threads than cores,
+  // across processes, made a 2-trainer step ten times slower than a 1-trainer one on 2 cores). An explicit
+  // BLIP2_ENGINE_THREADS wins.
+  const engineThreads = (o.env ?? process.env).BLIP2_ENGINE_THREADS ?? String(Math.max(1, Math.floor(availableParallelism() / c.world.trainers)));
+  for (let i = 0; i < c.world.trainers; i++) {
+    start(`trainer-${i}`, trainerEntry, {
+      BLIP2_GRPC_PORT: port(c.grpc.port, i), BLIP2_METRICS_PORT: String(metricsPorts[i + 1]), BLIP2_ENGINE_THREADS: engineThreads,
+    });
+  }
+  say(`started the coordinator and ${c.world.trainers} trainer(s); logs in ${logDir}`);
+  if (c.metrics.enabled) {
+    say(`metrics: coordinator http://${c.metrics.host}:${metricsPorts[0]}/metrics, trainers ${metricsPorts.slice(1).map((p) => `:${p}`).join(' ')}`);
+  }
+  return { coordinatorExit };
+}
+
+interface JobEnd {
+  status: LaunchSummary['status'];
+  state: JobState | null;
+  last: ProgressReport | null;
+}
+
+/**
+ * Step 5: prints rank 0's progress reports and the generations as they change, until the job finishes, is
+ * stopped (Ctrl-C after the next commit, a second one or SIGTERM/SIGHUP at once) or fails (the coordinator or
+ * every trainer exits early).
+ */
+async function followJob(
+  c: JobConfig, o: LaunchOptions,
+  x: {
+    nc: NatsConnection; store: JobStore; previous: JobState | null; children: Child[]; coordinatorExit: Promise<number | null>;
+    logDir: string; samplesPerEpoch: number; say: Say;
+  },
+): Promise<JobEnd> {
+  const { nc, store, children, coordinatorExit, logDir, say } = x;
+  let state: JobState | null = x.previous;
+  let last: ProgressReport | null = null;
+  let lastPrinted = 0;
+  let generationSeen = state?.generation ?? 0;
+  const totalSamples = x.samplesPerEpoch * c.train.epochs;
+  const progressSub = nc.subscribe(jobSubjects(c.job.id).progress, {
+    callback: (err, msg) => {
+      if (err) return;
+      try {
+        last = msg.json<ProgressReport>();
+      } catch {
+        return;
+      }
+      if (Date.now() - lastPrinted < 1000) return;
+      lastPrinted = Date.now();
+      const r = last;
+      const remaining = c.train.maxSteps > 0 ? NaN : Math.max(0, totalSamples - r.samples);
+      const eta = r.samplesPerSec > 0 ? remaining / r.samplesPerSec : NaN;
+      say(`epoch ${r.epoch + 1}/${c.train.epochs}  step ${r.step}  ${r.samplesPerSec.toFixed(1)} samples/s  ${fmtLosses(r.losses)}  ETA ${fmtDuration(eta)}`);
+    },
+  });
+  let finished!: () => void;
+  const finishedP = new Promise<void>((r) => (finished = r));
+  let commitSeen = state?.committed?.step ?? 0;
+  let onCommit: (() => void) | undefined;
+  const stopWatch = await store.watch(({ state: s }) => {
+    state = s;
+    if (s.generation !== generationSeen) {
+      generationSeen = s.generation;
+      say(`generation ${s.generation}: ${s.status === 'running' ? `world of ${s.world.length} [${s.world.map((p) => p.nodeId).join(', ')}]` : s.status} (${s.reason})`);
+    }
+    if ((s.committed?.step ?? 0) > commitSeen) {
+      commitSeen = s.committed!.step;
+      onCommit?.();
+    }
+    if (s.status === 'finished') finished();
+  });
+
+  // Ctrl-C: stop after the next commit.
+  let stopRequested = false;
+  let stopNow!: () => void;
+  const stopped = new Promise<void>((r) => (stopNow = r));
+  const requestStop = () => {
+    if (stopRequested) {
+      say('second interrupt: stopping now');
+      return stopNow();
+    }
+    stopRequested = true;
+    say('stopping after the next committed checkpoint (Ctrl-C again to stop now)');
+    onCommit = () => {
+      say(`checkpoint at step ${commitSeen} committed: stopping`);
+      stopNow();
+    };
+  };
+  process.on('SIGINT', requestStop);
+  // SIGTERM / SIGHUP (a supervisor, a closed terminal): stop now; the children are stopped in cleanup().
+  const terminate = (sig: string) => {
+    say(`${sig}: stopping now`);
+    stopRequested = true;
+    stopNow();
+  };
+  const onTerm = () => terminate('SIGTERM');
+  const onHup = () => terminate('SIGHUP');
+  process.on('SIGTERM', onTerm);
+  process.on('SIGHUP', onHup);
+  o.signal?.addEventListener('abort', requestStop, { once: true });
+  const coordinatorFailed = coordinatorExit.then((code) => {
+    if (!stopRequested && code !== 0) throw new Blip2Error(`the coordinator exited with code ${code}; see ${join(logDir, 'coordinator.log')}`);
+  });
+  const trainersGone = Promise.all(children.filter((ch) => ch.name.startsWith('trainer-')).map((ch) => ch.exit)).then(() => {
+    if (state?.status !== 'finished') throw new Blip2Error(`every trainer exited before the job finished; see the logs in ${logDir}`);
+  });
+  let status: LaunchSummary['status'];
+  try {
+    await Promise.race([finishedP, stopped, coordinatorFailed.then(() => new Promise(() => {})), trainersGone.then(() => new Promise(() => {}))]);
+    status = state?.status === 'finished' ? 'finished' : 'stopped';
+    if (status === 'finished') {
+      // Let the processes see the end and exit by themselves.
+      await Promise.race([Promise.all(children.map((ch) => ch.exit)), unrefSleep(15_000)]);
+    }
+  } catch (e) {
+    say(`job failed: ${(e as Error).message}`);
+    status = 'failed';
+  } finally {
+    process.off('SIGINT', requestStop);
+    process.off('SIGTERM', onTerm);
+    process.off('SIGHUP', onHup);
+    stopWatch();
+    progressSub.unsubscribe();
+  }
+  return { status, state: state as JobState | null, last: last as ProgressReport | null };
+}
+
+/** Step 6: <runDir>/summary.json and the closing lines. */
+function writeSummary(
+  c: JobConfig, x: JobEnd & { t0: number; summaryPath: string; firstSamples: number; say: Say },
+): LaunchSummary {
+  const { state: s, last: lastReport, say } = x;
+  const summary: LaunchSummary = {
+    status: x.status,
+    jobId: c.job.id,
+    runDir: c.job.runDir,
+    checkpointDir: s?.committed?.checkpointDir ?? null,
+    step: s?.committed?.step ?? 0,
+    epochs: s ? (s.status === 'finished' ? c.train.epochs : s.epoch) : 0,
+    samples: s?.committed?.samples ?? s?.ledger.samplesCommitted ?? 0,
+    losses: lastReport?.losses ?? {},
+    generations: s?.generation ?? 0,
+    wallSeconds: (Date.now() - x.t0) / 1000,
+  };
+  writeFileSync(x.summaryPath, JSON.stringify(summary, null, 2) + '\n');
+  say('');
+  say(`job ${c.job.id} ${summary.status} after ${fmtDuration(summary.wallSeconds)}`);
+  say(`  final losses:      ${fmtLosses(summary.losses)}`);
+  say(`  samples trained:   ${summary.samples} (${summary.samples - x.firstSamples} in this launch), ${summary.step} steps, ${summary.generations} generation(s)`);
+  say(`  checkpoint:        ${summary.checkpointDir ?? 'none committed'}`);
+  say(`  run dir:           ${c.job.runDir} (logs/, metrics-*.jsonl)`);
+  if (summary.status === 'stopped') say(`  resume with the same command: the job continues from its last commit`);
+  return summary;
+}
