@@ -1,3 +1,4 @@
+// The test runner's projects: unit (beside the code), golden (parity with the shared golden set), integration.
 import { defineConfig } from 'vitest/config';
 
 // Three projects: `unit` (next to the code, and the house's import rule in test/house/), `golden` (numerical parity with ../shared/golden), and

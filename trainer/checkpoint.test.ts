@@ -1,3 +1,4 @@
+// Training checkpoints: bit-exact round trips, and refusals (truncated, corrupted, missing, other model) that name the file.
 import { mkdtempSync, readdirSync, readFileSync, rmSync, truncateSync, writeFileSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';

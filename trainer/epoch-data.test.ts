@@ -1,3 +1,4 @@
+// The in-process shard queue that local (single-process) training reads its batches from.
 import { describe, expect, it } from 'vitest';
 import type { ShardDescriptor } from '../dataloader';
 import { LocalShardQueue } from './epoch-data';

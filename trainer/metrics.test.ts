@@ -1,3 +1,4 @@
+// The trainer's Prometheus metrics and its per-step JSONL lines.
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';

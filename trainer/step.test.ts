@@ -1,3 +1,4 @@
+// The distributed step's row fetching over world shapes with unequal (and empty) batches.
 import { describe, expect, it } from 'vitest';
 import { createLocalGroup } from './local-group';
 import { fetchRows } from './step';

@@ -1,3 +1,6 @@
+/**
+ * The collectives' errors: what a trainer does about each (restore the last commit and re-rendezvous, or stop).
+ */
 import { Blip2Error } from '../../common';
 
 /** Why a collective failed; lets a caller log and count failures by cause. */

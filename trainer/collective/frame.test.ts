@@ -1,3 +1,4 @@
+// The collective's wire frames (protobuf Frame of proto/collective.proto) and the fused fp16 reduce step, JavaScript and WebAssembly SIMD.
 import { fileURLToPath } from 'node:url';
 import protobuf from 'protobufjs';
 import { describe, expect, it } from 'vitest';

@@ -1,3 +1,7 @@
+/**
+ * The collective group of one generation: its options, the gradient buckets (tensor fusion, reduced in bucket order),
+ * and all-reduce, all-gather and broadcast over the ring of trainer/collective/ring.ts.
+ */
 import { UsageError } from '../../common';
 import { CollectiveError } from './errors';
 import { GrpcTransport, type CollectiveTlsOptions } from './grpc-transport';

@@ -1,3 +1,4 @@
+// Direct HTTP/2 framing under grpc-js: message assembly, the receive-buffer pool, the gRPC length prefix.
 import { describe, expect, it } from 'vitest';
 import { allocFrame, GRPC_PREFIX_BYTES } from './frame';
 import { FramePool, MessageAssembler, withGrpcPrefix } from './h2-direct';

@@ -1,3 +1,4 @@
+// Presets and parameter counts, parameter creation, loading and saving, and the FP16-resident ViT.
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';

@@ -1,3 +1,5 @@
+// The stage-1 step: schedules that agree, the hard-negative sampler, input checks, and rank splits whose summed
+// gradients equal the one-process gradient.
 import { beforeAll, describe, expect, test } from 'vitest';
 import {
   createParams,

@@ -1,3 +1,4 @@
+// AdamW with BLIP-2's parameter groups (against torch.optim.AdamW's update rule), clipping, and the LAVIS schedule.
 import { describe, expect, it } from 'vitest';
 import { AdamW, blip2ParamGroups, globalGradNorm, isDecayed, linearWarmupCosineLr, type ParamSpec } from './index';
 
