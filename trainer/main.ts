@@ -27,8 +27,8 @@ import { JetStreamEpochData } from './epoch-data';
 import { GenerationAbortedError, runGeneration, type CommitChannel } from './loop';
 import { LeaseKeeper } from './lease-keeper';
 import { createTrainerMetrics } from './metrics';
-import { engineName, initEngine, tf } from './model';
-import type { EngineName } from './model/engine';
+import { engineName, initEngine, tf } from './engine';
+import type { EngineName } from './engine';
 import { collectiveAdapter } from './step';
 
 const HELP = `Usage: tsx trainer/main.ts [--config FILE] [--<key> <value> ...]

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { initEngine } from './model/engine';
+import { initEngine } from './engine';
 import { createLocalGroup } from './local-group';
 import { fetchRows, itgTargetCount, itmWeights, sampleNegatives } from './step';
 import { uniformAt } from './rng';

@@ -22,7 +22,7 @@
  *  6. All-reduce SUM of the gradients (and the three local loss terms, in the same buffer): the result is the
  *     single-process gradient and loss of the global batch, whatever the per-rank batch sizes.
  */
-import { tf } from './model/engine';
+import { tf } from './engine';
 import { drawIndex, uniformAt } from './rng';
 import type { ParamSpec } from './optim';
 import type { Objective } from './metrics';

@@ -12,7 +12,7 @@ import { spawnSync } from 'node:child_process';
 import os from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { Command } from 'commander';
-import { engineInfo, initEngine, tf, type EngineOptions } from '../model/engine';
+import { engineInfo, initEngine, tf, type EngineOptions } from '../engine';
 
 interface EngineSpec {
   id: string;

@@ -10,16 +10,14 @@ import { Command, Option } from 'commander';
 import {
   createParams,
   disposeParams,
-  engineName,
-  initEngine,
   localNegatives,
   presetConfig,
   stage1Step,
-  tf,
   trainableCount,
   visionSeqLen,
   type Stage1Options,
 } from '../model';
+import { engineName, initEngine, tf } from '../engine';
 
 const program = new Command('bench:step')
   .description('Time one stage-1 training step (ITC+ITM+ITG forward and backward) of the Q-Former.')

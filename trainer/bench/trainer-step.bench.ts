@@ -5,7 +5,8 @@
  */
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { createParams, initEngine, presetConfig, visionSeqLen } from '../model';
+import { createParams, presetConfig, visionSeqLen } from '../model';
+import { initEngine } from '../engine';
 import { createLocalGroup } from '../local-group';
 import { Stage1Runtime } from '../stage1-runtime';
 import { distributedStage1Step } from '../step';

@@ -39,7 +39,6 @@
  *      are equal).
  */
 export * from './config';
-export { initEngine, engineName, tf } from './engine';
 export * from './params';
 export { VisionBackbone, visionBlock } from './vision';
 export { linear, layerNorm, gelu, attention, splitHeads, mergeHeads, l2normalize, crossEntropySum, stopGradient } from './layers';

@@ -1,7 +1,8 @@
 import { beforeAll, describe, expect, test } from 'vitest';
-import { attention, gelu, initEngine, layerNorm, splitHeads, mergeHeads, tf } from './index';
+import { attention, gelu, layerNorm, splitHeads, mergeHeads } from './index';
+import { initEngine, tf } from '../engine';
 import { crossEntropySum, linear } from './layers';
-import { fusedOps, withoutFusedOps } from './engine/wasm-fused';
+import { fusedOps, withoutFusedOps } from '../engine/wasm-fused';
 
 beforeAll(async () => {
   await initEngine();

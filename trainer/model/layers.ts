@@ -4,8 +4,8 @@
 // tfjs-core's Node bundle registers no gradients (the @tensorflow/tfjs bundle does). Register the stock ones here so
 // the model differentiates on any backend; the engine may later replace some with faster ones at initEngine().
 import '@tensorflow/tfjs';
-import { tf } from './engine';
-import { fusedOps } from './engine/wasm-fused';
+import { tf } from '../engine';
+import { fusedOps } from '../engine/wasm-fused';
 import type { Params } from './params';
 
 export function param(params: Params, name: string): tf.Tensor {

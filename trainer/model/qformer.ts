@@ -3,7 +3,7 @@
  * cross-attend to the image on layers i % cross_attention_freq == 0, and separate query/text FFNs.
  */
 import { hasCrossAttention, type Blip2Config } from './config';
-import { tf } from './engine';
+import { tf } from '../engine';
 import { attention, gelu, layerNorm, linear, param, splitHeads } from './layers';
 import type { Params } from './params';
 

@@ -2,19 +2,18 @@ import { beforeAll, describe, expect, test } from 'vitest';
 import {
   createParams,
   disposeParams,
-  initEngine,
   itgTargetCount,
   localNegatives,
   presetConfig,
   sampleHardNegatives,
   stage1Features,
   stage1Step,
-  tf,
   visionSeqLen,
   type Blip2Config,
   type ItmNegatives,
   type Params,
 } from './index';
+import { initEngine, tf } from '../engine';
 
 beforeAll(async () => {
   await initEngine();

@@ -11,8 +11,8 @@
  */
 import { hasCrossAttention, trainableNames, type Blip2Config } from './config';
 import { mulberry32 } from '../../common';
-import { tf } from './engine';
-import { gradients } from './engine/gradients';
+import { tf } from '../engine';
+import { gradients } from '../engine';
 import { crossEntropySum, l2normalize, layerNorm, linear, param, stopGradient } from './layers';
 import type { Params } from './params';
 import { itcQueryMask, itcTextMask, itgMask, itmMask, maskRows, type AttentionMask } from './masks';

@@ -1,5 +1,6 @@
 import { beforeAll, describe, expect, test } from 'vitest';
-import { gelu, initEngine, layerNorm, tf } from '../index';
+import { gelu, layerNorm } from '../model/index';
+import { initEngine, tf } from './index';
 import { gradients } from './gradients';
 
 beforeAll(async () => {

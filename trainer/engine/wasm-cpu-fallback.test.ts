@@ -1,5 +1,5 @@
 import { beforeAll, expect, test } from 'vitest';
-import { initEngine, tf } from '../engine';
+import { initEngine, tf } from './index';
 import { CPU_FALLBACK_KERNELS } from './wasm-cpu-fallback';
 
 beforeAll(async () => {

@@ -1,6 +1,6 @@
 import { beforeAll, expect, test } from 'vitest';
 import '@tensorflow/tfjs-backend-cpu';
-import { initEngine, tf } from '../engine';
+import { initEngine, tf } from './index';
 
 // A BERT-style Q-Former block, small: everything a training step of the model meets, forward and backward.
 const B = 2; // batch

@@ -5,7 +5,7 @@
  * than wasm), but correct and rare; each first use is logged so that a hot one is seen.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { createLogger } from '../../../common';
+import { createLogger } from '../../common';
 import type { WasmBackend } from './wasm-backend';
 
 /** Kernels tfjs-backend-wasm 4.22 lacks, that take and give real (not complex or string) tensors. */

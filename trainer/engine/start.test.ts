@@ -9,8 +9,8 @@ import {
   initEngine,
   resolveEngineOptions,
   tf,
-} from './engine';
-import { WASM_MAX_THREADS, wasmWorkersStarted } from './engine/wasm-threads';
+} from './index';
+import { WASM_MAX_THREADS, wasmWorkersStarted } from './wasm-threads';
 
 // The stock backend caps its pool at half the logical cores; ask for one more than that to show the cap is gone.
 const stockCap = Math.max(1, Math.floor(os.cpus().length / 2));
@@ -75,7 +75,7 @@ test('a large threaded matmul is correct (work split across the pool)', async ()
 
 test('a process that used the threaded engine exits by itself (pool workers do not hold it)', () => {
   const script =
-    "import { initEngine, tf } from './trainer/model/engine';" +
+    "import { initEngine, tf } from './trainer/engine/index';" +
     "initEngine({ engine: 'wasm', threads: 2 }).then(() => { tf.matMul(tf.ones([200, 200]), tf.ones([200, 200])).dataSync(); });";
   const started = Date.now();
   const run = spawnSync('npx', ['tsx', '-e', script], { encoding: 'utf8', timeout: 60_000 });
