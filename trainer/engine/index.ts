@@ -29,3 +29,5 @@ export {
 } from './start';
 export { WasmHeapExhaustedError } from './wasm-backend';
 export { gradients } from './gradients';
+export { crossEntropyRows, gelu, layerNorm, mergeHeads, multiHeadAttention, splitHeads } from './ops';
+export { engineTesting } from './testing';

@@ -9,7 +9,7 @@
  *
  * `installWasmFused(blas)` registers the kernels (and the Softmax gradient that uses one); `fusedOps()` returns the
  * differentiable ops built on them, or undefined when they are not installed (another engine, or no addon), in
- * which case the model composes the same functions from tfjs ops.
+ * which case ops.ts composes the same functions from tfjs ops.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { NativeBlas } from './native-blas';
@@ -189,8 +189,6 @@ export interface FusedOps {
    * (a constant: no gradient). Returns [B,Sq,H].
    */
   attention(q: tf.Tensor3D, k: tf.Tensor, v: tf.Tensor, heads: number, alpha: number, mask?: tf.Tensor): tf.Tensor3D;
-  /** torch.nn.Linear on rows: x [N, in], w [out, in], b [out] -> x·wᵀ + b, one GEMM writing over the bias. */
-  linear(x: tf.Tensor2D, w: tf.Tensor2D, b: tf.Tensor1D): tf.Tensor2D;
   /** 0.5·x·(1 + erf(x/√2)), exact-erf GELU. */
   gelu(x: tf.Tensor): tf.Tensor;
   /** LayerNorm over the last axis (biased variance, eps inside the root); gamma, beta [C]. */
@@ -249,19 +247,6 @@ function makeOps(): FusedOps {
     return op(logits);
   };
 
-  // The gradient is the composed one's: dx = dy·w, dw = dyᵀ·x (the BatchMatMul gradient's GEMMs), db = Σ_rows dy.
-  const linear = tf.customGrad(((x: tf.Tensor, w: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) => {
-    save([x, w]);
-    const y = run('_FusedMatMul', { a: x, b: w, bias: b }, { transposeA: false, transposeB: true, activation: 'linear' }) as tf.Tensor;
-    return {
-      value: y,
-      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
-        const [xs, ws] = saved as [tf.Tensor, tf.Tensor];
-        return [tf.matMul(dy, ws), tf.matMul(dy, xs, true, false), tf.sum(dy, 0)];
-      },
-    };
-  }) as unknown as Parameters<typeof tf.customGrad>[0]) as unknown as FusedOps['linear'];
-
   const attention = (q: tf.Tensor3D, k: tf.Tensor, v: tf.Tensor, heads: number, alpha: number, mask?: tf.Tensor) => {
     const op = tf.customGrad(((qi: tf.Tensor, ki: tf.Tensor, vi: tf.Tensor, save: tf.GradSaveFunc) => {
       const scores = run('Blip2HeadScores', { q: qi, k: ki }, { heads, alpha }) as tf.Tensor;
@@ -285,7 +270,7 @@ function makeOps(): FusedOps {
     return op(q, k, v);
   };
 
-  return { attention, linear, gelu, layerNorm: (x, gamma, beta, eps) => layerNormOf(eps)(x, gamma, beta), crossEntropyRows };
+  return { attention, gelu, layerNorm: (x, gamma, beta, eps) => layerNormOf(eps)(x, gamma, beta), crossEntropyRows };
 }
 
 /**
@@ -401,7 +386,7 @@ export function fusedOps(): FusedOps | undefined {
   return ops && tf.getBackend() === 'wasm' ? ops : undefined;
 }
 
-/** The same functions composed of tfjs ops, for comparisons. */
+/** Runs `f` with `fusedOps()` undefined, so that ops.ts composes the functions of tfjs ops (tests compare the two). */
 export function withoutFusedOps<T>(f: () => T): T {
   const saved = ops;
   ops = undefined;
