@@ -17,7 +17,8 @@ import {
   visionSeqLen,
   type Stage1Options,
 } from '../model';
-import { engineName, initEngine, tf } from '../engine';
+import { engineConfigFromEnv } from '../../common';
+import { engineName, engineOptionsFromConfig, initEngine, tf } from '../engine';
 
 const program = new Command('bench:step')
   .description('Time one stage-1 training step (ITC+ITM+ITG forward and backward) of the Q-Former.')
@@ -39,7 +40,7 @@ const B = positiveInt('--batch', opts.batch);
 const T = positiveInt('--text-len', opts.textLen);
 const iters = positiveInt('--iters', opts.iters);
 
-await initEngine();
+await initEngine(engineOptionsFromConfig(engineConfigFromEnv())); // BLIP2_ENGINE, BLIP2_ENGINE_THREADS, …
 const base = presetConfig(opts.preset);
 const config = { ...base, qformer: { ...base.qformer, max_txt_len: T } };
 const q = config.qformer;

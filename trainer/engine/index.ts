@@ -4,8 +4,9 @@
  *
  * - Start: `initEngine(options)` once per process, then `tf` from here; `engineName()`, `engineInfo()`,
  *   `engineThreads()` report what was chosen (metric labels, logs).
- * - Options: `EngineOptions` (what a process asks for), `resolveEngineOptions` (defaults filled in, every value
- *   checked), `EngineOptionsError`, `MatMulUnavailableError`, `WasmHeapExhaustedError`.
+ * - Options: `EngineOptions` (what a process asks for), `engineOptionsFromConfig` (from the job config's `engine`
+ *   section), `resolveEngineOptions` (defaults filled in, every value checked). Errors: `EngineOptionsError`,
+ *   `MatMulUnavailableError`, `WasmHeapExhaustedError`, `EngineStartError`, `KernelInputError`.
  * - Model-facing ops (same numbers on every backend as the composed tfjs ops, within the bounds the tests state):
  *   `layerNorm`, `gelu`, `multiHeadAttention`, `crossEntropyRows`, `splitHeads`, `mergeHeads`; `gradients`
  *   (reverse mode that frees memory as it goes).
@@ -19,6 +20,7 @@ export {
   engineInfo,
   engineThreads,
   resolveEngineOptions,
+  engineOptionsFromConfig,
   EngineOptionsError,
   MatMulUnavailableError,
   type EngineName,

@@ -3,6 +3,7 @@ import os from 'node:os';
 import { expect, test } from 'vitest';
 import {
   EngineOptionsError,
+  engineOptionsFromConfig,
   engineInfo,
   engineName,
   engineThreads,
@@ -30,6 +31,14 @@ test('engine options: defaults, and bad values rejected before anything starts, 
   expect(() => resolveEngineOptions({ matmulThreads: 65 })).toThrow(/matmulThreads .* got 65/);
   await expect(initEngine({ engine: 'wasm', threads: 99 })).rejects.toThrow(/got 99/);
   expect(engineName()).toBeUndefined();
+});
+
+test('options from the job config: 0 threads leave the default to the engine', () => {
+  expect(engineOptionsFromConfig({ backend: 'auto', threads: 0, matmul: 'auto', matmulThreads: 0, wasmThreads: 0 })).toEqual({
+    engine: 'auto', threads: undefined, matmul: 'auto', matmulThreads: undefined, wasmThreads: undefined,
+  });
+  const options = engineOptionsFromConfig({ backend: 'wasm', threads: 2, matmul: 'openblas', matmulThreads: 4, wasmThreads: 1 });
+  expect(resolveEngineOptions(options)).toEqual({ engine: 'wasm', threads: 2, stockWasm: false, matmul: 'openblas', matmulThreads: 4, wasmThreads: 1 });
 });
 
 test('the wasm engine runs the thread count asked for, beyond the stock half-the-cores cap', async () => {
