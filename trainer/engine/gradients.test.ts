@@ -1,3 +1,4 @@
+// The early-release backward (gradients.ts) against the engine's own: bit-identical gradients, memory falling as it goes.
 import { beforeAll, describe, expect, test } from 'vitest';
 import { gelu, initEngine, layerNorm, tf } from './index';
 import { gradients } from './gradients';

@@ -5,13 +5,15 @@
  * - Start: `initEngine(options)` once per process, then `tf` from here; `engineName()`, `engineInfo()`,
  *   `engineThreads()` report what was chosen (metric labels, logs).
  * - Options: `EngineOptions` (what a process asks for), `engineOptionsFromConfig` (from the job config's `engine`
- *   section), `resolveEngineOptions` (defaults filled in, every value checked). Errors: `EngineOptionsError`,
- *   `MatMulUnavailableError`, `WasmHeapExhaustedError`, `EngineStartError`, `KernelInputError`.
+ *   section), `resolveEngineOptions` (defaults filled in, every value checked).
+ * - Errors (each a `Blip2Error` saying what to do): `EngineOptionsError`, `MatMulUnavailableError`,
+ *   `EngineStartError`, `TfjsVersionError`, `KernelInputError`, `KernelUnavailableError`, `GradientError`,
+ *   `WasmHeapExhaustedError`.
  * - Model-facing ops (same numbers on every backend as the composed tfjs ops, within the bounds the tests state):
  *   `layerNorm`, `gelu`, `multiHeadAttention`, `crossEntropyRows`, `splitHeads`, `mergeHeads`; `gradients`
  *   (reverse mode that frees memory as it goes).
  *
- * Test-only and benchmark-only hooks are exported under `testing` below and are not for production code.
+ * Test-only and benchmark-only: `engineTesting` (last export) and the `stockWasm` start option; not for production code.
  */
 export {
   tf,
@@ -21,8 +23,6 @@ export {
   engineThreads,
   resolveEngineOptions,
   engineOptionsFromConfig,
-  EngineOptionsError,
-  MatMulUnavailableError,
   type EngineName,
   type EngineMatMul,
   type EngineInfo,
@@ -30,6 +30,15 @@ export {
   type ResolvedEngineOptions,
 } from './start';
 export { WasmHeapExhaustedError } from './wasm-backend';
+export {
+  EngineOptionsError,
+  EngineStartError,
+  GradientError,
+  KernelInputError,
+  KernelUnavailableError,
+  MatMulUnavailableError,
+  TfjsVersionError,
+} from './errors';
 export { gradients } from './gradients';
 export { crossEntropyRows, gelu, layerNorm, mergeHeads, multiHeadAttention, splitHeads } from './ops';
 export { engineTesting } from './testing';

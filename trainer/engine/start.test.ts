@@ -1,6 +1,8 @@
+// Starting the engine: option checks, the wasm thread count beyond the stock cap, one start per process, process exit.
 import { spawnSync } from 'node:child_process';
 import os from 'node:os';
 import { expect, test } from 'vitest';
+import { Blip2Error } from '../../common';
 import {
   EngineOptionsError,
   engineOptionsFromConfig,
@@ -30,6 +32,7 @@ test('engine options: defaults, and bad values rejected before anything starts, 
   expect(() => resolveEngineOptions({ engine: 'webgl' as 'auto' })).toThrow(/got "webgl"/);
   expect(() => resolveEngineOptions({ matmulThreads: 65 })).toThrow(/matmulThreads .* got 65/);
   await expect(initEngine({ engine: 'wasm', threads: 99 })).rejects.toThrow(/got 99/);
+  expect(() => resolveEngineOptions({ threads: 0 })).toThrow(Blip2Error); // the project's base error
   expect(engineName()).toBeUndefined();
 });
 

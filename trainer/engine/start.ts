@@ -15,7 +15,10 @@ import * as tf from '@tensorflow/tfjs-core';
 // tfjs-core's Node bundle has no gradients; the @tensorflow/tfjs bundle registers them all (the same core instance).
 import '@tensorflow/tfjs';
 import { createLogger, type EngineConfig } from '../../common';
+import { EngineOptionsError, EngineStartError, MatMulUnavailableError } from './errors';
 import { installShapeOnlySaves } from './gradients';
+
+export { EngineOptionsError, MatMulUnavailableError };
 import { loadNativeBlas, type NativeBlas } from './native-blas';
 import { installWasmCpuFallbacks } from './wasm-cpu-fallback';
 import { installWasmFused } from './wasm-fused';
@@ -95,8 +98,6 @@ export interface ResolvedEngineOptions {
   wasmThreads?: number;
 }
 
-/** Bad engine options: the caller's configuration is wrong; nothing was started. */
-export class EngineOptionsError extends Error {}
 
 export function resolveEngineOptions(options: EngineOptions = {}): ResolvedEngineOptions {
   const engine = options.engine ?? 'auto';
@@ -154,8 +155,6 @@ async function tryTensorflow(): Promise<EngineInfo | undefined> {
   }
 }
 
-/** The matmul asked for (`matmul: 'openblas'`) cannot be had: a setup error, not a reason to fall back. */
-export class MatMulUnavailableError extends Error {}
 
 function chooseBlas(options: ResolvedEngineOptions): NativeBlas | undefined {
   if (options.matmul === 'xnnpack') return undefined;
@@ -180,7 +179,7 @@ async function tryWasm(options: ResolvedEngineOptions): Promise<EngineInfo | und
     const poolThreads = options.wasmThreads ?? (blas ? 1 : threads);
     const actual = await startThreadedWasm(poolThreads);
     if (actual !== poolThreads) {
-      throw new Error(`the wasm backend runs ${actual} threads where ${poolThreads} were asked for`);
+      throw new EngineStartError(`the wasm backend runs ${actual} threads where ${poolThreads} were asked for`);
     }
     const backend = tf.backend() as unknown as WasmBackend;
     guardWasmAllocations(backend);
@@ -243,7 +242,7 @@ async function startEngine(options: EngineOptions): Promise<EngineName> {
       return info.name;
     }
   }
-  throw new Error(`no tensor engine could be started (tried ${order.join(', ')})`);
+  throw new EngineStartError(`no tensor engine could be started (tried ${order.join(', ')}; see the warnings above)`);
 }
 
 /** The engine chosen by `initEngine`, or undefined before it. */

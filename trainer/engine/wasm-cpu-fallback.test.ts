@@ -1,3 +1,4 @@
+// Kernels wasm lacks, run on the cpu backend's kernels over the wasm tensors' data, against the cpu backend.
 import { beforeAll, expect, test } from 'vitest';
 import { initEngine, tf } from './index';
 import { CPU_FALLBACK_KERNELS } from './wasm-cpu-fallback';

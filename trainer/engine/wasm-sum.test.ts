@@ -1,3 +1,4 @@
+// Sums over leading axes on the addon against the cpu backend.
 import { beforeAll, expect, test } from 'vitest';
 import { engineInfo, initEngine, tf } from './index';
 
