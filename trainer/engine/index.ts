@@ -10,7 +10,7 @@
  *   `EngineStartError`, `TfjsVersionError`, `KernelInputError`, `KernelUnavailableError`, `GradientError`,
  *   `WasmHeapExhaustedError`.
  * - Model-facing ops (same numbers on every backend as the composed tfjs ops, within the bounds the tests state):
- *   `layerNorm`, `gelu`, `multiHeadAttention`, `crossEntropyRows`, `splitHeads`, `mergeHeads`; `gradients`
+ *   `linear`, `layerNorm`, `gelu`, `multiHeadAttention`, `crossEntropyRows`, `splitHeads`, `mergeHeads`; `gradients`
  *   (reverse mode that frees memory as it goes).
  *
  * Test-only and benchmark-only: `engineTesting` (last export) and the `stockWasm` start option; not for production code.
@@ -40,5 +40,5 @@ export {
   TfjsVersionError,
 } from './errors';
 export { gradients } from './gradients';
-export { crossEntropyRows, gelu, layerNorm, mergeHeads, multiHeadAttention, splitHeads } from './ops';
+export { crossEntropyRows, gelu, layerNorm, linear, mergeHeads, multiHeadAttention, splitHeads } from './ops';
 export { engineTesting } from './testing';

@@ -4,14 +4,24 @@
  * `wasm` with the native addon it runs the fused kernels registered by wasm-fused.ts (Blip2LayerNorm, Blip2Gelu,
  * Blip2HeadScores/Blip2HeadContext, Blip2CrossEntropy and their gradients); on every other backend, the same
  * function composed of tfjs ops with a hand-written gradient. The choice is made here, per call, from what the
- * engine installed at start; model code never sees it. A Linear layer needs nothing here: `tf.fused.matMul` with a
- * bias runs the `_FusedMatMul` kernel, which the engine overrides on wasm (one GEMM written over the bias).
+ * engine installed at start; model code never sees it. A Linear layer over rows is `linear`: on wasm with the addon
+ * the `_FusedMatMul` kernel, which the engine overrides with one GEMM written over the bias, and whose gradient keeps
+ * only x and w (tfjs's own `tf.fused.matMul` keeps its output too, until backward: +0.5 GiB of the 4 GiB wasm heap
+ * at the BERT-base step, batch 8); elsewhere matMul then add.
  */
 // tfjs-core's Node bundle registers no gradients (the @tensorflow/tfjs bundle does). Register the stock ones here so
 // the ops differentiate on any backend, before or without `initEngine`.
 import '@tensorflow/tfjs';
 import * as tf from '@tensorflow/tfjs-core';
 import { fusedOps } from './wasm-fused';
+
+/** torch.nn.Linear on rows: x [N, in], w [out, in], b [out] -> x·wᵀ + b. */
+export function linear(x: tf.Tensor2D, w: tf.Tensor2D, b?: tf.Tensor1D): tf.Tensor2D {
+  const fused = fusedOps();
+  if (fused && b && b.rank === 1 && x.shape[0] > 0) return fused.linear(x, w, b);
+  const y = tf.matMul(x, w, false, true); // [N, out]
+  return (b ? tf.add(y, b) : y) as tf.Tensor2D;
+}
 
 /**
  * torch.nn.LayerNorm over the last axis (biased variance, eps inside the square root); gamma, beta [C]. The

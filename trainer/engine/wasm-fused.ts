@@ -190,6 +190,8 @@ export interface FusedOps {
    * (a constant: no gradient). Returns [B,Sq,H].
    */
   attention(q: tf.Tensor3D, k: tf.Tensor, v: tf.Tensor, heads: number, alpha: number, mask?: tf.Tensor): tf.Tensor3D;
+  /** torch.nn.Linear on rows: x [N, in], w [out, in], b [out] -> x·wᵀ + b, one GEMM writing over the bias. */
+  linear(x: tf.Tensor2D, w: tf.Tensor2D, b: tf.Tensor1D): tf.Tensor2D;
   /** 0.5·x·(1 + erf(x/√2)), exact-erf GELU. */
   gelu(x: tf.Tensor): tf.Tensor;
   /** LayerNorm over the last axis (biased variance, eps inside the root); gamma, beta [C]. */
@@ -248,6 +250,19 @@ function makeOps(): FusedOps {
     return op(logits);
   };
 
+  // The gradient is the composed one's: dx = dy·w, dw = dyᵀ·x (the BatchMatMul gradient's GEMMs), db = Σ_rows dy.
+  const linear = tf.customGrad(((x: tf.Tensor, w: tf.Tensor, b: tf.Tensor, save: tf.GradSaveFunc) => {
+    save([x, w]);
+    const y = run('_FusedMatMul', { a: x, b: w, bias: b }, { transposeA: false, transposeB: true, activation: 'linear' }) as tf.Tensor;
+    return {
+      value: y,
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+        const [xs, ws] = saved as [tf.Tensor, tf.Tensor];
+        return [tf.matMul(dy, ws), tf.matMul(dy, xs, true, false), tf.sum(dy, 0)];
+      },
+    };
+  }) as unknown as Parameters<typeof tf.customGrad>[0]) as unknown as FusedOps['linear'];
+
   const attention = (q: tf.Tensor3D, k: tf.Tensor, v: tf.Tensor, heads: number, alpha: number, mask?: tf.Tensor) => {
     const op = tf.customGrad(((qi: tf.Tensor, ki: tf.Tensor, vi: tf.Tensor, save: tf.GradSaveFunc) => {
       const scores = run('Blip2HeadScores', { q: qi, k: ki }, { heads, alpha }) as tf.Tensor;
@@ -271,7 +286,7 @@ function makeOps(): FusedOps {
     return op(q, k, v);
   };
 
-  return { attention, gelu, layerNorm: (x, gamma, beta, eps) => layerNormOf(eps)(x, gamma, beta), crossEntropyRows };
+  return { attention, linear, gelu, layerNorm: (x, gamma, beta, eps) => layerNormOf(eps)(x, gamma, beta), crossEntropyRows };
 }
 
 /**

@@ -272,33 +272,21 @@ function activate(
   return y;
 }
 
-/** The last two axes of `t` when every axis before them has size 1 (a matrix, or one as [1, …, rows, cols]). */
-function asMatrix(t: tf.TensorInfo): [number, number] | undefined {
-  const r = t.shape.length;
-  if (r < 2 || t.shape.slice(0, -2).some((d) => d !== 1)) return undefined;
-  return [t.shape[r - 2]!, t.shape[r - 1]!];
-}
-
 /**
- * x·op(w) + bias for matrices x and w (2-D, or 3-D with a batch of 1 as `tf.fused.matMul` passes them) and a bias
- * [N] (a Linear layer) in one pass: the bias is written into every output row, then OpenBLAS adds the product to it
- * (beta = 1), which is the same single float addition per element as a separate Add, without a second pass over the
- * output. Undefined for any other case.
+ * x·op(w) + bias for 2-D x and w and a bias [N] (a Linear layer) in one pass: the bias is written into every output
+ * row, then OpenBLAS adds the product to it (beta = 1), which is the same single float addition per element as a
+ * separate Add, without a second pass over the output. Undefined for any other case.
  */
 function blasLinear(backend: WasmBackend, inputs: tf.NamedTensorInfoMap, transposeA: boolean, transposeB: boolean): tf.TensorInfo | undefined {
   const { a, b, bias } = inputs;
   if (!a || !b || !bias || transposeA || inputs.preluActivationWeights) return undefined;
-  const am = asMatrix(a);
-  const bm = asMatrix(b);
-  if (!am || !bm || bias.shape.length !== 1) return undefined;
+  if (a.shape.length !== 2 || b.shape.length !== 2 || bias.shape.length !== 1) return undefined;
   if (a.dtype !== 'float32' || b.dtype !== 'float32' || bias.dtype !== 'float32') return undefined;
-  const [m, k] = am;
-  const kb = transposeB ? bm[1] : bm[0];
-  const n = transposeB ? bm[0] : bm[1];
+  const [m, k] = a.shape as [number, number];
+  const kb = transposeB ? b.shape[1]! : b.shape[0]!;
+  const n = transposeB ? b.shape[0]! : b.shape[1]!;
   if (k !== kb || bias.shape[0] !== n || m * n * k === 0) return undefined;
-  // The shape BatchMatMul gives: the broadcast of the batch axes (all 1 here), then [m, n].
-  const outer = tf.broadcast_util.assertAndGetBroadcastShape(a.shape.slice(0, -2), b.shape.slice(0, -2));
-  const out = backend.makeOutput([...outer, m, n], 'float32');
+  const out = backend.makeOutput([m, n], 'float32');
   const heap = heapF32(backend); // after makeOutput: it may have grown the heap
   const outAt = dataOf(backend, out).memoryOffset / 4;
   const biasAt = dataOf(backend, bias).memoryOffset / 4;

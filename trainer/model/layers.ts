@@ -1,9 +1,9 @@
 /**
  * Building blocks shared by the ViT and the Q-Former. Weights stay in checkpoint layout ([out, in] for Linear). The
- * ops that tfjs lacks (LayerNorm, GELU, multi-head attention, label-smoothed cross-entropy) come from the engine,
- * which runs them on whatever backend it started.
+ * ops that tfjs lacks as one op (Linear over rows, LayerNorm, GELU, multi-head attention, label-smoothed
+ * cross-entropy) come from the engine, which runs them on whatever backend it started.
  */
-import { crossEntropyRows, gelu, layerNorm as layerNormOp, mergeHeads, multiHeadAttention, splitHeads, tf } from '../engine';
+import { crossEntropyRows, gelu, layerNorm as layerNormOp, linear as linearRows, mergeHeads, multiHeadAttention, splitHeads, tf } from '../engine';
 import type { Params } from './params';
 
 export { gelu, mergeHeads, splitHeads };
@@ -14,16 +14,13 @@ export function param(params: Params, name: string): tf.Tensor {
   return t;
 }
 
-/**
- * torch.nn.Linear: y = x·Wᵀ + b over the last axis. x [..., in] -> [..., out]. With a bias it is one fused matmul
- * (the engine computes it as one GEMM written over the bias where it can).
- */
+/** torch.nn.Linear: y = x·Wᵀ + b over the last axis. x [..., in] -> [..., out]. */
 export function linear(params: Params, prefix: string, x: tf.Tensor): tf.Tensor {
   const w = param(params, `${prefix}.weight`); // [out, in]
   const b = params.get(`${prefix}.bias`);
   const lead = x.shape.slice(0, -1);
   const x2 = tf.reshape(x, [-1, x.shape[x.shape.length - 1]!]); // [N, in]
-  const y = b ? tf.fused.matMul({ a: x2, b: w, transposeB: true, bias: b }) : tf.matMul(x2, w, false, true); // [N, out]
+  const y = linearRows(x2 as tf.Tensor2D, w as tf.Tensor2D, b as tf.Tensor1D | undefined); // [N, out]
   return tf.reshape(y, [...lead, w.shape[0]!]);
 }
 
