@@ -17,8 +17,6 @@ import '@tensorflow/tfjs';
 import { createLogger, type EngineConfig } from '../../common';
 import { EngineOptionsError, EngineStartError, MatMulUnavailableError } from './errors';
 import { installShapeOnlySaves } from './gradients';
-
-export { EngineOptionsError, MatMulUnavailableError };
 import { loadNativeBlas, type NativeBlas } from './native-blas';
 import { installWasmCpuFallbacks } from './wasm-cpu-fallback';
 import { installWasmFused } from './wasm-fused';
@@ -31,7 +29,7 @@ import { installWasmSum } from './wasm-sum';
 import { startThreadedWasm, WASM_MAX_THREADS } from './wasm-threads';
 import { guardWasmAllocations, type WasmBackend } from './wasm-backend';
 
-export { tf };
+export { tf, EngineOptionsError, MatMulUnavailableError };
 export type EngineName = 'tensorflow' | 'wasm' | 'cpu';
 
 export interface EngineOptions {
@@ -97,7 +95,6 @@ export interface ResolvedEngineOptions {
   /** Undefined: decided when the engine starts (1 with the addon, else `threads`). */
   wasmThreads?: number;
 }
-
 
 export function resolveEngineOptions(options: EngineOptions = {}): ResolvedEngineOptions {
   const engine = options.engine ?? 'auto';
