@@ -3,7 +3,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, test } from 'vitest';
-import { ConfigError, configKeys, envNameOf, loadJobConfig } from './config';
+import { ConfigError, configKeys, engineConfigFromEnv, envNameOf, envOf, loadJobConfig } from './config';
 
 const dir = mkdtempSync(join(tmpdir(), 'blip2-config-'));
 const file = (name: string, text: string) => {
@@ -59,6 +59,25 @@ describe('sources and precedence', () => {
     expect(configKeys()).toContain('train.batchSizePerTrainer');
     expect(envNameOf('train.batchSizePerTrainer')).toBe('BLIP2_TRAIN_BATCH_SIZE_PER_TRAINER');
     expect(envNameOf('grpc.tls.certFile')).toBe('BLIP2_GRPC_TLS_CERT_FILE');
+  });
+});
+
+describe('engine section', () => {
+  test('keeps the engine\'s env names (BLIP2_ENGINE is the backend); defaults leave the choice to the engine', () => {
+    expect(envOf('engine.backend')).toBe('BLIP2_ENGINE');
+    expect(envOf('engine.wasmThreads')).toBe('BLIP2_ENGINE_WASM_THREADS');
+    expect(loadJobConfig({ env: {} }).config.engine).toEqual({ backend: 'auto', threads: 0, matmul: 'auto', matmulThreads: 0, wasmThreads: 0 });
+    const env = { BLIP2_ENGINE: 'cpu', BLIP2_ENGINE_THREADS: '3', BLIP2_ENGINE_MATMUL: 'xnnpack', BLIP2_ENGINE_MATMUL_THREADS: '12', BLIP2_ENGINE_WASM_THREADS: '1' };
+    const want = { backend: 'cpu', threads: 3, matmul: 'xnnpack', matmulThreads: 12, wasmThreads: 1 };
+    expect(loadJobConfig({ env }).config.engine).toEqual(want);
+    expect(engineConfigFromEnv(env)).toEqual(want);
+    expect(loadJobConfig({ env, argv: ['--engine.threads', '2'] }).config.engine.threads).toBe(2);
+  });
+
+  test('bad values are refused, naming the key and the value', () => {
+    expect(fails(() => loadJobConfig({ env: { BLIP2_ENGINE: 'webgl' } }))).toMatch(/engine\.backend: must be one of the possible values.*value was "webgl"/);
+    expect(fails(() => engineConfigFromEnv({ BLIP2_ENGINE_THREADS: '9' }))).toMatch(/engine\.threads: must be an integer in \[0, 8\].*value was 9/);
+    expect(fails(() => engineConfigFromEnv({ BLIP2_ENGINE_MATMUL_THREADS: '2.5' }))).toMatch(/engine\.matmulThreads/);
   });
 });
 

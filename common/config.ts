@@ -1,7 +1,8 @@
 /**
  * The job configuration: one convict schema for every process of a training job (launcher, coordinator,
  * trainers). Sources, later ones winning: schema defaults < a YAML or JSON file < environment variables
- * (`BLIP2_<PATH>`, e.g. `BLIP2_TRAIN_EPOCHS`) < command-line flags (`--train.epochs 3` or `--train.epochs=3`).
+ * (`BLIP2_<PATH>`, e.g. `BLIP2_TRAIN_EPOCHS`, or the name a key sets: `BLIP2_ENGINE` for `engine.backend`) <
+ * command-line flags (`--train.epochs 3` or `--train.epochs=3`).
  *
  * Validation is strict: an unknown key (in the file or as a flag) or a value that breaks its rule throws a
  * `ConfigError` whose message names the key, the value and the rule. Secrets (`sensitive: true`) are masked in
@@ -40,6 +41,19 @@ export interface JobConfig {
   world: { min: number; max: number; trainers: number; rendezvousSettleMs: number };
   membership: { heartbeatMs: number; timeoutMs: number };
   launch: { target: 'local' | 'kubernetes' };
+  engine: EngineConfig;
+}
+
+/**
+ * The tensor engine's settings (trainer/engine turns them into its start options). 0 for a thread count: the
+ * engine's default.
+ */
+export interface EngineConfig {
+  backend: 'auto' | 'tensorflow' | 'wasm' | 'cpu';
+  threads: number;
+  matmul: 'auto' | 'openblas' | 'xnnpack';
+  matmulThreads: number;
+  wasmThreads: number;
 }
 
 // --- formats: each coerces strings strictly (so "3.5" is not silently 3) and names its rule on failure -----------
@@ -74,6 +88,8 @@ convict.addFormats({
   'int-nonneg': intFormat('int-nonneg', 0, Number.MAX_SAFE_INTEGER, 'an integer >= 0'),
   'tcp-port': intFormat('tcp-port', 0, 65535, 'a TCP port, an integer in [0, 65535] (0 = any free port)'),
   'train-stage': intFormat('train-stage', 1, 2, '1 (representation learning) or 2 (generative learning)'),
+  'engine-threads': intFormat('engine-threads', 0, 8, 'an integer in [0, 8] (0 = the default)'),
+  'engine-blas-threads': intFormat('engine-blas-threads', 0, 64, 'an integer in [0, 64] (0 = the default)'),
   'num-positive': numFormat('num-positive', (n) => n > 0, 'a number > 0'),
   'num-nonneg': numFormat('num-nonneg', (n) => n >= 0, 'a number >= 0'),
   'num-unit-open': numFormat('num-unit-open', (n) => n >= 0 && n < 1, 'a number in [0, 1)'),
@@ -121,7 +137,8 @@ convict.addFormats({
 export const MODEL_PRESETS = ['tiny', 'small', 'base', 'blip2-opt-2.7b'] as const;
 export type ModelPresetName = (typeof MODEL_PRESETS)[number];
 
-// Every key: doc, format, default, env. `arg` is added below (the dotted path), `env` is BLIP2_<PATH>.
+// Every key: doc, format, default, and optionally env. `arg` is added below (the dotted path); `env` is BLIP2_<PATH>
+// unless the key names its own.
 const schema = {
   job: {
     id: { doc: 'Job id: names the NATS subjects, KV bucket and stream of this job.', format: 'job-id', default: 'blip2-demo' },
@@ -218,6 +235,25 @@ const schema = {
   launch: {
     target: { doc: 'Where `blip2 launch` runs the job (kubernetes: not implemented yet).', format: ['local', 'kubernetes'], default: 'local' },
   },
+  engine: {
+    backend: {
+      doc: 'Tensor engine: auto (tfjs-node-gpu when it loads, else wasm, else cpu), tensorflow, wasm or cpu.',
+      format: ['auto', 'tensorflow', 'wasm', 'cpu'], default: 'auto', env: 'BLIP2_ENGINE',
+    },
+    threads: {
+      doc: 'Threads of the wasm engine, 1-8; 0: one per CPU core the process may use, at most 8 (`blip2 launch` gives each trainer cores / trainers).',
+      format: 'engine-threads', default: 0,
+    },
+    matmul: {
+      doc: 'Matmul of the wasm engine: openblas (the native addon; an error when it is not built), xnnpack (wasm), or auto (openblas when the addon loads).',
+      format: ['auto', 'openblas', 'xnnpack'], default: 'auto',
+    },
+    matmulThreads: { doc: 'Threads of the OpenBLAS matmul and the fused kernels, 1-64; 0: engine.threads.', format: 'engine-blas-threads', default: 0 },
+    wasmThreads: {
+      doc: 'Threads of the wasm backend\'s own pool, 1-8; 0: 1 when the native addon runs the heavy kernels, else engine.threads.',
+      format: 'engine-threads', default: 0,
+    },
+  },
 };
 
 type SchemaNode = Record<string, unknown>;
@@ -236,11 +272,18 @@ export function envNameOf(path: string): string {
   return 'BLIP2_' + path.split('.').map((p) => p.replace(/([a-z0-9])([A-Z])/g, '$1_$2').toUpperCase()).join('_');
 }
 
+const leafOf = (path: string) => path.split('.').reduce<SchemaNode>((n, p) => n[p] as SchemaNode, schema);
+
+/** The environment variable of a key: the one the key names (`engine.backend`: BLIP2_ENGINE), else `envNameOf`. */
+export function envOf(path: string): string {
+  return (leafOf(path) as { env?: string }).env ?? envNameOf(path);
+}
+
 function withEnvAndArgs(node: SchemaNode, prefix = ''): SchemaNode {
   const out: SchemaNode = {};
   for (const [k, v] of Object.entries(node)) {
     const path = prefix ? `${prefix}.${k}` : k;
-    out[k] = isLeaf(v as SchemaNode) ? { ...(v as SchemaNode), env: envNameOf(path) } : withEnvAndArgs(v as SchemaNode, path);
+    out[k] = isLeaf(v as SchemaNode) ? { ...(v as SchemaNode), env: envOf(path) } : withEnvAndArgs(v as SchemaNode, path);
   }
   return out;
 }
@@ -342,7 +385,7 @@ export function loadJobConfig(o: LoadJobConfigOptions = {}): LoadedJobConfig {
   if (o.overrides) {
     for (const [k, v] of Object.entries(o.overrides)) {
       if (!keys.has(k)) throw new ConfigError(`config override "${k}": unknown key`);
-      if (env[envNameOf(k)] === undefined && !flags.has(k)) conf.set(k as never, v as never);
+      if (env[envOf(k)] === undefined && !flags.has(k)) conf.set(k as never, v as never);
     }
   }
   for (const [k, v] of flags) conf.set(k as never, v as never);
@@ -388,10 +431,7 @@ export function loadJobConfig(o: LoadJobConfigOptions = {}): LoadedJobConfig {
   return { config: c, print: () => printJobConfig(c), file };
 }
 
-const SECRET_KEYS = configKeys().filter((k) => {
-  const node = k.split('.').reduce<SchemaNode>((n, p) => n[p] as SchemaNode, schema);
-  return (node as { sensitive?: boolean }).sensitive === true;
-});
+const SECRET_KEYS = configKeys().filter((k) => (leafOf(k) as { sensitive?: boolean }).sensitive === true);
 
 /** The configuration as indented JSON, secrets masked ('[Sensitive]' when set, '' when empty). */
 export function printJobConfig(c: JobConfig): string {
@@ -407,8 +447,22 @@ export function printJobConfig(c: JobConfig): string {
 export function describeConfigKeys(): string {
   return configKeys()
     .map((k) => {
-      const node = k.split('.').reduce<SchemaNode>((n, p) => n[p] as SchemaNode, schema) as { doc: string; default: unknown };
-      return `${k}  (${envNameOf(k)}, default ${JSON.stringify(node.default)})\n    ${node.doc}`;
+      const node = leafOf(k) as { doc: string; default: unknown };
+      return `${k}  (${envOf(k)}, default ${JSON.stringify(node.default)})\n    ${node.doc}`;
     })
     .join('\n');
+}
+
+/**
+ * The `engine` section alone, from the environment through the same schema (BLIP2_ENGINE, BLIP2_ENGINE_THREADS, …):
+ * for tools that start the tensor engine without a job config (benchmarks, tests). Throws ConfigError on a bad value.
+ */
+export function engineConfigFromEnv(env: NodeJS.ProcessEnv = process.env): EngineConfig {
+  try {
+    const conf = convict<{ engine: EngineConfig }>({ engine: fullSchema.engine } as unknown as convict.Schema<{ engine: EngineConfig }>, { env, args: [] });
+    conf.validate({ allowed: 'strict' });
+    return conf.get('engine');
+  } catch (e) {
+    throw new ConfigError(`engine config from environment: ${(e as Error).message}`);
+  }
 }

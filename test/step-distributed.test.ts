@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { initEngine } from '../trainer/model';
+import { initEngine } from '../trainer/engine';
 import { createLocalGroup } from '../trainer/local-group';
 import { Stage1Runtime } from '../trainer/stage1-runtime';
 import { distributedStage1Step } from '../trainer/step';

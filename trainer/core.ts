@@ -11,8 +11,9 @@ import { META_FILE, MODEL_FILE, readCheckpoint } from './checkpoint';
 import type { TrainerCore, VisionEncoder } from './loop';
 import type { TrainerMetrics } from './metrics';
 import {
-  blip2ConfigFromJson, createParams, disposeParams, loadParams, presetConfig, tf, VisionBackbone, type Blip2Config,
+  blip2ConfigFromJson, createParams, disposeParams, loadParams, presetConfig, VisionBackbone, type Blip2Config,
 } from './model';
+import { tf } from './engine';
 import { AdamW, linearWarmupCosineLr } from './optim';
 import { Stage1Runtime } from './stage1-runtime';
 

@@ -29,7 +29,8 @@ import { JetStreamEpochData } from './epoch-data';
 import { GenerationAbortedError, runGeneration, type CommitChannel } from './loop';
 import { LeaseKeeper } from './lease-keeper';
 import { createTrainerMetrics, type TrainerMetrics } from './metrics';
-import { engineName, initEngine, tf } from './model';
+import { engineName, engineOptionsFromConfig, initEngine, tf } from './engine';
+import type { EngineName, EngineOptions } from './engine';
 import { collectiveAdapter } from './step';
 
 const HELP = `Usage: tsx trainer/main.ts [--config FILE] [--<key> <value> ...]
@@ -49,11 +50,9 @@ checkpoint.{dir,intervalSteps}, nats.*, grpc.{host,advertiseHost,port,tls.*}, me
 Tensor engine: BLIP2_ENGINE=tensorflow|wasm|cpu (default: the fastest that loads and can train).
 `;
 
-type EngineName = Awaited<ReturnType<typeof initEngine>>;
-
 /** Engines that cannot differentiate an embedding lookup (wasm at tfjs 4.22 lacks UnsortedSegmentSum) fall back to cpu. */
-async function trainingEngine(log: Logger): Promise<EngineName> {
-  const name = await initEngine();
+async function trainingEngine(log: Logger, options: EngineOptions): Promise<EngineName> {
+  const name = await initEngine(options);
   try {
     tf.tidy(() => tf.grad((x: tf.Tensor) => tf.sum(tf.gather(x, tf.tensor1d([0, 1, 1], 'int32'))))(tf.ones([3])).dataSync());
     return name;
@@ -244,7 +243,7 @@ runProcess('trainer', async () => {
   const log = createLogger('trainer', { job: config.job.id, node: nodeId });
   if (!config.job.token) throw new UsageError('job.token is empty: set it in the config or BLIP2_JOB_TOKEN (`blip2 launch` generates one)');
   if (config.train.stage !== 1) throw new UsageError(`train.stage = ${config.train.stage}: this trainer implements stage 1 (stage 2 is not supported yet)`);
-  const engine = await trainingEngine(log);
+  const engine = await trainingEngine(log, engineOptionsFromConfig(config.engine));
   log.info('engine', { engine, requested: engineName() });
 
   const registry = createRegistry({ labels: { job_id: config.job.id, node: nodeId } });

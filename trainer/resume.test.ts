@@ -10,7 +10,7 @@ import { createTrainerCore, type BuiltTrainerCore } from './core';
 import { LocalEpochData, LocalShardQueue } from './epoch-data';
 import { createLocalGroup } from './local-group';
 import { GenerationAbortedError, runGeneration, type StepSummary } from './loop';
-import { initEngine, tf } from './model';
+import { initEngine, tf } from './engine';
 import { LocalJob } from './testing/local-job';
 
 const EPOCHS = 2;

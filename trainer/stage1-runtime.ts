@@ -3,8 +3,9 @@
  * exposed through flat Float32Arrays (what the optimiser, the all-reduce and the checkpoint use).
  */
 import {
-  paramManifest, stage1Features, stage1Step, tf, trainableNames, visionSeqLen, type Blip2Config, type Params,
+  paramManifest, stage1Features, stage1Step, trainableNames, visionSeqLen, type Blip2Config, type Params,
 } from './model';
+import { tf } from './engine';
 import type { ParamSpec } from './optim';
 import type { LocalBatch, Stage1Dims, Stage1LossInputs, Stage1Model } from './step';
 import type { Objective } from './model';

@@ -2,7 +2,7 @@
 // (test/step-distributed.test.ts runs the same with real trainer processes and gRPC collectives.)
 import { describe, expect, it } from 'vitest';
 import { createLocalGroup } from './local-group';
-import { initEngine, tf } from './model';
+import { initEngine, tf } from './engine';
 import { Stage1Runtime } from './stage1-runtime';
 import { distributedStage1Step } from './step';
 import { compareGrads, fixtureParams, makeGlobalBatch, referenceStep, sliceBatch } from './testing/stage1-fixture';

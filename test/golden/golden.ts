@@ -7,7 +7,8 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { expect } from 'vitest';
 import { readSafetensors, toFloat32, toInt32, type SafeTensor } from '../../common';
-import { blip2ConfigFromLavis, tf, type Blip2Config } from '../../trainer/model';
+import { blip2ConfigFromLavis, type Blip2Config } from '../../trainer/model';
+import { tf } from '../../trainer/engine';
 
 const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 

@@ -7,16 +7,15 @@ import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { toFloat32 } from '../../common';
 import {
   disposeParams,
-  initEngine,
   loadParams,
   stage1FeatureBackward,
   stage1Features,
   stage1Step,
-  tf,
   VisionBackbone,
   type Params,
   type Stage1Result,
 } from '../../trainer/model';
+import { initEngine, tf } from '../../trainer/engine';
 import { expectClose, expectGradClose, expectLoss, floatTensor, get, golden, intTensor, liveTensors } from './golden';
 
 const g = golden();

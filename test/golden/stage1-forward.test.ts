@@ -3,7 +3,6 @@ import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { toFloat32, toInt32 } from '../../common';
 import {
   disposeParams,
-  initEngine,
   itcQueryMask,
   itcTextMask,
   itgMask,
@@ -13,11 +12,11 @@ import {
   localNegatives,
   paramManifest,
   stage1Step,
-  tf,
   trainableNames,
   VisionBackbone,
   type Params,
 } from '../../trainer/model';
+import { initEngine, tf } from '../../trainer/engine';
 import { expectClose, expectLoss, floatTensor, get, golden, intTensor, liveTensors } from './golden';
 
 const g = golden();

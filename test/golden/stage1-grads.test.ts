@@ -1,7 +1,8 @@
 /** Golden case 2: gradients of the stage-1 loss (total, per objective, and without detaching ITC's gathered side). */
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { toFloat32, toInt32 } from '../../common';
-import { disposeParams, initEngine, loadParams, localNegatives, stage1Step, tf, VisionBackbone, type Objective, type Params, type Stage1Options } from '../../trainer/model';
+import { disposeParams, loadParams, localNegatives, stage1Step, VisionBackbone, type Objective, type Params, type Stage1Options } from '../../trainer/model';
+import { initEngine, tf } from '../../trainer/engine';
 import { expectGradClose, floatTensor, get, golden, intTensor, liveTensors } from './golden';
 
 const g = golden();

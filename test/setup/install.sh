@@ -33,4 +33,4 @@ if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.j
 fi
 
 # The tensor engine's OpenBLAS matmul addon (skips itself, with a message, when OpenBLAS is missing).
-bash trainer/model/engine/native/build.sh
+bash trainer/engine/native/build.sh

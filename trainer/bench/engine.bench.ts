@@ -12,7 +12,8 @@ import { spawnSync } from 'node:child_process';
 import os from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { Command } from 'commander';
-import { engineInfo, initEngine, tf, type EngineOptions } from '../model/engine';
+import { engineConfigFromEnv } from '../../common';
+import { engineInfo, engineOptionsFromConfig, initEngine, tf, type EngineOptions } from '../engine';
 
 interface EngineSpec {
   id: string;
@@ -144,13 +145,14 @@ async function layerSeconds(reps: number, profile = false): Promise<number> {
 }
 
 async function child(spec: EngineSpec, reps: number, skipLayer: boolean, profile: boolean): Promise<Result> {
+  const fromEnv = engineOptionsFromConfig(engineConfigFromEnv()); // what a variant leaves open: BLIP2_ENGINE_THREADS, …
   await initEngine({
     engine: spec.engine,
-    threads: spec.threads,
+    threads: spec.threads ?? fromEnv.threads,
     stockWasm: spec.stockWasm,
-    matmul: spec.matmul,
-    matmulThreads: spec.matmulThreads,
-    wasmThreads: spec.wasmThreads,
+    matmul: spec.matmul ?? fromEnv.matmul,
+    matmulThreads: spec.matmulThreads ?? fromEnv.matmulThreads,
+    wasmThreads: spec.wasmThreads ?? fromEnv.wasmThreads,
   });
   const matmul: Record<string, number> = {};
   for (const [key, [m, k, n]] of Object.entries(MATMULS)) {

@@ -10,17 +10,16 @@ import { Command, Option } from 'commander';
 import {
   createParams,
   disposeParams,
-  engineName,
-  initEngine,
   localNegatives,
   presetConfig,
   DEFAULT_SCHEDULE,
   stage1StepWithSchedule,
-  tf,
   trainableCount,
   visionSeqLen,
   type PassSchedule,
 } from '../model';
+import { engineConfigFromEnv } from '../../common';
+import { engineName, engineOptionsFromConfig, initEngine, tf } from '../engine';
 
 const program = new Command('bench:step')
   .description('Time one stage-1 training step (ITC+ITM+ITG forward and backward) of the Q-Former.')
@@ -42,7 +41,7 @@ const B = positiveInt('--batch', opts.batch);
 const T = positiveInt('--text-len', opts.textLen);
 const iters = positiveInt('--iters', opts.iters);
 
-await initEngine();
+await initEngine(engineOptionsFromConfig(engineConfigFromEnv())); // BLIP2_ENGINE, BLIP2_ENGINE_THREADS, …
 const base = presetConfig(opts.preset);
 const config = { ...base, qformer: { ...base.qformer_config, max_txt_len: T } };
 const q = config.qformer_config;

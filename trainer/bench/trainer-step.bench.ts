@@ -5,7 +5,9 @@
  */
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { createParams, initEngine, presetConfig, visionSeqLen } from '../model';
+import { createParams, presetConfig, visionSeqLen } from '../model';
+import { engineConfigFromEnv } from '../../common';
+import { engineOptionsFromConfig, initEngine } from '../engine';
 import { createLocalGroup } from '../local-group';
 import { Stage1Runtime } from '../stage1-runtime';
 import { distributedStage1Step } from '../step';
@@ -31,7 +33,7 @@ if (!engine) {
   process.stdout.write(`preset ${preset}, batch ${batch}, ${steps} steps each\n`);
   for (const [e, s] of Object.entries(results)) process.stdout.write(`  ${e.padEnd(5)} ${s.toFixed(3)} s/step   ratio to cpu ${(s / results.cpu!).toFixed(2)}\n`);
 } else {
-  await initEngine({ engine: engine as 'cpu' | 'wasm' });
+  await initEngine({ ...engineOptionsFromConfig(engineConfigFromEnv()), engine: engine as 'cpu' | 'wasm' });
   const config = presetConfig(preset);
   const S = visionSeqLen(config.vision_config), Dv = config.vision_config.hidden_size, T = config.lavis_config.max_txt_len;
   // Captions of random length, [CLS] … [SEP] then padding, as the tokenizer pads to max_txt_len.

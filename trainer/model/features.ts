@@ -3,8 +3,8 @@
  * (golden checks), and the backward through its features for gathering that passes gradients back.
  */
 import { hasCrossAttention, trainableNames, type Blip2Config } from './config';
-import { tf } from './engine';
-import { gradients } from './engine/gradients';
+import { tf } from '../engine';
+import { gradients } from '../engine';
 import { imageFeatures, itcQueryPass, itcTextPass, textFeature } from './itc';
 import { layerNorm, param } from './layers';
 import { projectImage, qformerEncoder } from './qformer';

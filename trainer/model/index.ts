@@ -41,7 +41,6 @@
  */
 export * from './config';
 export { ModelInputError } from './errors';
-export { initEngine, engineName, tf } from './engine';
 export * from './params';
 export { VisionBackbone, visionBlock } from './vision';
 export { linear, layerNorm, gelu, attention, splitHeads, mergeHeads, l2normalize, crossEntropySum, stopGradient } from './layers';

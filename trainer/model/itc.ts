@@ -5,7 +5,7 @@
  * cross-entropy pulls each pair above every other pair of the global batch (negatives gathered from every rank).
  */
 import type { Blip2Config } from './config';
-import { tf } from './engine';
+import { tf } from '../engine';
 import { crossEntropySum, l2normalize, linear } from './layers';
 import { itcQueryMask, itcTextMask, type AttentionMask } from './masks';
 import { additiveMask, embeddings, queryTokens, type HeadKeyValue, type PassOptions } from './qformer';

@@ -5,7 +5,7 @@
  * to the image directly. Label-smoothed cross-entropy of the next token, pads and the first token excluded.
  */
 import type { Blip2Config } from './config';
-import { tf } from './engine';
+import { tf } from '../engine';
 import { maskTensor, type Pass } from './itc';
 import { crossEntropySum, gelu, layerNorm, linear, param } from './layers';
 import { itgMask, maskRows } from './masks';

@@ -1,6 +1,6 @@
 // The hard-negative sampler and its weights: the draws of a rank's rows equal one process's over the whole batch.
 import { describe, expect, it } from 'vitest';
-import { initEngine } from './engine';
+import { initEngine } from '../engine';
 import { itmSamplingWeights, sampleHardNegatives } from './itm';
 import { itgTargetCount } from './itg';
 

@@ -6,7 +6,7 @@
  */
 import { uniformAt } from '../../common';
 import type { Blip2Config } from './config';
-import { tf } from './engine';
+import { tf } from '../engine';
 import { ModelInputError } from './errors';
 import { itcSimilarities, maskTensor, type Pass } from './itc';
 import { crossEntropySum, linear } from './layers';

@@ -8,17 +8,16 @@ import {
   CheckpointMismatchError,
   createParams,
   disposeParams,
-  initEngine,
   loadParams,
   paramManifest,
   presetConfig,
   saveParams,
-  tf,
   trainableCount,
   trainableNames,
   visionSeqLen,
   VisionBackbone,
 } from './index';
+import { initEngine, tf } from '../engine';
 
 beforeAll(async () => {
   await initEngine();

@@ -4,7 +4,7 @@
  */
 import { Blip2Error, readSafetensors, SafetensorsError, toFloat32, writeSafetensors, type SafeTensor } from '../../common';
 import { paramManifest, trainableGroups, type Blip2Config, type ParamGroup, type ParamSpec, type Stage } from './config';
-import { tf } from './engine';
+import { tf } from '../engine';
 
 /** Named parameter tensors (float32), keyed by HF checkpoint name. */
 export type Params = Map<string, tf.Tensor>;

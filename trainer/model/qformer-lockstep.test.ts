@@ -2,7 +2,7 @@
 // each pass through `qformerEncoder` (a loop over `qformerLayer`), outputs and gradients.
 import { beforeAll, describe, expect, test } from 'vitest';
 import { createParams, disposeParams, presetConfig, visionSeqLen } from './index';
-import { initEngine, tf } from './engine';
+import { initEngine, tf } from '../engine';
 import { itcQueryPass, itcTextPass } from './itc';
 import { itmPass } from './itm';
 import { itgPass, itgTargets } from './itg';

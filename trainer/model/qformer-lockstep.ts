@@ -4,7 +4,7 @@
  * the arithmetic is that of `qformerLayer` / `qformerEncoder` (qformer.ts), which `qformer-lockstep.test.ts` checks.
  */
 import { hasCrossAttention, type Blip2Config } from './config';
-import { tf } from './engine';
+import { tf } from '../engine';
 import { attention, layerNorm, linear } from './layers';
 import { ModelInputError } from './errors';
 import { feedForward, type KeyValue, type PassOptions } from './qformer';

@@ -7,7 +7,7 @@
  * several passes through the layers together lives beside it in `qformer-lockstep.ts` and computes the same numbers.
  */
 import { hasCrossAttention, type Blip2Config } from './config';
-import { tf } from './engine';
+import { tf } from '../engine';
 import { attention, gelu, layerNorm, linear, param, splitHeads } from './layers';
 import { ModelInputError } from './errors';
 import type { Params } from './params';

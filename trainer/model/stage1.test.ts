@@ -4,7 +4,6 @@ import { beforeAll, describe, expect, test } from 'vitest';
 import {
   createParams,
   disposeParams,
-  initEngine,
   itgTargetCount,
   localNegatives,
   presetConfig,
@@ -13,12 +12,12 @@ import {
   stage1Step,
   stage1StepWithSchedule,
   DEFAULT_SCHEDULE,
-  tf,
   visionSeqLen,
   type Blip2Config,
   type ItmNegatives,
   type Params,
 } from './index';
+import { initEngine, tf } from '../engine';
 
 beforeAll(async () => {
   await initEngine();

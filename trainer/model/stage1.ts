@@ -12,8 +12,7 @@
  *   the layers together and share their GEMMs (qformer-lockstep.ts).
  */
 import { trainableNames, type Blip2Config } from './config';
-import { tf } from './engine';
-import { gradients } from './engine/gradients';
+import { gradients, tf } from '../engine';
 import { ModelInputError } from './errors';
 import { imageFeatures, itcLoss, itcQueryPass, itcSimilarities, itcTextPass, textFeature } from './itc';
 import { itmLoss, itmPass, itmWeights, sampleHardNegatives, type ItmNegatives } from './itm';
@@ -277,7 +276,7 @@ function differentiate(params: Params, config: Blip2Config, inputs: Stage1Inputs
     xs.push(inputs.gathered.allImageFeats, inputs.gathered.allTextFeat);
   }
   // Parameters that the selected objectives do not reach (e.g. itm_head under ITC alone) get zero gradients.
-  // `gradients` frees activations and intermediate gradients during backward (engine/gradients.ts).
+  // `gradients` frees activations and intermediate gradients during backward (trainer/engine/gradients.ts).
   const r = gradients(() => forward(params), xs);
   names.forEach((n, i) => grads.set(n, r.grads[i] ?? tf.zerosLike(xs[i]!)));
   const n = names.length;

@@ -7,7 +7,7 @@
  */
 import { narrowToF16, readSafetensors, SafetensorsError, widenF16, type SafeTensor } from '../../common';
 import { paramManifest, visionSeqLen, type Blip2Config } from './config';
-import { tf } from './engine';
+import { tf } from '../engine';
 import { gelu, layerNorm, linear, mergeHeads, splitHeads } from './layers';
 import { CheckpointMismatchError, type Params } from './params';
 import { ModelInputError } from './errors';

@@ -2,7 +2,8 @@
  * A deterministic stage-1 global batch and the one-process reference step, shared by the step-equivalence tests
  * (in-process ranks and real trainer processes over gRPC).
  */
-import { createParams, presetConfig, stage1Step, tf, trainableNames, visionSeqLen, type Blip2Config } from '../model';
+import { createParams, presetConfig, stage1Step, trainableNames, visionSeqLen, type Blip2Config } from '../model';
+import { tf } from '../engine';
 import { uniformAt } from '../../common';
 import type { LocalBatch } from '../step';
 

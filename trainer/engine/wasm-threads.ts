@@ -24,6 +24,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { Worker as NodeWorker } from 'node:worker_threads';
 import * as tf from '@tensorflow/tfjs-core';
+import { EngineOptionsError, EngineStartError, TfjsVersionError } from './errors';
 
 /** The most threads the backend can run: its pre-spawned pthread pool and its C++ cap (`max_num_threads`). */
 export const WASM_MAX_THREADS = 8;
@@ -123,11 +124,11 @@ function hashOf(text: string): string {
  */
 export async function startThreadedWasm(threads: number): Promise<number> {
   if (!Number.isInteger(threads) || threads < 1 || threads > WASM_MAX_THREADS) {
-    throw new RangeError(`wasm threads must be an integer in 1…${WASM_MAX_THREADS}, got ${threads}`);
+    throw new EngineOptionsError(`wasm threads must be an integer in 1…${WASM_MAX_THREADS}, got ${threads}`);
   }
   const wasm = await import('@tensorflow/tfjs-backend-wasm');
   if (wasm.version_wasm !== WASM_SHIM_TFJS_VERSION) {
-    throw new Error(
+    throw new TfjsVersionError(
       `the wasm thread shim is written for @tensorflow/tfjs-backend-wasm ${WASM_SHIM_TFJS_VERSION}, ` +
         `found ${wasm.version_wasm}; pin it in package.json`,
     );
@@ -155,7 +156,7 @@ export async function startThreadedWasm(threads: number): Promise<number> {
     const text = texts.get(blob);
     if (text === undefined) return originalCreateObjectURL(blob);
     if (text.startsWith(MAIN_SCRIPT_PREFIX)) return mainScript!;
-    if (mainScript === undefined) throw new Error('wasm thread shim: the worker script came before the main script');
+    if (mainScript === undefined) throw new TfjsVersionError('wasm thread shim: the worker script came before the main script');
     const prelude =
       "globalThis.commonjsGlobal = globalThis; globalThis.require$$0 = require('fs'); " +
       "globalThis.require$$1 = require('path'); globalThis.require$$3 = require('perf_hooks'); " +
@@ -174,7 +175,7 @@ export async function startThreadedWasm(threads: number): Promise<number> {
   const workerDescriptor = Object.getOwnPropertyDescriptor(globals, 'Worker');
   let RealWorker: typeof NodeWorker | undefined;
   const lazyWorker = function (this: unknown, file: string) {
-    if (!RealWorker) throw new Error('wasm thread shim: Worker used before Emscripten set it');
+    if (!RealWorker) throw new TfjsVersionError('wasm thread shim: Worker used before Emscripten set it');
     return new LazyWorker(file, RealWorker);
   };
 
@@ -191,7 +192,7 @@ export async function startThreadedWasm(threads: number): Promise<number> {
   try {
     tf.env().set('WASM_HAS_MULTITHREAD_SUPPORT', true);
     wasm.setThreadsCount(threads);
-    if (!(await tf.setBackend('wasm'))) throw new Error('tfjs could not start the threaded wasm backend');
+    if (!(await tf.setBackend('wasm'))) throw new EngineStartError('tfjs could not start the threaded wasm backend');
     await tf.ready();
   } finally {
     globalThis.Blob = OriginalBlob;

@@ -1,5 +1,6 @@
+// Sums over leading axes on the addon against the cpu backend.
 import { beforeAll, expect, test } from 'vitest';
-import { engineInfo, initEngine, tf } from '../engine';
+import { engineInfo, initEngine, tf } from './index';
 
 beforeAll(async () => {
   expect(await initEngine({ engine: 'wasm' })).toBe('wasm');

@@ -1,3 +1,4 @@
+// The native addon: its loader (a missing or stale build is reported, not thrown), sgemm and the fused kernels' checks.
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';

@@ -1,7 +1,7 @@
 // Kernels added to or fixed on wasm: UnsortedSegmentSum (gather gradient) and float32 OneHot.
 import { beforeAll, expect, test } from 'vitest';
 import '@tensorflow/tfjs-backend-cpu';
-import { initEngine, tf } from '../engine';
+import { initEngine, tf } from './index';
 
 beforeAll(async () => {
   expect(await initEngine({ engine: 'wasm' })).toBe('wasm');

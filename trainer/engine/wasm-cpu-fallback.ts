@@ -5,8 +5,9 @@
  * than wasm), but correct and rare; each first use is logged so that a hot one is seen.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { createLogger } from '../../../common';
+import { createLogger } from '../../common';
 import type { WasmBackend } from './wasm-backend';
+import { KernelUnavailableError } from './errors';
 
 /** Kernels tfjs-backend-wasm 4.22 lacks, that take and give real (not complex or string) tensors. */
 export const CPU_FALLBACK_KERNELS = [
@@ -23,7 +24,7 @@ function fallback(name: string, cpuKernel: tf.KernelConfig): tf.KernelFunc {
   return (args) => {
     const wasm = args.backend as WasmBackend;
     const cpu = tf.engine().findBackend('cpu');
-    if (!cpu) throw new Error(`${name} is not implemented on wasm, and the cpu backend it falls back to is not registered`);
+    if (!cpu) throw new KernelUnavailableError(`${name} is not implemented on wasm, and the cpu backend it falls back to is not registered (import @tensorflow/tfjs-backend-cpu)`);
     if (!logged) {
       log.info('kernel runs on the cpu backend (not implemented on wasm)', { kernel: name });
       logged = true;

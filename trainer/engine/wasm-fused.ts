@@ -9,11 +9,12 @@
  *
  * `installWasmFused(blas)` registers the kernels (and the Softmax gradient that uses one); `fusedOps()` returns the
  * differentiable ops built on them, or undefined when they are not installed (another engine, or no addon), in
- * which case the model composes the same functions from tfjs ops.
+ * which case ops.ts composes the same functions from tfjs ops.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { NativeBlas } from './native-blas';
 import { dataOf, heapF32, heapI32, replaceWasmKernel, type WasmBackend } from './wasm-backend';
+import { KernelInputError, KernelUnavailableError } from './errors';
 
 const size = (shape: number[]) => shape.reduce((p, d) => p * d, 1);
 const NO_WEIGHTS = new Float32Array(0);
@@ -33,7 +34,7 @@ function int32View(backend: WasmBackend, t: tf.TensorInfo): Int32Array {
 }
 
 function expectDtype(kernel: string, name: string, t: tf.TensorInfo, dtype: tf.DataType): void {
-  if (t.dtype !== dtype) throw new Error(`${kernel}: ${name} must be ${dtype}, got ${t.dtype}`);
+  if (t.dtype !== dtype) throw new KernelInputError(`${kernel}: ${name} must be ${dtype}, got ${t.dtype}`);
 }
 
 function lastAxis(shape: number[]): { rows: number; cols: number } {
@@ -130,7 +131,7 @@ function kernels(blas: NativeBlas): tf.KernelConfig[] {
       expectDtype('Blip2LayerNorm', 'x', x!, 'float32');
       const { rows, cols } = lastAxis(x!.shape);
       if (gamma!.shape.length !== 1 || gamma!.shape[0] !== cols || beta!.shape.length !== 1 || beta!.shape[0] !== cols) {
-        throw new Error(`Blip2LayerNorm: gamma [${gamma!.shape}] and beta [${beta!.shape}] must be [${cols}] for x [${x!.shape}]`);
+        throw new KernelInputError(`Blip2LayerNorm: gamma [${gamma!.shape}] and beta [${beta!.shape}] must be [${cols}] for x [${x!.shape}]`);
       }
       const y = backend.makeOutput([...x!.shape], 'float32');
       const xhat = backend.makeOutput([...x!.shape], 'float32');
@@ -160,7 +161,7 @@ function kernels(blas: NativeBlas): tf.KernelConfig[] {
       expectDtype('Blip2CrossEntropy', 'targets', targets!, 'int32');
       const [rows, cols] = logits!.shape as [number, number];
       if (logits!.shape.length !== 2 || targets!.shape.length !== 1 || targets!.shape[0] !== rows) {
-        throw new Error(`Blip2CrossEntropy: logits [${logits!.shape}] must be [N, C] and targets [${targets!.shape}] [N]`);
+        throw new KernelInputError(`Blip2CrossEntropy: logits [${logits!.shape}] must be [N, C] and targets [${targets!.shape}] [N]`);
       }
       const loss = backend.makeOutput([rows], 'float32');
       const [lv, lossv] = views(backend, logits!, loss);
@@ -231,7 +232,7 @@ function makeOps(): FusedOps {
   };
 
   const crossEntropyRows = (logits: tf.Tensor2D, targets: tf.Tensor1D, smoothing: number, weights?: tf.Tensor1D) => {
-    if (targets.dtype !== 'int32') throw new Error(`crossEntropyRows: targets must be int32, got ${targets.dtype}`);
+    if (targets.dtype !== 'int32') throw new KernelInputError(`crossEntropyRows: targets must be int32, got ${targets.dtype}`);
     const op = tf.customGrad(((lg: tf.Tensor, save: tf.GradSaveFunc) => {
       const inputs: tf.NamedTensorMap = weights ? { logits: lg, targets, weights } : { logits: lg, targets };
       const loss = run('Blip2CrossEntropy', inputs, { smoothing }) as tf.Tensor;
@@ -389,7 +390,7 @@ export function installWasmFused(blas: NativeBlas): void {
       const { dim } = attrs as unknown as { dim: number };
       const dyT = dy as tf.Tensor;
       if (tf.getBackend() === 'wasm' && (dim === -1 || dim === y!.rank - 1)) return { logits: () => run('Blip2SoftmaxGrad', { y: y!, dy: dyT }) as tf.Tensor };
-      if (!stockSoftmaxGrad) throw new Error('no Softmax gradient for a softmax over a non-last axis');
+      if (!stockSoftmaxGrad) throw new KernelUnavailableError('no Softmax gradient for a softmax over a non-last axis');
       return stockSoftmaxGrad.gradFunc(dy, saved, attrs);
     },
   });
@@ -401,7 +402,7 @@ export function fusedOps(): FusedOps | undefined {
   return ops && tf.getBackend() === 'wasm' ? ops : undefined;
 }
 
-/** The same functions composed of tfjs ops, for comparisons. */
+/** Runs `f` with `fusedOps()` undefined, so that ops.ts composes the functions of tfjs ops (tests compare the two). */
 export function withoutFusedOps<T>(f: () => T): T {
   const saved = ops;
   ops = undefined;

@@ -3,7 +3,7 @@
  */
 import { beforeAll, describe, expect, test } from 'vitest';
 import '@tensorflow/tfjs-backend-cpu';
-import { engineInfo, initEngine, tf, type EngineMatMul } from '../engine';
+import { engineInfo, initEngine, tf, type EngineMatMul } from './index';
 
 type Case = { a: number[]; b: number[]; transposeA: boolean; transposeB: boolean };
 

@@ -13,6 +13,7 @@
  * `cblas_sgemm` instead (transposes and batch strides included, no copies), 3–5× faster than XNNPACK here.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import { KernelInputError, TfjsVersionError } from './errors';
 import type { NativeBlas } from './native-blas';
 import {
   dataOf,
@@ -64,17 +65,17 @@ interface Operands {
 
 function shapesOf(kernel: string, a: tf.TensorInfo, b: tf.TensorInfo, transposeA: boolean, transposeB: boolean) {
   if (a.dtype !== 'float32' || b.dtype !== 'float32') {
-    throw new Error(`${kernel} on wasm takes float32 inputs, got a: ${a.dtype}, b: ${b.dtype}`);
+    throw new KernelInputError(`${kernel} on wasm takes float32 inputs, got a: ${a.dtype}, b: ${b.dtype}`);
   }
   const ra = a.shape.length;
   const rb = b.shape.length;
-  if (ra < 2 || rb < 2) throw new Error(`${kernel} needs inputs of rank ≥ 2, got a: [${a.shape}], b: [${b.shape}]`);
+  if (ra < 2 || rb < 2) throw new KernelInputError(`${kernel} needs inputs of rank ≥ 2, got a: [${a.shape}], b: [${b.shape}]`);
   const m = transposeA ? a.shape[ra - 1]! : a.shape[ra - 2]!;
   const k = transposeA ? a.shape[ra - 2]! : a.shape[ra - 1]!;
   const kb = transposeB ? b.shape[rb - 1]! : b.shape[rb - 2]!;
   const n = transposeB ? b.shape[rb - 2]! : b.shape[rb - 1]!;
   if (k !== kb) {
-    throw new Error(
+    throw new KernelInputError(
       `${kernel}: inner dimensions must match, got a: [${a.shape}] (transposeA=${transposeA}) and ` +
         `b: [${b.shape}] (transposeB=${transposeB}): ${k} ≠ ${kb}`,
     );
@@ -265,7 +266,7 @@ function activate(
       y = runWasmKernel('Prelu', { x, alpha: preluWeights! }, backend);
       break;
     default:
-      throw new Error(`_FusedMatMul: activation ${JSON.stringify(activation)} is not supported on wasm`);
+      throw new KernelInputError(`_FusedMatMul: activation ${JSON.stringify(activation)} is not supported on wasm`);
   }
   backend.disposeData(x.dataId);
   return y;
@@ -376,7 +377,7 @@ export function installWasmMatMul(backend: WasmBackend, nativeBlas?: NativeBlas)
   if (installed) return;
   blas = nativeBlas;
   if (!tf.getKernel(tf.BatchMatMul, 'wasm') || !tf.getKernel(tf._FusedMatMul, 'wasm')) {
-    throw new Error('the wasm backend has no BatchMatMul/_FusedMatMul kernel to replace');
+    throw new TfjsVersionError('the wasm backend has no BatchMatMul/_FusedMatMul kernel to replace');
   }
   gemm = backend.wasm.cwrap(tf.BatchMatMul, null, [
     'number', // a_id

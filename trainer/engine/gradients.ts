@@ -13,6 +13,7 @@
  * present in tfjs-core 4.22 (pinned in package.json); `gradients.test.ts` checks them against `engine.gradients`.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import { GradientError } from './errors';
 
 interface TapeNode {
   id: number;
@@ -87,7 +88,7 @@ export function gradients(
     () => engine.endTape(),
     () => engine.tidy('forward', f),
   );
-  if (!(y instanceof tf.Tensor)) throw new Error('gradients: f() must return a tensor');
+  if (!(y instanceof tf.Tensor)) throw new GradientError('gradients: f() must return a tensor');
   const tape = engine.state.activeTape ?? [];
   const filtered = filterTape(tape, xs, y);
   const onPath = new Set(filtered.map((n) => n.id));
@@ -99,7 +100,7 @@ export function gradients(
     for (let i = filtered.length - 1; i >= 0; i--) {
       const node = filtered[i]!;
       const dys = node.outputs.map((o) => acc.get(o.id) ?? null);
-      if (!node.gradient) throw new Error(`Cannot compute gradient: gradient function not found for ${node.kernelName}.`);
+      if (!node.gradient) throw new GradientError(`Cannot compute gradient: gradient function not found for ${node.kernelName}.`);
       // One tidy per node: what its gradient function computes on the way (customGrad gradients compute eagerly)
       // is freed here, only the input gradients leave.
       const names = Object.keys(node.inputs);
@@ -107,7 +108,7 @@ export function gradients(
         const inputGradients = node.gradient!(dys);
         return names.map((name) => {
           if (!(name in inputGradients)) {
-            throw new Error(`Cannot backprop through input ${name}. Available gradients found: ${Object.keys(inputGradients)}.`);
+            throw new GradientError(`Cannot backprop through input ${name}. Available gradients found: ${Object.keys(inputGradients)}.`);
           }
           return inputGradients[name]!();
         });
@@ -119,10 +120,10 @@ export function gradients(
         let dx = dxs[j]!;
         const x = node.inputs[name]!;
         if (dx.dtype !== 'float32') {
-          throw new Error(`Error in gradient for op ${node.kernelName}. The gradient of input ${name} must have 'float32' dtype, but has '${dx.dtype}'`);
+          throw new GradientError(`Error in gradient for op ${node.kernelName}. The gradient of input ${name} must have 'float32' dtype, but has '${dx.dtype}'`);
         }
         if (!tf.util.arraysEqual(dx.shape, x.shape)) {
-          throw new Error(`Error in gradient for op ${node.kernelName}. The gradient of input '${name}' has shape '${dx.shape}', which does not match the shape of the input '${x.shape}'`);
+          throw new GradientError(`Error in gradient for op ${node.kernelName}. The gradient of input '${name}' has shape '${dx.shape}', which does not match the shape of the input '${x.shape}'`);
         }
         // A gradient function may hand back a dy itself (freed below): own a reference.
         if (held.has(dx)) dx = dx.clone();

@@ -1,16 +1,19 @@
+// Starting the engine: option checks, the wasm thread count beyond the stock cap, one start per process, process exit.
 import { spawnSync } from 'node:child_process';
 import os from 'node:os';
 import { expect, test } from 'vitest';
+import { Blip2Error } from '../../common';
 import {
   EngineOptionsError,
+  engineOptionsFromConfig,
   engineInfo,
   engineName,
   engineThreads,
   initEngine,
   resolveEngineOptions,
   tf,
-} from './engine';
-import { WASM_MAX_THREADS, wasmWorkersStarted } from './engine/wasm-threads';
+} from './index';
+import { WASM_MAX_THREADS, wasmWorkersStarted } from './wasm-threads';
 
 // The stock backend caps its pool at half the logical cores; ask for one more than that to show the cap is gone.
 const stockCap = Math.max(1, Math.floor(os.cpus().length / 2));
@@ -29,7 +32,16 @@ test('engine options: defaults, and bad values rejected before anything starts, 
   expect(() => resolveEngineOptions({ engine: 'webgl' as 'auto' })).toThrow(/got "webgl"/);
   expect(() => resolveEngineOptions({ matmulThreads: 65 })).toThrow(/matmulThreads .* got 65/);
   await expect(initEngine({ engine: 'wasm', threads: 99 })).rejects.toThrow(/got 99/);
+  expect(() => resolveEngineOptions({ threads: 0 })).toThrow(Blip2Error); // the project's base error
   expect(engineName()).toBeUndefined();
+});
+
+test('options from the job config: 0 threads leave the default to the engine', () => {
+  expect(engineOptionsFromConfig({ backend: 'auto', threads: 0, matmul: 'auto', matmulThreads: 0, wasmThreads: 0 })).toEqual({
+    engine: 'auto', threads: undefined, matmul: 'auto', matmulThreads: undefined, wasmThreads: undefined,
+  });
+  const options = engineOptionsFromConfig({ backend: 'wasm', threads: 2, matmul: 'openblas', matmulThreads: 4, wasmThreads: 1 });
+  expect(resolveEngineOptions(options)).toEqual({ engine: 'wasm', threads: 2, stockWasm: false, matmul: 'openblas', matmulThreads: 4, wasmThreads: 1 });
 });
 
 test('the wasm engine runs the thread count asked for, beyond the stock half-the-cores cap', async () => {
@@ -75,7 +87,7 @@ test('a large threaded matmul is correct (work split across the pool)', async ()
 
 test('a process that used the threaded engine exits by itself (pool workers do not hold it)', () => {
   const script =
-    "import { initEngine, tf } from './trainer/model/engine';" +
+    "import { initEngine, tf } from './trainer/engine/index';" +
     "initEngine({ engine: 'wasm', threads: 2 }).then(() => { tf.matMul(tf.ones([200, 200]), tf.ones([200, 200])).dataSync(); });";
   const started = Date.now();
   const run = spawnSync('npx', ['tsx', '-e', script], { encoding: 'utf8', timeout: 60_000 });

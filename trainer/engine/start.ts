@@ -5,36 +5,39 @@
  * ../../../shared/docs/engine-notes.md has the measurements behind each choice (wasm is ~40× cpu on a Q-Former
  * layer); `npm run bench:engine` re-measures them.
  *
- * Model code needs only `await initEngine()` once and then `tf` from here: the fast kernels and gradients are
- * registered with tfjs, so `tf.matMul`, `tf.gather`, `tf.grads` etc. use them without knowing.
+ * A process calls `await initEngine(options)` once, its options from the job config's `engine` section
+ * (`engineOptionsFromConfig`; the engine reads no environment itself); model code then uses `tf` from the engine's
+ * index: the fast kernels and gradients are registered with tfjs, so `tf.matMul`, `tf.gather`, `tf.grads` etc. use
+ * them without knowing.
  */
 import os from 'node:os';
 import * as tf from '@tensorflow/tfjs-core';
 // tfjs-core's Node bundle has no gradients; the @tensorflow/tfjs bundle registers them all (the same core instance).
 import '@tensorflow/tfjs';
-import { createLogger } from '../../common';
-import { installShapeOnlySaves } from './engine/gradients';
-import { loadNativeBlas, type NativeBlas } from './engine/native-blas';
-import { installWasmCpuFallbacks } from './engine/wasm-cpu-fallback';
-import { installWasmFused } from './engine/wasm-fused';
-import { installWasmIdentity } from './engine/wasm-identity';
-import { installWasmOneHot } from './engine/wasm-one-hot';
-import { installWasmSlice } from './engine/wasm-slice';
-import { batchMatMulGradConfig, installWasmMatMul } from './engine/wasm-matmul';
-import { installWasmSegmentSum } from './engine/wasm-segment-sum';
-import { installWasmSum } from './engine/wasm-sum';
-import { startThreadedWasm, WASM_MAX_THREADS } from './engine/wasm-threads';
-import { guardWasmAllocations, type WasmBackend } from './engine/wasm-backend';
+import { createLogger, type EngineConfig } from '../../common';
+import { EngineOptionsError, EngineStartError, MatMulUnavailableError } from './errors';
+import { installShapeOnlySaves } from './gradients';
+import { loadNativeBlas, type NativeBlas } from './native-blas';
+import { installWasmCpuFallbacks } from './wasm-cpu-fallback';
+import { installWasmFused } from './wasm-fused';
+import { installWasmIdentity } from './wasm-identity';
+import { installWasmOneHot } from './wasm-one-hot';
+import { installWasmSlice } from './wasm-slice';
+import { batchMatMulGradConfig, installWasmMatMul } from './wasm-matmul';
+import { installWasmSegmentSum } from './wasm-segment-sum';
+import { installWasmSum } from './wasm-sum';
+import { startThreadedWasm, WASM_MAX_THREADS } from './wasm-threads';
+import { guardWasmAllocations, type WasmBackend } from './wasm-backend';
 
-export { tf };
+export { tf, EngineOptionsError, MatMulUnavailableError };
 export type EngineName = 'tensorflow' | 'wasm' | 'cpu';
 
 export interface EngineOptions {
-  /** Which engine to use; `auto` (default) tries tensorflow, then wasm, then cpu. Env: BLIP2_ENGINE. */
+  /** Which engine to use; `auto` (default) tries tensorflow, then wasm, then cpu. Job config: `engine.backend`. */
   engine?: EngineName | 'auto';
   /**
    * Threads for the wasm engine, 1…8; default: the number of CPU cores the process may use (capped at 8).
-   * Env: BLIP2_ENGINE_THREADS.
+   * Job config: `engine.threads`.
    */
   threads?: number;
   /**
@@ -45,15 +48,15 @@ export interface EngineOptions {
   /**
    * Matmul of the wasm engine: `openblas` (the native addon built by `npm run build:native`; an error when it is
    * missing), `xnnpack` (wasm), or `auto` (default): openblas when the addon loads, else xnnpack.
-   * Env: BLIP2_ENGINE_MATMUL.
+   * Job config: `engine.matmul`.
    */
   matmul?: 'auto' | EngineMatMul;
-  /** Threads of the OpenBLAS matmul and the fused kernels, 1…64; default: `threads`. Env: BLIP2_ENGINE_MATMUL_THREADS. */
+  /** Threads of the OpenBLAS matmul and the fused kernels, 1…64; default: `threads`. Job config: `engine.matmulThreads`. */
   matmulThreads?: number;
   /**
    * Threads of the wasm backend's own pool, 1…8; default: 1 when the native addon runs the matmuls and the heavy
    * element-wise kernels (the pool then only serves a few small kernels, and its idle workers cost more than they
-   * give: measured 2–4% of a step), else `threads`. Env: BLIP2_ENGINE_WASM_THREADS.
+   * give: measured 2–4% of a step), else `threads`. Job config: `engine.wasmThreads`.
    */
   wasmThreads?: number;
 }
@@ -93,35 +96,24 @@ export interface ResolvedEngineOptions {
   wasmThreads?: number;
 }
 
-/** Bad engine options: the caller's configuration is wrong; nothing was started. */
-export class EngineOptionsError extends Error {}
-
-function envNumber(name: string): number | undefined {
-  const raw = process.env[name];
-  if (raw === undefined || raw === '') return undefined;
-  const value = Number(raw);
-  if (!Number.isFinite(value)) throw new EngineOptionsError(`${name} must be a number, got ${JSON.stringify(raw)}`);
-  return value;
-}
-
 export function resolveEngineOptions(options: EngineOptions = {}): ResolvedEngineOptions {
-  const engine = options.engine ?? ((process.env.BLIP2_ENGINE as EngineName | undefined) || 'auto');
+  const engine = options.engine ?? 'auto';
   if (!['auto', 'tensorflow', 'wasm', 'cpu'].includes(engine)) {
     throw new EngineOptionsError(`engine must be auto, tensorflow, wasm or cpu, got ${JSON.stringify(engine)}`);
   }
-  const threads = options.threads ?? envNumber('BLIP2_ENGINE_THREADS') ?? defaultThreads();
+  const threads = options.threads ?? defaultThreads();
   if (!Number.isInteger(threads) || threads < 1 || threads > WASM_MAX_THREADS) {
     throw new EngineOptionsError(`engine threads must be an integer in 1…${WASM_MAX_THREADS}, got ${String(threads)}`);
   }
-  const matmul = options.matmul ?? ((process.env.BLIP2_ENGINE_MATMUL as EngineOptions['matmul']) || 'auto');
+  const matmul = options.matmul ?? 'auto';
   if (!['auto', 'openblas', 'xnnpack'].includes(matmul)) {
     throw new EngineOptionsError(`engine matmul must be auto, openblas or xnnpack, got ${JSON.stringify(matmul)}`);
   }
-  const matmulThreads = options.matmulThreads ?? envNumber('BLIP2_ENGINE_MATMUL_THREADS') ?? threads;
+  const matmulThreads = options.matmulThreads ?? threads;
   if (!Number.isInteger(matmulThreads) || matmulThreads < 1 || matmulThreads > 64) {
     throw new EngineOptionsError(`engine matmulThreads must be an integer in 1…64, got ${String(matmulThreads)}`);
   }
-  const wasmThreads = options.wasmThreads ?? envNumber('BLIP2_ENGINE_WASM_THREADS');
+  const wasmThreads = options.wasmThreads;
   if (wasmThreads !== undefined && (!Number.isInteger(wasmThreads) || wasmThreads < 1 || wasmThreads > WASM_MAX_THREADS)) {
     throw new EngineOptionsError(`engine wasmThreads must be an integer in 1…${WASM_MAX_THREADS}, got ${String(wasmThreads)}`);
   }
@@ -135,6 +127,21 @@ export function resolveEngineOptions(options: EngineOptions = {}): ResolvedEngin
   };
 }
 
+/**
+ * Start options from the job config's `engine` section (`loadJobConfig().config.engine`, or `engineConfigFromEnv()`
+ * for a tool without a job config): a thread count of 0 there means the engine's default.
+ */
+export function engineOptionsFromConfig(config: EngineConfig): EngineOptions {
+  const count = (n: number) => (n === 0 ? undefined : n);
+  return {
+    engine: config.backend,
+    threads: count(config.threads),
+    matmul: config.matmul,
+    matmulThreads: count(config.matmulThreads),
+    wasmThreads: count(config.wasmThreads),
+  };
+}
+
 async function tryTensorflow(): Promise<EngineInfo | undefined> {
   try {
     await import('@tensorflow/tfjs-node-gpu' as string);
@@ -145,8 +152,6 @@ async function tryTensorflow(): Promise<EngineInfo | undefined> {
   }
 }
 
-/** The matmul asked for (`matmul: 'openblas'`) cannot be had: a setup error, not a reason to fall back. */
-export class MatMulUnavailableError extends Error {}
 
 function chooseBlas(options: ResolvedEngineOptions): NativeBlas | undefined {
   if (options.matmul === 'xnnpack') return undefined;
@@ -171,7 +176,7 @@ async function tryWasm(options: ResolvedEngineOptions): Promise<EngineInfo | und
     const poolThreads = options.wasmThreads ?? (blas ? 1 : threads);
     const actual = await startThreadedWasm(poolThreads);
     if (actual !== poolThreads) {
-      throw new Error(`the wasm backend runs ${actual} threads where ${poolThreads} were asked for`);
+      throw new EngineStartError(`the wasm backend runs ${actual} threads where ${poolThreads} were asked for`);
     }
     const backend = tf.backend() as unknown as WasmBackend;
     guardWasmAllocations(backend);
@@ -234,7 +239,7 @@ async function startEngine(options: EngineOptions): Promise<EngineName> {
       return info.name;
     }
   }
-  throw new Error(`no tensor engine could be started (tried ${order.join(', ')})`);
+  throw new EngineStartError(`no tensor engine could be started (tried ${order.join(', ')}; see the warnings above)`);
 }
 
 /** The engine chosen by `initEngine`, or undefined before it. */

@@ -1,8 +1,8 @@
+// A BERT-style Q-Former block, small: everything a training step of the model meets, forward and backward.
 import { beforeAll, expect, test } from 'vitest';
 import '@tensorflow/tfjs-backend-cpu';
-import { initEngine, tf } from '../engine';
+import { initEngine, tf } from './index';
 
-// A BERT-style Q-Former block, small: everything a training step of the model meets, forward and backward.
 const B = 2; // batch
 const Q = 4; // query tokens
 const T = 5; // text tokens

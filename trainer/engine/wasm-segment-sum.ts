@@ -6,6 +6,7 @@
  * `x`. A scatter-add straight over the wasm heap (native with the addon, else JS): one pass over x, no one-hot matrix.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import { KernelInputError } from './errors';
 import type { NativeBlas } from './native-blas';
 import { dataOf, heapF32, heapI32, type WasmBackend } from './wasm-backend';
 
@@ -21,16 +22,16 @@ function unsortedSegmentSum(args: {
   const x = inputs.x!;
   const ids = inputs.segmentIds!;
   const { numSegments } = attrs;
-  if (ids.dtype !== 'int32') throw new Error(`UnsortedSegmentSum: segmentIds must be int32, got ${ids.dtype}`);
+  if (ids.dtype !== 'int32') throw new KernelInputError(`UnsortedSegmentSum: segmentIds must be int32, got ${ids.dtype}`);
   if (x.dtype !== 'float32' && x.dtype !== 'int32') {
-    throw new Error(`UnsortedSegmentSum on wasm takes float32 or int32 x, got ${x.dtype}`);
+    throw new KernelInputError(`UnsortedSegmentSum on wasm takes float32 or int32 x, got ${x.dtype}`);
   }
   if (!Number.isInteger(numSegments) || numSegments < 0) {
-    throw new Error(`UnsortedSegmentSum: numSegments must be a non-negative integer, got ${numSegments}`);
+    throw new KernelInputError(`UnsortedSegmentSum: numSegments must be a non-negative integer, got ${numSegments}`);
   }
   const lead = ids.shape.length;
   if (lead > x.shape.length || ids.shape.some((d, i) => d !== x.shape[i])) {
-    throw new Error(`UnsortedSegmentSum: segmentIds shape [${ids.shape}] must be a prefix of x shape [${x.shape}]`);
+    throw new KernelInputError(`UnsortedSegmentSum: segmentIds shape [${ids.shape}] must be a prefix of x shape [${x.shape}]`);
   }
   const innerShape = x.shape.slice(lead);
   const inner = innerShape.reduce((p, d) => p * d, 1);

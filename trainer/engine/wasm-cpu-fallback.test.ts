@@ -1,5 +1,6 @@
+// Kernels wasm lacks, run on the cpu backend's kernels over the wasm tensors' data, against the cpu backend.
 import { beforeAll, expect, test } from 'vitest';
-import { initEngine, tf } from '../engine';
+import { initEngine, tf } from './index';
 import { CPU_FALLBACK_KERNELS } from './wasm-cpu-fallback';
 
 beforeAll(async () => {

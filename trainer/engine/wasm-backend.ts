@@ -5,6 +5,8 @@
  * tensor of its own without copying it (a "view"). Mirrors tfjs-backend-wasm/src/backend_wasm.ts.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import { Blip2Error } from '../../common';
+import { TfjsVersionError } from './errors';
 
 export interface WasmTensorData {
   id: number;
@@ -76,12 +78,12 @@ export function runWasmKernel(
   attrs: tf.NamedAttrMap = {},
 ): tf.TensorInfo {
   const config = tf.getKernel(name, 'wasm');
-  if (!config) throw new Error(`wasm kernel ${name} is not registered`);
+  if (!config) throw new TfjsVersionError(`wasm kernel ${name} is not registered`);
   return config.kernelFunc({ inputs, backend, attrs }) as tf.TensorInfo;
 }
 
 /** The wasm heap cannot hold an allocation: a clear error instead of tfjs writing through a null offset. */
-export class WasmHeapExhaustedError extends Error {
+export class WasmHeapExhaustedError extends Blip2Error {
   constructor(
     readonly requestedBytes: number,
     readonly heapBytes: number,
@@ -91,7 +93,6 @@ export class WasmHeapExhaustedError extends Error {
       `wasm heap exhausted: cannot allocate ${mib(requestedBytes)} (heap ${mib(heapBytes)}, limit 4096 MiB). ` +
         'Lower the batch size (or max_txt_len), or run on tfjs-node-gpu.',
     );
-    this.name = 'WasmHeapExhaustedError';
   }
 }
 
@@ -128,7 +129,7 @@ export function guardWasmAllocations(backend: WasmBackend): void {
 /** Replaces a stock wasm kernel with `make(stock)`, which may hand the cases it does not take back to the stock one. */
 export function replaceWasmKernel(name: string, make: (stock: tf.KernelConfig) => tf.KernelFunc): void {
   const stock = tf.getKernel(name, 'wasm');
-  if (!stock) throw new Error(`the wasm backend has no ${name} kernel to replace`);
+  if (!stock) throw new TfjsVersionError(`the wasm backend has no ${name} kernel to replace`);
   tf.unregisterKernel(name, 'wasm');
   tf.registerKernel({ kernelName: name, backendName: 'wasm', kernelFunc: make(stock) });
 }
