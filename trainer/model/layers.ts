@@ -4,13 +4,14 @@
  * cross-entropy) come from the engine, which runs them on whatever backend it started.
  */
 import { crossEntropyRows, gelu, layerNorm as layerNormOp, linear as linearRows, mergeHeads, multiHeadAttention, splitHeads, tf } from '../engine';
+import { ModelInputError } from './errors';
 import type { Params } from './params';
 
 export { gelu, mergeHeads, splitHeads };
 
 export function param(params: Params, name: string): tf.Tensor {
   const t = params.get(name);
-  if (!t) throw new Error(`parameter "${name}" is not in this parameter set`);
+  if (!t) throw new ModelInputError(`parameter "${name}" is not in this parameter set: load or create the parameters of this model's config`);
   return t;
 }
 
