@@ -2,7 +2,8 @@
  * The house's import rule on this repository (rule.ts says what it checks), and the rule's own logic on small
  * fixture trees. Runs in the `unit` project: `npx vitest run test/house` (`npm run check:house`).
  */
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { afterAll, describe, expect, test } from 'vitest';
@@ -35,6 +36,17 @@ test('the repository keeps the house rule: one-way imports between rooms, each r
   expect(report.rooms).toEqual(expect.arrayContaining(['cli', 'common', 'coordinator', 'coordinator/client', 'dataloader', 'deploy', 'trainer', 'trainer/model']));
   expect(report.files).toBeGreaterThan(150);
   expect(formatHouseReport(report)).toBe('');
+});
+
+test('every source file opens with a comment that says what it holds', () => {
+  const tracked = execFileSync('git', ['ls-files', '*.ts', '*.mjs', '*.js', '*.cc', '*.h'], { cwd: repoRoot, encoding: 'utf8' }).split('\n').filter(Boolean);
+  const bare = tracked.filter((f) => {
+    if (!existsSync(join(repoRoot, f))) return false; // deleted in the working tree
+    const first = readFileSync(join(repoRoot, f), 'utf8').split('\n').find((l) => l.trim() !== '') ?? '';
+    return !/^\s*(\/\/|\/\*|#!)/.test(first);
+  });
+  expect(tracked.length).toBeGreaterThan(150);
+  expect(bare, 'files whose first line is not a comment').toEqual([]);
 });
 
 describe('the rule itself', () => {

@@ -1,3 +1,5 @@
+// Linear, LayerNorm, GELU, attention and cross-entropy: the engine's fused paths against the composed tfjs ops, with bounds
+// derived from the arithmetic, and leak checks.
 import { beforeAll, describe, expect, test } from 'vitest';
 import { attention, gelu, layerNorm, splitHeads, mergeHeads } from './index';
 import { crossEntropySum, linear } from './layers';
