@@ -112,14 +112,20 @@ export class FrozenWeights {
     Object.assign(this.widening, { ms: 0, bytes: 0, count: 0 });
   }
 
-  /** The weights whose names start with one of `prefixes`, as float32 tensors (the caller disposes them). */
+  /**
+   * The weights whose names start with one of `prefixes`, as float32 tensors (the caller disposes them). On the wasm
+   * engine, whose tensors copy their values into its heap when made, 16-bit data is widened into one reused scratch
+   * buffer (the size of the largest weight widened): a fresh 100 MB array costs more than the widening itself.
+   */
   widen(prefixes: readonly string[]): Params {
     const t0 = performance.now();
     const out: Params = new Map();
+    const reuse = tf.getBackend() === 'wasm';
     for (const [name, w] of this.weights) {
       if (!prefixes.some((p) => name.startsWith(p))) continue;
-      out.set(name, tf.tensor(w.f16 ? widenF16(w.f16) : w.f32!, w.shape, 'float32'));
-      this.widening.bytes += 4 * (w.f16 ?? w.f32)!.length;
+      const values = w.f16 ? widenF16(w.f16, reuse ? this.scratchOf(w.f16.length) : new Float32Array(w.f16.length)) : w.f32!;
+      out.set(name, tf.tensor(values, w.shape, 'float32'));
+      this.widening.bytes += 4 * values.length;
     }
     this.widening.ms += performance.now() - t0;
     this.widening.count++;
@@ -138,6 +144,14 @@ export class FrozenWeights {
       else out.set(w.f32!.subarray(row * width, (row + 1) * width), r * width);
     }
     return out;
+  }
+
+  private scratch: Float32Array<ArrayBuffer> = new Float32Array(0);
+
+  /** The first n floats of the scratch buffer, grown when too small. */
+  private scratchOf(n: number): Float32Array<ArrayBuffer> {
+    if (this.scratch.length < n) this.scratch = new Float32Array(n);
+    return this.scratch.subarray(0, n);
   }
 
   private resident(name: string): Resident {
