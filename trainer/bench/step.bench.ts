@@ -4,7 +4,7 @@
  * length 32. Baselines measured in the same run: the same step recomputing every image's cross-attention
  * keys/values per pass and per ITM row as the original does (`reuseImageKeyValues: false`), and a plain matmul
  * GFLOP/s probe, and the step with its four passes run one after another instead of in lockstep. Prints the median
- * of each and, as its last line, `step_ms <median>`.
+ * of each and, as its last line, `step_ms <median>`. `--stage 2` times the stage-2 step instead (stage2-step.ts).
  */
 import { Command, Option } from 'commander';
 import {
@@ -20,17 +20,19 @@ import {
 } from '../model';
 import { engineConfigFromEnv } from '../../common';
 import { engineName, engineOptionsFromConfig, initEngine, tf } from '../engine';
+import { benchStage2 } from './stage2-step';
 
 const program = new Command('bench:step')
   .description('Time one stage-1 training step (ITC+ITM+ITG forward and backward) of the Q-Former.')
   .addOption(new Option('--preset <name>', 'model preset').choices(['base', 'blip2-opt-2.7b', 'small', 'tiny']).default('base'))
+  .addOption(new Option('--stage <n>', 'training stage: 1 (ITC+ITM+ITG) or 2 (LM loss through the frozen OPT)').choices(['1', '2']).default('1'))
   .option('--batch <n>', 'images (and captions) per step', '8')
   .option('--text-len <n>', 'caption length in tokens (max_txt_len)', '32')
   .option('--iters <n>', 'timed steps per variant (after one warm-up step)', '3')
   .option('--no-baseline', 'skip the recompute-keys/values baseline step')
   .option('--no-sequential', 'skip the variant that runs the four passes one after another (lockstep off)')
   .parse();
-const opts = program.opts<{ preset: string; batch: string; textLen: string; iters: string; baseline: boolean; sequential: boolean }>();
+const opts = program.opts<{ preset: string; stage: string; batch: string; textLen: string; iters: string; baseline: boolean; sequential: boolean }>();
 
 const positiveInt = (flag: string, v: string) => {
   const n = Number(v);
@@ -42,6 +44,10 @@ const T = positiveInt('--text-len', opts.textLen);
 const iters = positiveInt('--iters', opts.iters);
 
 await initEngine(engineOptionsFromConfig(engineConfigFromEnv())); // BLIP2_ENGINE, BLIP2_ENGINE_THREADS, …
+if (opts.stage === '2') {
+  await benchStage2({ preset: opts.preset, batch: B, textLen: T, iters });
+  process.exit(0);
+}
 const base = presetConfig(opts.preset);
 const config = { ...base, qformer: { ...base.qformer_config, max_txt_len: T } };
 const q = config.qformer_config;

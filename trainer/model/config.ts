@@ -121,6 +121,19 @@ const opt27b: OptConfig = {
   eos_token_id: 2,
 };
 
+/** facebook/opt-125m's shapes (HF OPTConfig; its hidden size equals word_embed_proj_dim, so no projection). */
+const opt125m: OptConfig = {
+  vocab_size: 50272,
+  hidden_size: 768,
+  num_hidden_layers: 12,
+  num_attention_heads: 12,
+  ffn_dim: 3072,
+  max_position_embeddings: 2048,
+  pad_token_id: 1,
+  bos_token_id: 2,
+  eos_token_id: 2,
+};
+
 const vitG: Blip2VisionConfig = { image_size: 224, patch_size: 14, hidden_size: 1408, num_hidden_layers: 39, num_attention_heads: 16, intermediate_size: 6144, layer_norm_eps: 1e-6 };
 
 /** Named configurations, one per name that `model.preset` accepts (common/config.ts). `base` = `blip2-opt-2.7b`. */
@@ -133,11 +146,14 @@ export const PRESETS: Record<ModelPresetName, Blip2Config> = {
     num_query_tokens: 8,
     lavis_config: { ...LAVIS_DEFAULTS, embed_dim: 16, max_txt_len: 12, cls_token_id: 1, sep_token_id: 2, dec_token_id: 99, newline_token_id: 3 },
   },
-  /** Small Q-Former (4 layers, 256 wide) over a 257×512 image grid: the `bench:step --preset small` model. */
+  /**
+   * Small Q-Former (4 layers, 256 wide) over a 257×512 image grid, with an opt-125m-shaped language model for
+   * stage 2: the `bench:step --preset small` model.
+   */
   small: {
     vision_config: { image_size: 224, patch_size: 14, hidden_size: 512, num_hidden_layers: 6, num_attention_heads: 8, intermediate_size: 2048, layer_norm_eps: 1e-6 },
     qformer_config: { ...bertBase, hidden_size: 256, num_hidden_layers: 4, num_attention_heads: 4, intermediate_size: 1024, encoder_hidden_size: 512 },
-    text_config: opt27b,
+    text_config: opt125m,
     num_query_tokens: 32,
     lavis_config: LAVIS_DEFAULTS,
   },
@@ -219,6 +235,12 @@ export function blip2ConfigFromLavis(c: { vision: Record<string, number>; qforme
 
 /** OPT's learned positions are offset by 2 (HF OPTLearnedPositionalEmbedding): the table has max_position_embeddings + 2 rows. */
 export const OPT_POSITION_OFFSET = 2;
+
+/**
+ * OPT's LayerNorm eps: HF OPTDecoder builds its LayerNorms as nn.LayerNorm without an eps, torch's default 1e-5
+ * (OPTConfig has no eps key, so config.json cannot carry another value).
+ */
+export const OPT_LAYER_NORM_EPS = 1e-5;
 
 /** Image tokens the Q-Former cross-attends to: patches + [CLS]. */
 export function visionSeqLen(v: Blip2VisionConfig): number {

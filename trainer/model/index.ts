@@ -26,6 +26,12 @@
  *   VisionBackbone.load(files: string | string[], config): VisionBackbone; backbone.encode(pixels: Tensor4D): Tensor3D
  *   stage1Features(params, config, {visionHidden, inputIds, attentionMask}): {imageFeats: Tensor3D; textFeat: Tensor2D}
  *   stage1Step(params, config, inputs: Stage1Inputs, options?: Stage1Options): Stage1Result
+ * - Stage 2: the frozen LM behind `LanguageModel` (language-model.ts): `OptLanguageModel.load(files, config)`
+ *   keeps an F16 file 16-bit resident (`weights.residentBytes`, `weights.widening`), widened one layer at a time in
+ *   the forward and again in the backward; `stage2Step(params, lm, {visionHidden, optInputIds, optAttentionMask,
+ *   normalisers: {tokens}}, {promptLength}) -> Stage2Result` (loss, labels, grads w.r.t. `trainableNames(config, 2)`);
+ *   `stage2TargetCount(lm, {ids, mask}, promptLength)` (a rank's target tokens, to all-reduce for `normalisers.tokens`:
+ *   all-reduce SUM of the ranks' grads is then the one-process gradient). `optDecoder` is the float32 reference.
  *
  * Distributed use, per step on each rank r (batch B_r, offset = Σ_{s<r} B_s, N = Σ B_s):
  *   1. f = stage1Features(params, config, local); all-gather f.imageFeats [B_r,Q,E] and f.textFeat [B_r,E] in rank
@@ -58,3 +64,7 @@ export {
 } from './stage1';
 export { stage1Features, stage1FeatureBackward, lnVision, crossAttentionLayers } from './features';
 export * from './masks';
+export { FrozenWeights, frozenCall, type WideningCounters } from './frozen-weights';
+export type { LanguageModel, LanguageModelText, LanguageModelTargets } from './language-model';
+export { OptLanguageModel, optDecoder, optLayer, optLmHead, optPositionIds, optCausalMask, optTargets, prefixedMask, IGNORE_INDEX } from './opt';
+export { stage2Step, stage2TargetCount, type Stage2Inputs, type Stage2Options, type Stage2Result } from './stage2';

@@ -43,6 +43,10 @@ describe('presets and parameter counts', () => {
     const spec = new Map(paramManifest(small).map((p) => [p.name, p.shape]));
     expect(spec.get('qformer.encoder.layer.2.crossattention.attention.key.weight')).toEqual([256, 512]);
     expect(spec.has('qformer.encoder.layer.1.crossattention.attention.key.weight')).toBe(false);
+    // stage 2's LM of the small preset has opt-125m's shapes
+    expect(small.text_config).toMatchObject({ hidden_size: 768, num_hidden_layers: 12, num_attention_heads: 12, ffn_dim: 3072, vocab_size: 50272, max_position_embeddings: 2048 });
+    expect(spec.get('language_model.model.decoder.embed_positions.weight')).toEqual([2050, 768]);
+    expect(spec.get('language_projection.weight')).toEqual([768, 256]);
   });
 
   test('stage 2 drops the text-only Q-Former parts and adds the language projection', () => {
