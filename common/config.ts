@@ -87,7 +87,16 @@ convict.addFormats({
   'int-positive': intFormat('int-positive', 1, Number.MAX_SAFE_INTEGER, 'an integer >= 1'),
   'int-nonneg': intFormat('int-nonneg', 0, Number.MAX_SAFE_INTEGER, 'an integer >= 0'),
   'tcp-port': intFormat('tcp-port', 0, 65535, 'a TCP port, an integer in [0, 65535] (0 = any free port)'),
-  'train-stage': intFormat('train-stage', 1, 2, '1 (representation learning) or 2 (generative learning)'),
+  // Stage 2's model and step exist (trainer/model/stage2.ts) but the distributed job trains stage 1 only: a job that
+  // asks for stage 2 is refused here, before anything starts, rather than by every trainer once launched.
+  'train-stage': {
+    name: 'train-stage',
+    coerce: toInt,
+    validate(v: unknown) {
+      if (v === 2) throw new Error('must be 1: stage-2 training jobs are not built yet (the stage-2 model and step are, in trainer/model/stage2.ts; the distributed job runs stage 1 only)');
+      if (v !== 1) throw new Error('must be 1 (representation learning; 2, generative learning, is not built yet)');
+    },
+  },
   'engine-threads': intFormat('engine-threads', 0, 8, 'an integer in [0, 8] (0 = the default)'),
   'engine-blas-threads': intFormat('engine-blas-threads', 0, 64, 'an integer in [0, 64] (0 = the default)'),
   'num-positive': numFormat('num-positive', (n) => n > 0, 'a number > 0'),
@@ -173,7 +182,7 @@ const schema = {
     synthImageSize: { doc: 'Side in pixels of the synthetic images.', format: 'int-positive', default: 32 },
   },
   train: {
-    stage: { doc: 'Pre-training stage (1: ITC+ITM+ITG; 2: language modelling with the frozen LLM).', format: 'train-stage', default: 1 },
+    stage: { doc: 'Pre-training stage: 1 (ITC+ITM+ITG). Stage 2 (language modelling with the frozen LLM) is refused until its job is built.', format: 'train-stage', default: 1 },
     batchSizePerTrainer: { doc: 'Samples per trainer per step.', format: 'int-positive', default: 4 },
     epochs: { doc: 'Epochs over the datasets.', format: 'int-positive', default: 2 },
     maxSteps: { doc: 'Stop after this many optimiser steps (0 = no limit).', format: 'int-nonneg', default: 0 },
