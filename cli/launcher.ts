@@ -20,6 +20,7 @@ import type { NatsConnection } from '@nats-io/transport-node';
 import { Blip2Error, connectJobNats, jobSubjects, loadJobConfig, UsageError, type JobConfig } from '../common';
 import { JobStore, type JobState, type ProgressReport } from '../coordinator/client';
 import { loadIndex, writeSynthDataset } from '../dataloader';
+import { loadModelConfig } from '../trainer/model';
 import { freePort, startNatsServer, type NatsServerHandle } from './nats-server';
 
 const repoRoot = resolve(import.meta.dirname, '..');
@@ -137,6 +138,7 @@ function resolveLaunchConfig(o: LaunchOptions): JobConfig {
   if (config.launch.target !== 'local') {
     throw new UsageError(`launch.target ${JSON.stringify(config.launch.target)}: only "local" is implemented; render manifests with deploy/ (Kubernetes target not yet)`);
   }
+  if (config.model.config) loadModelConfig(config.model.config); // a bad model config.json is refused here, not by every trainer
   return config;
 }
 

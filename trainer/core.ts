@@ -3,7 +3,7 @@
  * tokenizer, the frozen ViT, the trainable parameters' runtime, AdamW and the learning-rate schedule.
  */
 import { createHash } from 'node:crypto';
-import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { createLogger, UsageError, type Logger } from '../common';
 import { CaptionTokenizer } from '../dataloader';
@@ -11,7 +11,7 @@ import { META_FILE, MODEL_FILE, readCheckpoint } from './checkpoint';
 import type { TrainerCore, VisionEncoder } from './loop';
 import type { TrainerMetrics } from './metrics';
 import {
-  blip2ConfigFromJson, createParams, disposeParams, loadParams, presetConfig, VisionBackbone, type Blip2Config,
+  createParams, loadModelConfig, disposeParams, loadParams, presetConfig, VisionBackbone, type Blip2Config,
 } from './model';
 import { tf } from './engine';
 import { AdamW, linearWarmupCosineLr } from './optim';
@@ -81,17 +81,6 @@ function weightFiles(path: string): { files: string[]; trainerCheckpoint: boolea
   const files = readdirSync(path).filter((f) => f.endsWith('.safetensors')).map((f) => join(path, f));
   if (!files.length) throw new UsageError(`model.checkpoint ${path}: the folder holds no .safetensors file`);
   return { files, trainerCheckpoint: false };
-}
-
-/** A model config.json (a BLIP-2 checkpoint's, HF keys, or one this project wrote), checked. */
-export function loadModelConfig(path: string): Blip2Config {
-  let json: unknown;
-  try {
-    json = JSON.parse(readFileSync(path, 'utf8'));
-  } catch (e) {
-    throw new UsageError(`model.config ${path}: cannot read it as JSON (${(e as Error).message})`);
-  }
-  return blip2ConfigFromJson(json, `model.config ${path}`);
 }
 
 /** The preset (or config file) with the Q-Former's vocabulary and special token ids taken from the tokenizer. */

@@ -1,6 +1,9 @@
 // Model configs use Hugging Face's names: a BLIP-2 checkpoint's config.json loads as it is, bad ones are named.
 import { describe, expect, test } from 'vitest';
-import { blip2ConfigFromJson, blip2ConfigFromLavis, LAVIS_DEFAULTS, presetConfig, trainableCount } from './config';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { blip2ConfigFromJson, blip2ConfigFromLavis, LAVIS_DEFAULTS, loadModelConfig, presetConfig, trainableCount } from './config';
 
 /** Shaped like the config.json of an HF BLIP-2 OPT-2.7b checkpoint (keys the model does not read included). */
 const hfConfigJson = {
@@ -46,6 +49,15 @@ describe('model config', () => {
     expect(c.vision_config.num_hidden_layers).toBe(39);
     const small = presetConfig('small');
     expect(blip2ConfigFromJson(JSON.parse(JSON.stringify(small)))).toEqual(small);
+  });
+
+  test('model.config files: read and checked, a missing or broken file named', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'blip2-config-'));
+    writeFileSync(join(dir, 'config.json'), JSON.stringify(hfConfigJson));
+    writeFileSync(join(dir, 'broken.json'), '{"vision_config": ');
+    expect(loadModelConfig(join(dir, 'config.json')).num_query_tokens).toBe(32);
+    expect(() => loadModelConfig(join(dir, 'broken.json'))).toThrow(/model.config .*broken.json: cannot read it as JSON/);
+    expect(() => loadModelConfig(join(dir, 'none.json'))).toThrow(/model.config .*none.json: cannot read it as JSON \(ENOENT/);
   });
 
   test('a missing section or a wrong value is named', () => {

@@ -4,6 +4,7 @@
  * pre-training settings that config.json does not carry sit in `lavis_config`. Also the presets, and the parameter
  * manifest: every parameter's HF name, shape, and group.
  */
+import { readFileSync } from 'node:fs';
 import { UsageError } from '../../common';
 import type { ModelPresetName } from '../../common';
 
@@ -209,6 +210,17 @@ const HF_QFORMER_DEFAULTS: Partial<Blip2QFormerConfig> = {
   layer_norm_eps: 1e-12, pad_token_id: 0, cross_attention_frequency: 2, encoder_hidden_size: 1408,
 };
 const HF_OPT_DEFAULTS: Partial<OptConfig> = { vocab_size: 50272, hidden_size: 768, num_hidden_layers: 12, num_attention_heads: 12, ffn_dim: 3072, max_position_embeddings: 2048, pad_token_id: 1, bos_token_id: 2, eos_token_id: 2 };
+
+/** A model config.json file (a BLIP-2 checkpoint's, HF keys, or one this project wrote), read and checked. */
+export function loadModelConfig(path: string): Blip2Config {
+  let json: unknown;
+  try {
+    json = JSON.parse(readFileSync(path, 'utf8'));
+  } catch (e) {
+    throw new UsageError(`model.config ${path}: cannot read it as JSON (${(e as Error).message})`);
+  }
+  return blip2ConfigFromJson(json, `model.config ${path}`);
+}
 
 /**
  * The golden set's config (golden.json["config"]: LAVIS's names, grouped as vision / qformer / opt) as a
