@@ -1,6 +1,8 @@
 // The `blip2` subcommands about datasets: `data synth` (the synthetic caption dataset) and `data index`.
 import { InvalidArgumentError, type Command } from 'commander';
+import { existsSync, statSync } from 'node:fs';
 import { dirname, join, relative, resolve } from 'node:path';
+import { UsageError } from '../common';
 import { buildIndex, writeIndex, writeSynthDataset } from '../dataloader';
 
 const int = (name: string) => (v: string): number => {
@@ -53,6 +55,8 @@ export function registerDataCommands(program: Command): void {
     .option('--out <file>', 'index file to write (default DIR/index.json)')
     .option('--coco-images <dir>', 'image folder for COCO annotation files (default: the folder named after the split beside the file)')
     .action(async (dir: string, o: { out?: string; cocoImages?: string }) => {
+      if (!existsSync(dir)) throw new UsageError(`${dir}: no such folder`);
+      if (!statSync(dir).isDirectory()) throw new UsageError(`${dir}: not a folder (give the dataset root)`);
       const index = await buildIndex(dir, { cocoImageRoot: o.cocoImages });
       const out = o.out ?? join(dir, 'index.json');
       // Paths in an index are relative to the index file's folder.

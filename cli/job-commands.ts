@@ -1,8 +1,10 @@
-// The `blip2` subcommands about jobs: `launch` (on this machine, or rendered for Kubernetes) and `config`.
+// The `blip2` subcommands about jobs: `launch` (on this machine, or rendered for Kubernetes), `status` (a job's state
+// from NATS KV) and `config`.
 import { Option, type Command } from 'commander';
 import { describeConfigKeys, loadJobConfig } from '../common';
 import { renderKubernetesTarget } from './kubernetes';
-import { launchLocal } from './launcher';
+import { formatJobStatus, readJobStatus } from './job-status';
+import { DEMO_OVERRIDES, launchLocal } from './launcher';
 
 const CONFIG_FLAGS_HELP = `
 Any job config key can be given as a flag after the options: --<key> <value> or --<key>=<value>,
@@ -10,7 +12,7 @@ e.g. --train.epochs 3 --world.trainers 4. Precedence: file < environment (BLIP2_
 \`blip2 config --keys\` lists every key with its environment variable, default and meaning.
 `;
 
-/** Subcommands about jobs: `launch`, `config`. */
+/** Subcommands about jobs: `launch`, `status`, `config`. */
 export function registerJobCommands(program: Command): void {
   program
     .command('launch')
@@ -40,6 +42,26 @@ export function registerJobCommands(program: Command): void {
       }
       const summary = await launchLocal({ configFile: opts.config, configArgs: cmd.args, trainerEntry: opts.trainerEntry });
       process.exitCode = summary.status === 'finished' || summary.status === 'stopped' ? 0 : 1;
+    });
+
+  program
+    .command('status')
+    .description(
+      'Show a running or finished job\'s state from NATS KV: status, generation, world (ranks and node ids), epoch, ' +
+        'last committed step and checkpoint with its age. The NATS server is nats.url of the config (or ' +
+        '--nats.url); with no --config, the built-in demo\'s job. Exit 2 when the job does not exist, 1 when NATS ' +
+        'does not answer.',
+    )
+    .option('--config <file>', 'job config, YAML or JSON (default: the built-in demo)')
+    .option('--job <id>', 'job id (default: job.id of the config)')
+    .option('--json', 'print the state as JSON')
+    .allowUnknownOption(true)
+    .allowExcessArguments(true)
+    .addHelpText('after', CONFIG_FLAGS_HELP)
+    .action(async (opts: { config?: string; job?: string; json?: boolean }, cmd: Command) => {
+      const { config } = loadJobConfig({ file: opts.config, argv: cmd.args, overrides: opts.config ? {} : DEMO_OVERRIDES });
+      const report = await readJobStatus(config, { jobId: opts.job });
+      process.stdout.write((opts.json ? JSON.stringify(report, null, 2) : formatJobStatus(report)) + '\n');
     });
 
   program

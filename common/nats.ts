@@ -13,7 +13,12 @@ export interface ConnectJobNatsOptions {
   name?: string;
   /** Overrides config.nats.url (the launcher's own server). */
   url?: string;
+  /** How long the first connection may take before it fails, in ms (default: the client's, 20 s). */
+  timeoutMs?: number;
 }
+
+/** No NATS server answered at the configured address (down, wrong address, unreachable): not a fault of the input. */
+export class NatsUnreachableError extends UsageError {}
 
 /** How a connection made by connectJobNats was opened (plain data: a worker thread can open its own). */
 export interface NatsConnectData {
@@ -61,11 +66,15 @@ export async function connectJobNats(config: JobConfig, o: ConnectJobNatsOptions
       ...(authenticator.length ? { authenticator: authenticator.length === 1 ? authenticator[0] : authenticator } : {}),
       maxReconnectAttempts: -1,
       reconnectTimeWait: 250,
+      ...(o.timeoutMs !== undefined ? { timeout: o.timeoutMs } : {}),
     });
     connectData.set(nc, data);
     return nc;
   } catch (e) {
-    throw new UsageError(`could not connect to NATS at ${url}: ${(e as Error).message}`);
+    const message = `could not connect to NATS at ${url}: ${(e as Error).message}`;
+    // A refused login is a configuration fault (credentials); anything else means no server answered.
+    if (/authori[sz]ation|authentication|permission/i.test((e as Error).message ?? '')) throw new UsageError(message);
+    throw new NatsUnreachableError(message);
   }
 }
 
