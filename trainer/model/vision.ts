@@ -5,19 +5,17 @@
  * Weights stay resident in the dtype of the file they came from: an F16 checkpoint is held as raw 16-bit data
  * (tfjs has no float16 tensor) and each block is widened to float32 only while it runs, then released.
  */
-import { narrowToF16, readSafetensors, SafetensorsError, widenF16, type SafeTensor } from '../../common';
-import { paramManifest, visionSeqLen, type Blip2Config } from './config';
+import { visionSeqLen, type Blip2Config } from './config';
 import { tf } from '../engine';
 import { gelu, layerNorm, linear, mergeHeads, splitHeads } from './layers';
-import { CheckpointMismatchError, type Params } from './params';
+import type { Params } from './params';
 import { ModelInputError } from './errors';
-
-type Resident = { shape: number[]; f16?: Uint16Array; f32?: Float32Array };
+import { FrozenWeights } from './frozen-weights';
 
 export class VisionBackbone {
   private constructor(
     readonly config: Blip2Config,
-    private readonly weights: Map<string, Resident>,
+    private readonly weights: FrozenWeights,
   ) {}
 
   /**
@@ -25,61 +23,22 @@ export class VisionBackbone {
    * 32-bit. Every ViT name must be present with its shape; names the model does not know are rejected.
    */
   static load(files: string | string[], config: Blip2Config): VisionBackbone {
-    const specs = paramManifest(config);
-    const all = new Map(specs.map((s) => [s.name, s]));
-    const wanted = specs.filter((s) => s.group === 'vision');
-    const found = new Map<string, Resident>();
-    const unexpected: string[] = [];
-    const wrongShape: string[] = [];
-    const paths = Array.isArray(files) ? files : [files];
-    for (const path of paths) {
-      for (const [name, t] of readSafetensors(path).tensors) {
-        const spec = all.get(name);
-        if (!spec) unexpected.push(name);
-        else if (spec.group !== 'vision') continue;
-        else if (JSON.stringify(spec.shape) !== JSON.stringify(t.shape)) wrongShape.push(`${name} ${JSON.stringify(t.shape)} (model ${JSON.stringify(spec.shape)})`);
-        else found.set(name, residentOf(t, name, path));
-      }
-    }
-    const missing = wanted.filter((s) => !found.has(s.name)).map((s) => s.name);
-    if (missing.length || unexpected.length || wrongShape.length) throw new CheckpointMismatchError(paths.join(', '), missing, unexpected, wrongShape);
-    return new VisionBackbone(config, found);
+    return new VisionBackbone(config, FrozenWeights.load(files, config, 'vision'));
   }
 
   /** A backbone from float32 tensors (e.g. `createParams(config, seed, {groups: ['vision']})`), narrowed to F16 when asked. */
   static async fromParams(params: Params, config: Blip2Config, options: { fp16?: boolean } = {}): Promise<VisionBackbone> {
-    const weights = new Map<string, Resident>();
-    for (const spec of paramManifest(config).filter((s) => s.group === 'vision')) {
-      const t = params.get(spec.name);
-      if (!t) throw new ModelInputError(`vision parameter "${spec.name}" is missing from the parameter set: load the ViT from a checkpoint that holds it`);
-      const values = (await t.data()) as Float32Array;
-      weights.set(spec.name, options.fp16 ? { shape: spec.shape, f16: narrowToF16(values) } : { shape: spec.shape, f32: Float32Array.from(values) });
-    }
-    return new VisionBackbone(config, weights);
+    return new VisionBackbone(config, await FrozenWeights.fromParams(params, config, 'vision', options));
   }
 
   /** Number of frozen scalars. */
   get paramCount(): number {
-    let n = 0;
-    for (const w of this.weights.values()) n += w.shape.reduce((a, b) => a * b, 1);
-    return n;
+    return this.weights.paramCount;
   }
 
   /** Bytes held by the weights in JS memory (2 per parameter for an F16 checkpoint). */
   get residentBytes(): number {
-    let n = 0;
-    for (const w of this.weights.values()) n += (w.f16 ?? w.f32)!.byteLength;
-    return n;
-  }
-
-  /** Widen the weights whose names start with `prefix` to float32 tensors (caller disposes). */
-  private materialise(prefix: string): Params {
-    const out: Params = new Map();
-    for (const [name, w] of this.weights) {
-      if (!name.startsWith(prefix)) continue;
-      out.set(name, tf.tensor(w.f16 ? widenF16(w.f16) : w.f32!, w.shape, 'float32'));
-    }
-    return out;
+    return this.weights.residentBytes;
   }
 
   /**
@@ -92,7 +51,7 @@ export class VisionBackbone {
     if (c !== 3 || h !== v.image_size || w !== v.image_size) {
       throw new ModelInputError(`pixel_values shape ${JSON.stringify(pixelValues.shape)} must be [B, 3, ${v.image_size}, ${v.image_size}]`);
     }
-    const emb = this.materialise('vision_model.embeddings.');
+    const emb = this.weights.widen(['vision_model.embeddings.']);
     let x: tf.Tensor3D;
     try {
       x = tf.tidy(() => {
@@ -109,7 +68,7 @@ export class VisionBackbone {
       for (const t of emb.values()) t.dispose();
     }
     for (let i = 0; i < v.num_hidden_layers; i++) {
-      const blockParams = this.materialise(`vision_model.encoder.layers.${i}.`);
+      const blockParams = this.weights.widen([`vision_model.encoder.layers.${i}.`]);
       try {
         const next = tf.tidy(() => visionBlock(blockParams, this.config, i, x));
         x.dispose();
@@ -121,12 +80,6 @@ export class VisionBackbone {
     if (x.shape[1] !== visionSeqLen(v)) throw new ModelInputError(`internal: vision sequence ${x.shape[1]} != ${visionSeqLen(v)}`);
     return x;
   }
-}
-
-function residentOf(t: SafeTensor, name: string, path: string): Resident {
-  if (t.dtype === 'F16') return { shape: t.shape, f16: t.data as Uint16Array };
-  if (t.dtype === 'F32') return { shape: t.shape, f32: t.data as Float32Array };
-  throw new SafetensorsError(`${path}: tensor "${name}": dtype ${t.dtype} not supported for the backbone (F16 or F32)`);
 }
 
 /** EVA Block: x += proj(attn(norm1(x))); x += fc2(gelu(fc1(norm2(x)))). x [B,P,V] -> [B,P,V]. */
