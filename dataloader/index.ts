@@ -24,7 +24,7 @@
  *
  * Exactly-once: `SampleLedger.check(epoch, expectedIds)`.
  */
-export { CaptionTokenizer, type CaptionTokenizerOptions, type TokenizedBatch, type TokenizerKind } from './tokenizer';
+export { CaptionTokenizer, byteLevelBpeTokenizerJson, type CaptionTokenizerOptions, type TokenizedBatch, type TokenizerKind } from './tokenizer';
 export type { TransformOptions } from './transforms';
 export {
   loadIndex, writeIndex, buildIndex,
@@ -44,4 +44,4 @@ export {
 } from './jetstream';
 export { shardQueueOptions } from './job-queue';
 export { BadSampleError, DescriptorError, DatasetError, type SkipReason } from './errors';
-export { writeSynthDataset, type SynthOptions } from './synth';
+export { writeSynthDataset, LM_TOKENIZER_PATH, type SynthOptions } from './synth';

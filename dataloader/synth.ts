@@ -3,17 +3,18 @@
  * a noisy background; the caption names both objects' size, colour and shape and their relative position
  * ("a small red circle above a large blue square"), so a model has to bind attributes to objects and read
  * geometry. Each sample's json carries question/answer pairs for VQA. Written as WebDataset shards
- * (`train/00000.tar`, `val/00000.tar`), with `tokenizer.json` (BERT-style WordPiece over the closed vocabulary)
- * and `index.json`.
+ * (`train/00000.tar`, `val/00000.tar`), with `tokenizer.json` (BERT-style WordPiece over the closed vocabulary, for
+ * the Q-Former), `opt-tokenizer/tokenizer.json` (OPT-style byte-level BPE, for the stage-2 language model) and
+ * `index.json`.
  */
 import { mkdirSync, statSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import sharp from 'sharp';
 import { writeIndex, type DatasetEntry, type DatasetIndex } from './dataset-index';
 import { DatasetError } from './errors';
 import { writeTarShard } from './formats/webdataset';
 import { randInt, seededRandom } from './rng';
-import { bertTokenizerJson } from './tokenizer';
+import { bertTokenizerJson, byteLevelBpeTokenizerJson } from './tokenizer';
 
 export const SYNTH_COLOURS: Record<string, readonly [number, number, number]> = {
   red: [215, 40, 40],
@@ -158,7 +159,12 @@ export interface SynthResult {
   index: DatasetIndex;
   indexPath: string;
   tokenizerPath: string;
+  /** The stage-2 language model's tokenizer.json (`opt-tokenizer/tokenizer.json`). */
+  lmTokenizerPath: string;
 }
+
+/** Where `writeSynthDataset` puts the language model's tokenizer, relative to the dataset folder. */
+export const LM_TOKENIZER_PATH = 'opt-tokenizer/tokenizer.json';
 
 export async function writeSynthDataset(options: SynthOptions): Promise<SynthResult> {
   const total = options.samples ?? 1000;
@@ -204,8 +210,13 @@ export async function writeSynthDataset(options: SynthOptions): Promise<SynthRes
   const tokenizerPath = join(options.out, 'tokenizer.json');
   writeFileSync(tokenizerPath, JSON.stringify(bertTokenizerJson(synthVocabulary()), null, 1));
   writeFileSync(join(options.out, 'tokenizer_config.json'), JSON.stringify({ do_lower_case: true, model_max_length: 32, tokenizer_class: 'BertTokenizer' }, null, 1));
+  // The stage-2 language model's tokenizer (OPT-style byte-level BPE), in its own folder as Hugging Face keeps one.
+  const lmTokenizerPath = join(options.out, LM_TOKENIZER_PATH);
+  mkdirSync(dirname(lmTokenizerPath), { recursive: true });
+  writeFileSync(lmTokenizerPath, JSON.stringify(byteLevelBpeTokenizerJson(synthVocabulary()), null, 1));
+  writeFileSync(join(dirname(lmTokenizerPath), 'tokenizer_config.json'), JSON.stringify({ add_bos_token: true, model_max_length: 2048, tokenizer_class: 'GPT2Tokenizer' }, null, 1));
   const index: DatasetIndex = { version: 1, datasets };
   const indexPath = join(options.out, 'index.json');
   writeIndex(indexPath, index);
-  return { index, indexPath, tokenizerPath };
+  return { index, indexPath, tokenizerPath, lmTokenizerPath };
 }

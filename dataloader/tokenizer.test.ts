@@ -3,7 +3,7 @@ import { writeFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, test, afterAll } from 'vitest';
-import { bertTokenizerJson, CaptionTokenizer } from './tokenizer';
+import { bertTokenizerJson, byteLevelBpeTokenizerJson, CaptionTokenizer } from './tokenizer';
 import { synthVocabulary } from './synth';
 import { DatasetError } from './errors';
 
@@ -76,5 +76,27 @@ describe('opt (GPT-2 byte-level BPE) tokenizer', () => {
     expect(b.seqLength).toBe(4);
     expect(Array.from(b.inputIds)).toEqual([2, 4, 9, 1, 2, 4, 12, 9]);
     expect(Array.from(b.attentionMask)).toEqual([1, 1, 1, 0, 1, 1, 1, 1]);
+  });
+});
+
+describe('the synthetic dataset\'s OPT-style tokenizer (byteLevelBpeTokenizerJson)', () => {
+  const words = ['a', 'small', 'red', 'circle', 'above', 'large', 'blue', 'square', '?'];
+  const tok = new CaptionTokenizer(byteLevelBpeTokenizerJson(words), {}, { maxLength: 32 });
+
+  test('OPT\'s special ids, and every word one token', () => {
+    expect(tok.kind).toBe('opt');
+    expect([tok.bosTokenId, tok.padTokenId]).toEqual([2, 1]);
+    const ids = tok.encode('a small red circle above a large blue square');
+    // BOS, 9 words, "\n".
+    expect(ids).toHaveLength(11);
+    expect(ids[0]).toBe(2);
+    expect(new Set(ids.slice(1, -1)).size).toBe(8); // "a" twice
+    expect(tok.decode(ids)).toBe(' a small red circle above a large blue square\n');
+  });
+
+  test('a string outside the word list still has a segmentation (byte symbols), and decodes back', () => {
+    const ids = tok.encode('zebra ünïcode');
+    expect(ids.every((id) => id >= 0 && id < tok.vocabSize)).toBe(true);
+    expect(tok.decode(ids)).toBe(' zebra ünïcode\n');
   });
 });

@@ -163,3 +163,66 @@ export function bertTokenizerJson(words: readonly string[]): object {
     model: { type: 'WordPiece', unk_token: '[UNK]', continuing_subword_prefix: '##', max_input_chars_per_word: 100, vocab },
   };
 }
+
+/** GPT-2's byte-to-character table (`bytes_to_unicode`): every byte as a printable character, space = "Ġ", "\n" = "Ċ". */
+export function gpt2ByteChars(): string[] {
+  const printable: number[] = [];
+  for (let b = 0x21; b <= 0x7e; b++) printable.push(b);
+  for (let b = 0xa1; b <= 0xac; b++) printable.push(b);
+  for (let b = 0xae; b <= 0xff; b++) printable.push(b);
+  const out = new Array<string>(256);
+  for (const b of printable) out[b] = String.fromCodePoint(b);
+  let n = 0;
+  for (let b = 0; b < 256; b++) if (out[b] === undefined) out[b] = String.fromCodePoint(256 + n++);
+  return out;
+}
+
+/**
+ * An OPT-style (GPT-2 byte-level BPE) tokenizer.json for a closed word list, as `blip2 data synth` writes it for the
+ * stage-2 language model: OPT's special tokens (`<s>` 0, `<pad>` 1, `</s>` 2, `<unk>` 3), the 256 byte symbols (so
+ * every string has a segmentation), and merges that make each word one token. Unlike OPT's own tokenizer it adds a
+ * space before the first word (`add_prefix_space`), so that every word is "Ġword" and every merge starts with "Ġ":
+ * no merge can then fire inside a word before the chain from its start, and a word of the list is always one token.
+ */
+export function byteLevelBpeTokenizerJson(words: readonly string[]): object {
+  const byteChars = gpt2ByteChars();
+  const specials = ['<s>', '<pad>', '</s>', '<unk>'];
+  const vocab: Record<string, number> = {};
+  const add = (t: string) => {
+    if (!(t in vocab)) vocab[t] = Object.keys(vocab).length;
+  };
+  for (const t of [...specials, ...byteChars]) add(t);
+  const merges: string[] = [];
+  const seen = new Set<string>();
+  const utf8 = new TextEncoder();
+  for (const w of words) {
+    for (const form of [` ${w}`]) {
+      const symbols = Array.from(utf8.encode(form), (b) => byteChars[b]!);
+      let acc = symbols[0]!;
+      for (const s of symbols.slice(1)) {
+        const m = `${acc} ${s}`;
+        if (!seen.has(m)) {
+          seen.add(m);
+          merges.push(m);
+        }
+        acc += s;
+        add(acc);
+      }
+    }
+  }
+  const special = (content: string) => ({
+    id: vocab[content], content, single_word: false, lstrip: false, rstrip: false, normalized: true, special: true,
+  });
+  const byteLevel = { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: true };
+  return {
+    version: '1.0',
+    truncation: null,
+    padding: null,
+    added_tokens: specials.map(special),
+    normalizer: null,
+    pre_tokenizer: { ...byteLevel, add_prefix_space: true },
+    post_processor: byteLevel,
+    decoder: byteLevel,
+    model: { type: 'BPE', dropout: null, unk_token: null, continuing_subword_prefix: '', end_of_word_suffix: '', fuse_unk: false, byte_fallback: false, vocab, merges },
+  };
+}
