@@ -25,7 +25,7 @@ export interface JobConfig {
   node: { id: string };
   model: { preset: string; config: string; checkpoint: string };
   data: {
-    root: string; datasets: string[]; tokenizer: string; samplesPerShard: number; workers: number; ackWaitMs: number;
+    root: string; datasets: string[]; tokenizer: string; lmTokenizer: string; samplesPerShard: number; workers: number; ackWaitMs: number;
     synthSamples: number; synthImageSize: number;
   };
   train: { stage: number; batchSizePerTrainer: number; epochs: number; maxSteps: number; seed: number };
@@ -87,16 +87,7 @@ convict.addFormats({
   'int-positive': intFormat('int-positive', 1, Number.MAX_SAFE_INTEGER, 'an integer >= 1'),
   'int-nonneg': intFormat('int-nonneg', 0, Number.MAX_SAFE_INTEGER, 'an integer >= 0'),
   'tcp-port': intFormat('tcp-port', 0, 65535, 'a TCP port, an integer in [0, 65535] (0 = any free port)'),
-  // Stage 2's model and step exist (trainer/model/stage2.ts) but the distributed job trains stage 1 only: a job that
-  // asks for stage 2 is refused here, before anything starts, rather than by every trainer once launched.
-  'train-stage': {
-    name: 'train-stage',
-    coerce: toInt,
-    validate(v: unknown) {
-      if (v === 2) throw new Error('must be 1: stage-2 training jobs are not built yet (the stage-2 model and step are, in trainer/model/stage2.ts; the distributed job runs stage 1 only)');
-      if (v !== 1) throw new Error('must be 1 (representation learning; 2, generative learning, is not built yet)');
-    },
-  },
+  'train-stage': intFormat('train-stage', 1, 2, '1 (representation learning: ITC, ITM, ITG) or 2 (generative learning with the frozen language model)'),
   'engine-threads': intFormat('engine-threads', 0, 8, 'an integer in [0, 8] (0 = the default)'),
   'engine-blas-threads': intFormat('engine-blas-threads', 0, 64, 'an integer in [0, 64] (0 = the default)'),
   'num-positive': numFormat('num-positive', (n) => n > 0, 'a number > 0'),
@@ -163,7 +154,10 @@ const schema = {
   model: {
     preset: { doc: 'Model preset of trainer/model.', format: [...MODEL_PRESETS], default: 'tiny' },
     config: { doc: 'Path of a model config.json overriding the preset. Empty: the preset alone.', format: String, default: '' },
-    checkpoint: { doc: 'Checkpoint directory to start from (weights only; step 0). Empty: fresh initialisation.', format: String, default: '' },
+    checkpoint: {
+      doc: 'Weights to start from (step 0): a trainer checkpoint directory, the run directory of a finished job (its last commit), or safetensors file(s) with BLIP-2\'s names. Stage 2 from a stage-1 checkpoint keeps the Q-Former, query_tokens and ln_vision, drops the stage-1 heads and starts language_projection fresh. Empty: fresh initialisation from train.seed.',
+      format: String, default: '',
+    },
   },
   data: {
     root: {
@@ -175,6 +169,10 @@ const schema = {
       format: 'dataset-names', default: [] as string[],
     },
     tokenizer: { doc: 'tokenizer.json of the captions. Empty: <data.root>/tokenizer.json.', format: String, default: '' },
+    lmTokenizer: {
+      doc: 'Stage 2: tokenizer.json of the language model (OPT: GPT-2 byte-level BPE). Empty: <data.root>/opt-tokenizer/tokenizer.json (what `blip2 data synth` writes).',
+      format: String, default: '',
+    },
     samplesPerShard: { doc: 'Most samples in one shard descriptor (larger shards are split into ranges).', format: 'int-positive', default: 16 },
     workers: { doc: 'Image transform worker threads per trainer.', format: 'int-nonneg', default: 1 },
     ackWaitMs: { doc: 'A shard descriptor held this long without a sign of life is redelivered to another trainer.', format: 'int-positive', default: 60_000 },
@@ -182,7 +180,10 @@ const schema = {
     synthImageSize: { doc: 'Side in pixels of the synthetic images.', format: 'int-positive', default: 32 },
   },
   train: {
-    stage: { doc: 'Pre-training stage: 1 (ITC+ITM+ITG). Stage 2 (language modelling with the frozen LLM) is refused until its job is built.', format: 'train-stage', default: 1 },
+    stage: {
+      doc: 'Pre-training stage: 1 (ITC+ITM+ITG: the Q-Former learns from the frozen ViT) or 2 (the LM loss through the frozen language model; start it from a stage-1 checkpoint with model.checkpoint).',
+      format: 'train-stage', default: 1,
+    },
     batchSizePerTrainer: { doc: 'Samples per trainer per step.', format: 'int-positive', default: 4 },
     epochs: { doc: 'Epochs over the datasets.', format: 'int-positive', default: 2 },
     maxSteps: { doc: 'Stop after this many optimiser steps (0 = no limit).', format: 'int-nonneg', default: 0 },
@@ -434,6 +435,7 @@ export function loadJobConfig(o: LoadJobConfigOptions = {}): LoadedJobConfig {
   c.grpc.tls = { certFile: abs(c.grpc.tls.certFile), keyFile: abs(c.grpc.tls.keyFile), caFile: abs(c.grpc.tls.caFile) };
   c.data.root = c.data.root ? abs(c.data.root) : join(c.job.runDir, 'data');
   c.data.tokenizer = c.data.tokenizer ? abs(c.data.tokenizer) : join(c.data.root, 'tokenizer.json');
+  c.data.lmTokenizer = c.data.lmTokenizer ? abs(c.data.lmTokenizer) : join(c.data.root, 'opt-tokenizer', 'tokenizer.json');
   if (!c.node.id) c.node.id = `${hostname()}-${process.pid}`;
   if (!c.grpc.advertiseHost) c.grpc.advertiseHost = c.grpc.host;
 

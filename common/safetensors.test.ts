@@ -1,5 +1,5 @@
 // safetensors I/O: every dtype round-tripped, F16 conversion, and truncated or lying files refused with their name.
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, test } from 'vitest';
@@ -8,6 +8,7 @@ import {
   narrowToF16,
   parseSafetensors,
   readSafetensors,
+  safetensorsNames,
   SafetensorsError,
   serializeSafetensors,
   toFloat32,
@@ -98,4 +99,21 @@ describe('safetensors', () => {
     expect(() => serializeSafetensors({ x: { dtype: 'F32', shape: [3], data: new Float32Array(2) } })).toThrow(/tensor "x": shape \[3\] has 3 elements but data has 2/);
     expect(() => serializeSafetensors({ x: { dtype: 'F16', shape: [2], data: new Float32Array(2) } })).toThrow(/needs a Uint16Array/);
   });
+});
+
+test('safetensorsNames reads the names from the header alone, and names a broken file', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'blip2-st-names-'));
+  try {
+    const path = join(dir, 'a.safetensors');
+    writeSafetensors(path, new Map([
+      ['b.weight', { dtype: 'F32', shape: [2], data: Float32Array.of(1, 2) }],
+      ['a.bias', { dtype: 'F16', shape: [1], data: Uint16Array.of(0) }],
+    ]), { format: 'pt' });
+    expect(safetensorsNames(path).sort()).toEqual(['a.bias', 'b.weight']);
+    writeFileSync(join(dir, 'short'), Buffer.from([1, 2, 3]));
+    expect(() => safetensorsNames(join(dir, 'short'))).toThrow(/short: shorter than the 8-byte header length/);
+    expect(() => safetensorsNames(join(dir, 'missing'))).toThrow(/missing: cannot read/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

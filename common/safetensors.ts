@@ -10,7 +10,7 @@
  * Every structural rule is checked before any tensor is handed out, so a bad file never yields a half-loaded
  * result; errors name the file and the tensor.
  */
-import { readFileSync, writeFileSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, readSync, writeFileSync } from 'node:fs';
 import { Blip2Error } from './errors';
 
 /** A file that is not valid safetensors, or whose contents do not match what the caller needs. Not retried. */
@@ -152,6 +152,37 @@ export function readSafetensors(path: string): SafetensorsContents {
     throw new SafetensorsError(`${path}: cannot read (${(err as Error).message})`, { cause: err });
   }
   return parseSafetensors(bytes, path);
+}
+
+/**
+ * The tensor names of a safetensors file, from its header alone (a multi-GiB checkpoint is not read to learn what it
+ * holds). The data is not checked: `readSafetensors` does that when the tensors are loaded.
+ */
+export function safetensorsNames(path: string): string[] {
+  let fd: number;
+  try {
+    fd = openSync(path, 'r');
+  } catch (err) {
+    throw new SafetensorsError(`${path}: cannot read (${(err as Error).message})`, { cause: err });
+  }
+  try {
+    const head = Buffer.alloc(8);
+    if (readSync(fd, head, 0, 8, 0) !== 8) throw new SafetensorsError(`${path}: shorter than the 8-byte header length`);
+    const n = Number(head.readBigUInt64LE(0));
+    if (n > 100_000_000) throw new SafetensorsError(`${path}: header length ${n} is not plausible`);
+    const json = Buffer.alloc(n);
+    if (readSync(fd, json, 0, n, 8) !== n) throw new SafetensorsError(`${path}: truncated header (${n} bytes announced)`);
+    let header: unknown;
+    try {
+      header = JSON.parse(json.toString('utf8'));
+    } catch (err) {
+      throw new SafetensorsError(`${path}: header is not valid JSON (${(err as Error).message})`);
+    }
+    if (typeof header !== 'object' || header === null || Array.isArray(header)) throw new SafetensorsError(`${path}: header is not a JSON object`);
+    return Object.keys(header).filter((k) => k !== '__metadata__');
+  } finally {
+    closeSync(fd);
+  }
 }
 
 /** Serialise tensors (in the given order) to safetensors bytes. The header is space-padded to a multiple of 8. */

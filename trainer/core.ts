@@ -1,21 +1,25 @@
 /**
  * Building a trainer's long-lived parts from settings: the model configuration reconciled with the caption
- * tokenizer, the frozen ViT, the trainable parameters' runtime, AdamW and the learning-rate schedule.
+ * tokenizer, the frozen ViT (and in stage 2 the frozen OPT and its tokenizer), the stage's model (`Stage1Runtime` or
+ * `Stage2Runtime`), AdamW and the learning-rate schedule.
  */
 import { createHash } from 'node:crypto';
-import { existsSync, readdirSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { createLogger, UsageError, type Logger } from '../common';
+import { createLogger, safetensorsNames, UsageError, type Logger } from '../common';
 import { CaptionTokenizer } from '../dataloader';
 import { META_FILE, MODEL_FILE, readCheckpoint } from './checkpoint';
 import type { TrainerCore, VisionEncoder } from './loop';
 import type { TrainerMetrics } from './metrics';
 import {
-  createParams, loadModelConfig, disposeParams, loadParams, presetConfig, VisionBackbone, type Blip2Config,
+  createParams, loadModelConfig, disposeParams, loadParams, OPT_POSITION_OFFSET, OptLanguageModel, presetConfig, VisionBackbone,
+  type Blip2Config, type Params,
 } from './model';
 import { tf } from './engine';
 import { AdamW, linearWarmupCosineLr } from './optim';
+import type { StageModel } from './stage-model';
 import { Stage1Runtime } from './stage1-runtime';
+import { Stage2Runtime } from './stage2-runtime';
 
 export interface OptimSettings {
   lr: number;
@@ -33,11 +37,18 @@ export interface OptimSettings {
 }
 
 export interface TrainerCoreOptions {
+  /** Pre-training stage: 1 (ITC, ITM, ITG) or 2 (the LM loss through the frozen language model). Default 1. */
+  stage?: 1 | 2;
+  /** Stage 2: the language model's tokenizer.json (GPT-2 byte-level BPE). */
+  lmTokenizerPath?: string;
   /** Model preset of trainer/model (`tiny`, `small`, `base`). */
   preset: string;
   /** A config.json overriding the preset ('' = none). */
   modelConfigFile?: string;
-  /** Weights to start from: a safetensors file or a folder of them ('' = fresh initialisation from `seed`). */
+  /**
+   * Weights to start from: safetensors file(s), a trainer checkpoint or a job's run directory (`resolveWeights`);
+   * '' = fresh initialisation from `seed`.
+   */
   weights?: string;
   /** The caption tokenizer (tokenizer.json); the Q-Former's vocabulary and special ids follow it. */
   tokenizerPath: string;
@@ -61,26 +72,55 @@ export interface BuiltTrainerCore extends TrainerCore {
   dispose(): void;
 }
 
-/** Weights to start from: a file, a folder of safetensors, or a trainer checkpoint (verified; its trainable part). */
-function weightFiles(path: string): { files: string[]; trainerCheckpoint: boolean } {
+/** Where the starting weights come from. */
+interface WeightsSource {
+  files: string[];
+  /** A trainer checkpoint (only trainable parameters): its stage and the seed its frozen backbones came from. */
+  checkpoint: { dir: string; stage: number; frozenSeed: number } | null;
+}
+
+/**
+ * Weights to start from: a safetensors file, a folder of them, a trainer checkpoint (every checksum verified first),
+ * or the run directory of a job (its `summary.json` names its last committed checkpoint).
+ */
+export function resolveWeights(path: string): WeightsSource {
   let st;
   try {
     st = statSync(path);
   } catch (e) {
     throw new UsageError(`model.checkpoint ${path}: ${(e as Error).message}`);
   }
-  if (!st.isDirectory()) return { files: [path], trainerCheckpoint: false };
-  if (existsSync(join(path, META_FILE))) {
+  if (!st.isDirectory()) return { files: [path], checkpoint: null };
+  if (!existsSync(join(path, META_FILE)) && existsSync(join(path, 'summary.json'))) {
+    let summary: { checkpointDir?: unknown; status?: unknown };
     try {
-      readCheckpoint(path); // every checksum, before anything is used
+      summary = JSON.parse(readFileSync(join(path, 'summary.json'), 'utf8')) as typeof summary;
+    } catch (e) {
+      throw new UsageError(`model.checkpoint ${path}: summary.json is not valid JSON (${(e as Error).message})`);
+    }
+    if (typeof summary.checkpointDir !== 'string') throw new UsageError(`model.checkpoint ${path}: the job of this run directory committed no checkpoint (status ${String(summary.status)})`);
+    return resolveWeights(summary.checkpointDir);
+  }
+  if (existsSync(join(path, META_FILE))) {
+    let meta;
+    try {
+      meta = readCheckpoint(path).meta; // every checksum, before anything is used
     } catch (e) {
       throw new UsageError(`model.checkpoint ${path}: ${(e as Error).message}`);
     }
-    return { files: [join(path, MODEL_FILE)], trainerCheckpoint: true };
+    const stage = typeof meta.extra.stage === 'number' ? meta.extra.stage : 1;
+    const seed = meta.rng.frozenSeed ?? meta.rng.seed;
+    if (typeof seed !== 'number') throw new UsageError(`model.checkpoint ${path}: ${META_FILE} records no seed of its frozen backbones`);
+    return { files: [join(path, MODEL_FILE)], checkpoint: { dir: path, stage, frozenSeed: seed } };
   }
   const files = readdirSync(path).filter((f) => f.endsWith('.safetensors')).map((f) => join(path, f));
   if (!files.length) throw new UsageError(`model.checkpoint ${path}: the folder holds no .safetensors file`);
-  return { files, trainerCheckpoint: false };
+  return { files, checkpoint: null };
+}
+
+/** Names of every tensor in the files (headers only). */
+function tensorNames(files: string[]): Set<string> {
+  return new Set(files.flatMap((f) => safetensorsNames(f)));
 }
 
 /** The preset (or config file) with the Q-Former's vocabulary and special token ids taken from the tokenizer. */
@@ -109,48 +149,106 @@ export function learningRateSchedule(o: OptimSettings, epochs: number): (epoch: 
 
 export async function createTrainerCore(o: TrainerCoreOptions): Promise<BuiltTrainerCore> {
   const log = o.log ?? createLogger('trainer');
+  const stage = o.stage ?? 1;
   const base = o.modelConfigFile ? loadModelConfig(o.modelConfigFile) : presetConfig(o.preset);
   const tokenizer = CaptionTokenizer.fromFile(o.tokenizerPath, { maxLength: base.lavis_config.max_txt_len });
   const config = modelConfigFor(o.preset, o.modelConfigFile, tokenizer);
-  const weights = o.weights ? weightFiles(o.weights) : undefined;
-  const files = weights?.files;
+  const source = o.weights ? resolveWeights(o.weights) : undefined;
+  const files = source?.files;
+  const fromCheckpoint = source?.checkpoint ?? null;
+  // Frozen backbones not given by a weights file are generated from this seed: a trainer checkpoint's own (so that
+  // a job started from it sees the ViT it was trained against), else train.seed.
+  const frozenSeed = fromCheckpoint?.frozenSeed ?? o.seed;
+  if (fromCheckpoint && fromCheckpoint.stage > stage) {
+    throw new UsageError(`model.checkpoint ${fromCheckpoint.dir}: a stage-${fromCheckpoint.stage} checkpoint cannot start a stage-${stage} job (it holds no stage-1 heads)`);
+  }
+  const held = files ? tensorNames(files) : new Set<string>();
 
-  // The frozen ViT: from the weights file(s), or (fresh start, or a trainer checkpoint, which holds only the
-  // trainable parameters) generated from the seed, as the run that wrote the checkpoint did.
+  // The frozen ViT: from the weights file(s), or generated.
   let vision: VisionBackbone;
-  if (files && !weights.trainerCheckpoint) vision = VisionBackbone.load(files, config);
+  if (files && !fromCheckpoint) vision = VisionBackbone.load(files, config);
   else {
-    const vp = createParams(config, o.seed, { groups: ['vision'] });
+    const vp = createParams(config, frozenSeed, { groups: ['vision'] });
     vision = await VisionBackbone.fromParams(vp, config, { fp16: true });
     disposeParams(vp);
   }
-  const initial = () => (files ? loadParams(files, config, { stage: 1 }) : createParams(config, o.seed, { stage: 1 }));
-  const runtime = new Stage1Runtime(config, initial());
-  const optimizer = new AdamW(runtime.trainable, {
+
+  let model: StageModel;
+  let initial: () => Params;
+  if (stage === 1) {
+    initial = () => (files ? loadParams(files, config, { stage: 1 }) : createParams(config, o.seed, { stage: 1 }));
+    model = new Stage1Runtime(config, initial());
+  } else {
+    const lmTokenizer = stage2Tokenizer(o.lmTokenizerPath, config);
+    // The frozen LM: from the weights file(s) when they hold it, else generated (its vocabulary covering the
+    // tokenizer's, its special ids the tokenizer's).
+    let lm: OptLanguageModel;
+    if (files && held.has('language_model.model.decoder.embed_tokens.weight')) lm = OptLanguageModel.load(files, config);
+    else {
+      const t = config.text_config;
+      if (t.vocab_size < lmTokenizer.vocabSize) {
+        log.info('language model vocabulary widened to the tokenizer\'s', { from: t.vocab_size, to: lmTokenizer.vocabSize });
+        t.vocab_size = lmTokenizer.vocabSize;
+      }
+      t.pad_token_id = lmTokenizer.padTokenId;
+      t.bos_token_id = t.eos_token_id = lmTokenizer.bosTokenId;
+      lm = OptLanguageModel.random(config, frozenSeed);
+    }
+    // The trainable part: all of it from the weights when they hold language_projection (a stage-2 checkpoint, a
+    // BLIP-2 checkpoint); from a stage-1 checkpoint the query path only (the text-only Q-Former parts and the
+    // stage-1 heads are dropped, as LAVIS Blip2OPT does), with language_projection fresh.
+    initial = () => {
+      if (!files) return createParams(config, o.seed, { stage: 2 });
+      if (held.has('language_projection.weight')) return loadParams(files, config, { stage: 2 });
+      const p = loadParams(files, config, { groups: ['qformer_query'] });
+      for (const [k, v] of createParams(config, o.seed, { groups: ['language_projection'] })) p.set(k, v);
+      return p;
+    };
+    if (files && !held.has('language_projection.weight')) log.info('stage 2 from a stage-1 model: the query path carried over, language_projection initialised', { from: fromCheckpoint?.dir ?? files.join(', ') });
+    model = new Stage2Runtime(config, initial(), lm, lmTokenizer);
+  }
+  const optimizer = new AdamW(model.trainable, {
     beta1: o.optim.beta1, beta2: o.optim.beta2, eps: o.optim.eps, weightDecay: o.optim.weightDecay, maxGradNorm: o.optim.gradClipNorm,
   });
-  const configHash = createHash('sha256').update(JSON.stringify({ config, stage: 1, weights: o.weights ?? '' })).digest('hex').slice(0, 16);
+  const configHash = createHash('sha256').update(JSON.stringify({ config, stage, weights: o.weights ?? '' })).digest('hex').slice(0, 16);
   const size = config.vision_config.image_size;
   const encoder: VisionEncoder = {
     encode(pixels, batch) {
       return tf.tidy(() => vision.encode(tf.tensor4d(pixels, [batch, 3, size, size])).dataSync() as Float32Array);
     },
   };
-  log.info('model ready', { preset: o.preset, trainable: runtime.trainable.reduce((n, p) => n + p.shape.reduce((a, b) => a * b, 1), 0), visionResidentBytes: vision.residentBytes, configHash });
+  log.info('model ready', {
+    preset: o.preset, stage, trainable: model.trainable.reduce((n, p) => n + p.shape.reduce((a, b) => a * b, 1), 0),
+    visionResidentBytes: vision.residentBytes, ...(model instanceof Stage2Runtime ? { languageModelResidentBytes: model.lm.weights.residentBytes } : {}), configHash,
+  });
   return {
-    config, tokenizer, configHash, runtime, vision: encoder, optimizer, metrics: o.metrics, log,
+    config, tokenizer, configHash, model, vision: encoder, optimizer, metrics: o.metrics, log,
     initialValues() {
       const p = initial();
-      const out = new Map(runtime.trainable.map((s) => [s.name, Float32Array.from(p.get(s.name)!.dataSync() as Float32Array)]));
+      const out = new Map(model.trainable.map((s) => [s.name, Float32Array.from(p.get(s.name)!.dataSync() as Float32Array)]));
       disposeParams(p);
       return out;
     },
     options: {
-      checkpointEvery: o.checkpointEvery, maxSteps: o.maxSteps, seed: o.seed, checkpointRoot: o.checkpointRoot, configHash,
+      checkpointEvery: o.checkpointEvery, maxSteps: o.maxSteps, seed: o.seed, frozenSeed, checkpointRoot: o.checkpointRoot, configHash,
       learningRate: learningRateSchedule(o.optim, o.epochs), ledgerPath: o.ledgerPath, keepCheckpoints: o.keepCheckpoints,
     },
     dispose() {
-      runtime.dispose();
+      model.dispose();
     },
   };
+}
+
+/** The language model's tokenizer for stage 2, checked against the model's positions before anything starts. */
+function stage2Tokenizer(path: string | undefined, config: Blip2Config): CaptionTokenizer {
+  if (!path) throw new UsageError('stage 2 needs the language model\'s tokenizer: set data.lmTokenizer');
+  if (!existsSync(path)) {
+    throw new UsageError(`data.lmTokenizer ${path}: not found (\`blip2 data synth\` writes one for the synthetic data; for real data, the tokenizer.json of the OPT checkpoint)`);
+  }
+  const tok = CaptionTokenizer.fromFile(path, { kind: 'opt', maxLength: config.lavis_config.max_txt_len });
+  const need = config.num_query_tokens + config.lavis_config.max_txt_len + OPT_POSITION_OFFSET;
+  if (need > config.text_config.max_position_embeddings) {
+    throw new UsageError(`model: ${config.num_query_tokens} queries + max_txt_len ${config.lavis_config.max_txt_len} need ${need} OPT positions, more than max_position_embeddings ${config.text_config.max_position_embeddings}`);
+  }
+  return tok;
 }

@@ -5,7 +5,8 @@
  *  1. State: restore the assignment's commit (every rank reads the checkpoint rank 0 wrote), or start fresh: rank 0's
  *     initial parameters are broadcast to every rank, the optimiser starts empty.
  *  2. Per epoch, each rank pulls shard leases and builds batches (`EpochData`); every step is one synchronous
- *     `distributedStage1Step` (a rank out of data takes part with an empty batch), then the same AdamW update on
+ *     step of the stage's model (`StageModel.step`: stage 1's `distributedStage1Step` or stage 2's
+ *     `distributedStage2Step`; a rank out of data takes part with an empty batch), then the same AdamW update on
  *     every rank (the all-reduced gradient is bit-identical everywhere, so parameters stay identical).
  *  3. Every `checkpointEvery` steps, at `maxSteps` and at the end of an epoch, a commit: ranks all-gather their shard
  *     cursors, finished shards and trained sample ids; rank 0 writes the checkpoint (with `ledger.json`: the sample
@@ -26,8 +27,8 @@ import { pruneCheckpoints, readCheckpoint, writeCheckpoint } from './checkpoint'
 import type { TrainerMetrics } from './metrics';
 import type { AdamW } from './optim';
 import type { CommitInfo } from '../coordinator/client';
-import type { Stage1Runtime } from './stage1-runtime';
-import { distributedStage1Step, type LocalBatch, type StepCollective } from './step';
+import { EMPTY_STAGE_BATCH, type StageBatch, type StageModel } from './stage-model';
+import type { StepCollective } from './step';
 
 /** The committed state a generation restores: the coordinator's CommitInfo. */
 export type CommitRecord = CommitInfo;
@@ -84,6 +85,11 @@ export interface LoopOptions {
   maxSteps: number;
   /** Seed of the hard-negative draws (and of fresh parameters, via `initialValues`). */
   seed: number;
+  /**
+   * Seed the frozen backbones were generated from when no weights file gave them (recorded in each checkpoint, so
+   * that a later job starting from it generates the same ViT and LM). Default: `seed`.
+   */
+  frozenSeed?: number;
   checkpointRoot: string;
   configHash: string;
   /** Learning rate of step `stepInEpoch` of `epoch`. */
@@ -98,7 +104,8 @@ export interface LoopOptions {
 
 /** Everything that outlives a generation inside one trainer process. */
 export interface TrainerCore {
-  runtime: Stage1Runtime;
+  /** The stage being trained: its trainable parameters and its distributed step. */
+  model: StageModel;
   vision: VisionEncoder;
   optimizer: AdamW;
   /** Fresh parameters (used by rank 0 of a fresh start; others receive them by broadcast). */
@@ -126,7 +133,8 @@ export interface GenerationInput<L extends TrainLease = TrainLease> {
 export interface StepSummary {
   step: number;
   epoch: number;
-  losses: { itc: number; itm: number; itg: number };
+  /** Loss of each objective of the stage (`itc`, `itm`, `itg`; or `lm`). */
+  losses: Record<string, number>;
   globalBatch: number;
   learningRate: number;
   gradNorm: number;
@@ -182,8 +190,6 @@ interface Touched<L> {
   done: boolean;
 }
 
-const EMPTY_BATCH: LocalBatch = { batch: 0, visionHidden: new Float32Array(0), inputIds: new Int32Array(0), attentionMask: new Int32Array(0) };
-
 /** The state of one generation on one rank, and its steps (runGeneration drives them in order). */
 class GenerationRun<L extends TrainLease> {
   private readonly log: Logger;
@@ -204,7 +210,7 @@ class GenerationRun<L extends TrainLease> {
 
   constructor(private readonly core: TrainerCore, private readonly g: GenerationInput<L>, private readonly onStep?: (s: StepSummary) => void) {
     this.log = (core.log ?? createLogger('trainer')).child({ generation: g.generation, rank: g.rank });
-    this.names = core.runtime.trainable.map((p) => p.name);
+    this.names = core.model.trainable.map((p) => p.name);
     this.lastCommit = g.restore;
     this.parent = g.restore ? basename(g.restore.checkpointDir) : null;
     this.samplesCommitted = g.restore?.samples ?? 0;
@@ -225,10 +231,10 @@ class GenerationRun<L extends TrainLease> {
   /** 1. Restore the assignment's commit, or start fresh from rank 0's parameters (broadcast) and an empty optimiser. */
   async restoreOrStart(): Promise<void> {
     const { core, g, log } = this;
-    const { runtime, optimizer, options: o } = core;
+    const { model, optimizer, options: o } = core;
     if (g.restore) {
       const t0 = performance.now();
-      const ck = readCheckpoint(g.restore.checkpointDir, { configHash: o.configHash, params: runtime.trainable });
+      const ck = readCheckpoint(g.restore.checkpointDir, { configHash: o.configHash, params: model.trainable });
       this.values = new Map([...ck.params].map(([k, v]) => [k, v.data]));
       optimizer.loadState(ck.optimizer);
       if (ck.files['ledger.json']) this.ledger = JSON.parse(ck.files['ledger.json']) as Record<string, string[]>;
@@ -243,7 +249,7 @@ class GenerationRun<L extends TrainLease> {
       core.metrics?.observeCheckpoint('restore', (performance.now() - t0) / 1000);
       log.info('restored commit', { step: this.step, epoch: this.epoch, dir: g.restore.checkpointDir });
     } else {
-      const values = g.rank === 0 ? core.initialValues() : new Map(runtime.trainable.map((p) => [p.name, new Float32Array(p.shape.reduce((a, b) => a * b, 1))]));
+      const values = g.rank === 0 ? core.initialValues() : new Map(model.trainable.map((p) => [p.name, new Float32Array(p.shape.reduce((a, b) => a * b, 1))]));
       if (g.worldSize > 1) {
         const flat = flatten(values, this.names);
         await g.coll.broadcast(flat, 0);
@@ -255,8 +261,8 @@ class GenerationRun<L extends TrainLease> {
       }
       optimizer.loadState({
         step: 0,
-        expAvg: new Map(runtime.trainable.map((p) => [p.name, new Float32Array(values.get(p.name)!.length)])),
-        expAvgSq: new Map(runtime.trainable.map((p) => [p.name, new Float32Array(values.get(p.name)!.length)])),
+        expAvg: new Map(model.trainable.map((p) => [p.name, new Float32Array(values.get(p.name)!.length)])),
+        expAvgSq: new Map(model.trainable.map((p) => [p.name, new Float32Array(values.get(p.name)!.length)])),
       });
       this.values = values;
       this.step = 0;
@@ -264,7 +270,7 @@ class GenerationRun<L extends TrainLease> {
       this.stepInEpoch = 0;
       log.info('fresh start', { epoch: this.epoch });
     }
-    runtime.setValues(this.values);
+    model.setValues(this.values);
   }
 
   /**
@@ -315,19 +321,22 @@ class GenerationRun<L extends TrainLease> {
    */
   private async trainStep(batch: Batch<L> | null, dataSeconds: number): Promise<GenerationOutcome | 'dry' | undefined> {
     const { core, g, log } = this;
-    const { runtime, optimizer, options: o } = core;
+    const { model, optimizer, options: o } = core;
     const tVision = performance.now();
-    const local: LocalBatch = batch
-      ? { batch: batch.batchSize, visionHidden: core.vision.encode(batch.pixelValues, batch.batchSize), inputIds: batch.inputIds, attentionMask: batch.attentionMask }
-      : EMPTY_BATCH;
+    const local: StageBatch = batch
+      ? {
+        batch: batch.batchSize, visionHidden: core.vision.encode(batch.pixelValues, batch.batchSize), inputIds: batch.inputIds,
+        attentionMask: batch.attentionMask, captions: batch.captions,
+      }
+      : EMPTY_STAGE_BATCH;
     const visionSeconds = (performance.now() - tVision) / 1000;
-    const res = await distributedStage1Step(runtime, g.coll, local, { kind: 'sample', seed: o.seed, step: this.step });
+    const res = await model.step(g.coll, local, { seed: o.seed, step: this.step });
     if (res === null) return 'dry';
     // 3. The same update on every rank.
     const tOpt = performance.now();
     const lr = o.learningRate(this.epoch, this.stepInEpoch);
     const { gradNorm } = optimizer.update(this.values, res.grads, lr);
-    runtime.setValues(this.values);
+    model.setValues(this.values);
     const optSeconds = (performance.now() - tOpt) / 1000;
     this.step++;
     this.stepInEpoch++;
@@ -405,7 +414,7 @@ class GenerationRun<L extends TrainLease> {
    */
   private async commit(): Promise<void> {
     const { core, g, log } = this;
-    const { runtime, optimizer, options: o } = core;
+    const { model, optimizer, options: o } = core;
     const { step, epoch, stepInEpoch, touched } = this;
     this.checkAbort();
     // 1. Everyone's part.
@@ -438,10 +447,10 @@ class GenerationRun<L extends TrainLease> {
       const s = optimizer.state();
       const dir = writeCheckpoint(o.checkpointRoot, {
         step, epoch, stepInEpoch,
-        params: new Map(runtime.trainable.map((p) => [p.name, { shape: [...p.shape], data: this.values.get(p.name)! }])),
-        optimizer: s, optimizerOptions: optimizer.options, rng: { seed: o.seed, scheme: 'counter(seed, step, global row)' },
+        params: new Map(model.trainable.map((p) => [p.name, { shape: [...p.shape], data: this.values.get(p.name)! }])),
+        optimizer: s, optimizerOptions: optimizer.options, rng: { seed: o.seed, frozenSeed: o.frozenSeed ?? o.seed, scheme: 'counter(seed, step, global row)' },
         cursors, ackedShards: [...acked], configHash: o.configHash, parent: this.parent,
-        extra: { generation: g.generation, worldSize: g.worldSize, samples: { epoch, ids } },
+        extra: { stage: model.stage, generation: g.generation, worldSize: g.worldSize, samples: { epoch, ids } },
         files: { 'ledger.json': JSON.stringify(nextLedger) },
       });
       core.metrics?.observeCheckpoint('write', (performance.now() - t0) / 1000);

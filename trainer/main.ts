@@ -35,7 +35,7 @@ import { collectiveAdapter } from './step';
 
 const HELP = `Usage: tsx trainer/main.ts [--config FILE] [--<key> <value> ...]
 
-Runs one trainer of a BLIP-2 stage-1 training job: joins the job's coordinator over NATS with the job token,
+Runs one trainer of a BLIP-2 training job (stage 1 or 2, train.stage): joins the job's coordinator over NATS with the job token,
 trains its share of every synchronous step with its peers over gRPC collectives, checkpoints (rank 0) and commits,
 and exits 0 when the job finishes. Normally started by \`blip2 launch\`; the launcher passes --config and sets
 BLIP2_NODE_ID, BLIP2_GRPC_PORT and BLIP2_METRICS_PORT per process.
@@ -242,7 +242,6 @@ runProcess('trainer', async () => {
   const nodeId = config.node.id;
   const log = createLogger('trainer', { job: config.job.id, node: nodeId });
   if (!config.job.token) throw new UsageError('job.token is empty: set it in the config or BLIP2_JOB_TOKEN (`blip2 launch` generates one)');
-  if (config.train.stage !== 1) throw new UsageError(`train.stage = ${config.train.stage}: this trainer implements stage 1 (stage 2 is not supported yet)`);
   const engine = await trainingEngine(log, engineOptionsFromConfig(config.engine));
   log.info('engine', { engine, requested: engineName() });
 
@@ -254,6 +253,7 @@ runProcess('trainer', async () => {
   const tokenizerPath = config.data.tokenizer || join(config.data.root, 'tokenizer.json');
   const core = await createTrainerCore({
     preset: config.model.preset, modelConfigFile: config.model.config || undefined, weights: config.model.checkpoint || undefined,
+    stage: config.train.stage === 2 ? 2 : 1, lmTokenizerPath: config.data.lmTokenizer,
     tokenizerPath, seed: config.train.seed, epochs: config.train.epochs,
     optim: config.optim, checkpointEvery: config.checkpoint.intervalSteps, maxSteps: config.train.maxSteps,
     checkpointRoot: config.checkpoint.dir, keepCheckpoints: config.checkpoint.keep, ledgerPath: join(config.job.runDir, 'ledger.jsonl'), metrics, log,

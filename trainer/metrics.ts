@@ -6,7 +6,6 @@
 import { appendFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
-import type { Objective } from './model';
 
 export const STEP_PHASES = ['data', 'forward_backward', 'communication', 'optimizer'] as const;
 export type StepPhase = (typeof STEP_PHASES)[number];
@@ -18,8 +17,8 @@ export interface StepRecord {
   generation: number;
   rank: number;
   worldSize: number;
-  /** Losses of the global batch (already reduced across ranks). */
-  losses: Record<Objective, number>;
+  /** Losses of the global batch (already reduced across ranks), by objective: itc, itm, itg (stage 1) or lm (stage 2). */
+  losses: Record<string, number>;
   /** Samples this rank trained on in the step. */
   samples: number;
   /** Samples of the whole global batch. */
@@ -62,7 +61,7 @@ export interface TrainerMetrics {
 
 export function createTrainerMetrics(o: TrainerMetricsOptions): TrainerMetrics {
   const registers = [o.registry];
-  const loss = new Gauge({ name: 'blip2_trainer_loss', help: 'Loss of the last step per stage-1 objective (global batch).', labelNames: ['objective'], registers });
+  const loss = new Gauge({ name: 'blip2_trainer_loss', help: 'Loss of the last step per objective of the stage (global batch): itc, itm, itg in stage 1, lm in stage 2.', labelNames: ['objective'], registers });
   const steps = new Counter({ name: 'blip2_trainer_steps_total', help: 'Optimiser steps completed by this trainer.', registers });
   const samples = new Counter({ name: 'blip2_trainer_samples_total', help: 'Samples this trainer trained on.', registers });
   const globalSamples = new Counter({ name: 'blip2_trainer_global_samples_total', help: 'Samples of the global batches this trainer took part in.', registers });
@@ -97,7 +96,6 @@ export function createTrainerMetrics(o: TrainerMetricsOptions): TrainerMetrics {
   const rendezvous = new Counter({ name: 'blip2_trainer_rendezvous_total', help: 'Rendezvous this trainer went through, by reason.', labelNames: ['reason'], registers });
   const info = new Gauge({ name: 'blip2_trainer_info', help: 'Constant 1, labelled with the node id and tensor engine.', labelNames: ['node', 'engine'], registers });
   info.set({ node: o.nodeId, engine: o.engine ?? 'unknown' }, 1);
-  for (const objective of ['itc', 'itm', 'itg'] as const) loss.set({ objective }, Number.NaN);
 
   let jsonlPath: string | undefined;
   if (o.runDir) {
@@ -136,7 +134,7 @@ export function createTrainerMetrics(o: TrainerMetricsOptions): TrainerMetrics {
       if (jsonlPath) {
         const line = {
           time: new Date().toISOString(), step: r.step, epoch: r.epoch, generation: r.generation, rank: r.rank,
-          worldSize: r.worldSize, loss: r.losses.itc + r.losses.itm + r.losses.itg, losses: r.losses, samples: r.samples,
+          worldSize: r.worldSize, loss: Object.values(r.losses).reduce((a, b) => a + b, 0), losses: r.losses, samples: r.samples,
           globalSamples: r.globalSamples, samplesPerSec: sps, learningRate: r.learningRate, gradNorm: r.gradNorm,
           stepSeconds: total, phaseSeconds: r.phaseSeconds, allReduceBytes: r.allReduceBytes, allReduceSeconds: r.allReduceSeconds,
         };

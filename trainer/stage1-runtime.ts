@@ -1,29 +1,28 @@
 /**
- * The model as the training step sees it: the stage-1 trainable parameters of trainer/model held as tf tensors,
- * exposed through flat Float32Arrays (what the optimiser, the all-reduce and the checkpoint use).
+ * Stage 1 as the training step sees it: the stage-1 trainable parameters of trainer/model (held by
+ * `TrainableParams`), the two pure functions `distributedStage1Step` needs (features, and local losses and
+ * gradients), and the loop's `StageModel.step`.
  */
-import {
-  paramManifest, stage1Features, stage1Step, trainableNames, visionSeqLen, type Blip2Config, type Params,
-} from './model';
+import { OBJECTIVES, stage1Features, stage1Step, visionSeqLen, type Blip2Config, type Params } from './model';
 import { tf } from './engine';
 import type { ParamSpec } from './optim';
-import type { LocalBatch, Stage1Dims, Stage1LossInputs, Stage1Model } from './step';
+import { TrainableParams, type StageBatch, type StageModel, type StageStepResult } from './stage-model';
+import { distributedStage1Step, type LocalBatch, type Stage1Dims, type Stage1LossInputs, type Stage1Model, type StepCollective } from './step';
 import type { Objective } from './model';
-import { StepInputError } from './step';
 
-export class Stage1Runtime implements Stage1Model {
+export class Stage1Runtime implements Stage1Model, StageModel {
+  readonly stage = 1;
+  readonly objectives = OBJECTIVES;
   readonly dims: Stage1Dims;
   readonly trainable: ParamSpec[];
+  private readonly store: TrainableParams;
+  private readonly params: Params;
 
   /** Takes ownership of `params` (the stage-1 trainable set; other entries are ignored). */
-  constructor(readonly config: Blip2Config, private params: Params) {
-    const names = new Set(trainableNames(config, 1));
-    this.trainable = paramManifest(config).filter((p) => names.has(p.name)).map((p) => ({ name: p.name, shape: [...p.shape] }));
-    for (const p of this.trainable) {
-      const t = params.get(p.name);
-      if (!t) throw new StepInputError(`parameter ${p.name} is missing from the model's parameters`);
-      if (JSON.stringify(t.shape) !== JSON.stringify(p.shape)) throw new StepInputError(`parameter ${p.name} has shape [${t.shape.join(', ')}], expected [${p.shape.join(', ')}]`);
-    }
+  constructor(readonly config: Blip2Config, params: Params) {
+    this.store = new TrainableParams(config, params, 1);
+    this.params = params;
+    this.trainable = this.store.trainable;
     this.dims = {
       visionSeqLen: visionSeqLen(config.vision_config),
       visionWidth: config.vision_config.hidden_size,
@@ -40,18 +39,17 @@ export class Stage1Runtime implements Stage1Model {
 
   /** Copies of the trainable values, in `trainable` order. */
   values(): Map<string, Float32Array> {
-    return new Map(this.trainable.map((p) => [p.name, Float32Array.from(this.params.get(p.name)!.dataSync() as Float32Array)]));
+    return this.store.values();
   }
 
   /** Replaces the trainable values (after an optimiser step, a broadcast or a restore). */
   setValues(values: Map<string, Float32Array>): void {
-    for (const p of this.trainable) {
-      const v = values.get(p.name);
-      if (!v) throw new StepInputError(`no value for parameter ${p.name}`);
-      const old = this.params.get(p.name)!;
-      this.params.set(p.name, tf.tensor(v, [...p.shape], 'float32'));
-      old.dispose();
-    }
+    this.store.setValues(values);
+  }
+
+  /** The loop's step: hard negatives drawn from the similarity softmax, keyed by (seed, step, global row). */
+  step(coll: StepCollective, batch: StageBatch, at: { seed: number; step: number }): Promise<StageStepResult | null> {
+    return distributedStage1Step(this, coll, batch, { kind: 'sample', seed: at.seed, step: at.step });
   }
 
   private tensors(batch: LocalBatch) {
@@ -108,6 +106,6 @@ export class Stage1Runtime implements Stage1Model {
   }
 
   dispose(): void {
-    for (const t of this.params.values()) t.dispose();
+    this.store.dispose();
   }
 }
