@@ -44,4 +44,4 @@ export {
 } from './jetstream';
 export { shardQueueOptions } from './job-queue';
 export { BadSampleError, DescriptorError, DatasetError, type SkipReason } from './errors';
-export { writeSynthDataset, LM_TOKENIZER_PATH, type SynthOptions } from './synth';
+export { writeSynthDataset, synthVocabulary, LM_TOKENIZER_PATH, type SynthOptions } from './synth';
