@@ -21,6 +21,7 @@ import { Blip2Error, connectJobNats, jobSubjects, loadJobConfig, UsageError, typ
 import { JobStore, type JobState, type ProgressReport } from '../coordinator/client';
 import { loadIndex, writeSynthDataset } from '../dataloader';
 import { loadModelConfig } from '../trainer/model';
+import { resolveWeights } from '../trainer';
 import { freePort, startNatsServer, type NatsServerHandle } from './nats-server';
 
 const repoRoot = resolve(import.meta.dirname, '..');
@@ -92,6 +93,7 @@ export async function launchLocal(o: LaunchOptions = {}): Promise<LaunchSummary>
   const { summaryPath, logDir } = prepareRunDir(c, o, say);
   // 2. Data.
   const samplesPerEpoch = await prepareData(c, say);
+  checkStage(c, say);
 
   // 3. NATS.
   let server: NatsServerHandle | undefined;
@@ -170,6 +172,20 @@ async function prepareData(c: JobConfig, say: Say): Promise<number> {
   const index = loadIndex(indexPath);
   const trainSets = index.datasets.filter((d) => (c.data.datasets.length ? c.data.datasets.includes(d.name) : d.split !== 'val' && d.split !== 'test'));
   return trainSets.reduce((n, d) => n + d.samples, 0);
+}
+
+/** Step 2: what the stage needs that only files can tell, checked before any process starts. */
+function checkStage(c: JobConfig, say: Say): void {
+  if (c.train.stage !== 2) return;
+  if (!existsSync(c.data.lmTokenizer)) {
+    throw new UsageError(`data.lmTokenizer ${c.data.lmTokenizer}: not found; stage 2 needs the language model's tokenizer.json (\`blip2 data synth\` writes opt-tokenizer/ for the synthetic data; for real data, the OPT checkpoint's)`);
+  }
+  if (!c.model.checkpoint) {
+    say('stage 2 from scratch: model.checkpoint is empty, so the Q-Former starts untrained (the paper\'s ablation without stage 1)');
+    return;
+  }
+  const from = resolveWeights(c.model.checkpoint);
+  say(`stage 2 from ${from.checkpoint ? `the stage-${from.checkpoint.stage} checkpoint ${from.checkpoint.dir}` : from.files.join(', ')}`);
 }
 
 /**

@@ -1,9 +1,13 @@
-// The `blip2` subcommand about the model: `params` (trainable parameter counts of a preset and stage).
+// The `blip2` subcommands about the model: `params` (trainable parameter counts of a preset and stage) and
+// `pretrain-lm` (a small OPT-shaped language model trained on a dataset's captions, stage 2's frozen LM).
+import { existsSync, mkdirSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
 import { Option, type Command } from 'commander';
-import { UsageError } from '../common';
-import { paramManifest, presetConfig, PRESETS, trainableCount, trainableGroups, type Stage } from '../trainer/model';
+import { MODEL_PRESETS, UsageError } from '../common';
+import { CaptionTokenizer, createBatchStream, loadIndex, localShardSource, planEpoch } from '../dataloader';
+import { disposeParams, paramManifest, presetConfig, PRESETS, trainableCount, trainableGroups, type Stage } from '../trainer/model';
 
-/** Subcommands about the model: `params`. */
+/** Subcommands about the model: `params`, `pretrain-lm`. */
 export function registerModelCommands(program: Command): void {
   program
     .command('params')
@@ -25,5 +29,79 @@ export function registerModelCommands(program: Command): void {
         for (const p of paramManifest(config)) groups.set(p.group, (groups.get(p.group) ?? 0) + p.shape.reduce((a, b) => a * b, 1));
         for (const [g, n] of groups) process.stdout.write(`  ${g.padEnd(20)} ${n.toLocaleString('en-US').padStart(15)}  ${trained.has(g as never) ? 'trainable' : absent.has(g) ? 'not in this stage' : 'frozen'}\n`);
       }
+    });
+
+  program
+    .command('pretrain-lm')
+    .description(
+      'Train the language model of a preset (OPT-shaped) on the captions of a dataset, causal next-token loss, and write it ' +
+        'with BLIP-2\'s names: the frozen LM of a stage-2 job (model.languageModel). Stage 2 needs an LM that knows the ' +
+        'language; the released BLIP-2 uses OPT, which cannot be downloaded here, so the synthetic demo trains its own.',
+    )
+    .requiredOption('--data <dir>', 'data folder with index.json (e.g. written by `blip2 data synth`)')
+    .addOption(new Option('--preset <name>', 'model preset whose text_config gives the LM\'s shape').choices([...MODEL_PRESETS]).default('tiny'))
+    .option('--tokenizer <file>', 'the LM\'s tokenizer.json (default: <data>/opt-tokenizer/tokenizer.json)')
+    .option('--out <file>', 'output safetensors (default: <data>/opt-lm-<preset>.safetensors)')
+    .option('--steps <n>', 'optimiser steps', '300')
+    .option('--batch <n>', 'captions per step', '16')
+    .option('--lr <x>', 'AdamW learning rate', '0.003')
+    .option('--seed <n>', 'seed of the initialisation and the batches', '1')
+    .action(async (opts: { data: string; preset: string; tokenizer?: string; out?: string; steps: string; batch: string; lr: string; seed: string }) => {
+      const int = (name: string, v: string, min: number) => {
+        if (!/^\d+$/.test(v) || Number(v) < min) throw new UsageError(`--${name} must be an integer >= ${min}, got "${v}"`);
+        return Number(v);
+      };
+      const steps = int('steps', opts.steps, 1);
+      const batchSize = int('batch', opts.batch, 1);
+      const seed = int('seed', opts.seed, 0);
+      const lr = Number(opts.lr);
+      if (!(lr > 0 && lr < 1)) throw new UsageError(`--lr must be a number in (0, 1), got "${opts.lr}"`);
+      const data = resolve(opts.data);
+      const indexPath = join(data, 'index.json');
+      if (!existsSync(indexPath)) throw new UsageError(`--data ${data}: no index.json (write one with \`blip2 data synth\` or \`blip2 data index\`)`);
+      const tokenizerPath = resolve(opts.tokenizer ?? join(data, 'opt-tokenizer', 'tokenizer.json'));
+      if (!existsSync(tokenizerPath)) throw new UsageError(`--tokenizer ${tokenizerPath}: not found (\`blip2 data synth\` writes opt-tokenizer/ beside the data)`);
+      const qformerTokenizer = join(data, 'tokenizer.json');
+      if (!existsSync(qformerTokenizer)) throw new UsageError(`--data ${data}: no tokenizer.json (the captions are read through the data pipeline, which needs it)`);
+      const out = resolve(opts.out ?? join(data, `opt-lm-${opts.preset}.safetensors`));
+      const config = presetConfig(opts.preset);
+      const tokenizer = CaptionTokenizer.fromFile(tokenizerPath, { kind: 'opt', maxLength: config.lavis_config.max_txt_len });
+      // The vocabulary is the tokenizer's; the other shapes are the preset's.
+      config.text_config.vocab_size = tokenizer.vocabSize;
+      config.text_config.pad_token_id = tokenizer.padTokenId;
+      config.text_config.bos_token_id = config.text_config.eos_token_id = tokenizer.bosTokenId;
+      const say = (line: string) => process.stdout.write(line + '\n');
+
+      // The captions of every training dataset, cleaned as the trainer sees them.
+      const index = loadIndex(indexPath);
+      const datasets = index.datasets.filter((d) => d.split !== 'val' && d.split !== 'test').map((d) => d.name);
+      if (!datasets.length) throw new UsageError(`--data ${data}: the index has no training dataset (every split is val or test)`);
+      // The trainer (and its tensor engine) only for this command: the other commands start without it.
+      const { pretrainLanguageModel, saveLanguageModel } = await import('../trainer');
+      const { initEngine } = await import('../trainer/engine');
+      await initEngine();
+      const captions: string[] = [];
+      for await (const b of createBatchStream({
+        source: localShardSource(planEpoch({ index, datasets, epoch: 0, seed, shardSizeSamples: 64 })), dataRoot: data,
+        tokenizer: CaptionTokenizer.fromFile(qformerTokenizer), batchSize: 64, workers: 0, transform: { imageSize: 16 },
+      })) captions.push(...b.captions);
+      if (!captions.length) throw new UsageError(`--data ${data}: no usable caption`);
+      const lmParams = paramManifest(config).filter((p) => p.group === 'language_model').reduce((n, p) => n + p.shape.reduce((a, c) => a * c, 1), 0);
+      say(`training the ${opts.preset} preset's language model (${lmParams.toLocaleString('en-US')} parameters, vocabulary ${tokenizer.vocabSize}) on ${captions.length} captions: ${steps} steps of ${batchSize}`);
+      const t0 = Date.now();
+      const every = Math.max(1, Math.round(steps / 10));
+      const r = pretrainLanguageModel({
+        config, tokenizer, captions, steps, batchSize, lr, seed,
+        onStep: (s, loss) => {
+          if (s === 1 || s % every === 0 || s === steps) say(`step ${s}/${steps}  loss ${loss.toFixed(4)}  ${((Date.now() - t0) / 1000).toFixed(1)}s`);
+        },
+      });
+      mkdirSync(dirname(out), { recursive: true });
+      await saveLanguageModel(out, r.params, { preset: opts.preset, steps: String(steps), captions: String(captions.length) });
+      disposeParams(r.params);
+      const tail = r.losses.slice(-Math.min(10, r.losses.length));
+      say(`loss ${r.losses[0]!.toFixed(4)} at step 1 (chance: ln ${tokenizer.vocabSize} = ${Math.log(tokenizer.vocabSize).toFixed(4)}), ${(tail.reduce((a, b) => a + b, 0) / tail.length).toFixed(4)} over the last ${tail.length} steps`);
+      say(`wrote ${out}`);
+      say(`use it in a stage-2 job: model.languageModel: ${out}`);
     });
 }

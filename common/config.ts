@@ -23,7 +23,7 @@ export type LogLevelName = 'debug' | 'info' | 'warn' | 'error';
 export interface JobConfig {
   job: { id: string; token: string; runDir: string };
   node: { id: string };
-  model: { preset: string; config: string; checkpoint: string };
+  model: { preset: string; config: string; checkpoint: string; languageModel: string };
   data: {
     root: string; datasets: string[]; tokenizer: string; lmTokenizer: string; samplesPerShard: number; workers: number; ackWaitMs: number;
     synthSamples: number; synthImageSize: number;
@@ -156,6 +156,10 @@ const schema = {
     config: { doc: 'Path of a model config.json overriding the preset. Empty: the preset alone.', format: String, default: '' },
     checkpoint: {
       doc: 'Weights to start from (step 0): a trainer checkpoint directory, the run directory of a finished job (its last commit), or safetensors file(s) with BLIP-2\'s names. Stage 2 from a stage-1 checkpoint keeps the Q-Former, query_tokens and ln_vision, drops the stage-1 heads and starts language_projection fresh. Empty: fresh initialisation from train.seed.',
+      format: String, default: '',
+    },
+    languageModel: {
+      doc: 'Stage 2: safetensors file (or folder of them) of the frozen language model with BLIP-2\'s names (language_model.model.decoder.*), e.g. from `blip2 model pretrain-lm`. Empty: from model.checkpoint when it holds one, else randomly initialised (it knows no language, so the LM loss can hardly fall: for tests and benchmarks).',
       format: String, default: '',
     },
   },
@@ -431,6 +435,7 @@ export function loadJobConfig(o: LoadJobConfigOptions = {}): LoadedJobConfig {
   c.checkpoint.dir = c.checkpoint.dir ? abs(c.checkpoint.dir) : join(c.job.runDir, 'checkpoints');
   c.model.config = abs(c.model.config);
   c.model.checkpoint = abs(c.model.checkpoint);
+  c.model.languageModel = abs(c.model.languageModel);
   c.nats.credsFile = abs(c.nats.credsFile);
   c.grpc.tls = { certFile: abs(c.grpc.tls.certFile), keyFile: abs(c.grpc.tls.keyFile), caFile: abs(c.grpc.tls.caFile) };
   c.data.root = c.data.root ? abs(c.data.root) : join(c.job.runDir, 'data');

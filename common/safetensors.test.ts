@@ -8,6 +8,7 @@ import {
   narrowToF16,
   parseSafetensors,
   readSafetensors,
+  safetensorsHeader,
   safetensorsNames,
   SafetensorsError,
   serializeSafetensors,
@@ -101,7 +102,7 @@ describe('safetensors', () => {
   });
 });
 
-test('safetensorsNames reads the names from the header alone, and names a broken file', () => {
+test('safetensorsNames and safetensorsHeader read the names and shapes from the header alone, and names a broken file', () => {
   const dir = mkdtempSync(join(tmpdir(), 'blip2-st-names-'));
   try {
     const path = join(dir, 'a.safetensors');
@@ -110,6 +111,7 @@ test('safetensorsNames reads the names from the header alone, and names a broken
       ['a.bias', { dtype: 'F16', shape: [1], data: Uint16Array.of(0) }],
     ]), { format: 'pt' });
     expect(safetensorsNames(path).sort()).toEqual(['a.bias', 'b.weight']);
+    expect(safetensorsHeader(path).get('b.weight')).toEqual({ dtype: 'F32', shape: [2] });
     writeFileSync(join(dir, 'short'), Buffer.from([1, 2, 3]));
     expect(() => safetensorsNames(join(dir, 'short'))).toThrow(/short: shorter than the 8-byte header length/);
     expect(() => safetensorsNames(join(dir, 'missing'))).toThrow(/missing: cannot read/);

@@ -154,11 +154,16 @@ export function readSafetensors(path: string): SafetensorsContents {
   return parseSafetensors(bytes, path);
 }
 
+/** The tensor names of a safetensors file, from its header alone (see `safetensorsHeader`). */
+export function safetensorsNames(path: string): string[] {
+  return [...safetensorsHeader(path).keys()];
+}
+
 /**
- * The tensor names of a safetensors file, from its header alone (a multi-GiB checkpoint is not read to learn what it
+ * Each tensor's dtype and shape, from the file's header alone (a multi-GiB checkpoint is not read to learn what it
  * holds). The data is not checked: `readSafetensors` does that when the tensors are loaded.
  */
-export function safetensorsNames(path: string): string[] {
+export function safetensorsHeader(path: string): Map<string, { dtype: string; shape: number[] }> {
   let fd: number;
   try {
     fd = openSync(path, 'r');
@@ -179,7 +184,13 @@ export function safetensorsNames(path: string): string[] {
       throw new SafetensorsError(`${path}: header is not valid JSON (${(err as Error).message})`);
     }
     if (typeof header !== 'object' || header === null || Array.isArray(header)) throw new SafetensorsError(`${path}: header is not a JSON object`);
-    return Object.keys(header).filter((k) => k !== '__metadata__');
+    const out = new Map<string, { dtype: string; shape: number[] }>();
+    for (const [k, v] of Object.entries(header as Record<string, { dtype?: unknown; shape?: unknown }>)) {
+      if (k === '__metadata__') continue;
+      if (typeof v?.dtype !== 'string' || !Array.isArray(v.shape)) throw new SafetensorsError(`${path}: tensor ${k} has no dtype or shape in the header`);
+      out.set(k, { dtype: v.dtype, shape: v.shape as number[] });
+    }
+    return out;
   } finally {
     closeSync(fd);
   }

@@ -6,7 +6,7 @@
 import { createHash } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { createLogger, safetensorsNames, UsageError, type Logger } from '../common';
+import { createLogger, safetensorsHeader, safetensorsNames, UsageError, type Logger } from '../common';
 import { CaptionTokenizer } from '../dataloader';
 import { META_FILE, MODEL_FILE, readCheckpoint } from './checkpoint';
 import type { TrainerCore, VisionEncoder } from './loop';
@@ -41,6 +41,8 @@ export interface TrainerCoreOptions {
   stage?: 1 | 2;
   /** Stage 2: the language model's tokenizer.json (GPT-2 byte-level BPE). */
   lmTokenizerPath?: string;
+  /** Stage 2: safetensors file(s) of the frozen LM ('' = from `weights` when they hold it, else random). */
+  languageModel?: string;
   /** Model preset of trainer/model (`tiny`, `small`, `base`). */
   preset: string;
   /** A config.json overriding the preset ('' = none). */
@@ -118,6 +120,8 @@ export function resolveWeights(path: string): WeightsSource {
   return { files, checkpoint: null };
 }
 
+const OPT_EMBED_TOKENS = 'language_model.model.decoder.embed_tokens.weight';
+
 /** Names of every tensor in the files (headers only). */
 function tensorNames(files: string[]): Set<string> {
   return new Set(files.flatMap((f) => safetensorsNames(f)));
@@ -180,18 +184,21 @@ export async function createTrainerCore(o: TrainerCoreOptions): Promise<BuiltTra
     model = new Stage1Runtime(config, initial());
   } else {
     const lmTokenizer = stage2Tokenizer(o.lmTokenizerPath, config);
-    // The frozen LM: from the weights file(s) when they hold it, else generated (its vocabulary covering the
-    // tokenizer's, its special ids the tokenizer's).
+    // The frozen LM: from model.languageModel, or from the weights file(s) when they hold it (its vocabulary size
+    // taken from the file), else random (its vocabulary covering the tokenizer's, its special ids the tokenizer's).
+    const lmFiles = o.languageModel ? resolveWeights(o.languageModel).files : files && held.has(OPT_EMBED_TOKENS) ? files : undefined;
+    const t = config.text_config;
     let lm: OptLanguageModel;
-    if (files && held.has('language_model.model.decoder.embed_tokens.weight')) lm = OptLanguageModel.load(files, config);
-    else {
-      const t = config.text_config;
-      if (t.vocab_size < lmTokenizer.vocabSize) {
-        log.info('language model vocabulary widened to the tokenizer\'s', { from: t.vocab_size, to: lmTokenizer.vocabSize });
-        t.vocab_size = lmTokenizer.vocabSize;
-      }
+    if (lmFiles) {
+      const embed = lmFiles.map((f) => safetensorsHeader(f).get(OPT_EMBED_TOKENS)).find((x) => x);
+      if (!embed) throw new UsageError(`model.languageModel ${lmFiles.join(', ')}: holds no ${OPT_EMBED_TOKENS}`);
+      t.vocab_size = embed.shape[0]!;
+      lm = OptLanguageModel.load(lmFiles, config);
+    } else {
+      if (t.vocab_size < lmTokenizer.vocabSize) t.vocab_size = lmTokenizer.vocabSize;
       t.pad_token_id = lmTokenizer.padTokenId;
       t.bos_token_id = t.eos_token_id = lmTokenizer.bosTokenId;
+      log.warn('the frozen language model is randomly initialised (model.languageModel is empty): it knows no language, so the LM loss can hardly fall below ln(vocabulary)', { vocabulary: t.vocab_size });
       lm = OptLanguageModel.random(config, frozenSeed);
     }
     // The trainable part: all of it from the weights when they hold language_projection (a stage-2 checkpoint, a

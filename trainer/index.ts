@@ -31,7 +31,10 @@ export {
   type CommitChannel, type CommitRecord, type EpochData, type GenerationInput, type GenerationOutcome, type LoopCollective,
   type LoopOptions, type StepSummary, type TrainerCore, type TrainLease, type VisionEncoder,
 } from './loop';
-export { createTrainerCore, modelConfigFor, learningRateSchedule, type BuiltTrainerCore, type OptimSettings, type TrainerCoreOptions } from './core';
+export { createTrainerCore, modelConfigFor, learningRateSchedule, resolveWeights, type BuiltTrainerCore, type OptimSettings, type TrainerCoreOptions } from './core';
 export { JetStreamEpochData, LocalEpochData, LocalShardQueue, LocalLease, type BatchOptions, type JetStreamEpochDataOptions } from './epoch-data';
 export { createTrainerMetrics, STEP_PHASES, type TrainerMetrics, type TrainerMetricsOptions, type StepRecord, type StepPhase } from './metrics';
 export type { Objective } from './model';
+export { type StageModel, type StageBatch, type StageStepResult } from './stage-model';
+export { Stage2Runtime, distributedStage2Step } from './stage2-runtime';
+export { pretrainLanguageModel, saveLanguageModel, type LmPretrainOptions } from './lm-pretrain';

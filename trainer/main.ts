@@ -253,7 +253,7 @@ runProcess('trainer', async () => {
   const tokenizerPath = config.data.tokenizer || join(config.data.root, 'tokenizer.json');
   const core = await createTrainerCore({
     preset: config.model.preset, modelConfigFile: config.model.config || undefined, weights: config.model.checkpoint || undefined,
-    stage: config.train.stage === 2 ? 2 : 1, lmTokenizerPath: config.data.lmTokenizer,
+    stage: config.train.stage === 2 ? 2 : 1, lmTokenizerPath: config.data.lmTokenizer, languageModel: config.model.languageModel || undefined,
     tokenizerPath, seed: config.train.seed, epochs: config.train.epochs,
     optim: config.optim, checkpointEvery: config.checkpoint.intervalSteps, maxSteps: config.train.maxSteps,
     checkpointRoot: config.checkpoint.dir, keepCheckpoints: config.checkpoint.keep, ledgerPath: join(config.job.runDir, 'ledger.jsonl'), metrics, log,

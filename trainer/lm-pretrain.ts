@@ -1,0 +1,71 @@
+/**
+ * Pre-training a small OPT-shaped language model on captions (causal next-token loss, AdamW), for the synthetic
+ * demo's stage 2. BLIP-2's stage 2 needs a frozen LM that already knows the language (the released models use
+ * OPT-2.7b/6.7b); no such checkpoint can be downloaded here, and a randomly initialised frozen LM knows nothing: its
+ * loss cannot fall far below ln(vocabulary), whatever the soft prompt says. This trains one, on text alone, and
+ * writes it with BLIP-2's names (`language_model.model.decoder.*`), so that stage 2 loads it as it would load OPT.
+ */
+import { AdamW } from './optim';
+import { tf, gradients } from './engine';
+import {
+  createParams, crossEntropySum, optDecoder, optLmHead, optTargets, paramManifest, saveParams, type Blip2Config, type Params,
+} from './model';
+import type { CaptionTokenizer } from '../dataloader';
+import { mulberry32 } from '../common';
+
+export interface LmPretrainOptions {
+  config: Blip2Config;
+  /** The LM's tokenizer (kind `opt`). */
+  tokenizer: CaptionTokenizer;
+  captions: readonly string[];
+  steps: number;
+  batchSize: number;
+  lr: number;
+  seed: number;
+  /** Called after every step with its loss (mean over the batch's target tokens). */
+  onStep?: (step: number, loss: number) => void;
+}
+
+/** Trains `language_model.*` from a fresh initialisation; returns the parameters and every step's loss. */
+export function pretrainLanguageModel(o: LmPretrainOptions): { params: Params; losses: number[] } {
+  const { config, tokenizer } = o;
+  if (!o.captions.length) throw new RangeError('no captions to train the language model on');
+  const specs = paramManifest(config).filter((p) => p.group === 'language_model').map((p) => ({ name: p.name, shape: [...p.shape] }));
+  const params = createParams(config, o.seed, { groups: ['language_model'] });
+  const values = new Map(specs.map((s) => [s.name, Float32Array.from(params.get(s.name)!.dataSync() as Float32Array)]));
+  const adam = new AdamW(specs, { weightDecay: 0.01 });
+  const rand = mulberry32(o.seed);
+  const D = config.text_config.hidden_size;
+  const losses: number[] = [];
+  for (let step = 1; step <= o.steps; step++) {
+    const captions = Array.from({ length: o.batchSize }, () => o.captions[Math.floor(rand() * o.captions.length)]!);
+    const t = tokenizer.encodeBatch(captions);
+    const rows = (a: Int32Array) => Array.from({ length: t.batchSize }, (_, b) => Array.from(a.subarray(b * t.seqLength, (b + 1) * t.seqLength)));
+    const text = { ids: rows(t.inputIds), mask: rows(t.attentionMask) };
+    const targets = optTargets(config, 0, text.ids, 0);
+    const xs = specs.map((s) => params.get(s.name)!);
+    const r = gradients(() => {
+      const h = optDecoder(params, config, tf.zeros([t.batchSize, 0, D]) as tf.Tensor3D, text); // [B,T,D]
+      const flat = tf.reshape(h, [-1, D]) as tf.Tensor2D;
+      const picked = tf.gather(flat, tf.tensor1d(targets.rowIndex, 'int32')) as tf.Tensor2D;
+      return tf.div(crossEntropySum(optLmHead(params, picked), tf.tensor1d(targets.targets, 'int32'), 0), targets.targets.length);
+    }, xs);
+    const grads = new Map(specs.map((s, i) => [s.name, (r.grads[i] ? r.grads[i]!.dataSync() : new Float32Array(values.get(s.name)!.length)) as Float32Array]));
+    const loss = r.value.dataSync()[0]!;
+    r.value.dispose();
+    for (const g of r.grads) g?.dispose();
+    adam.update(values, grads, o.lr);
+    for (const s of specs) {
+      params.get(s.name)!.dispose();
+      params.set(s.name, tf.tensor(values.get(s.name)!, s.shape, 'float32'));
+    }
+    losses.push(loss);
+    o.onStep?.(step, loss);
+  }
+  return { params, losses };
+}
+
+/** Writes the trained LM as safetensors with BLIP-2's names. */
+export async function saveLanguageModel(path: string, params: Params, metadata: Record<string, string> = {}): Promise<void> {
+  await saveParams(path, params, { ...metadata, contents: 'language_model' });
+}
