@@ -1,10 +1,15 @@
 // The `blip2` subcommands about jobs: `launch` (on this machine, or rendered for Kubernetes), `status` (a job's state
 // from NATS KV) and `config`.
 import { Option, type Command } from 'commander';
-import { describeConfigKeys, loadJobConfig } from '../common';
+import { describeConfigKeys, loadJobConfig, UsageError } from '../common';
 import { renderKubernetesTarget } from './kubernetes';
 import { formatJobStatus, readJobStatus } from './job-status';
 import { DEMO_OVERRIDES, launchLocal } from './launcher';
+
+interface LaunchFlags {
+  config?: string; target: string; trainerEntry: string; renderDir?: string; image: string; namespace: string;
+  trainerCpu: string; trainerMemory: string; gpus: string; storageClass?: string; dataVolumeSize: string;
+}
 
 const CONFIG_FLAGS_HELP = `
 Any job config key can be given as a flag after the options: --<key> <value> or --<key>=<value>,
@@ -28,16 +33,28 @@ export function registerJobCommands(program: Command): void {
     .option('--render-dir <dir>', 'with --target kubernetes: write the manifests there (then `kubectl apply -f <dir>`)')
     .option('--image <image>', 'with --target kubernetes: container image holding this repository', 'blip2-dist:latest')
     .option('--namespace <ns>', 'with --target kubernetes: namespace', 'default')
+    .option('--trainer-cpu <cpu>', 'with --target kubernetes: CPU request and limit per trainer; the engine threads follow it', '4')
+    .option('--trainer-memory <mem>', 'with --target kubernetes: memory request and limit per trainer', '8Gi')
+    .option('--gpus <n>', 'with --target kubernetes: nvidia.com/gpu per trainer (with the GPU image)', '0')
+    .option('--storage-class <class>', 'with --target kubernetes: storage class of the ReadWriteMany data volume')
+    .option('--data-volume-size <size>', 'with --target kubernetes: size of the data volume', '20Gi')
     .addOption(new Option('--trainer-entry <script>', 'trainer entry script (tests)').default('trainer/main.ts').hideHelp())
     .allowUnknownOption(true)
     .allowExcessArguments(true)
     .addHelpText('after', CONFIG_FLAGS_HELP)
-    .action(async (opts: { config?: string; target: string; trainerEntry: string; renderDir?: string; image: string; namespace: string }, cmd: Command) => {
+    .action(async (opts: LaunchFlags, cmd: Command) => {
       if (opts.target === 'kubernetes') {
-        const file = renderKubernetesTarget({
+        const gpus = Number(opts.gpus);
+        if (!Number.isInteger(gpus) || gpus < 0) throw new UsageError(`--gpus must be an integer >= 0, got ${JSON.stringify(opts.gpus)}`);
+        const files = renderKubernetesTarget({
           configFile: opts.config, configArgs: cmd.args, renderDir: opts.renderDir, image: opts.image, namespace: opts.namespace,
+          trainerCpu: opts.trainerCpu, trainerMemory: opts.trainerMemory, trainerGpus: gpus, storageClass: opts.storageClass,
+          dataVolumeSize: opts.dataVolumeSize,
         });
-        process.stdout.write(`wrote ${file} (it holds the job token in a Secret); apply with: kubectl apply -f ${file}\n`);
+        process.stdout.write(
+          `wrote ${files.manifests} and ${files.secret} (the job token, mode 0600; ${files.tokenKept ? 'kept from the earlier render' : 'new'})\n` +
+            `apply with: kubectl apply -f ${opts.renderDir}\n`,
+        );
         return;
       }
       const summary = await launchLocal({ configFile: opts.config, configArgs: cmd.args, trainerEntry: opts.trainerEntry });
