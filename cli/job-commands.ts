@@ -4,6 +4,7 @@ import { Option, type Command } from 'commander';
 import { describeConfigKeys, loadJobConfig, UsageError } from '../common';
 import { renderKubernetesTarget } from './kubernetes';
 import { formatJobStatus, readJobStatus } from './job-status';
+import { stopJob } from './job-stop';
 import { DEMO_OVERRIDES, launchLocal } from './launcher';
 
 interface LaunchFlags {
@@ -79,6 +80,30 @@ export function registerJobCommands(program: Command): void {
       const { config } = loadJobConfig({ file: opts.config, argv: cmd.args, overrides: opts.config ? {} : DEMO_OVERRIDES });
       const report = await readJobStatus(config, { jobId: opts.job });
       process.stdout.write((opts.json ? JSON.stringify(report, null, 2) : formatJobStatus(report)) + '\n');
+    });
+
+  program
+    .command('stop')
+    .description(
+      'End a running job through its NATS: the coordinator ends it at its next committed checkpoint (every ' +
+        'checkpoint.intervalSteps steps, or the epoch\'s end), which is its final one; every process then exits 0 and ' +
+        '`launch` reports the job stopped. Waits for the end unless --no-wait. The job token comes from job.token ' +
+        '(BLIP2_JOB_TOKEN, --job.token) or the one `launch` left in <runDir>/job.token. Exit 2 when the job does not ' +
+        'exist or the token is refused, 1 when NATS or the coordinator does not answer.',
+    )
+    .option('--config <file>', 'job config, YAML or JSON (default: the built-in demo)')
+    .option('--job <id>', 'job id (default: job.id of the config)')
+    .option('--no-wait', 'return once the coordinator has taken the request')
+    .allowUnknownOption(true)
+    .allowExcessArguments(true)
+    .addHelpText('after', CONFIG_FLAGS_HELP)
+    .action(async (opts: { config?: string; job?: string; wait: boolean }, cmd: Command) => {
+      const { config } = loadJobConfig({ file: opts.config, argv: cmd.args, overrides: opts.config ? {} : DEMO_OVERRIDES });
+      const say = (line: string) => process.stdout.write(line + '\n');
+      const r = await stopJob(config, { jobId: opts.job, wait: opts.wait, say });
+      const jobId = opts.job ?? config.job.id;
+      if (r.outcome === 'already-finished') say(`job ${jobId} has already ended${r.state ? ` (${r.state.reason})` : ''}; nothing to stop`);
+      if (r.outcome === 'stopped') say(`job ${jobId} stopped: ${r.state!.reason}; final checkpoint ${r.state!.checkpointDir ?? 'none'}`);
     });
 
   program

@@ -150,6 +150,9 @@ class GenerationDriver {
         this.early = { a: next, connected: c };
       }, () => undefined);
     });
+    // The job ended while this generation trains (`blip2 stop` ends it at a commit): stop between steps, as for a
+    // generation change; the next assignment then reports the end.
+    member.waitFinished(abort.signal).then(() => abort.abort(new GenerationAbortedError('the job has ended')), () => undefined);
     const data = new JetStreamEpochData({
       nc, stream: queue.stream, durable: queue.durable, ackWaitMs: queue.ackWaitMs, keeper, dataRoot: config.data.root,
       tokenizer: core.tokenizer, batchSize: config.train.batchSizePerTrainer, workers: config.data.workers,
