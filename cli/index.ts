@@ -4,4 +4,4 @@
 // This surface is for the tests and the benchmark.
 export { launchLocal, DEMO_OVERRIDES, type LaunchOptions, type LaunchSummary } from './launcher';
 export { startNatsServer, freePort, type NatsServerHandle, type StartNatsServerOptions } from './nats-server';
-export { renderKubernetesTarget, type KubernetesTargetOptions } from './kubernetes';
+export { renderKubernetesTarget, type KubernetesTargetOptions, type RenderedFiles } from './kubernetes';

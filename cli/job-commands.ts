@@ -1,10 +1,16 @@
 // The `blip2` subcommands about jobs: `launch` (on this machine, or rendered for Kubernetes), `status` (a job's state
 // from NATS KV) and `config`.
 import { Option, type Command } from 'commander';
-import { describeConfigKeys, loadJobConfig } from '../common';
+import { describeConfigKeys, loadJobConfig, UsageError } from '../common';
 import { renderKubernetesTarget } from './kubernetes';
 import { formatJobStatus, readJobStatus } from './job-status';
+import { stopJob } from './job-stop';
 import { DEMO_OVERRIDES, launchLocal } from './launcher';
+
+interface LaunchFlags {
+  config?: string; target: string; trainerEntry: string; renderDir?: string; image: string; namespace: string;
+  trainerCpu: string; trainerMemory: string; gpus: string; storageClass?: string; dataVolumeSize: string;
+}
 
 const CONFIG_FLAGS_HELP = `
 Any job config key can be given as a flag after the options: --<key> <value> or --<key>=<value>,
@@ -28,16 +34,28 @@ export function registerJobCommands(program: Command): void {
     .option('--render-dir <dir>', 'with --target kubernetes: write the manifests there (then `kubectl apply -f <dir>`)')
     .option('--image <image>', 'with --target kubernetes: container image holding this repository', 'blip2-dist:latest')
     .option('--namespace <ns>', 'with --target kubernetes: namespace', 'default')
+    .option('--trainer-cpu <cpu>', 'with --target kubernetes: CPU request and limit per trainer; the engine threads follow it', '4')
+    .option('--trainer-memory <mem>', 'with --target kubernetes: memory request and limit per trainer', '8Gi')
+    .option('--gpus <n>', 'with --target kubernetes: nvidia.com/gpu per trainer (with the GPU image)', '0')
+    .option('--storage-class <class>', 'with --target kubernetes: storage class of the ReadWriteMany data volume')
+    .option('--data-volume-size <size>', 'with --target kubernetes: size of the data volume', '20Gi')
     .addOption(new Option('--trainer-entry <script>', 'trainer entry script (tests)').default('trainer/main.ts').hideHelp())
     .allowUnknownOption(true)
     .allowExcessArguments(true)
     .addHelpText('after', CONFIG_FLAGS_HELP)
-    .action(async (opts: { config?: string; target: string; trainerEntry: string; renderDir?: string; image: string; namespace: string }, cmd: Command) => {
+    .action(async (opts: LaunchFlags, cmd: Command) => {
       if (opts.target === 'kubernetes') {
-        const file = renderKubernetesTarget({
+        const gpus = Number(opts.gpus);
+        if (!Number.isInteger(gpus) || gpus < 0) throw new UsageError(`--gpus must be an integer >= 0, got ${JSON.stringify(opts.gpus)}`);
+        const files = renderKubernetesTarget({
           configFile: opts.config, configArgs: cmd.args, renderDir: opts.renderDir, image: opts.image, namespace: opts.namespace,
+          trainerCpu: opts.trainerCpu, trainerMemory: opts.trainerMemory, trainerGpus: gpus, storageClass: opts.storageClass,
+          dataVolumeSize: opts.dataVolumeSize,
         });
-        process.stdout.write(`wrote ${file} (it holds the job token in a Secret); apply with: kubectl apply -f ${file}\n`);
+        process.stdout.write(
+          `wrote ${files.manifests} and ${files.secret} (the job token, mode 0600; ${files.tokenKept ? 'kept from the earlier render' : 'new'})\n` +
+            `apply with: kubectl apply -f ${opts.renderDir}\n`,
+        );
         return;
       }
       const summary = await launchLocal({ configFile: opts.config, configArgs: cmd.args, trainerEntry: opts.trainerEntry });
@@ -62,6 +80,30 @@ export function registerJobCommands(program: Command): void {
       const { config } = loadJobConfig({ file: opts.config, argv: cmd.args, overrides: opts.config ? {} : DEMO_OVERRIDES });
       const report = await readJobStatus(config, { jobId: opts.job });
       process.stdout.write((opts.json ? JSON.stringify(report, null, 2) : formatJobStatus(report)) + '\n');
+    });
+
+  program
+    .command('stop')
+    .description(
+      'End a running job through its NATS: the coordinator ends it at its next committed checkpoint (every ' +
+        'checkpoint.intervalSteps steps, or the epoch\'s end), which is its final one; every process then exits 0 and ' +
+        '`launch` reports the job stopped. Waits for the end unless --no-wait. The job token comes from job.token ' +
+        '(BLIP2_JOB_TOKEN, --job.token) or the one `launch` left in <runDir>/job.token. Exit 2 when the job does not ' +
+        'exist or the token is refused, 1 when NATS or the coordinator does not answer.',
+    )
+    .option('--config <file>', 'job config, YAML or JSON (default: the built-in demo)')
+    .option('--job <id>', 'job id (default: job.id of the config)')
+    .option('--no-wait', 'return once the coordinator has taken the request')
+    .allowUnknownOption(true)
+    .allowExcessArguments(true)
+    .addHelpText('after', CONFIG_FLAGS_HELP)
+    .action(async (opts: { config?: string; job?: string; wait: boolean }, cmd: Command) => {
+      const { config } = loadJobConfig({ file: opts.config, argv: cmd.args, overrides: opts.config ? {} : DEMO_OVERRIDES });
+      const say = (line: string) => process.stdout.write(line + '\n');
+      const r = await stopJob(config, { jobId: opts.job, wait: opts.wait, say });
+      const jobId = opts.job ?? config.job.id;
+      if (r.outcome === 'already-finished') say(`job ${jobId} has already ended${r.state ? ` (${r.state.reason})` : ''}; nothing to stop`);
+      if (r.outcome === 'stopped') say(`job ${jobId} stopped: ${r.state!.reason}; final checkpoint ${r.state!.checkpointDir ?? 'none'}`);
     });
 
   program

@@ -22,6 +22,7 @@ import { JobStore, type JobState, type ProgressReport } from '../coordinator/cli
 import { loadIndex, writeSynthDataset } from '../dataloader';
 import { loadModelConfig } from '../trainer/model';
 import { resolveWeights } from '../trainer';
+import { launchTokenFile } from './job-stop';
 import { freePort, startNatsServer, type NatsServerHandle } from './nats-server';
 
 const repoRoot = resolve(import.meta.dirname, '..');
@@ -88,9 +89,12 @@ export async function launchLocal(o: LaunchOptions = {}): Promise<LaunchSummary>
   const out = o.out ?? process.stdout;
   const say: Say = (line) => out.write(line + '\n');
   // 1. Config and run dir.
-  const c = resolveLaunchConfig(o);
+  const { config: c, generatedToken } = resolveLaunchConfig(o);
   const t0 = Date.now();
   const { summaryPath, logDir } = prepareRunDir(c, o, say);
+  // A token generated for this run is left (0600) where `blip2 stop` looks for it.
+  if (generatedToken) writeFileSync(launchTokenFile(c.job.runDir), c.job.token + '\n', { mode: 0o600 });
+  else rmSync(launchTokenFile(c.job.runDir), { force: true });
   // 2. Data.
   const samplesPerEpoch = await prepareData(c, say);
   checkStage(c, say);
@@ -133,15 +137,16 @@ export async function launchLocal(o: LaunchOptions = {}): Promise<LaunchSummary>
 }
 
 /** Step 1: the job config (file < env < flags; with no file, the demo's settings), a token for this run. */
-function resolveLaunchConfig(o: LaunchOptions): JobConfig {
+function resolveLaunchConfig(o: LaunchOptions): { config: JobConfig; generatedToken: boolean } {
   const env = o.env ?? process.env;
   const { config } = loadJobConfig({ file: o.configFile, env, argv: o.configArgs ?? [], overrides: o.configFile ? {} : DEMO_OVERRIDES });
-  if (!config.job.token) config.job.token = randomBytes(16).toString('hex'); // this run's secret
+  const generatedToken = !config.job.token;
+  if (generatedToken) config.job.token = randomBytes(16).toString('hex'); // this run's secret
   if (config.launch.target !== 'local') {
     throw new UsageError(`launch.target ${JSON.stringify(config.launch.target)}: only "local" is implemented; render manifests with deploy/ (Kubernetes target not yet)`);
   }
   if (config.model.config) loadModelConfig(config.model.config); // a bad model config.json is refused here, not by every trainer
-  return config;
+  return { config, generatedToken };
 }
 
 /** Step 1: the run dir and its logs/ (a finished demo run is started afresh; a finished job is refused). */
@@ -339,8 +344,10 @@ async function followJob(
   let status: LaunchSummary['status'];
   try {
     await Promise.race([finishedP, stopped, coordinatorFailed.then(() => new Promise(() => {})), trainersGone.then(() => new Promise(() => {}))]);
-    status = state?.status === 'finished' ? 'finished' : 'stopped';
-    if (status === 'finished') {
+    const ended = state as JobState | null;
+    status = ended?.status === 'finished' && !ended.stopRequested ? 'finished' : 'stopped';
+    if (ended?.status === 'finished') {
+      if (ended.stopRequested) say(`job ${ended.reason}`);
       // Let the processes see the end and exit by themselves.
       await Promise.race([Promise.all(children.map((ch) => ch.exit)), unrefSleep(15_000)]);
     }
@@ -368,7 +375,7 @@ function writeSummary(
     runDir: c.job.runDir,
     checkpointDir: s?.committed?.checkpointDir ?? null,
     step: s?.committed?.step ?? 0,
-    epochs: s ? (s.status === 'finished' ? c.train.epochs : s.epoch) : 0,
+    epochs: s ? (s.status === 'finished' && !s.stopRequested ? c.train.epochs : s.epoch) : 0,
     samples: s?.committed?.samples ?? s?.ledger.samplesCommitted ?? 0,
     losses: lastReport?.losses ?? {},
     generations: s?.generation ?? 0,
@@ -381,6 +388,7 @@ function writeSummary(
   say(`  samples trained:   ${summary.samples} (${summary.samples - x.firstSamples} in this launch), ${summary.step} steps, ${summary.generations} generation(s)`);
   say(`  checkpoint:        ${summary.checkpointDir ?? 'none committed'}`);
   say(`  run dir:           ${c.job.runDir} (logs/, metrics-*.jsonl)`);
-  if (summary.status === 'stopped') say(`  resume with the same command: the job continues from its last commit`);
+  if (summary.status === 'stopped' && s?.status === 'finished') say(`  the job has ended: start a new one from this checkpoint with model.checkpoint`);
+  else if (summary.status === 'stopped') say(`  resume with the same command: the job continues from its last commit`);
   return summary;
 }

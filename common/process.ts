@@ -21,6 +21,12 @@ export function loadProcessConfig(argv: string[], env: NodeJS.ProcessEnv = proce
   return loaded;
 }
 
+/**
+ * Exit status of a job process (coordinator, trainer) that a signal stopped before the job ended: 128 + SIGTERM, so a
+ * supervisor that restarts failed processes (a Kubernetes Job) starts it again. 0 means the job ended.
+ */
+export const EXIT_SIGNALLED = 143;
+
 /** Runs `main`, mapping errors to a message and an exit status (2: bad input, 1: failure). */
 export function runProcess(component: string, main: () => Promise<number | void>): void {
   const log = createLogger(component);

@@ -194,6 +194,11 @@ export class Coordinator {
       case 'epochDone':
         event = { type: 'epochDone', nodeId: req.nodeId, generation: req.generation, epoch: req.epoch };
         break;
+      case 'stop':
+        this.lastSeen.delete(req.nodeId); // the requester is not a member
+        this.log.info('stop requested', { by: req.nodeId });
+        event = { type: 'stop', by: req.nodeId };
+        break;
       default:
         return reply({ ok: false, code: 'bad-request', message: `unknown request type ${JSON.stringify((req as { type: unknown }).type)}` });
     }

@@ -1,9 +1,9 @@
 /**
  * The coordinator process: `tsx coordinator/main.ts [--config job.yaml] [--key value ...]`.
- * Runs the job's coordinator until the job finishes (exit 0); SIGTERM/SIGINT stop it at once, leaving the job's
- * state in NATS KV for the next coordinator to continue from.
+ * Runs the job's coordinator until the job finishes (exit 0); SIGTERM/SIGINT stop it at once (exit 143), leaving the
+ * job's state in NATS KV for the next coordinator to continue from.
  */
-import { connectJobNats, createLogger, createRegistry, loadProcessConfig, runProcess, serveMetrics, UsageError } from '../common';
+import { connectJobNats, createLogger, EXIT_SIGNALLED, createRegistry, loadProcessConfig, runProcess, serveMetrics, UsageError } from '../common';
 import { Coordinator } from './coordinator';
 import { DataEpochPublisher, loadJobIndex } from './epochs';
 import { CoordinatorMetrics } from './metrics';
@@ -40,7 +40,8 @@ runProcess('coordinator', async () => {
   await coordinator.start();
   const progress = setInterval(() => void publisher.refreshProgress().catch(() => undefined), 2000);
   const signalled = new Promise<number>((resolve) => {
-    for (const sig of ['SIGTERM', 'SIGINT'] as const) process.once(sig, () => void stop(sig).then(() => resolve(0)));
+    // 128 + 15: stopped before the job ended, so a supervisor (a Kubernetes Job) starts another coordinator.
+    for (const sig of ['SIGTERM', 'SIGINT'] as const) process.once(sig, () => void stop(sig).then(() => resolve(EXIT_SIGNALLED)));
   });
   const code = await Promise.race([
     // After the end, answer stragglers' requests for a moment before going.

@@ -164,6 +164,34 @@ describe('commits', () => {
   });
 });
 
+describe('stop', () => {
+  const o = opts({ minWorld: 2, settleMs: 0 });
+
+  test.each([1, 2, 3, 4])('a running job of %i ends at the next commit, its final checkpoint', (worldSize) => {
+    const ow = opts({ minWorld: Math.min(2, worldSize), settleMs: 0 });
+    let { state } = running(worldSize, ow);
+    ({ state } = run(state, [commit(state, 2, [])], ow));
+    const r = step(state, { type: 'stop', by: 'blip2 stop (host-a)' }, ow);
+    expect(r.state).toMatchObject({ status: 'running', stopRequested: 'blip2 stop (host-a)' });
+    expect(r.actions).toEqual([]);
+    expect(step(r.state, { type: 'stop', by: 'again' }, ow).state.stopRequested).toBe('blip2 stop (host-a)');
+    const end = step(r.state, commit(r.state, 4, ['a']), ow);
+    expect(end.state).toMatchObject({ status: 'finished', committed: { step: 4, checkpointDir: '/ck/4' } });
+    expect(end.state.reason).toBe('stopped by blip2 stop (alice-host) at the commit of step 4');
+    expect(end.actions).toEqual([{ type: 'committed', step: 4, epoch: 0 }, { type: 'finished' }]);
+  });
+
+  test('a waiting job ends at once, keeping its last commit; a finished job refuses it', () => {
+    let { state } = running(2, o);
+    ({ state } = run(state, [commit(state, 2, []), { type: 'lost', nodeId: 'n1', reason: 'x', now: 5 }], o));
+    expect(state.status).toBe('waiting');
+    const r = step(state, { type: 'stop', by: 'blip2 stop' }, o);
+    expect(r.state).toMatchObject({ status: 'finished', committed: { step: 2 } });
+    expect(r.state.reason).toBe('stopped by blip2 stop while waiting (last commit: step 2)');
+    expect(step(r.state, { type: 'stop', by: 'blip2 stop' }, o).error).toMatch(/has finished/);
+  });
+});
+
 describe('epochs', () => {
   const o = opts({ minWorld: 2, settleMs: 0, epochs: 2 });
 

@@ -14,6 +14,8 @@
  *  4. `lost` (missed heartbeats) / `leave` / `failure` (a survivor's collective error): a new generation with the
  *     survivors, restoring the last commit; below `world.min` the job waits.
  *  5. `epochDone` (rank 0, every shard of the epoch committed): next epoch, or `finished` after the last.
+ *  6. `stop` (`blip2 stop`): the job ends at the next commit, its final checkpoint; at once when no generation is
+ *     training (the last commit stands).
  */
 import type { CommitInfo, JobState, MemberRecord, PeerInfo } from './client';
 
@@ -40,7 +42,8 @@ export type JobEvent =
   | { type: 'commit'; nodeId: string; generation: number; commit: CommitInfo }
   | { type: 'epochDone'; nodeId: string; generation: number; epoch: number }
   | { type: 'published'; epoch: number; shards: number }
-  | { type: 'queueReset'; generation: number };
+  | { type: 'queueReset'; generation: number }
+  | { type: 'stop'; by: string };
 
 export type JobAction =
   | { type: 'publishEpoch'; epoch: number }
@@ -219,10 +222,17 @@ export function step(state: JobState, event: JobEvent, o: ProtocolOptions): Step
       if (c.samples !== undefined) s.ledger.samplesCommitted = c.samples;
       s.committed = { ...c, cursors: { ...c.cursors }, ackedShards: acked };
       actions.push({ type: 'committed', step: c.step, epoch: c.epoch });
-      if (o.maxSteps > 0 && c.step >= o.maxSteps) finish(s, actions, `step ${c.step} reached train.maxSteps`);
+      if (s.stopRequested) finish(s, actions, `stopped by ${s.stopRequested} at the commit of step ${c.step}`);
+      else if (o.maxSteps > 0 && c.step >= o.maxSteps) finish(s, actions, `step ${c.step} reached train.maxSteps`);
       else if (s.pendingJoin) newGeneration(s, o, `taking in ${s.members.length - s.world.length} new member(s) at step ${c.step}`, actions);
       break;
     }
+
+    case 'stop':
+      if (s.stopRequested) break; // asked twice
+      s.stopRequested = event.by;
+      if (s.status !== 'running') finish(s, actions, `stopped by ${event.by} while ${s.status} (last commit: ${s.committed ? `step ${s.committed.step}` : 'none'})`);
+      break;
 
     case 'epochDone': {
       if (event.epoch < s.epoch) break; // retried after it was applied

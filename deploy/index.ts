@@ -1,3 +1,8 @@
 // Generated deployment artifacts: the Kubernetes manifests of a job (deploy/k8s/), rendered from its resolved
-// config. Used by the command line only (`blip2 launch --target kubernetes`); nothing here talks to a cluster.
-export { renderKubernetes, renderKubernetesYaml, type RenderOptions } from './k8s/manifests';
+// config as typed objects. Used by the command line only (`blip2 launch --target kubernetes`); nothing here talks
+// to a cluster. The image recipe is deploy/Dockerfile.
+export {
+  renderKubernetes, renderKubernetesYaml, toYaml, checkKubernetesJobId, cpuCores,
+  COORDINATOR_METRICS_PORT, TRAINER_METRICS_PORT, TRAINER_GRPC_PORT, NATS_CLIENT_PORT, DATA_MOUNT, CONFIG_MOUNT, MAX_KUBERNETES_JOB_ID,
+  type RenderOptions, type RenderedObject,
+} from './k8s/manifests';

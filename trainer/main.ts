@@ -16,7 +16,7 @@ import { join } from 'node:path';
 import type { NatsConnection } from '@nats-io/transport-node';
 import type { Registry } from 'prom-client';
 import {
-  connectJobNats, createLogger, createRegistry, loadProcessConfig, runProcess, serveMetrics, UsageError, type JobConfig, type Logger,
+  connectJobNats, createLogger, createRegistry, EXIT_SIGNALLED, loadProcessConfig, runProcess, serveMetrics, UsageError, type JobConfig, type Logger,
 } from '../common';
 import {
   AuthError, GenerationChangedError, JobFinishedError, JobMember, ProtocolError, type Assignment,
@@ -37,7 +37,7 @@ const HELP = `Usage: tsx trainer/main.ts [--config FILE] [--<key> <value> ...]
 
 Runs one trainer of a BLIP-2 training job (stage 1 or 2, train.stage): joins the job's coordinator over NATS with the job token,
 trains its share of every synchronous step with its peers over gRPC collectives, checkpoints (rank 0) and commits,
-and exits 0 when the job finishes. Normally started by \`blip2 launch\`; the launcher passes --config and sets
+and exits 0 when the job finishes (143 when SIGTERM/SIGINT stopped it first, 2 for bad input). Normally started by \`blip2 launch\`; the launcher passes --config and sets
 BLIP2_NODE_ID, BLIP2_GRPC_PORT and BLIP2_METRICS_PORT per process.
 
 Options:
@@ -150,6 +150,9 @@ class GenerationDriver {
         this.early = { a: next, connected: c };
       }, () => undefined);
     });
+    // The job ended while this generation trains (`blip2 stop` ends it at a commit): stop between steps, as for a
+    // generation change; the next assignment then reports the end.
+    member.waitFinished(abort.signal).then(() => abort.abort(new GenerationAbortedError('the job has ended')), () => undefined);
     const data = new JetStreamEpochData({
       nc, stream: queue.stream, durable: queue.durable, ackWaitMs: queue.ackWaitMs, keeper, dataRoot: config.data.root,
       tokenizer: core.tokenizer, batchSize: config.train.batchSizePerTrainer, workers: config.data.workers,
@@ -280,6 +283,7 @@ runProcess('trainer', async () => {
   try {
     await new GenerationDriver({ config, log, registry, metrics, core, group, nc, member, keeper, queue, stop }).runAll();
     log.info(stop.signal.aborted ? 'stopped' : 'job finished');
+    if (stop.signal.aborted) code = EXIT_SIGNALLED; // stopped before the job ended: a supervisor starts it again
   } catch (e) {
     code = e instanceof UsageError ? 2 : 1;
     throw e;

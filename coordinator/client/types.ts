@@ -76,6 +76,11 @@ export interface JobState {
   ledger: { commits: number; samplesCommitted: number; shardsAcked: number };
   /** A member joined while running: take it in at the next commit. */
   pendingJoin: boolean;
+  /**
+   * `blip2 stop` asked the job to end (who asked, from the request): it ends at the next commit, which becomes its
+   * final checkpoint (at once when no generation is training). Absent in states written before it existed.
+   */
+  stopRequested?: string | null;
   /** While waiting: when members first reached world.min (ms since epoch), null otherwise. */
   readySince: number | null;
   nextJoinSeq: number;

@@ -7,7 +7,9 @@ export type ControlRequest =
   | { type: 'leave'; token: string; nodeId: string; incarnation?: string }
   | { type: 'failure'; token: string; nodeId: string; generation: number; missingRank?: number; op?: string; message: string }
   | { type: 'commit'; token: string; nodeId: string; generation: number; commit: CommitInfo }
-  | { type: 'epochDone'; token: string; nodeId: string; generation: number; epoch: number };
+  | { type: 'epochDone'; token: string; nodeId: string; generation: number; epoch: number }
+  /** `blip2 stop`: end the job at its next commit. nodeId names the requester (not a member). */
+  | { type: 'stop'; token: string; nodeId: string };
 
 export type ControlReply = { ok: true } | { ok: false; code: 'auth' | 'refused' | 'bad-request'; message: string };
 
