@@ -65,13 +65,21 @@ export class CoordinatorMetrics {
     );
     this.worldMin = gauge('world_min', 'Fewest trainers the job trains with (world.min); below it the job waits.');
     this.worldMax = gauge('world_max', 'Most trainers the job takes into a generation (world.max).');
-    this.lastCommitTime = gauge('last_commit_timestamp_seconds', 'Unix time the last committed checkpoint was recorded (or written, after a coordinator restart).');
+    // Both absent until a commit is known (a 0 would read as "1970" or "just now").
     const self = this;
-    this.checkpointAge = new Gauge({
-      name: 'blip2_coordinator_checkpoint_age_seconds', help: 'Seconds since the last committed checkpoint (absent before the first).', registers: [registry],
+    this.lastCommitTime = new Gauge({
+      name: 'blip2_coordinator_last_commit_timestamp_seconds', registers: [registry],
+      help: 'Unix time the last committed checkpoint was recorded (or written, after a coordinator restart); absent before the first.',
       collect() {
-        this.reset();
-        if (self.lastCommitMs !== undefined) this.set(Math.max(0, (self.now() - self.lastCommitMs) / 1000));
+        if (self.lastCommitMs === undefined) this.remove();
+        else this.set(self.lastCommitMs / 1000);
+      },
+    });
+    this.checkpointAge = new Gauge({
+      name: 'blip2_coordinator_checkpoint_age_seconds', help: 'Seconds since the last committed checkpoint; absent before the first.', registers: [registry],
+      collect() {
+        if (self.lastCommitMs === undefined) this.remove();
+        else this.set(Math.max(0, (self.now() - self.lastCommitMs) / 1000));
       },
     });
   }
@@ -100,7 +108,6 @@ export class CoordinatorMetrics {
   /** The last commit was recorded (or written) at `ms` since the epoch. */
   setLastCommit(ms: number): void {
     this.lastCommitMs = ms;
-    this.lastCommitTime.set(ms / 1000);
   }
 
   private seenCommits?: number;
