@@ -1,3 +1,5 @@
 // Generated deployment artifacts: the Kubernetes manifests of a job (deploy/k8s/), rendered from its resolved
-// config. Used by the command line only (`blip2 launch --target kubernetes`); nothing here talks to a cluster.
+// config, the Grafana dashboard (deploy/grafana/) and the Prometheus scrape config and alert rules (deploy/prometheus/).
+// Used by the command line and scripts; nothing here talks to a cluster.
 export { renderKubernetes, renderKubernetesYaml, type RenderOptions } from './k8s/manifests';
+export { buildDashboard, dashboardQueries, metricNames, DASHBOARD_UID } from './grafana/dashboard';
