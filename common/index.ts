@@ -6,6 +6,7 @@ export * from './log';
 export * from './safetensors';
 export * from './config';
 export * from './metrics';
+export * from './health';
 export * from './rng';
 export * from './nats';
 export * from './process';

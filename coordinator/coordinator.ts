@@ -9,8 +9,10 @@
  *     with compare-and-set; on a revision conflict re-read the state and go to 2; 5. run the actions.
  */
 import { timingSafeEqual } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
-import { createLogger, jobSubjects, type Logger } from '../common';
+import { createLogger, jobSubjects, type Logger, type ProcessHealth } from '../common';
 import { CoordinatorMetrics } from './metrics';
 import { initialState, step, type JobAction, type JobEvent, type ProtocolOptions } from './protocol';
 import { encode, JobStore, RevisionConflictError, type ControlReply, type ControlRequest, type Heartbeat, type JobState, type StoredState } from './client';
@@ -38,7 +40,20 @@ export interface CoordinatorOptions {
   tickMs?: number;
   publisher: EpochPublisher;
   metrics?: CoordinatorMetrics;
+  /** Beaten by every liveness tick (`/healthz`); ready once started (`/readyz`). */
+  health?: ProcessHealth;
   log?: Logger;
+}
+
+/** When a commit's checkpoint was written (its checkpoint.json `createdAt`), if the folder is readable here. */
+function checkpointWrittenAt(dir: string): number | undefined {
+  try {
+    const meta = JSON.parse(readFileSync(join(dir, 'checkpoint.json'), 'utf8')) as { createdAt?: unknown };
+    const t = typeof meta.createdAt === 'string' ? Date.parse(meta.createdAt) : NaN;
+    return Number.isFinite(t) ? t : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 export class Coordinator {
@@ -90,6 +105,10 @@ export class Coordinator {
       });
     }
     this.current = stored;
+    if (stored.state.committed) {
+      const at = checkpointWrittenAt(stored.state.committed.checkpointDir);
+      if (at !== undefined) this.metrics?.setLastCommit(at);
+    }
     const now = Date.now();
     for (const m of stored.state.members) this.lastSeen.set(m.nodeId, now); // one timeout of grace after a restart
     this.updateMetrics();
@@ -103,10 +122,14 @@ export class Coordinator {
     this.reconcileQueue();
     const tickMs = this.o.tickMs ?? Math.max(20, Math.min(250, Math.floor(this.o.heartbeatTimeoutMs / 4)));
     this.timer = setInterval(() => void this.tick(), tickMs);
+    this.o.health?.beat('liveness check');
+    this.o.health?.setReady(true, `coordinating job ${this.o.jobId}`);
   }
 
   async stop(): Promise<void> {
     this.stopped = true;
+    this.o.health?.setReady(false, 'stopping');
+    this.o.health?.waiting('the process to exit');
     if (this.timer) clearInterval(this.timer);
     for (const s of this.subs) s.unsubscribe();
     await this.queue.catch(() => undefined);
@@ -122,6 +145,8 @@ export class Coordinator {
     if (this.stopped) return;
     const now = Date.now();
     const s = this.current.state;
+    if (this.o.nc.isClosed()) this.o.health?.setReady(false, 'the NATS connection is closed');
+    else this.o.health?.beat('liveness check');
     for (const m of s.members) {
       const seen = this.lastSeen.get(m.nodeId) ?? now;
       if (!this.lastSeen.has(m.nodeId)) this.lastSeen.set(m.nodeId, now);
@@ -248,6 +273,7 @@ export class Coordinator {
         this.log.info('new generation', { generation: a.generation, worldSize: a.worldSize, reason: a.reason, ranks: s.world.map((p) => p.nodeId) });
         break;
       case 'committed':
+        this.metrics?.setLastCommit(Date.now());
         this.log.info('checkpoint committed', { step: a.step, epoch: a.epoch, dir: s.committed?.checkpointDir });
         break;
       case 'publishEpoch':
@@ -306,6 +332,7 @@ export class Coordinator {
     if (!m) return;
     const s = this.current.state;
     m.worldSize.set(s.world.length);
+    m.updateWorld(s.world.length);
     m.members.set(s.members.length);
     m.generation.set(s.generation);
     m.epoch.set(s.epoch);

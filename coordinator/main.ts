@@ -3,7 +3,9 @@
  * Runs the job's coordinator until the job finishes (exit 0); SIGTERM/SIGINT stop it at once (exit 143), leaving the
  * job's state in NATS KV for the next coordinator to continue from.
  */
-import { connectJobNats, createLogger, EXIT_SIGNALLED, createRegistry, loadProcessConfig, runProcess, serveMetrics, UsageError } from '../common';
+import {
+  connectJobNats, createLogger, createRegistry, EXIT_SIGNALLED, loadProcessConfig, ProcessHealth, runProcess, serveMetrics, UsageError,
+} from '../common';
 import { Coordinator } from './coordinator';
 import { DataEpochPublisher, loadJobIndex } from './epochs';
 import { CoordinatorMetrics } from './metrics';
@@ -16,11 +18,20 @@ runProcess('coordinator', async () => {
   const nc = await connectJobNats(config, { name: `blip2-coordinator-${config.job.id}` });
   const registry = createRegistry({ labels: { job_id: config.job.id, node: 'coordinator' } });
   const metrics = new CoordinatorMetrics(registry);
-  const server = config.metrics.enabled ? await serveMetrics(registry, { host: config.metrics.host, port: config.metrics.port }) : undefined;
+  // Healthy while the liveness tick (every 250 ms at most) runs; ready once the job state is loaded and served.
+  const health = new ProcessHealth({ stallMs: 60_000 });
+  const server = config.metrics.enabled
+    ? await serveMetrics(registry, { host: config.metrics.host, port: config.metrics.port, health: health.health, ready: health.ready })
+    : undefined;
   if (server) log.info('metrics at http://' + server.address + '/metrics');
   const publisher = new DataEpochPublisher({ nc, config, registry, log });
+  metrics.setPlan({
+    epochs: config.train.epochs, samplesPerEpoch: publisher.plan(0).reduce((n, d) => n + (d.end - d.start), 0),
+    batchSizePerTrainer: config.train.batchSizePerTrainer, maxSteps: config.train.maxSteps, worldMin: config.world.min, worldMax: config.world.max,
+    expectedWorld: Math.min(config.world.max, Math.max(config.world.min, config.world.trainers)),
+  });
   const coordinator = new Coordinator({
-    nc, jobId: config.job.id, token: config.job.token, publisher, metrics, log,
+    nc, jobId: config.job.id, token: config.job.token, publisher, metrics, health, log,
     heartbeatTimeoutMs: config.membership.timeoutMs,
     protocol: {
       minWorld: config.world.min, maxWorld: config.world.max, settleMs: config.world.rendezvousSettleMs,

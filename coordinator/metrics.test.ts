@@ -28,3 +28,28 @@ test('coordinator metrics: names, ledger counters advanced by differences, serve
     await server.close();
   }
 });
+
+test('the job\'s plan, world bounds and checkpoint age: absent before the first commit, then counted from it', async () => {
+  let now = 5_000_000;
+  const registry = createRegistry({ defaultMetrics: false });
+  const m = new CoordinatorMetrics(registry, () => now);
+  m.setPlan({ epochs: 3, samplesPerEpoch: 86, batchSizePerTrainer: 4, maxSteps: 0, worldMin: 1, worldMax: 4, expectedWorld: 2 });
+  let text = await registry.metrics();
+  expect(text).toMatch(/^blip2_coordinator_epochs_planned 3$/m);
+  expect(text).toMatch(/^blip2_coordinator_epoch_samples 86$/m);
+  expect(text).toMatch(/^blip2_coordinator_samples_planned 258$/m);
+  expect(text).toMatch(/^blip2_coordinator_steps_planned 33$/m); // 3 x ceil(86 / (4 x 2))
+  expect(text).toMatch(/^blip2_coordinator_world_min 1$/m);
+  expect(text).toMatch(/^blip2_coordinator_world_max 4$/m);
+  expect(text).not.toMatch(/^blip2_coordinator_(checkpoint_age|last_commit_timestamp)_seconds /m);
+  m.updateWorld(3);
+  m.updateWorld(0); // the world dissolved (job over): the estimate stays
+  m.setLastCommit(now - 1500);
+  now += 10_000;
+  text = await registry.metrics();
+  expect(text).toMatch(/^blip2_coordinator_steps_planned 24$/m); // 3 x ceil(86 / 12)
+  expect(text).toMatch(/^blip2_coordinator_checkpoint_age_seconds 11\.5$/m);
+  expect(text).toMatch(/^blip2_coordinator_last_commit_timestamp_seconds 4998\.5$/m);
+  m.setPlan({ epochs: 3, samplesPerEpoch: 86, batchSizePerTrainer: 4, maxSteps: 10, worldMin: 1, worldMax: 4, expectedWorld: 2 });
+  expect(await registry.metrics()).toMatch(/^blip2_coordinator_steps_planned 10$/m);
+});

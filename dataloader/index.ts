@@ -44,4 +44,5 @@ export {
 } from './jetstream';
 export { shardQueueOptions } from './job-queue';
 export { BadSampleError, DescriptorError, DatasetError, type SkipReason } from './errors';
+export { trainerDataMetrics, coordinatorDataMetrics, type TrainerDataMetrics, type CoordinatorDataMetrics } from './metrics';
 export { writeSynthDataset, synthVocabulary, LM_TOKENIZER_PATH, type SynthOptions } from './synth';

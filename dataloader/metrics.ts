@@ -45,6 +45,11 @@ export interface CoordinatorDataMetrics {
   shardsExhausted: Gauge<string>;
 }
 
+/** Every skip reason, so that each one's series exists (at 0) from the start: dashboards and alerts see them all. */
+const SKIP_REASONS: Record<SkipReason, true> = {
+  corrupt_image: true, missing_image: true, missing_caption: true, caption_too_long: true, bad_manifest_line: true, truncated_tar: true,
+};
+
 const trainerCache = new WeakMap<Registry, TrainerDataMetrics>();
 const coordinatorCache = new WeakMap<Registry, CoordinatorDataMetrics>();
 
@@ -72,6 +77,7 @@ export function trainerDataMetrics(registry: Registry): TrainerDataMetrics {
       buckets: [0.0001, 0.001, 0.01, 0.05, 0.1, 0.5, 1, 5, 30],
     }),
   };
+  for (const reason of Object.keys(SKIP_REASONS)) m.samplesSkipped.inc({ reason }, 0);
   trainerCache.set(registry, m);
   return m;
 }

@@ -7,11 +7,12 @@
  * for it in a collective. Whether the epoch is really over is decided by all ranks together (trainer/loop.ts).
  */
 import type { NatsConnection } from '@nats-io/transport-node';
-import { jetstream, type Consumer } from '@nats-io/jetstream';
+import { jetstream, jetstreamManager, type Consumer } from '@nats-io/jetstream';
 import type { Registry } from 'prom-client';
 import { createLogger, type Logger } from '../common';
 import {
-  createBatchStream, LeasedShard, parseDescriptor, type CaptionTokenizer, type ShardDescriptor, type ShardSource, type TransformOptions,
+  createBatchStream, LeasedShard, parseDescriptor, trainerDataMetrics, type CaptionTokenizer, type ShardDescriptor, type ShardSource,
+  type TrainerDataMetrics, type TransformOptions,
 } from '../dataloader';
 import { ackSubjectOf, type LeaseKeeper } from './lease-keeper';
 import type { EpochData, TrainLease } from './loop';
@@ -162,15 +163,32 @@ export interface JetStreamEpochDataOptions extends BatchOptions {
   keeper?: LeaseKeeper;
 }
 
-/** One rank's EpochData over the job's JetStream shard queue. */
+/**
+ * One rank's EpochData over the job's JetStream shard queue. With a registry it counts its leases as
+ * `blip2_trainer_data_*` (see dataloader/metrics.ts): every descriptor pulled and parsed is leased (redelivered
+ * when the server delivered it before), and ends acked or nacked; `shards_held` is leased − acked − nacked.
+ */
 export class JetStreamEpochData implements EpochData<LeasedShard> {
   private consumer: Consumer | undefined;
   private readonly held = new Set<LeasedShard>();
   private closed = false;
   private readonly log: Logger;
+  private readonly metrics: TrainerDataMetrics | undefined;
+  /** Leases not yet acked or nacked (those trained, and those being settled at once). */
+  private live = 0;
 
   constructor(private readonly o: JetStreamEpochDataOptions) {
     this.log = o.logger ?? createLogger('epoch-data', { stream: o.stream });
+    this.metrics = o.registry ? trainerDataMetrics(o.registry) : undefined;
+  }
+
+  /** nats-server before 2.10 keeps a terminated message in a work-queue stream: remove it so the queue empties. */
+  private async removeFromStream(seq: number): Promise<void> {
+    try {
+      await (await jetstreamManager(this.o.nc)).streams.deleteMessage(this.o.stream, seq, false);
+    } catch (e) {
+      this.log.warn('could not remove a rejected descriptor from the stream', { seq, error: (e as Error).message });
+    }
   }
 
   private async getConsumer(): Promise<Consumer> {
@@ -195,7 +213,9 @@ export class JetStreamEpochData implements EpochData<LeasedShard> {
             d = parseDescriptor(msg.data);
           } catch (e) {
             msg.term(`descriptor rejected: ${(e as Error).message.slice(0, 200)}`);
+            this.metrics?.descriptorsRejected.inc();
             this.log.error('descriptor rejected (terminated)', { seq: msg.seq, error: (e as Error).message });
+            await this.removeFromStream(msg.seq);
             continue;
           }
           if ([...this.held].some((l) => l.descriptor.id === d.id)) {
@@ -206,10 +226,17 @@ export class JetStreamEpochData implements EpochData<LeasedShard> {
             continue;
           }
           const reply = ackSubjectOf(msg);
-          const lease = new LeasedShard(d, msg, heartbeatMs, opts.cursorFor(d), (l) => {
+          const lease = new LeasedShard(d, msg, heartbeatMs, opts.cursorFor(d), (l, how) => {
             this.held.delete(l);
             if (reply) this.o.keeper?.release(reply);
+            this.live--;
+            (how === 'ack' ? this.metrics?.shardsAcked : this.metrics?.shardsNacked)?.inc();
+            this.metrics?.shardsHeld.set(this.live);
           });
+          this.live++;
+          this.metrics?.shardsLeased.inc();
+          if (lease.deliveryCount > 1) this.metrics?.shardsRedelivered.inc();
+          this.metrics?.shardsHeld.set(this.live);
           if (reply) this.o.keeper?.hold(reply);
           if (d.epoch < epoch || opts.skip(d) || lease.cursor >= d.end) {
             // Already committed (an ack that did not reach the server before a failure), or a stale epoch.

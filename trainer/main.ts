@@ -16,7 +16,8 @@ import { join } from 'node:path';
 import type { NatsConnection } from '@nats-io/transport-node';
 import type { Registry } from 'prom-client';
 import {
-  connectJobNats, createLogger, createRegistry, EXIT_SIGNALLED, loadProcessConfig, runProcess, serveMetrics, UsageError, type JobConfig, type Logger,
+  connectJobNats, createLogger, createRegistry, EXIT_SIGNALLED, loadProcessConfig, ProcessHealth, runProcess, serveMetrics, UsageError,
+  type JobConfig, type Logger,
 } from '../common';
 import {
   AuthError, GenerationChangedError, JobFinishedError, JobMember, ProtocolError, type Assignment,
@@ -76,6 +77,8 @@ interface TrainerParts {
   member: JobMember;
   keeper: LeaseKeeper | undefined;
   queue: ReturnType<typeof shardQueueOptions>;
+  /** `/healthz` (the loop beats every step) and `/readyz` (ready while holding a generation). */
+  health: ProcessHealth;
   /** Aborted by SIGTERM / SIGINT. */
   stop: AbortController;
 }
@@ -110,6 +113,8 @@ class GenerationDriver {
 
   /** The next assignment (one that arrived early, or the next one the job state gives); undefined at the end. */
   private async nextAssignment(): Promise<{ a: Assignment; connected?: Promise<void> } | undefined> {
+    this.t.health.setReady(false, `joined; waiting for a generation after ${this.afterGeneration}`);
+    this.t.health.waiting('a generation (rendezvous)');
     let a: Assignment;
     let connected: Promise<void> | undefined;
     try {
@@ -129,7 +134,7 @@ class GenerationDriver {
    * generation change go back to rendezvous ('again'); 'done' when the job finished or the trainer is stopping.
    */
   private async runAssignment(a: Assignment, connected: Promise<void> | undefined): Promise<'done' | 'again'> {
-    const { config, log, registry, metrics, core, group, nc, member, keeper, queue, stop } = this.t;
+    const { config, log, registry, metrics, core, group, nc, member, keeper, queue, health, stop } = this.t;
     this.afterGeneration = a.generation;
     metrics.incRendezvous(this.reason);
     metrics.setMembership({ worldSize: a.worldSize, generation: a.generation, rank: a.rank });
@@ -158,26 +163,35 @@ class GenerationDriver {
       tokenizer: core.tokenizer, batchSize: config.train.batchSizePerTrainer, workers: config.data.workers,
       transform: { mode: 'train', imageSize: core.config.vision_config.image_size }, registry, logger: log,
     });
+    // Waits on the coordinator are healthy however long they take; the loop beats again when they end.
+    const waitingOn = <T>(what: string, p: () => Promise<T>): Promise<T> => {
+      health.waiting(what);
+      return p().finally(() => health.beat(`wait for ${what}`));
+    };
     const commits: CommitChannel = {
       propose: (c) => member.proposeCommit(c),
-      waitCommitted: (step) => member.waitCommitted(step, abort.signal),
+      waitCommitted: (step) => waitingOn(`the commit of step ${step}`, () => member.waitCommitted(step, abort.signal)),
       epochDone: (epoch) => member.epochDone(epoch),
-      waitForEpoch: (epoch) => member.waitForEpoch(epoch, abort.signal),
+      waitForEpoch: (epoch) => waitingOn(`epoch ${epoch}`, () => member.waitForEpoch(epoch, abort.signal)),
       progress: (p) => member.reportProgress(p),
     };
     try {
       await (connected ?? group.connect(ringOf(a)));
       this.running = true;
+      health.setReady(true, `generation ${a.generation}, rank ${a.rank} of ${a.worldSize}`);
+      health.beat(`start of generation ${a.generation}`);
       let outcome;
       try {
         outcome = await runGeneration(core, {
           generation: a.generation, rank: a.rank, worldSize: a.worldSize, epoch: a.epoch, restore: a.restore,
           coll: collectiveAdapter(group), commits, data, signal: abort.signal,
-        });
+        }, (s) => health.beat(`step ${s.step}`));
       } finally {
         this.running = false;
       }
       if (outcome.kind === 'maxSteps') {
+        health.setReady(false, `train.maxSteps reached at step ${outcome.step}`);
+        health.waiting('the job to finish');
         log.info('train.maxSteps reached; waiting for the job to finish', { step: outcome.step });
         await member.waitFinished(stop.signal).catch(() => undefined);
       }
@@ -250,7 +264,12 @@ runProcess('trainer', async () => {
 
   const registry = createRegistry({ labels: { job_id: config.job.id, node: nodeId } });
   const metrics = createTrainerMetrics({ registry, nodeId, runDir: config.job.runDir, engine });
-  const server = config.metrics.enabled ? await serveMetrics(registry, { host: config.metrics.host, port: config.metrics.port }) : undefined;
+  // Healthy unless a step (or the start of a generation) has not ended for 10 minutes while training: the
+  // heartbeat worker's own limit for a main thread that stopped running.
+  const health = new ProcessHealth({ stallMs: 10 * 60_000 });
+  const server = config.metrics.enabled
+    ? await serveMetrics(registry, { host: config.metrics.host, port: config.metrics.port, health: health.health, ready: health.ready })
+    : undefined;
   if (server) log.info('metrics at http://' + server.address + '/metrics');
 
   const tokenizerPath = config.data.tokenizer || join(config.data.root, 'tokenizer.json');
@@ -265,6 +284,7 @@ runProcess('trainer', async () => {
   // 2. The collective server, NATS, the job.
   const { group, address } = await startCollective(config, log);
   const nc = await connectJobNats(config);
+  health.setReady(false, 'joining the job');
   const member = await joinJob(config, nc, nodeId, address);
   log.info('joined', { generation: member.generation });
 
@@ -272,6 +292,7 @@ runProcess('trainer', async () => {
   for (const sig of ['SIGTERM', 'SIGINT'] as const) {
     process.once(sig, () => {
       log.info('stopping', { signal: sig });
+      health.setReady(false, `stopping (${sig})`);
       stop.abort(sig);
     });
   }
@@ -281,9 +302,11 @@ runProcess('trainer', async () => {
   // 3.–4. The generations; 5. the exit status.
   let code = 0;
   try {
-    await new GenerationDriver({ config, log, registry, metrics, core, group, nc, member, keeper, queue, stop }).runAll();
+    await new GenerationDriver({ config, log, registry, metrics, core, group, nc, member, keeper, queue, health, stop }).runAll();
     log.info(stop.signal.aborted ? 'stopped' : 'job finished');
     if (stop.signal.aborted) code = EXIT_SIGNALLED; // stopped before the job ended: a supervisor starts it again
+    health.setReady(false, stop.signal.aborted ? 'stopped' : 'the job has finished');
+    health.waiting('the process to exit');
   } catch (e) {
     code = e instanceof UsageError ? 2 : 1;
     throw e;

@@ -12,6 +12,7 @@ describe('trainer metrics', () => {
     try {
       const registry = new Registry();
       const m = createTrainerMetrics({ registry, nodeId: 'node-a', runDir, engine: 'wasm' });
+      expect(await registry.metrics()).not.toMatch(/^blip2_trainer_loss\{/m); // no series (and no NaN) before the first step
       m.setMembership({ worldSize: 2, generation: 3, rank: 1 });
       m.setShardsPending(4);
       m.addShardsAcked(2);

@@ -96,6 +96,8 @@ export function createTrainerMetrics(o: TrainerMetricsOptions): TrainerMetrics {
   const rendezvous = new Counter({ name: 'blip2_trainer_rendezvous_total', help: 'Rendezvous this trainer went through, by reason.', labelNames: ['reason'], registers });
   const info = new Gauge({ name: 'blip2_trainer_info', help: 'Constant 1, labelled with the node id and tensor engine.', labelNames: ['node', 'engine'], registers });
   info.set({ node: o.nodeId, engine: o.engine ?? 'unknown' }, 1);
+  for (const reason of ['start', 'failure', 'generation_change'] as const) rendezvous.inc({ reason }, 0);
+  // No loss series before the first step (a NaN there would read as a diverged run).
 
   let jsonlPath: string | undefined;
   if (o.runDir) {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs what the test suite needs on a fresh Debian machine: Debian's nats-server (JetStream), OpenBLAS and a
-# C++ compiler (the tensor engine's native matmul), the npm packages from the lockfile, and builds the native
+# Installs what the test suite needs on a fresh Debian machine: Debian's nats-server (JetStream), promtool (from
+# Debian's prometheus package: the alert rules' checks and unit tests, the scrape lint), OpenBLAS and a C++ compiler (the tensor engine's native matmul), the npm packages from the lockfile, and builds the native
 # matmul addon. Idempotent: skips what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -10,6 +10,14 @@ if ! command -v nats-server >/dev/null 2>&1; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nats-server iproute2 >/dev/null
+fi
+
+# promtool: deploy/prometheus/prometheus.test.ts and the metrics lint of test/observability.test.ts.
+if ! command -v promtool >/dev/null 2>&1; then
+  echo "installing promtool (Debian package prometheus)" >&2
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 
 # openssl (the mutual-TLS collective test generates certificates) and iproute2 (`bench:allreduce --link`).
