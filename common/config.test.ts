@@ -130,3 +130,15 @@ test('print() masks secrets and shows the rest', () => {
   expect(printed.nats.token).toBe(''); // unset secrets stay visibly unset
   expect(printed.train.epochs).toBe(4);
 });
+
+test('the example job configs of deploy/examples/ are valid, with their paths resolved against the file', () => {
+  const dir = join(import.meta.dirname, '..', 'deploy', 'examples');
+  for (const f of ['synth-stage1.yaml', 'synth-stage2.yaml']) {
+    const { config } = loadJobConfig({ file: join(dir, f), env: {} });
+    expect(config.job.runDir).toBe(join(dir, '..', '..', 'runs', f.replace('.yaml', '')));
+  }
+  const { config } = loadJobConfig({ file: join(dir, 'synth-stage2.yaml'), env: {} });
+  expect(config.train.stage).toBe(2);
+  expect(config.model.checkpoint).toBe(join(dir, '..', '..', 'runs', 'synth-stage1'));
+  expect(config.data.lmTokenizer).toBe(join(dir, '..', '..', 'runs', 'synth-stage1', 'data', 'opt-tokenizer', 'tokenizer.json'));
+});
