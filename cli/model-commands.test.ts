@@ -9,6 +9,8 @@ const bin = join(dirname(fileURLToPath(import.meta.url)), '..', 'bin', 'blip2.js
 test('blip2 params prints the trainable counts of the original modules', () => {
   expect(execFileSync('node', [bin, 'params', '--preset', 'blip2-opt-2.7b', '--stage', '1'], { encoding: 'utf8' })).toContain('186,705,470 trainable parameters');
   expect(execFileSync('node', [bin, 'params', '--stage', '2'], { encoding: 'utf8' })).toContain('107,133,696 trainable parameters');
+  // blip2-opt-6.7b: the same Q-Former; language_projection 768 -> 4096 instead of 768 -> 2560.
+  expect(execFileSync('node', [bin, 'params', '--preset', 'blip2-opt-6.7b', '--stage', '2'], { encoding: 'utf8' })).toContain(`${(107_133_696 - (768 * 2560 + 2560) + (768 * 4096 + 4096)).toLocaleString('en-US')} trainable parameters`);
   const bad = spawnSync('node', [bin, 'params', '--stage', '3'], { encoding: 'utf8' });
   expect(bad.status).not.toBe(0);
   expect(bad.stderr).toContain('--stage must be 1 or 2, got "3"');

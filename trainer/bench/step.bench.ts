@@ -4,7 +4,8 @@
  * length 32. Baselines measured in the same run: the same step recomputing every image's cross-attention
  * keys/values per pass and per ITM row as the original does (`reuseImageKeyValues: false`), and a plain matmul
  * GFLOP/s probe, and the step with its four passes run one after another instead of in lockstep. Prints the median
- * of each and, as its last line, `step_ms <median>`. `--stage 2` times the stage-2 step instead (stage2-step.ts).
+ * of each, the step's matmul FLOPs counted from the shapes and its model FLOPs utilisation against the probe, and as
+ * its last line `step_ms <median>`. `--stage 2` times the stage-2 step instead (stage2-step.ts).
  */
 import { Command, Option } from 'commander';
 import {
@@ -13,9 +14,11 @@ import {
   localNegatives,
   presetConfig,
   DEFAULT_SCHEDULE,
+  hasCrossAttention,
   stage1StepWithSchedule,
   trainableCount,
   visionSeqLen,
+  type Blip2Config,
   type PassSchedule,
 } from '../model';
 import { engineConfigFromEnv } from '../../common';
@@ -24,7 +27,7 @@ import { benchStage2 } from './stage2-step';
 
 const program = new Command('bench:step')
   .description('Time one stage-1 training step (ITC+ITM+ITG forward and backward) of the Q-Former.')
-  .addOption(new Option('--preset <name>', 'model preset').choices(['base', 'blip2-opt-2.7b', 'small', 'tiny']).default('base'))
+  .addOption(new Option('--preset <name>', 'model preset').choices(['base', 'blip2-opt-2.7b', 'blip2-opt-6.7b', 'small', 'tiny']).default('base'))
   .addOption(new Option('--stage <n>', 'training stage: 1 (ITC+ITM+ITG) or 2 (LM loss through the frozen OPT)').choices(['1', '2']).default('1'))
   .option('--batch <n>', 'images (and captions) per step', '8')
   .option('--text-len <n>', 'caption length in tokens (max_txt_len)', '32')
@@ -72,6 +75,40 @@ function matmulGflops(): number {
   a.dispose();
   b.dispose();
   return (2 * m * q.hidden_size * q.intermediate_size) / (median(times.slice(1)) * 1e6);
+}
+
+/**
+ * Matmul FLOPs of one stage-1 step counted from the shapes (2·m·n·k per product), as this implementation runs it
+ * (image keys/values projected once per image and shared by the passes; ITG reads the ITC query pass's keys and
+ * values): the ITC query pass (B images, queries with cross-attention), the ITC text pass (B captions), the ITM pass
+ * (3B pairs, queries and text), the ITG pass (B captions over cached query keys/values), the heads (projections, ITM
+ * head, the ITG LM head over the vocabulary) and the ITC similarities. The backward of each product costs two
+ * products (input and weight gradients), so the step is 3× the forward.
+ */
+function stage1StepFlops(config: Blip2Config, B: number, T: number): number {
+  const q = config.qformer_config;
+  const H = q.hidden_size, I = q.intermediate_size, Q = config.num_query_tokens, E = config.lavis_config.embed_dim;
+  const Pv = visionSeqLen(config.vision_config), Dv = config.vision_config.hidden_size;
+  // One layer over one sample: nq query rows, nt text rows attending to `keys` rows; cross = the query rows attend to the image.
+  const layer = (l: number, nq: number, nt: number, keys: number) => {
+    const rows = nq + nt;
+    let f = 2 * rows * H * H * 4 + 2 * 2 * rows * keys * H; // q, k, v, out projections; scores and context
+    f += 2 * 2 * nq * H * I + 2 * 2 * nt * H * I; // the query FFN and the text FFN
+    if (nq > 0 && hasCrossAttention(q, l)) f += 2 * nq * H * H * 2 + 2 * 2 * nq * Pv * H; // cross q/out projections, scores, context
+    return f;
+  };
+  let fwd = 0;
+  for (let l = 0; l < q.num_hidden_layers; l++) {
+    if (hasCrossAttention(q, l)) fwd += B * 2 * 2 * Pv * Dv * H; // image keys/values, once per image
+    fwd += B * layer(l, Q, 0, Q); // ITC query pass
+    fwd += B * layer(l, 0, T, T); // ITC text pass
+    fwd += 3 * B * layer(l, Q, T, Q + T); // ITM pass
+    fwd += B * layer(l, 0, T, Q + T); // ITG pass over the cached query keys/values
+  }
+  fwd += B * (2 * Q * H * E + 2 * H * E) + 3 * B * 2 * Q * H * 2; // vision_proj, text_proj, ITM head
+  fwd += B * T * (2 * H * H + 2 * H * q.vocab_size); // ITG head: transform, then the vocabulary
+  fwd += 2 * (2 * B * B * Q * E); // ITC similarities, both directions
+  return 3 * fwd;
 }
 
 // Fixed inputs: random ViT output, captions of seeded lengths between 8 and T tokens, negatives rotated by one.
@@ -135,6 +172,8 @@ const fast = timeStep(DEFAULT_SCHEDULE);
 const stepMs = median(fast.ms);
 console.log(`step (keys/values shared, passes in lockstep): median ${fmt(stepMs)} ms [${fast.ms.map(fmt).join(', ')}], loss ${fast.loss.toFixed(6)}`);
 if (baselineMs !== undefined) console.log(`ratio baseline/step: ${(baselineMs / stepMs).toFixed(2)}×`);
+const flops = stage1StepFlops(config, B, T);
+console.log(`matmul FLOPs a step: ${(flops / 1e9).toFixed(1)} G (forward ×3); model FLOPs utilisation ${((100 * flops) / (stepMs * 1e6 * gflops)).toFixed(1)}% of the probe`);
 const target = opts.preset === 'small' ? 550 : opts.preset === 'tiny' ? undefined : 7600;
 if (target) console.log(`ratio PyTorch-CPU reference (${target} ms, measured elsewhere) / step: ${(target / stepMs).toFixed(2)}×`);
 disposeParams(params);

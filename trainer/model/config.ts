@@ -122,6 +122,19 @@ const opt27b: OptConfig = {
   eos_token_id: 2,
 };
 
+/** facebook/opt-6.7b's shapes (HF OPTConfig). */
+const opt67b: OptConfig = {
+  vocab_size: 50272,
+  hidden_size: 4096,
+  num_hidden_layers: 32,
+  num_attention_heads: 32,
+  ffn_dim: 16384,
+  max_position_embeddings: 2048,
+  pad_token_id: 1,
+  bos_token_id: 2,
+  eos_token_id: 2,
+};
+
 /** facebook/opt-125m's shapes (HF OPTConfig; its hidden size equals word_embed_proj_dim, so no projection). */
 const opt125m: OptConfig = {
   vocab_size: 50272,
@@ -160,6 +173,8 @@ export const PRESETS: Record<ModelPresetName, Blip2Config> = {
   },
   /** ViT-g/14 (39 blocks) + BERT-base Q-Former + OPT-2.7b shapes (LAVIS pretrain_opt2.7b; HF Salesforce/blip2-opt-2.7b). */
   'blip2-opt-2.7b': { vision_config: vitG, qformer_config: bertBase, text_config: opt27b, num_query_tokens: 32, lavis_config: LAVIS_DEFAULTS },
+  /** The same Q-Former and ViT with OPT-6.7b (LAVIS pretrain_opt6.7b; HF Salesforce/blip2-opt-6.7b). */
+  'blip2-opt-6.7b': { vision_config: vitG, qformer_config: bertBase, text_config: opt67b, num_query_tokens: 32, lavis_config: LAVIS_DEFAULTS },
   base: { vision_config: vitG, qformer_config: bertBase, text_config: opt27b, num_query_tokens: 32, lavis_config: LAVIS_DEFAULTS },
 };
 
@@ -386,7 +401,7 @@ export function countElements(shape: readonly number[]): number {
   return shape.reduce((a, b) => a * b, 1);
 }
 
-/** Number of trainable scalars in `stage` (186,705,470 / 107,133,696 for blip2-opt-2.7b). */
+/** Number of trainable scalars in `stage` (186,705,470 / 107,133,696 for blip2-opt-2.7b; 108,314,880 in stage 2 for blip2-opt-6.7b). */
 export function trainableCount(config: Blip2Config, stage: Stage): number {
   const groups = new Set(trainableGroups(stage));
   return paramManifest(config)
