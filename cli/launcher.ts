@@ -17,7 +17,7 @@ import { createWriteStream, existsSync, mkdirSync, readFileSync, rmSync, writeFi
 import { availableParallelism } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { NatsConnection } from '@nats-io/transport-node';
-import { Blip2Error, connectJobNats, jobSubjects, loadJobConfig, UsageError, type JobConfig } from '../common';
+import { Blip2Error, connectJobNats, jobSubjects, loadJobConfig, safetensorsNames, UsageError, type JobConfig } from '../common';
 import { JobStore, type JobState, type ProgressReport } from '../coordinator/client';
 import { loadIndex, writeSynthDataset } from '../dataloader';
 import { loadModelConfig } from '../trainer/model';
@@ -185,12 +185,12 @@ function checkStage(c: JobConfig, say: Say): void {
   if (!existsSync(c.data.lmTokenizer)) {
     throw new UsageError(`data.lmTokenizer ${c.data.lmTokenizer}: not found; stage 2 needs the language model's tokenizer.json (\`blip2 data synth\` writes opt-tokenizer/ for the synthetic data; for real data, the OPT checkpoint's)`);
   }
-  if (!c.model.checkpoint) {
-    say('stage 2 from scratch: model.checkpoint is empty, so the Q-Former starts untrained (the paper\'s ablation without stage 1)');
-    return;
-  }
-  const from = resolveWeights(c.model.checkpoint);
-  say(`stage 2 from ${from.checkpoint ? `the stage-${from.checkpoint.stage} checkpoint ${from.checkpoint.dir}` : from.files.join(', ')}`);
+  const from = c.model.checkpoint ? resolveWeights(c.model.checkpoint) : undefined;
+  if (!from) say('stage 2 from scratch: model.checkpoint is empty, so the Q-Former starts untrained (the paper\'s ablation without stage 1)');
+  else say(`stage 2 from ${from.checkpoint ? `the stage-${from.checkpoint.stage} checkpoint ${from.checkpoint.dir}` : from.files.join(', ')}`);
+  const lm = c.model.languageModel ? resolveWeights(c.model.languageModel).files : from && !from.checkpoint && from.files.some((f) => safetensorsNames(f).some((n) => n.startsWith('language_model.'))) ? from.files : undefined;
+  if (lm) say(`frozen language model: ${lm.join(', ')}`);
+  else say('warning: model.languageModel is empty: the frozen language model is random and knows no language, so the LM loss can hardly fall (train one with `blip2 pretrain-lm`)');
 }
 
 /**
