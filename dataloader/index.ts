@@ -43,5 +43,6 @@ export {
   type ShardQueueOptions, type ShardPublisherOptions, type ShardConsumerOptions, type EpochProgress,
 } from './jetstream';
 export { shardQueueOptions } from './job-queue';
-export { BadSampleError, DescriptorError, DatasetError, type SkipReason } from './errors';
+export { BadSampleError, DescriptorError, DatasetError, SKIP_REASONS, type SkipReason } from './errors';
+export { dataSkipCounts } from './metrics';
 export { writeSynthDataset, type SynthOptions } from './synth';

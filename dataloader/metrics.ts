@@ -10,6 +10,8 @@ export interface TrainerDataMetrics {
   samples: Counter<string>;
   /** blip2_trainer_data_samples_skipped_total{reason}: bad samples skipped (see SkipReason). */
   samplesSkipped: Counter<'reason'>;
+  /** The same counts as a plain object (for the trainer's metrics JSONL, which is written synchronously). */
+  skippedByReason: Partial<Record<SkipReason, number>>;
   /** blip2_trainer_data_batches_total */
   batches: Counter<string>;
   /** blip2_trainer_data_shards_leased_total: descriptors pulled (redeliveries included). */
@@ -55,6 +57,7 @@ export function trainerDataMetrics(registry: Registry): TrainerDataMetrics {
   m = {
     samples: new Counter({ name: 'blip2_trainer_data_samples_total', help: 'Samples decoded, transformed and batched.', registers }),
     samplesSkipped: new Counter({ name: 'blip2_trainer_data_samples_skipped_total', help: 'Bad samples skipped, by reason.', labelNames: ['reason'], registers }),
+    skippedByReason: {},
     batches: new Counter({ name: 'blip2_trainer_data_batches_total', help: 'Batches produced.', registers }),
     shardsLeased: new Counter({ name: 'blip2_trainer_data_shards_leased_total', help: 'Shard descriptors pulled from JetStream (redeliveries included).', registers }),
     shardsRedelivered: new Counter({ name: 'blip2_trainer_data_shards_redelivered_total', help: 'Shard descriptors pulled with a delivery count above 1.', registers }),
@@ -91,7 +94,7 @@ export function coordinatorDataMetrics(registry: Registry): CoordinatorDataMetri
   return m;
 }
 
-/** Counts a skip under its reason. */
-export function countSkip(m: TrainerDataMetrics | undefined, reason: SkipReason): void {
-  m?.samplesSkipped.inc({ reason });
+/** Samples skipped so far by the batch streams on `registry`, by reason (empty when none ran or none was skipped). */
+export function dataSkipCounts(registry: Registry): Partial<Record<SkipReason, number>> {
+  return { ...trainerCache.get(registry)?.skippedByReason };
 }
