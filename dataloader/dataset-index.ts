@@ -181,7 +181,7 @@ export async function scanDatasets(root: string, options: BuildIndexOptions = {}
         const atBreak = count.break.partialKey !== undefined ? 1 : 0;
         shard.lost = Math.max(atBreak, recorded !== undefined ? recorded - count.samples : 0, 1);
         shard.problem = count.break.detail;
-        note('warn', t, `truncated: ${count.samples} sample(s) indexed, ${shard.lost} lost${recorded !== undefined ? ` (img2dataset recorded ${recorded})` : ''} (${count.break.message})`);
+        note('warn', t, `truncated: ${count.samples} sample(s) indexed, ${recorded !== undefined ? `${shard.lost} lost (img2dataset recorded ${recorded})` : `${shard.lost} or more lost`} (${count.break.detail})`);
       }
       shards.push(shard);
     }
@@ -275,4 +275,19 @@ export function describeIndex(index: DatasetIndex, datasets?: readonly string[])
 
 function sum(shards: ShardEntry[]): number {
   return shards.reduce((a, s) => a + s.samples, 0);
+}
+
+/**
+ * Checks that every shard file the job would read (the datasets `datasets` names, or the training datasets) exists
+ * where a trainer looks for it: `<dataRoot>/<shard path>`; throws DatasetError naming the first missing ones. Run
+ * before a job starts, so that a descriptor no trainer can read fails it at once instead of leaving it waiting.
+ */
+export function checkShardFiles(index: DatasetIndex, dataRoot: string, indexPath: string, datasets?: readonly string[]): void {
+  const missing = trainingDatasets(index, datasets).flatMap((d) => d.shards.map((s) => s.path).filter((p) => !existsSync(resolve(dataRoot, p))));
+  if (missing.length) {
+    throw new DatasetError(
+      `${indexPath} names ${missing.length} shard file(s) that do not exist: ${missing.slice(0, 3).map((p) => `${p} (${resolve(dataRoot, p)})`).join(', ')}` +
+        `${missing.length > 3 ? ', …' : ''}; paths in an index are relative to its folder (rewrite it with \`blip2 data index\`)`,
+    );
+  }
 }

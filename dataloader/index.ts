@@ -27,8 +27,8 @@
 export { CaptionTokenizer, type CaptionTokenizerOptions, type TokenizedBatch, type TokenizerKind } from './tokenizer';
 export type { TransformOptions } from './transforms';
 export {
-  loadIndex, writeIndex, buildIndex,
-  type DatasetIndex, type DatasetEntry, type ShardEntry, type DatasetFormat,
+  loadIndex, writeIndex, buildIndex, scanDatasets, describeIndex, trainingDatasets, checkShardFiles,
+  type DatasetIndex, type DatasetEntry, type ShardEntry, type DatasetFormat, type IndexNote, type BuildIndexOptions,
 } from './dataset-index';
 export { descriptorId, sampleId, encodeDescriptor, parseDescriptor, type ShardDescriptor } from './descriptor';
 export { planEpoch, type PlanEpochOptions } from './plan';
@@ -46,3 +46,4 @@ export { shardQueueOptions } from './job-queue';
 export { BadSampleError, DescriptorError, DatasetError, SKIP_REASONS, type SkipReason } from './errors';
 export { dataSkipCounts } from './metrics';
 export { writeSynthDataset, type SynthOptions } from './synth';
+export { checkDatasets, type CheckOptions, type CheckReport, type DatasetReport, type Distribution } from './check';
