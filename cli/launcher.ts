@@ -384,7 +384,7 @@ function writeSummary(
  * Samples skipped by every trainer of the run, by reason: the `skipped` counts of each `metrics-<node>.jsonl` line
  * are cumulative per process, so each file adds its increases (a count that falls is a restarted process).
  */
-function skippedSamples(runDir: string): Record<string, number> {
+export function skippedSamples(runDir: string): Record<string, number> {
   const total: Record<string, number> = {};
   let files: string[] = [];
   try {

@@ -10,6 +10,7 @@ import { createBatchStream, localShardSource, swapLeftRight, type Batch, type Sh
 import { buildIndex, loadIndex, type DatasetIndex } from './dataset-index';
 import type { ShardDescriptor } from './descriptor';
 import { writeTarShard } from './formats/webdataset';
+import { dataSkipCounts } from './metrics';
 import { SampleLedger } from './ledger';
 import { planEpoch } from './plan';
 import { writeSynthDataset } from './synth';
@@ -194,6 +195,8 @@ describe('bad input: skipped, counted and logged; the rest of the shard is used'
       bad_manifest_line: 2, // jsonl not JSON, csv column count
       truncated_tar: 5, // samples 5..9 of the range: every sample lost counts
     });
+    // The same counts for the trainer's metrics JSONL.
+    expect(dataSkipCounts(registry)).toEqual(await skipped(registry));
     // Every descriptor still completes, so the loop can ack it.
     expect(batches.flatMap((b) => b.completed).length).toBe(5);
   });
