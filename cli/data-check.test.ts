@@ -70,7 +70,7 @@ test('annotation files that cannot be read are named with exit 2; a Karpathy arr
   const ok = blip2('data', 'index', karpathy);
   expect(ok.status, ok.stderr).toBe(0);
   expect(ok.stdout).toMatch(/coco_karpathy_val\.json \(json, split val\): 1 samples/);
-  expect(ok.stdout).toMatch(/left out \(split val\/test, kept for evaluation\): coco_karpathy_val\.json \(1\)/);
+  expect(ok.stdout).toMatch(/left out of training \(split val\/test, kept for evaluation; name them in data\.datasets to train on them\): coco_karpathy_val\.json \(1\)/);
   writeFileSync(join(karpathy, 'coco_karpathy_test.json'), '[{"image": "x.jpg", "caption": ');
   expectUsage(blip2('data', 'index', karpathy), /coco_karpathy_test\.json: not valid JSON/);
 });

@@ -54,12 +54,13 @@ export function registerDataCommands(program: Command): void {
   data
     .command('index')
     .description(
-      'Scan DIR for datasets (folders of WebDataset *.tar shards, *.jsonl / *.csv manifests, COCO captions_*.json) ' +
-        'and write a shard index with sample counts and byte sizes, so a job can plan without reading images.',
+      'Scan DIR for datasets (folders of WebDataset *.tar shards, *.jsonl / *.csv manifests, JSON arrays such as ' +
+        'coco_karpathy_train.json, COCO captions_*.json) and write a shard index with sample counts and byte sizes, ' +
+        'so a job can plan without reading images. A truncated tar is indexed up to its break, the samples lost recorded.',
     )
     .argument('<dir>', 'dataset root')
     .option('--out <file>', 'index file to write (default DIR/index.json)')
-    .option('--coco-images <dir>', 'image folder for COCO annotation files (default: the folder named after the split beside the file)')
+    .option('--coco-images <dir>', 'image folder for COCO and Karpathy annotation files (default: found beside the file, in the 2014/2017 layouts)')
     .action(async (dir: string, o: { out?: string; cocoImages?: string }) => {
       if (!existsSync(dir)) throw new UsageError(`${dir}: no such folder`);
       if (!statSync(dir).isDirectory()) throw new UsageError(`${dir}: not a folder (give the dataset root)`);

@@ -173,10 +173,6 @@ async function prepareData(c: JobConfig, say: Say): Promise<number> {
   checkShardFiles(index, c.data.root, indexPath, c.data.datasets);
   say(describeIndex(index, c.data.datasets));
   const trainSets = trainingDatasets(index, c.data.datasets);
-  const heldOut = index.datasets.filter((d) => !trainSets.includes(d) && (d.split === 'val' || d.split === 'test'));
-  if (!c.data.datasets.length && heldOut.length) {
-    say(`not training on ${heldOut.map((d) => `${d.name} (split ${d.split})`).join(', ')}: val/test splits are left out when data.datasets is empty; name them in data.datasets to train on them`);
-  }
   return trainSets.reduce((n, d) => n + d.samples, 0);
 }
 

@@ -261,8 +261,8 @@ export function describeIndex(index: DatasetIndex, datasets?: readonly string[])
   const out = index.datasets.filter((d) => !train.includes(d));
   const parts = [`${count(train.reduce((n, d) => n + d.samples, 0))} samples for training in ${train.length} dataset(s)`];
   if (out.length) {
-    const why = datasets?.length ? 'not in data.datasets' : 'split val/test, kept for evaluation';
-    parts.push(`left out (${why}): ${out.map((d) => `${d.name} (${count(d.samples)})`).join(', ')}`);
+    const why = datasets?.length ? 'not in data.datasets' : 'split val/test, kept for evaluation; name them in data.datasets to train on them';
+    parts.push(`left out of training (${why}): ${out.map((d) => `${d.name} (${count(d.samples)})`).join(', ')}`);
   }
   const lost = index.datasets.flatMap((d) => d.shards.filter((s) => s.lost).map((s) => ({ d, s })));
   if (lost.length) {

@@ -219,7 +219,7 @@ describe('issue: formats people have', () => {
     expect(notes).toEqual([]);
     // val and test are kept in the index and left out of training when no dataset is named.
     expect(trainingDatasets(index).map((d) => d.name).sort()).toEqual(['coco-annotations-coco_karpathy_train.json', 'csv-more.jsonl', 'csv-pairs.csv', 'laion']);
-    expect(describeIndex(index)).toMatch(/^data: 6 samples for training in 4 dataset\(s\); left out \(split val\/test, kept for evaluation\): coco-annotations-coco_karpathy_test\.json \(1\), .*captions_val2017\.json \(1\)$/);
+    expect(describeIndex(index)).toMatch(/^data: 6 samples for training in 4 dataset\(s\); left out of training \(split val\/test, kept for evaluation; name them in data\.datasets to train on them\): coco-annotations-coco_karpathy_test\.json \(1\), .*captions_val2017\.json \(1\)$/);
   });
 
   test('every one of them reads through decode, transform and tokenizer: all usable', async () => {
