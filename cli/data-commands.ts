@@ -1,9 +1,15 @@
-// The `blip2` subcommands about datasets: `data synth` (the synthetic caption dataset) and `data index`.
+// The `blip2` subcommands about datasets: `data synth` (the synthetic caption dataset), `data index` (the shard
+// index a job plans from) and `data check` (every sample read as a trainer reads it, with a report).
 import { InvalidArgumentError, type Command } from 'commander';
 import { existsSync, statSync } from 'node:fs';
 import { dirname, join, relative, resolve } from 'node:path';
+import cliProgress from 'cli-progress';
 import { UsageError } from '../common';
-import { buildIndex, writeIndex, writeSynthDataset } from '../dataloader';
+import {
+  CaptionTokenizer, checkDatasets, describeIndex, scanDatasets, writeIndex, writeSynthDataset,
+  type CheckReport, type DatasetReport, type Distribution, type IndexNote,
+} from '../dataloader';
+import { CommandFailedError } from './errors';
 
 const int = (name: string) => (v: string): number => {
   const n = Number(v);
@@ -16,7 +22,7 @@ const num = (name: string) => (v: string): number => {
   return n;
 };
 
-/** Subcommands about datasets: `data synth`, `data index`. */
+/** Subcommands about datasets: `data synth`, `data index`, `data check`. */
 export function registerDataCommands(program: Command): void {
   const data = program.command('data').description('Caption datasets: the synthetic dataset and shard indexes.');
 
@@ -48,17 +54,20 @@ export function registerDataCommands(program: Command): void {
   data
     .command('index')
     .description(
-      'Scan DIR for datasets (folders of WebDataset *.tar shards, *.jsonl / *.csv manifests, COCO captions_*.json) ' +
-        'and write a shard index with sample counts and byte sizes, so a job can plan without reading images.',
+      'Scan DIR for datasets (folders of WebDataset *.tar shards, *.jsonl / *.csv manifests, JSON arrays such as ' +
+        'coco_karpathy_train.json, COCO captions_*.json) and write a shard index with sample counts and byte sizes, ' +
+        'so a job can plan without reading images. A truncated tar is indexed up to its break, the samples lost recorded.',
     )
     .argument('<dir>', 'dataset root')
     .option('--out <file>', 'index file to write (default DIR/index.json)')
-    .option('--coco-images <dir>', 'image folder for COCO annotation files (default: the folder named after the split beside the file)')
+    .option('--coco-images <dir>', 'image folder for COCO and Karpathy annotation files (default: found beside the file, in the 2014/2017 layouts)')
     .action(async (dir: string, o: { out?: string; cocoImages?: string }) => {
       if (!existsSync(dir)) throw new UsageError(`${dir}: no such folder`);
       if (!statSync(dir).isDirectory()) throw new UsageError(`${dir}: not a folder (give the dataset root)`);
-      const index = await buildIndex(dir, { cocoImageRoot: o.cocoImages });
+      if (o.cocoImages && !existsSync(o.cocoImages)) throw new UsageError(`--coco-images ${o.cocoImages}: no such folder`);
       const out = o.out ?? join(dir, 'index.json');
+      if (!existsSync(dirname(resolve(out)))) throw new UsageError(`--out ${out}: its folder ${dirname(resolve(out))} does not exist`);
+      const { index } = await scanDatasets(dir, { cocoImageRoot: o.cocoImages, onNote: printNote });
       // Paths in an index are relative to the index file's folder.
       const rebase = (p: string) => relative(dirname(resolve(out)), resolve(dir, p)) || '.';
       for (const d of index.datasets) {
@@ -66,7 +75,94 @@ export function registerDataCommands(program: Command): void {
         if (d.imageRoot) d.imageRoot = rebase(d.imageRoot);
       }
       writeIndex(out, index);
-      for (const d of index.datasets) process.stdout.write(`${d.name} (${d.format}): ${d.samples} samples in ${d.shards.length} shards\n`);
+      for (const d of index.datasets) {
+        process.stdout.write(`${d.name} (${d.format}${d.split ? `, split ${d.split}` : ''}): ${d.samples} samples in ${d.shards.length} shards\n`);
+      }
+      process.stdout.write(`${describeIndex(index)}\n`);
       process.stdout.write(`wrote ${out}\n`);
     });
+
+  data
+    .command('check')
+    .description(
+      'Read every sample of every dataset under each PATH (a dataset root folder, or one shard, manifest or ' +
+        'annotation file) as a trainer would: decode, train transform, tokenizer. Prints per dataset the samples ' +
+        'usable, skipped by reason (with the first keys), lost to truncated tars, caption lengths, image sizes and ' +
+        'duplicates. Exit 0 when some sample is usable, 1 when none is, 2 on bad usage.',
+    )
+    .argument('<path...>', 'dataset root folders or dataset files')
+    .option('--json', 'print the report as one JSON object')
+    .option('--tokenizer <file>', 'tokenizer.json to count caption tokens with (default: PATH/tokenizer.json when there is one; else words)')
+    .option('--image-size <px>', 'train-transform output side', int('--image-size'), 224)
+    .option('--coco-images <dir>', 'image folder for COCO and Karpathy annotation files (default: found beside the file)')
+    .action(async (paths: string[], o: { json?: boolean; tokenizer?: string; imageSize: number; cocoImages?: string }) => {
+      for (const p of paths) if (!existsSync(p)) throw new UsageError(`${p}: no such file or folder`);
+      if (o.imageSize < 16 || o.imageSize > 1024) throw new UsageError(`--image-size must be in [16, 1024], got ${o.imageSize}`);
+      const beside = paths.map((p) => join(statSync(p).isDirectory() ? p : dirname(p), 'tokenizer.json')).find((f) => existsSync(f));
+      const tokenizerFile = o.tokenizer ?? beside;
+      if (o.tokenizer && !existsSync(o.tokenizer)) throw new UsageError(`--tokenizer ${o.tokenizer}: no such file`);
+      const tokenizer = tokenizerFile ? CaptionTokenizer.fromFile(tokenizerFile, { maxLength: 1_000_000 }) : undefined;
+      const progress = progressDisplay();
+      let report: CheckReport;
+      try {
+        report = await checkDatasets(paths, { imageSize: o.imageSize, tokenizer, cocoImageRoot: o.cocoImages, onProgress: progress.update, onNote: printNote });
+      } finally {
+        progress.stop();
+      }
+      if (o.json) process.stdout.write(JSON.stringify({ tokenizer: tokenizerFile ?? null, ...report }, null, 2) + '\n');
+      else printReport(report, tokenizerFile);
+      if (report.usable === 0) throw new CommandFailedError(`no usable sample in ${paths.join(' ')}`);
+    });
+}
+
+/** An index note on stderr, one line. */
+function printNote(n: IndexNote): void {
+  process.stderr.write(`blip2: ${n.level === 'warn' ? 'warning: ' : ''}${n.path}: ${n.message}\n`);
+}
+
+/** A progress bar on a terminal; elsewhere (a pipe, a log file) a plain line at every tenth. Both on stderr. */
+function progressDisplay(): { update: (p: { done: number; total: number; dataset: string }) => void; stop: () => void } {
+  if (process.stdout.isTTY && process.stderr.isTTY) {
+    const bar = new cliProgress.SingleBar(
+      { format: 'checking {dataset} [{bar}] {value}/{total} samples  {percentage}%  ETA {eta_formatted}', stream: process.stderr, hideCursor: true },
+      cliProgress.Presets.shades_classic,
+    );
+    let started = false;
+    return {
+      update: ({ done, total, dataset }) => {
+        if (!started) { bar.start(total, done, { dataset }); started = true; } else bar.update(done, { dataset });
+      },
+      stop: () => { if (started) bar.stop(); },
+    };
+  }
+  let nextTenth = 1;
+  return {
+    update: ({ done, total, dataset }) => {
+      if (total === 0 || done < (nextTenth * total) / 10) return;
+      while (done >= (nextTenth * total) / 10) nextTenth++;
+      process.stderr.write(`checked ${done}/${total} samples (${dataset})\n`);
+    },
+    stop: () => undefined,
+  };
+}
+
+const fmtDist = (d: Distribution | null) => (d ? `min ${d.min}, median ${d.p50}, p95 ${d.p95}, max ${d.max}` : '-');
+
+/** The text report: one block per dataset, then the totals. */
+function printReport(r: CheckReport, tokenizerFile: string | undefined): void {
+  const w = (line: string) => process.stdout.write(line + '\n');
+  const block = (d: DatasetReport) => {
+    w(`${d.path}: ${d.name} (${d.format}${d.split ? `, split ${d.split}` : ''}): ${d.samples} samples, ${d.usable} usable`);
+    const skipped = Object.entries(d.skipped);
+    w(`  skipped:       ${skipped.length ? skipped.map(([reason, s]) => `${reason} ${s.count} (${s.keys.join(', ')}${s.count > s.keys.length ? ', …' : ''})`).join('; ') : 'none'}`);
+    w(`  truncation:    ${d.lostToTruncation ? `${d.lostToTruncation} sample(s) lost` : 'none'}`);
+    const c = d.captionLength;
+    w(`  caption ${c?.unit ?? 'tokens'}: ${fmtDist(c)}${c && c.unit === 'tokens' ? `; ${c.overMax} longer than 32 (cut in training)` : ''}`);
+    w(`  image width:   ${fmtDist(d.imageWidth)}`);
+    w(`  image height:  ${fmtDist(d.imageHeight)}`);
+    w(`  duplicates:    ${d.duplicates.sameImage} same image, ${d.duplicates.sameKey} same key${d.duplicates.examples.length ? ` (${d.duplicates.examples.join('; ')})` : ''}`);
+  };
+  r.datasets.forEach(block);
+  if (!r.datasets.length) w('no datasets found');
+  w(`total: ${r.usable} usable, ${r.skipped} skipped, ${r.lostToTruncation} lost to truncation${tokenizerFile ? `; tokens of ${tokenizerFile}` : '; caption lengths in words (no tokenizer.json; give --tokenizer)'}`);
 }

@@ -13,13 +13,13 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { createWriteStream, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createWriteStream, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { Blip2Error, connectJobNats, jobSubjects, loadJobConfig, safetensorsNames, UsageError, type JobConfig } from '../common';
 import { JobStore, type JobState, type ProgressReport } from '../coordinator/client';
-import { loadIndex, writeSynthDataset } from '../dataloader';
+import { checkShardFiles, describeIndex, loadIndex, trainingDatasets, writeSynthDataset } from '../dataloader';
 import { loadModelConfig } from '../trainer/model';
 import { resolveWeights } from '../trainer';
 import { launchTokenFile } from './job-stop';
@@ -53,6 +53,8 @@ export interface LaunchSummary {
   losses: Record<string, number>;
   generations: number;
   wallSeconds: number;
+  /** Samples the trainers skipped (bad images, captions, truncated tars), by reason, from their metrics JSONL. */
+  skipped: Record<string, number>;
 }
 
 /** The demo's settings (applied only when no config file is given; env and flags still win). */
@@ -175,7 +177,9 @@ async function prepareData(c: JobConfig, say: Say): Promise<number> {
     await writeSynthDataset({ out: c.data.root, samples: c.data.synthSamples, shardSize: c.data.samplesPerShard * 2, imageSize: c.data.synthImageSize, seed: c.train.seed });
   }
   const index = loadIndex(indexPath);
-  const trainSets = index.datasets.filter((d) => (c.data.datasets.length ? c.data.datasets.includes(d.name) : d.split !== 'val' && d.split !== 'test'));
+  checkShardFiles(index, c.data.root, indexPath, c.data.datasets);
+  say(describeIndex(index, c.data.datasets));
+  const trainSets = trainingDatasets(index, c.data.datasets);
   return trainSets.reduce((n, d) => n + d.samples, 0);
 }
 
@@ -380,15 +384,46 @@ function writeSummary(
     losses: lastReport?.losses ?? {},
     generations: s?.generation ?? 0,
     wallSeconds: (Date.now() - x.t0) / 1000,
+    skipped: skippedSamples(c.job.runDir),
   };
   writeFileSync(x.summaryPath, JSON.stringify(summary, null, 2) + '\n');
   say('');
   say(`job ${c.job.id} ${summary.status} after ${fmtDuration(summary.wallSeconds)}`);
   say(`  final losses:      ${fmtLosses(summary.losses)}`);
   say(`  samples trained:   ${summary.samples} (${summary.samples - x.firstSamples} in this launch), ${summary.step} steps, ${summary.generations} generation(s)`);
+  const skippedTotal = Object.values(summary.skipped).reduce((a, b) => a + b, 0);
+  say(`  samples skipped:   ${skippedTotal ? `${skippedTotal} (${Object.entries(summary.skipped).map(([r, n]) => `${r} ${n}`).join(', ')}; every epoch counts again; see the trainer logs)` : 'none'}`);
   say(`  checkpoint:        ${summary.checkpointDir ?? 'none committed'}`);
   say(`  run dir:           ${c.job.runDir} (logs/, metrics-*.jsonl)`);
   if (summary.status === 'stopped' && s?.status === 'finished') say(`  the job has ended: start a new one from this checkpoint with model.checkpoint`);
   else if (summary.status === 'stopped') say(`  resume with the same command: the job continues from its last commit`);
   return summary;
+}
+
+/**
+ * Samples skipped by every trainer of the run, by reason: the `skipped` counts of each `metrics-<node>.jsonl` line
+ * are cumulative per process, so each file adds its increases (a count that falls is a restarted process).
+ */
+export function skippedSamples(runDir: string): Record<string, number> {
+  const total: Record<string, number> = {};
+  let files: string[] = [];
+  try {
+    files = readdirSync(runDir).filter((f) => /^metrics-.*\.jsonl$/.test(f));
+  } catch {
+    return total;
+  }
+  for (const f of files) {
+    const last: Record<string, number> = {};
+    for (const line of readFileSync(join(runDir, f), 'utf8').split('\n')) {
+      if (!line.includes('"skipped"')) continue;
+      let counts: Record<string, number> | undefined;
+      try { counts = (JSON.parse(line) as { skipped?: Record<string, number> }).skipped; } catch { continue; }
+      for (const [reason, n] of Object.entries(counts ?? {})) {
+        const before = last[reason] ?? 0;
+        total[reason] = (total[reason] ?? 0) + (n >= before ? n - before : n);
+        last[reason] = n;
+      }
+    }
+  }
+  return total;
 }

@@ -43,7 +43,7 @@ test('a missing or wrong path is a one-line message, not a stack trace', () => {
   expectUsageError(blip2('data', 'index', missing), new RegExp(`^blip2: ${missing}: no such folder$`, 'm'));
   expectUsageError(blip2('data', 'index', bin), /: not a folder/);
   // A file where a folder must be created: Node's error, turned into a line at the edge.
-  expectUsageError(blip2('data', 'synth', '--out', join(bin, 'out'), '--samples', '2'), /^blip2: .*blip2\.js\/out: not a directory$/m);
+  expectUsageError(blip2('data', 'synth', '--out', join(bin, 'out'), '--samples', '2'), /^blip2: cannot create .*blip2\.js\/out: .*blip2\.js is a file, not a folder$/m);
 }, 120_000);
 
 test('--version prints the package version; help exits 0', () => {

@@ -22,6 +22,9 @@ export interface Logger {
   child(fields: Record<string, unknown>): Logger;
 }
 
+/** A record is one line: newlines inside a value (a decoder's message, a stack) are written as a backslash and n. */
+const oneLine = (text: string) => text.replace(/\r?\n|\r/g, '\\n');
+
 export function createLogger(component: string, base: Record<string, unknown> = {}): Logger {
   const emit = (level: LogLevel, msg: string, fields?: Record<string, unknown>) => {
     if (order[level] < order[threshold]) return;
@@ -30,9 +33,9 @@ export function createLogger(component: string, base: Record<string, unknown> = 
       process.stderr.write(JSON.stringify({ time: new Date().toISOString(), level, component, msg, ...all }) + '\n');
     } else {
       const kv = Object.entries(all)
-        .map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`)
+        .map(([k, v]) => `${k}=${typeof v === 'string' ? oneLine(v) : JSON.stringify(v)}`)
         .join(' ');
-      process.stderr.write(`${new Date().toISOString()} ${level.padEnd(5)} [${component}] ${msg}${kv ? ' ' + kv : ''}\n`);
+      process.stderr.write(`${new Date().toISOString()} ${level.padEnd(5)} [${component}] ${oneLine(msg)}${kv ? ' ' + kv : ''}\n`);
     }
   };
   return {

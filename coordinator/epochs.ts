@@ -9,7 +9,7 @@ import type { NatsConnection } from '@nats-io/transport-node';
 import type { Registry } from 'prom-client';
 import { UsageError, type JobConfig, type Logger } from '../common';
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
-import { encodeDescriptor, loadIndex, planEpoch, shardQueueOptions, ShardPublisher, type DatasetIndex } from '../dataloader';
+import { checkShardFiles, encodeDescriptor, loadIndex, planEpoch, shardQueueOptions, ShardPublisher, type DatasetIndex } from '../dataloader';
 import type { EpochPublisher } from './coordinator';
 
 /** index.json of the job's data root; a clear error when it is missing. */
@@ -24,6 +24,8 @@ export function loadJobIndex(config: JobConfig): DatasetIndex {
       throw new UsageError(`data.datasets names "${name}", which ${path} does not have (it has: ${index.datasets.map((d) => d.name).join(', ')})`);
     }
   }
+  // A shard no trainer can read would leave the job waiting forever: refuse it now, naming the file.
+  checkShardFiles(index, config.data.root, path, config.data.datasets);
   return index;
 }
 

@@ -10,6 +10,7 @@ import { createBatchStream, localShardSource, swapLeftRight, type Batch, type Sh
 import { buildIndex, loadIndex, type DatasetIndex } from './dataset-index';
 import type { ShardDescriptor } from './descriptor';
 import { writeTarShard } from './formats/webdataset';
+import { dataSkipCounts } from './metrics';
 import { SampleLedger } from './ledger';
 import { planEpoch } from './plan';
 import { writeSynthDataset } from './synth';
@@ -192,14 +193,17 @@ describe('bad input: skipped, counted and logged; the rest of the shard is used'
       caption_too_long: 1,
       missing_image: 4, // wds noimage, jsonl missing file, coco missing file, coco unknown image id
       bad_manifest_line: 2, // jsonl not JSON, csv column count
-      truncated_tar: 1,
+      truncated_tar: 5, // samples 5..9 of the range: every sample lost counts
     });
+    // The same counts for the trainer's metrics JSONL.
+    expect(dataSkipCounts(registry)).toEqual(await skipped(registry));
     // Every descriptor still completes, so the loop can ack it.
     expect(batches.flatMap((b) => b.completed).length).toBe(5);
   });
 
-  test('`data index` refuses a truncated tar with a clear error naming it', async () => {
-    await expect(buildIndex(join(root, 'trunc'))).rejects.toThrow(/trunc\/00000\.tar.*truncated or corrupt tar/);
+  test('`data index` indexes a truncated tar up to its break and records what is lost', async () => {
+    const idx = await buildIndex(join(root, 'trunc'));
+    expect(idx.datasets[0]!.shards[0]).toMatchObject({ samples: 5, lost: 1, problem: expect.stringMatching(/breaks off/) });
   });
 
   test('`data index` finds manifests and COCO files', async () => {

@@ -147,7 +147,8 @@ export function createBatchStream<L extends ShardLease>(options: BatchStreamOpti
     tokenizer: options.tokenizer,
     metrics,
     skip: (e: BadSampleError) => {
-      metrics?.samplesSkipped.inc({ reason: e.reason });
+      metrics?.samplesSkipped.inc({ reason: e.reason }, e.samples);
+      if (metrics) metrics.skippedByReason[e.reason] = (metrics.skippedByReason[e.reason] ?? 0) + e.samples;
       log.warn('sample skipped', { reason: e.reason, shard: e.shard, key: e.key, error: e.message });
     },
   };

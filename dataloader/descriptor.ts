@@ -2,6 +2,7 @@
  * Shard descriptors: the unit of work the coordinator publishes and trainers pull. A descriptor is
  * self-contained: a trainer with the data root mounted can read it without the index.
  */
+import { isAbsolute } from 'node:path';
 import { DATASET_FORMATS, type DatasetFormat } from './dataset-index';
 import { DescriptorError } from './errors';
 
@@ -15,7 +16,7 @@ export interface ShardDescriptor {
   seed: number;
   dataset: string;
   format: DatasetFormat;
-  /** Shard file relative to the data root (the index folder). */
+  /** Shard file relative to the data root (the index folder; `..` allowed: an index may sit beside the data). */
   shard: string;
   /** Folder, relative to the data root, that manifest and COCO image paths are relative to. */
   imageRoot?: string;
@@ -59,11 +60,12 @@ export function parseDescriptor(data: Uint8Array | string): ShardDescriptor {
   if (!Number.isInteger(v.seed)) fail(`seed must be an integer, got ${JSON.stringify(v.seed)}`);
   if (typeof v.dataset !== 'string' || !/^[A-Za-z0-9._-]+$/.test(v.dataset)) fail(`dataset must be a name of [A-Za-z0-9._-], got ${JSON.stringify(v.dataset)}`);
   if (!DATASET_FORMATS.includes(v.format as DatasetFormat)) fail(`format must be one of ${DATASET_FORMATS.join(', ')}, got ${JSON.stringify(v.format)}`);
-  if (typeof v.shard !== 'string' || v.shard === '' || v.shard.startsWith('/') || v.shard.split('/').includes('..')) {
-    fail(`shard must be a relative path inside the data root, got ${JSON.stringify(v.shard)}`);
+  // Relative to the data root (the index's folder), which an index written elsewhere may leave with `..`.
+  if (typeof v.shard !== 'string' || v.shard === '' || isAbsolute(v.shard) || v.shard.includes('\0')) {
+    fail(`shard must be a path relative to the data root, got ${JSON.stringify(v.shard)}`);
   }
-  if (v.imageRoot !== undefined && (typeof v.imageRoot !== 'string' || v.imageRoot.startsWith('/') || v.imageRoot.split('/').includes('..'))) {
-    fail(`imageRoot must be a relative path inside the data root, got ${JSON.stringify(v.imageRoot)}`);
+  if (v.imageRoot !== undefined && (typeof v.imageRoot !== 'string' || isAbsolute(v.imageRoot) || v.imageRoot.includes('\0'))) {
+    fail(`imageRoot must be a path relative to the data root, got ${JSON.stringify(v.imageRoot)}`);
   }
   if (!isNonNegInt(v.start) || !isNonNegInt(v.end) || v.end <= v.start) fail(`need integers 0 <= start < end, got start ${JSON.stringify(v.start)}, end ${JSON.stringify(v.end)}`);
   if (!isNonNegInt(v.order)) fail(`order must be a non-negative integer, got ${JSON.stringify(v.order)}`);

@@ -27,8 +27,8 @@
 export { CaptionTokenizer, byteLevelBpeTokenizerJson, type CaptionTokenizerOptions, type TokenizedBatch, type TokenizerKind } from './tokenizer';
 export type { TransformOptions } from './transforms';
 export {
-  loadIndex, writeIndex, buildIndex,
-  type DatasetIndex, type DatasetEntry, type ShardEntry, type DatasetFormat,
+  loadIndex, writeIndex, buildIndex, scanDatasets, describeIndex, trainingDatasets, checkShardFiles,
+  type DatasetIndex, type DatasetEntry, type ShardEntry, type DatasetFormat, type IndexNote, type BuildIndexOptions,
 } from './dataset-index';
 export { descriptorId, sampleId, encodeDescriptor, parseDescriptor, type ShardDescriptor } from './descriptor';
 export { planEpoch, type PlanEpochOptions } from './plan';
@@ -43,6 +43,7 @@ export {
   type ShardQueueOptions, type ShardPublisherOptions, type ShardConsumerOptions, type EpochProgress,
 } from './jetstream';
 export { shardQueueOptions } from './job-queue';
-export { BadSampleError, DescriptorError, DatasetError, type SkipReason } from './errors';
-export { trainerDataMetrics, coordinatorDataMetrics, type TrainerDataMetrics, type CoordinatorDataMetrics } from './metrics';
+export { BadSampleError, DescriptorError, DatasetError, SKIP_REASONS, type SkipReason } from './errors';
+export { dataSkipCounts, trainerDataMetrics, coordinatorDataMetrics, type TrainerDataMetrics, type CoordinatorDataMetrics } from './metrics';
 export { writeSynthDataset, synthVocabulary, LM_TOKENIZER_PATH, type SynthOptions } from './synth';
+export { checkDatasets, type CheckOptions, type CheckReport, type DatasetReport, type Distribution } from './check';

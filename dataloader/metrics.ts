@@ -3,13 +3,15 @@
  * Created once per registry: asking again returns the same instruments.
  */
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
-import type { SkipReason } from './errors';
+import { SKIP_REASONS, type SkipReason } from './errors';
 
 export interface TrainerDataMetrics {
   /** blip2_trainer_data_samples_total: samples decoded, transformed and batched. */
   samples: Counter<string>;
   /** blip2_trainer_data_samples_skipped_total{reason}: bad samples skipped (see SkipReason). */
   samplesSkipped: Counter<'reason'>;
+  /** The same counts as a plain object (for the trainer's metrics JSONL, which is written synchronously). */
+  skippedByReason: Partial<Record<SkipReason, number>>;
   /** blip2_trainer_data_batches_total */
   batches: Counter<string>;
   /** blip2_trainer_data_shards_leased_total: descriptors pulled (redeliveries included). */
@@ -45,10 +47,6 @@ export interface CoordinatorDataMetrics {
   shardsExhausted: Gauge<string>;
 }
 
-/** Every skip reason, so that each one's series exists (at 0) from the start: dashboards and alerts see them all. */
-const SKIP_REASONS: Record<SkipReason, true> = {
-  corrupt_image: true, missing_image: true, missing_caption: true, caption_too_long: true, bad_manifest_line: true, truncated_tar: true,
-};
 
 const trainerCache = new WeakMap<Registry, TrainerDataMetrics>();
 const coordinatorCache = new WeakMap<Registry, CoordinatorDataMetrics>();
@@ -60,6 +58,7 @@ export function trainerDataMetrics(registry: Registry): TrainerDataMetrics {
   m = {
     samples: new Counter({ name: 'blip2_trainer_data_samples_total', help: 'Samples decoded, transformed and batched.', registers }),
     samplesSkipped: new Counter({ name: 'blip2_trainer_data_samples_skipped_total', help: 'Bad samples skipped, by reason.', labelNames: ['reason'], registers }),
+    skippedByReason: {},
     batches: new Counter({ name: 'blip2_trainer_data_batches_total', help: 'Batches produced.', registers }),
     shardsLeased: new Counter({ name: 'blip2_trainer_data_shards_leased_total', help: 'Shard descriptors pulled from JetStream (redeliveries included).', registers }),
     shardsRedelivered: new Counter({ name: 'blip2_trainer_data_shards_redelivered_total', help: 'Shard descriptors pulled with a delivery count above 1.', registers }),
@@ -77,7 +76,8 @@ export function trainerDataMetrics(registry: Registry): TrainerDataMetrics {
       buckets: [0.0001, 0.001, 0.01, 0.05, 0.1, 0.5, 1, 5, 30],
     }),
   };
-  for (const reason of Object.keys(SKIP_REASONS)) m.samplesSkipped.inc({ reason }, 0);
+  // Every skip reason's series exists (at 0) from the start: dashboards and alerts see them all.
+  for (const reason of SKIP_REASONS) m.samplesSkipped.inc({ reason }, 0);
   trainerCache.set(registry, m);
   return m;
 }
@@ -97,7 +97,7 @@ export function coordinatorDataMetrics(registry: Registry): CoordinatorDataMetri
   return m;
 }
 
-/** Counts a skip under its reason. */
-export function countSkip(m: TrainerDataMetrics | undefined, reason: SkipReason): void {
-  m?.samplesSkipped.inc({ reason });
+/** Samples skipped so far by the batch streams on `registry`, by reason (empty when none ran or none was skipped). */
+export function dataSkipCounts(registry: Registry): Partial<Record<SkipReason, number>> {
+  return { ...trainerCache.get(registry)?.skippedByReason };
 }

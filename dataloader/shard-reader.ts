@@ -9,7 +9,8 @@ import { join } from 'node:path';
 import { preCaption } from './caption';
 import { sampleId, type ShardDescriptor } from './descriptor';
 import { BadSampleError, DatasetError, type SkipReason } from './errors';
-import { IMAGE_EXTENSIONS, readTarSamples } from './formats/webdataset';
+import { readTarSamples, TarBreakError } from './formats/webdataset';
+import { IMAGE_EXTENSIONS, sharpDecodes, sniffImageFormat } from './formats/image-type';
 import { readManifest } from './formats/manifest';
 import { readCoco } from './formats/coco';
 import { seededRandom } from './rng';
@@ -67,19 +68,20 @@ export async function* readShard(desc: ShardDescriptor, options: ReadShardOption
   const imageRoot = join(options.dataRoot, desc.imageRoot ?? '.');
   const loadImage = async (ordinal: number, key: string, rel: string): Promise<Uint8Array | ShardSkip> => {
     try {
-      return await readFile(join(imageRoot, rel));
+      const bytes = await readFile(join(imageRoot, rel));
+      const format = sniffImageFormat(bytes);
+      if (format && !sharpDecodes(format)) return skip(ordinal, key, 'unsupported_image', `${join(imageRoot, rel)} holds ${format.toUpperCase()} data, which sharp (libvips) does not decode`);
+      return bytes;
     } catch (e) {
       return skip(ordinal, key, 'missing_image', `cannot read image ${join(imageRoot, rel)}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
     }
   };
 
   if (desc.format === 'webdataset') {
-    let lastKey = '(start of shard)';
     let next = from;
     try {
       for await (const s of readTarSamples(shardPath, (o) => o >= from && o < desc.end)) {
         if (s.ordinal >= desc.end) break;
-        lastKey = s.key;
         if (s.ordinal < from) continue;
         next = s.ordinal + 1;
         let meta: { caption?: unknown } = {};
@@ -90,19 +92,32 @@ export async function* readShard(desc: ShardDescriptor, options: ReadShardOption
         const txt = s.files.get('txt');
         const c = caption(s.ordinal, s.key, [txt?.toString('utf8'), meta.caption]);
         if (typeof c !== 'string') { yield c; continue; }
-        const ext = IMAGE_EXTENSIONS.find((e) => s.files.has(e));
-        if (!ext) { yield skip(s.ordinal, s.key, 'missing_image', `sample has no ${IMAGE_EXTENSIONS.join('/')} file (has ${[...s.files.keys()].join(', ')})`); continue; }
-        yield { kind: 'sample', ordinal: s.ordinal, key: s.key, sampleId: sampleId(desc, s.key), image: s.files.get(ext)!, caption: c };
+        const image = pickTarImage(s.files);
+        if (typeof image === 'string') {
+          const reason = image.startsWith('unsupported:') ? 'unsupported_image' : image.startsWith('several:') ? 'multiple_images' : 'missing_image';
+          yield skip(s.ordinal, s.key, reason, image.slice(image.indexOf(':') + 1));
+          continue;
+        }
+        yield { kind: 'sample', ordinal: s.ordinal, key: s.key, sampleId: sampleId(desc, s.key), image, caption: c };
       }
     } catch (e) {
-      yield skip(next, `after ${lastKey}`, 'truncated_tar', `${(e as Error).message}; samples ${next}..${desc.end - 1} of the range cannot be read`);
+      if (!(e instanceof TarBreakError)) throw e;
+      // Samples of the range at or after the break cannot be read: one skip stands for all of them. When the index
+      // was written after the cut, the range ends before the break and nothing is lost here.
+      if (next < desc.end) {
+        const key = e.partialKey ?? `#${next}`;
+        yield {
+          kind: 'skip', ordinal: next, key, sampleId: sampleId(desc, key),
+          error: new BadSampleError('truncated_tar', desc.shard, key, `${e.detail}; samples ${next}..${desc.end - 1} of the range (${desc.end - next}) cannot be read`, desc.end - next),
+        };
+      }
     }
     return;
   }
 
-  if (desc.format === 'jsonl' || desc.format === 'csv') {
+  if (desc.format === 'jsonl' || desc.format === 'csv' || desc.format === 'json') {
     let rows;
-    try { rows = readManifest(shardPath, desc.format); } catch (e) { throw new DatasetError((e as Error).message); }
+    rows = readManifest(shardPath, desc.format);
     for (const row of rows.slice(from, desc.end)) {
       if ('error' in row) { yield skip(row.ordinal, row.key, 'bad_manifest_line', row.error); continue; }
       const c = caption(row.ordinal, row.key, row.captions);
@@ -115,7 +130,7 @@ export async function* readShard(desc: ShardDescriptor, options: ReadShardOption
   }
 
   let anns;
-  try { anns = readCoco(shardPath); } catch (e) { throw new DatasetError((e as Error).message); }
+  anns = readCoco(shardPath);
   for (const a of anns.slice(from, desc.end)) {
     const c = caption(a.ordinal, a.key, [a.caption]);
     if (typeof c !== 'string') { yield c; continue; }
@@ -124,4 +139,26 @@ export async function* readShard(desc: ShardDescriptor, options: ReadShardOption
     if (!(img instanceof Uint8Array)) { yield img; continue; }
     yield { kind: 'sample', ordinal: a.ordinal, key: a.key, sampleId: sampleId(desc, a.key), image: img, caption: c };
   }
+}
+
+const TEXT_EXTENSIONS = new Set(['txt', 'json', 'cls', 'caption', 'text', 'md', 'csv', 'tsv', 'parquet', 'npy']);
+
+/**
+ * The one image of a WebDataset sample, found by content (any format sharp decodes, whatever its extension) or by an
+ * image extension (a corrupt image is still the sample's image). A string when there is none
+ * (`none:…`), several (`several:…`) or one sharp cannot decode (`unsupported:…`).
+ */
+export function pickTarImage(files: Map<string, Buffer>): Uint8Array | string {
+  const found: Array<{ ext: string; body: Buffer; format: ReturnType<typeof sniffImageFormat> }> = [];
+  for (const [ext, body] of files) {
+    const last = ext.slice(ext.lastIndexOf('.') + 1);
+    if (TEXT_EXTENSIONS.has(last)) continue;
+    const format = sniffImageFormat(body);
+    if (format || IMAGE_EXTENSIONS.includes(last)) found.push({ ext, body, format });
+  }
+  if (found.length === 0) return `none:sample has no image file (has ${[...files.keys()].map((e) => `.${e}`).join(', ') || 'no files'})`;
+  if (found.length > 1) return `several:sample has ${found.length} images (${found.map((f) => `.${f.ext}`).join(', ')}); a sample must have one`;
+  const f = found[0]!;
+  if (f.format && !sharpDecodes(f.format)) return `unsupported:.${f.ext} holds ${f.format.toUpperCase()} data, which sharp (libvips) does not decode`;
+  return f.body;
 }

@@ -7,8 +7,8 @@
  * the Q-Former), `opt-tokenizer/tokenizer.json` (OPT-style byte-level BPE, for the stage-2 language model) and
  * `index.json`.
  */
-import { mkdirSync, statSync, writeFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { existsSync, mkdirSync, statSync, writeFileSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
 import sharp from 'sharp';
 import { writeIndex, type DatasetEntry, type DatasetIndex } from './dataset-index';
 import { DatasetError } from './errors';
@@ -184,7 +184,7 @@ export async function writeSynthDataset(options: SynthOptions): Promise<SynthRes
     { split: 'train', from: 0, to: total - valCount },
     { split: 'val', from: total - valCount, to: total },
   ];
-  mkdirSync(options.out, { recursive: true });
+  makeOutputFolder(options.out);
   const datasets: DatasetEntry[] = [];
   for (const { split, from, to } of splits) {
     mkdirSync(join(options.out, split), { recursive: true });
@@ -219,4 +219,28 @@ export async function writeSynthDataset(options: SynthOptions): Promise<SynthRes
   const indexPath = join(options.out, 'index.json');
   writeIndex(indexPath, index);
   return { index, indexPath, tokenizerPath, lmTokenizerPath };
+}
+
+/**
+ * Creates `dir` one folder at a time from its nearest existing parent, so that a path that cannot be created
+ * (`/proc/x/y`, under a file, read-only) fails at once with a DatasetError naming it. (A recursive mkdirSync under
+ * /proc never returns.)
+ */
+export function makeOutputFolder(dir: string): void {
+  const missing: string[] = [];
+  let p = resolve(dir);
+  while (!existsSync(p)) {
+    missing.unshift(p);
+    const up = dirname(p);
+    if (up === p) break;
+    p = up;
+  }
+  if (existsSync(p) && !statSync(p).isDirectory()) throw new DatasetError(`cannot create ${dir}: ${p} is a file, not a folder`);
+  for (const m of missing) {
+    try {
+      mkdirSync(m);
+    } catch (e) {
+      throw new DatasetError(`cannot create ${dir}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message} at ${m}`);
+    }
+  }
 }

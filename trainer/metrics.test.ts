@@ -48,6 +48,7 @@ describe('trainer metrics', () => {
       expect(lines[1].loss).toBeCloseTo(5.75, 12);
       expect(lines[0].phaseSeconds.optimizer).toBe(0.3);
       expect(lines[0].samplesPerSec).toBeCloseTo(7 / 2, 12);
+      expect(lines[0].skipped).toEqual({}); // no batch stream on this registry: nothing skipped
     } finally {
       rmSync(runDir, { recursive: true, force: true });
     }

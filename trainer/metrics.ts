@@ -6,6 +6,7 @@
 import { appendFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
+import { dataSkipCounts } from '../dataloader';
 
 export const STEP_PHASES = ['data', 'forward_backward', 'communication', 'optimizer'] as const;
 export type StepPhase = (typeof STEP_PHASES)[number];
@@ -139,6 +140,8 @@ export function createTrainerMetrics(o: TrainerMetricsOptions): TrainerMetrics {
           worldSize: r.worldSize, loss: Object.values(r.losses).reduce((a, b) => a + b, 0), losses: r.losses, samples: r.samples,
           globalSamples: r.globalSamples, samplesPerSec: sps, learningRate: r.learningRate, gradNorm: r.gradNorm,
           stepSeconds: total, phaseSeconds: r.phaseSeconds, allReduceBytes: r.allReduceBytes, allReduceSeconds: r.allReduceSeconds,
+          // Samples this process skipped so far (bad images, captions, truncated tars), by reason.
+          skipped: dataSkipCounts(o.registry),
         };
         appendFileSync(jsonlPath, JSON.stringify(line) + '\n');
       }

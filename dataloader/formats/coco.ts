@@ -4,6 +4,7 @@
  * the annotation id. Image files are `<imageRoot>/<file_name>`.
  */
 import { readFileSync } from 'node:fs';
+import { DatasetError, oneLine } from '../errors';
 
 export interface CocoSample {
   ordinal: number;
@@ -20,15 +21,27 @@ interface CocoFile {
 
 const cache = new Map<string, CocoSample[]>();
 
+/** The annotations of a COCO captions file; a file that cannot be used throws DatasetError naming it. */
 export function readCoco(path: string): CocoSample[] {
   let samples = cache.get(path);
   if (!samples) {
-    const f = JSON.parse(readFileSync(path, 'utf8')) as CocoFile;
-    if (!Array.isArray(f.images) || !Array.isArray(f.annotations)) {
-      throw new Error(`${path}: a COCO captions file needs "images" and "annotations" arrays`);
+    let text: string;
+    try {
+      text = readFileSync(path, 'utf8');
+    } catch (e) {
+      throw new DatasetError(`${path}: cannot read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
     }
-    const files = new Map(f.images.map((im) => [im.id, im.file_name]));
-    samples = f.annotations.map((a, ordinal) => ({ ordinal, key: String(a.id ?? ordinal), image: files.get(a.image_id), caption: a.caption }));
+    let f: CocoFile;
+    try {
+      f = JSON.parse(text) as CocoFile;
+    } catch (e) {
+      throw new DatasetError(`${path}: not valid JSON (${oneLine((e as Error).message)}); is the file truncated?`);
+    }
+    if (typeof f !== 'object' || f === null || Array.isArray(f) || !Array.isArray(f.images) || !Array.isArray(f.annotations)) {
+      throw new DatasetError(`${path}: a COCO captions file needs "images" and "annotations" arrays`);
+    }
+    const files = new Map(f.images.map((im) => [im?.id, im?.file_name]));
+    samples = f.annotations.map((a, ordinal) => ({ ordinal, key: String(a?.id ?? ordinal), image: files.get(a?.image_id), caption: a?.caption }));
     if (cache.size > 4) cache.clear();
     cache.set(path, samples);
   }
