@@ -11,5 +11,6 @@ export {
   scoreCaptionFiles, scoreCaptions, pairCaptions, parseCocoCaptions, parseCocoResults,
   type CaptionScores, type CaptionSet, type ImageId,
 } from './caption-eval';
+export { scoreVqaFiles, type VqaScores } from './vqa-eval';
 export { vqaAccuracy, vqaOverall, normalizeVqaAnswer, processPunctuation, processDigitArticle } from './vqa';
-export { retrievalMetrics, retrievalChance, rerankTopK, topK, type RetrievalMetrics, type PairScorer, type Matrix } from './retrieval';
+export { retrievalMetrics, retrievalChance, recallChance, rerankTopK, topK, type RetrievalMetrics, type PairScorer, type Matrix } from './retrieval';

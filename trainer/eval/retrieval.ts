@@ -55,19 +55,23 @@ export function retrievalMetrics(scoresI2t: Matrix, scoresT2i: Matrix, imgToText
   };
 }
 
-/** C(n, k) / C(m, k) as a product (no overflow): the chance that k random picks of m miss a set of m − n. */
-function missAll(m: number, g: number, k: number): number {
-  if (k > m - g) return 0;
-  let p = 1;
-  for (let i = 0; i < k; i++) p *= (m - g - i) / (m - i);
-  return p;
+/**
+ * The chance that a random order of `m` candidates puts at least one of `g` targets in its first `k`:
+ * 1 − C(m − g, k) / C(m, k), the ratio taken as a product (no overflow).
+ */
+export function recallChance(m: number, g: number, k: number): number {
+  const kk = Math.min(k, m);
+  if (kk > m - g) return 1;
+  let miss = 1;
+  for (let i = 0; i < kk; i++) miss *= (m - g - i) / (m - i);
+  return 1 - miss;
 }
 
 /** Expected recall (%) of a scorer that ranks at random: i2t from each image's number of ground-truth texts. */
 export function retrievalChance(imgToTexts: readonly (readonly number[])[], numTexts: number): Pick<RetrievalMetrics, 'txt_r1' | 'txt_r5' | 'txt_r10' | 'img_r1' | 'img_r5' | 'img_r10'> {
   const numImages = imgToTexts.length;
-  const txt = (k: number) => (100 * imgToTexts.reduce((s, g) => s + 1 - missAll(numTexts, g.length, Math.min(k, numTexts)), 0)) / Math.max(1, numImages);
-  const img = (k: number) => 100 * Math.min(1, k / Math.max(1, numImages));
+  const txt = (k: number) => (100 * imgToTexts.reduce((s, g) => s + recallChance(numTexts, g.length, k), 0)) / Math.max(1, numImages);
+  const img = (k: number) => 100 * recallChance(numImages, 1, k);
   return { txt_r1: txt(1), txt_r5: txt(5), txt_r10: txt(10), img_r1: img(1), img_r5: img(5), img_r10: img(10) };
 }
 
