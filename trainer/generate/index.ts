@@ -1,0 +1,7 @@
+/**
+ * trainer/generate: text generation from a trained model: greedy and beam search as Hugging Face `generate` runs
+ * them for LAVIS (minimum and maximum length, repetition and length penalty, an end token), over decoders that keep
+ * a key/value cache so each new token costs one position: the stage-2 OPT decoder (`CachedOptDecoder`).
+ */
+export { greedySearch, beamSearch, sequenceScore, type StepDecoder, type GenerationOptions, type Generated } from './search';
+export { CachedOptDecoder, type PromptTokens } from './opt-decoder';
