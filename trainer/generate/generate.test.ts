@@ -1,10 +1,12 @@
-// Generation on a tiny random OPT: the key/value-cached decoder gives the logits and tokens of full-prefix
-// recomputation (optDecoder) at every step, greedy and beam search pick the same tokens on both, beam search's best
-// score is at least greedy's under the same scoring, and the length limits and repetition penalty hold.
+// Generation on tiny random models (OPT of stage 2, the Q-Former's ITG head of stage 1): the key/value-cached
+// decoders give the logits and tokens of full-prefix recomputation at every step, greedy and beam search pick the
+// same tokens on both, beam search's best score is at least greedy's under the same scoring, and the length limits
+// and repetition penalty hold.
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { initEngine, tf } from '../engine';
-import { createParams, disposeParams, optDecoder, optLmHead, presetConfig, type Blip2Config, type Params } from '../model';
-import { beamSearch, CachedOptDecoder, greedySearch, sequenceScore, type GenerationOptions, type PromptTokens, type StepDecoder } from '.';
+import { createParams, disposeParams, embeddings, lmHead, optDecoder, optLmHead, presetConfig, projectImage, qformerEncoder, queryTokens, type Blip2Config, type Params } from '../model';
+import { itgPass } from '../model/itg';
+import { beamSearch, CachedItgDecoder, CachedOptDecoder, greedySearch, sequenceScore, type GenerationOptions, type PromptTokens, type StepDecoder } from '.';
 
 const config: Blip2Config = presetConfig('tiny');
 const o = config.text_config;
@@ -152,5 +154,91 @@ describe('key/value-cached OPT decoding', () => {
     const penalised = greedy({ eosTokenId: o.vocab_size + 1, maxLength: 12, repetitionPenalty: 1e4 });
     expect(new Set(penalised.tokens).size).toBe(12);
     soft.dispose();
+  });
+});
+
+describe('key/value-cached Q-Former ITG decoding (stage 1)', () => {
+  let qp: Params;
+  beforeAll(() => {
+    qp = createParams(config, 11, { stage: 1 });
+    const name = 'embeddings.word_embeddings.weight';
+    const t = qp.get(name)!;
+    qp.set(name, tf.mul(t, 40)); // peaked, varied predictions from the random head (it is tied to this table)
+    t.dispose();
+  });
+  afterAll(() => disposeParams(qp));
+  const image = (seed: number, batch = 2) => tf.randomNormal([batch, 17, config.qformer_config.encoder_hidden_size], 0, 1, 'float32', seed) as tf.Tensor3D;
+
+  /** The reference: the query pass, then the whole [DEC]-led text with the ITG mask, recomputed every step. */
+  class UncachedItgDecoder implements StepDecoder {
+    private texts: number[][];
+    private img: tf.Tensor3D;
+    constructor(img: tf.Tensor3D) {
+      this.img = tf.clone(img);
+      this.texts = Array.from({ length: img.shape[0] }, () => [config.lavis_config.dec_token_id]);
+    }
+    get vocabSize() { return config.qformer_config.vocab_size; }
+    get rows() { return this.texts.length; }
+    logits(): Float32Array {
+      return tf.tidy(() => {
+        const B = this.rows;
+        const cross = projectImage(qp, config, this.img);
+        const past = qformerEncoder(qp, config, embeddings(qp, config, queryTokens(qp, B)), { queryLength: config.num_query_tokens, cross, keepKeyValues: true }).kv;
+        const pass = itgPass(qp, config, this.texts, this.texts.map((r) => r.map(() => 1)), past);
+        const out = qformerEncoder(qp, config, pass.h, { queryLength: 0, selfMask: pass.selfMask, past }).out; // [B,T,H]
+        const [, T, H] = out.shape;
+        return lmHead(qp, config, tf.reshape(tf.slice(out, [0, T - 1, 0], [B, 1, H]), [B, H]) as tf.Tensor2D).dataSync() as Float32Array;
+      });
+    }
+    append(tokens: readonly number[]) { this.texts.forEach((r, i) => r.push(tokens[i]!)); }
+    select(rows: readonly number[]) {
+      const next = tf.gather(this.img, tf.tensor1d([...rows], 'int32')) as tf.Tensor3D;
+      this.img.dispose();
+      this.img = next;
+      this.texts = rows.map((r) => [...this.texts[r]!]);
+    }
+    dispose() { this.img.dispose(); }
+  }
+
+  test('every step\'s logits equal recomputing the query pass and the whole text with the ITG mask', () => {
+    const img = image(1);
+    const cached = new CachedItgDecoder(qp, config, img);
+    const full = new UncachedItgDecoder(img);
+    expect(cached.length).toBe(1);
+    // float32 both ways; the tolerance argument of the OPT test applies.
+    expect(maxRelDiff(cached.logits(), full.logits())).toBeLessThan(1e-4);
+    for (const t of [[5, 9], [50, 60], [7, 7], [80, 3]]) {
+      cached.append(t);
+      full.append(t);
+      expect(maxRelDiff(cached.logits(), full.logits())).toBeLessThan(1e-4);
+    }
+    cached.select([1, 0, 0]);
+    full.select([1, 0, 0]);
+    cached.append([4, 5, 6]);
+    full.append([4, 5, 6]);
+    expect(maxRelDiff(cached.logits(), full.logits())).toBeLessThan(1e-4);
+    expect(cached.length).toBe(6);
+    cached.dispose();
+    full.dispose();
+    img.dispose();
+  });
+
+  test('greedy and beam search: same tokens with and without the cache; beam ≥ greedy under the same scoring', () => {
+    const img = image(2);
+    const opts: GenerationOptions = { eosTokenId: config.lavis_config.sep_token_id, maxLength: 8, minLength: 2, lengthPenalty: 1 };
+    const run = <T>(d: StepDecoder & { dispose(): void }, f: (d: StepDecoder) => T): T => { try { return f(d); } finally { d.dispose(); } };
+    const g1 = run(new CachedItgDecoder(qp, config, img), (d) => greedySearch(d, opts));
+    const g2 = run(new UncachedItgDecoder(img), (d) => greedySearch(d, opts));
+    expect(g1.map((g) => g.tokens)).toEqual(g2.map((g) => g.tokens));
+    const b1 = run(new CachedItgDecoder(qp, config, img), (d) => beamSearch(d, { ...opts, beams: 3 }));
+    const b2 = run(new UncachedItgDecoder(img), (d) => beamSearch(d, { ...opts, beams: 3 }));
+    expect(b1.map((b) => b.tokens)).toEqual(b2.map((b) => b.tokens));
+    const one = tf.slice(img, [0, 0, 0], [1, -1, -1]) as tf.Tensor3D;
+    const g = run(new CachedItgDecoder(qp, config, one), (d) => greedySearch(d, opts))[0]!;
+    const b = run(new CachedItgDecoder(qp, config, one), (d) => beamSearch(d, { ...opts, beams: 3 }))[0]!;
+    const gScore = run(new CachedItgDecoder(qp, config, one), (d) => sequenceScore(d, g.tokens, g.finished, opts));
+    expect(b.score).toBeGreaterThanOrEqual(gScore - 1e-9);
+    one.dispose();
+    img.dispose();
   });
 });
