@@ -4,7 +4,7 @@
 // and repetition penalty hold.
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { initEngine, tf } from '../engine';
-import { createParams, disposeParams, embeddings, lmHead, optDecoder, optLmHead, presetConfig, projectImage, qformerEncoder, queryTokens, type Blip2Config, type Params } from '../model';
+import { createParams, disposeParams, embeddings, lmHead, OptLanguageModel, optDecoder, optLmHead, presetConfig, projectImage, qformerEncoder, queryTokens, type Blip2Config, type Params } from '../model';
 import { itgPass } from '../model/itg';
 import { beamSearch, CachedItgDecoder, CachedOptDecoder, greedySearch, sequenceScore, type GenerationOptions, type PromptTokens, type StepDecoder } from '.';
 
@@ -92,6 +92,22 @@ describe('key/value-cached OPT decoding', () => {
     expect(maxRelDiff(cached.logits(), full.logits())).toBeLessThan(1e-4);
     cached.dispose();
     full.dispose();
+    soft.dispose();
+  });
+
+  test('the frozen stage-2 language model (widened one layer at a time) decodes as its float32 parameters do', async () => {
+    const soft = softPrompt(9);
+    const lm = await OptLanguageModel.fromParams(params, config);
+    const frozen = new CachedOptDecoder(lm, config, soft, PROMPT);
+    const plain = new CachedOptDecoder(params, config, soft, PROMPT);
+    for (const t of [[3, 9], [50, 60], [7, 7]]) {
+      frozen.append(t);
+      plain.append(t);
+    }
+    // The same float32 values through the same ops: equal up to the engine's rounding (1e-6 of the scale).
+    expect(maxRelDiff(frozen.logits(), plain.logits())).toBeLessThan(1e-6);
+    frozen.dispose();
+    plain.dispose();
     soft.dispose();
   });
 

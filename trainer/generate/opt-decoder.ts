@@ -4,11 +4,13 @@
  * position (its query against the cached keys). Same arithmetic as `optDecoder` (trainer/model/opt.ts) on float32
  * parameters (`language_model.*`): pre-LN layers, q·kᵀ/√d, ReLU FFN, final LayerNorm, tied LM head, positions
  * from the running count of real tokens (+2), padded prompt tokens masked as keys (left padding for batched prompts).
+ * The weights come either as float32 `Params` or from the frozen `OptLanguageModel` of stage 2 (16-bit resident),
+ * widened one layer at a time while it runs, as its training forward does.
  */
 import { tf } from '../engine';
 import {
   attention, layerNorm, linear, optCausalMask, optLmHead, optPositionIds, prefixedMask, additiveMask,
-  OPT_LAYER_NORM_EPS, type Blip2Config, type Params,
+  OptLanguageModel, OPT_LAYER_NORM_EPS, type Blip2Config, type Params,
 } from '../model';
 import type { StepDecoder } from './search';
 
@@ -31,7 +33,7 @@ export class CachedOptDecoder implements StepDecoder {
    * Runs the prefix. `softPrompt` [B,P,D] (opt_proj of the Q-Former's query outputs), `prompt` the text prompt's
    * tokens (BOS first, as the OPT tokenizer adds it; empty rows for none).
    */
-  constructor(private readonly params: Params, private readonly config: Blip2Config, softPrompt: tf.Tensor3D, prompt: PromptTokens) {
+  constructor(private readonly weights: Params | OptLanguageModel, private readonly config: Blip2Config, softPrompt: tf.Tensor3D, prompt: PromptTokens) {
     const [B, P, D] = softPrompt.shape;
     const T = prompt.ids[0]?.length ?? 0;
     this.mask = prefixedMask(P, prompt.mask);
@@ -39,10 +41,8 @@ export class CachedOptDecoder implements StepDecoder {
     const cm = optCausalMask(full);
     const layers = config.text_config.num_hidden_layers;
     const kept = tf.tidy(() => {
-      const tokens = T > 0
-        ? tf.reshape(tf.gather(this.p('embed_tokens.weight'), tf.tensor1d(prompt.ids.flat(), 'int32')), [B, T, D])
-        : tf.zeros([B, 0, D]);
-      const positions = tf.reshape(tf.gather(this.p('embed_positions.weight'), tf.tensor1d(optPositionIds(full).flat(), 'int32')), [B, P + T, D]);
+      const tokens = T > 0 ? tf.reshape(this.embed('embed_tokens.weight', prompt.ids.flat()), [B, T, D]) : tf.zeros([B, 0, D]);
+      const positions = tf.reshape(this.embed('embed_positions.weight', optPositionIds(full).flat()), [B, P + T, D]);
       let x = tf.add(tf.concat([softPrompt, tokens], 1), positions) as tf.Tensor3D;
       const selfMask = additiveMask(tf.tensor3d(cm.data, cm.shape, 'int32'));
       const ks: tf.Tensor3D[] = [];
@@ -53,8 +53,8 @@ export class CachedOptDecoder implements StepDecoder {
         ks.push(r.k);
         vs.push(r.v);
       }
-      const last = tf.reshape(tf.slice(x, [0, P + T - 1, 0], [B, 1, D]), [B, D]);
-      return { ks, vs, last: layerNorm(params, `${DECODER}.final_layer_norm`, last, OPT_LAYER_NORM_EPS) as tf.Tensor2D };
+      const last = tf.reshape(tf.slice(x, [0, P + T - 1, 0], [B, 1, D]), [B, D]) as tf.Tensor2D;
+      return { ks, vs, last: this.finalNorm(last) };
     });
     this.keys = kept.ks;
     this.values = kept.vs;
@@ -74,32 +74,55 @@ export class CachedOptDecoder implements StepDecoder {
     return this.mask[0]?.length ?? 0;
   }
 
-  private p(name: string): tf.Tensor {
-    const t = this.params.get(`${DECODER}.${name}`);
-    if (!t) throw new Error(`parameter "${DECODER}.${name}" is missing: create or load the language_model group`);
-    return t;
+  /** Rows of an embedding table ([N, D] tensor). */
+  private embed(name: string, index: number[]): tf.Tensor2D {
+    const full = `${DECODER}.${name}`;
+    if (this.weights instanceof OptLanguageModel) return tf.tensor2d(this.weights.weights.rows(full, index), [index.length, this.config.text_config.hidden_size]);
+    const t = this.weights.get(full);
+    if (!t) throw new Error(`parameter "${full}" is missing: create or load the language_model group`);
+    return tf.gather(t, tf.tensor1d(index, 'int32')) as tf.Tensor2D;
+  }
+
+  /** `f` with the weights under `prefix` as float32 tensors (widened for the call when they are held frozen). */
+  private withWeights<T>(prefix: string, f: (p: Params) => T): T {
+    if (!(this.weights instanceof OptLanguageModel)) return f(this.weights);
+    const p = this.weights.weights.widen([prefix]);
+    try {
+      return f(p);
+    } finally {
+      for (const t of p.values()) t.dispose();
+    }
+  }
+
+  private finalNorm(x: tf.Tensor2D): tf.Tensor2D {
+    return this.withWeights(`${DECODER}.final_layer_norm.`, (p) => layerNorm(p, `${DECODER}.final_layer_norm`, x, OPT_LAYER_NORM_EPS) as tf.Tensor2D);
   }
 
   /** One OPTDecoderLayer (as optLayer) that also returns its keys and values [B,S,D]. */
   private layer(i: number, x: tf.Tensor3D, selfMask: tf.Tensor, past?: { k: tf.Tensor3D; v: tf.Tensor3D }): { x: tf.Tensor3D; k: tf.Tensor3D; v: tf.Tensor3D } {
     const pre = `${DECODER}.layers.${i}`;
-    const h = layerNorm(this.params, `${pre}.self_attn_layer_norm`, x, OPT_LAYER_NORM_EPS);
-    const q = linear(this.params, `${pre}.self_attn.q_proj`, h);
-    let k = linear(this.params, `${pre}.self_attn.k_proj`, h) as tf.Tensor3D;
-    let v = linear(this.params, `${pre}.self_attn.v_proj`, h) as tf.Tensor3D;
+    return this.withWeights(`${pre}.`, (params) => this.layerWith(params, pre, x, selfMask, past));
+  }
+
+  private layerWith(params: Params, pre: string, x: tf.Tensor3D, selfMask: tf.Tensor, past?: { k: tf.Tensor3D; v: tf.Tensor3D }): { x: tf.Tensor3D; k: tf.Tensor3D; v: tf.Tensor3D } {
+    const h = layerNorm(params, `${pre}.self_attn_layer_norm`, x, OPT_LAYER_NORM_EPS);
+    const q = linear(params, `${pre}.self_attn.q_proj`, h);
+    let k = linear(params, `${pre}.self_attn.k_proj`, h) as tf.Tensor3D;
+    let v = linear(params, `${pre}.self_attn.v_proj`, h) as tf.Tensor3D;
     if (past) {
       k = tf.concat([past.k, k], 1);
       v = tf.concat([past.v, v], 1);
     }
     const context = attention(q, k, v, this.config.text_config.num_attention_heads, selfMask);
-    const x1 = tf.add(x, linear(this.params, `${pre}.self_attn.out_proj`, context));
-    const h2 = layerNorm(this.params, `${pre}.final_layer_norm`, x1, OPT_LAYER_NORM_EPS);
-    const ffn = linear(this.params, `${pre}.fc2`, tf.relu(linear(this.params, `${pre}.fc1`, h2)));
+    const x1 = tf.add(x, linear(params, `${pre}.self_attn.out_proj`, context));
+    const h2 = layerNorm(params, `${pre}.final_layer_norm`, x1, OPT_LAYER_NORM_EPS);
+    const ffn = linear(params, `${pre}.fc2`, tf.relu(linear(params, `${pre}.fc1`, h2)));
     return { x: tf.add(x1, ffn) as tf.Tensor3D, k, v };
   }
 
   logits(): Float32Array {
-    return tf.tidy(() => optLmHead(this.params, this.last).dataSync() as Float32Array);
+    const w = this.weights;
+    return tf.tidy(() => (w instanceof OptLanguageModel ? w.logits(this.last) : optLmHead(w, this.last)).dataSync() as Float32Array);
   }
 
   append(tokens: readonly number[]): void {
@@ -110,8 +133,8 @@ export class CachedOptDecoder implements StepDecoder {
     const positions = this.mask.map((m) => m.reduce((a, b) => a + b, 0) - 1 + 2);
     const keyMask = this.mask;
     const next = tf.tidy(() => {
-      const emb = tf.gather(this.p('embed_tokens.weight'), tf.tensor1d([...tokens], 'int32'));
-      const pos = tf.gather(this.p('embed_positions.weight'), tf.tensor1d(positions, 'int32'));
+      const emb = this.embed('embed_tokens.weight', [...tokens]);
+      const pos = this.embed('embed_positions.weight', positions);
       let x = tf.reshape(tf.add(emb, pos), [B, 1, D]) as tf.Tensor3D;
       const selfMask = additiveMask(tf.tensor2d(keyMask.flat(), [B, keyMask[0]!.length], 'int32')); // [B,1,1,S]
       const ks: tf.Tensor3D[] = [];
@@ -122,7 +145,7 @@ export class CachedOptDecoder implements StepDecoder {
         ks.push(r.k);
         vs.push(r.v);
       }
-      return { ks, vs, last: layerNorm(this.params, `${DECODER}.final_layer_norm`, tf.reshape(x, [B, D]), OPT_LAYER_NORM_EPS) as tf.Tensor2D };
+      return { ks, vs, last: this.finalNorm(tf.reshape(x, [B, D]) as tf.Tensor2D) };
     });
     this.replace(next.ks, next.vs, next.last);
   }
