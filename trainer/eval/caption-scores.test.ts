@@ -104,12 +104,15 @@ describe('PTB tokenisation as the COCO caption evaluation applies it', () => {
     ['A  sign\nthat reads:  STOP', 'a sign that reads stop'],
     ['\u201CCurly\u201D quotes\u2019 test', 'curly quotes test'],
     ['A man - in a hat', 'a man in a hat'],
+    ['Hello...world, dog,cat ... (x)', 'hello world dog cat -lrb- x -rrb-'],
+    ["It's o'clock; rock'n'roll in the '90s: $5, 50%", "it 's o'clock rock'n'roll in the '90s $ 5 50 %"],
   ])('%j -> %j', (caption, expected) => {
     expect(cocoTokenize(caption)).toBe(expected);
   });
 
   test('the tokens before the punctuation filter keep their PTB forms', () => {
     expect(ptbTokens('"Hi," she said.')).toEqual(['``', 'Hi', ',', "''", 'she', 'said', '.']);
+    expect(ptbTokens("''Wait...'' -- no")).toEqual(['``', 'Wait', '...', "''", '--', 'no']);
   });
 });
 

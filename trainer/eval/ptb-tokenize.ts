@@ -63,7 +63,8 @@ function tokenizeChunk(chunk: string): string[] {
   let s = chunk;
   // Leading punctuation.
   for (;;) {
-    if (s.startsWith('"') || s.startsWith('``')) { lead.push('``'); s = s.slice(s.startsWith('``') ? 2 : 1); continue; }
+    if (s === '...' || s === '--') break;
+    if (s.startsWith('"') || s.startsWith('``') || (s.startsWith("''") && s.length > 2)) { lead.push('``'); s = s.slice(s.startsWith('"') ? 1 : 2); continue; }
     if (s.startsWith('`')) { lead.push('`'); s = s.slice(1); continue; }
     if (s.startsWith("'") && s.length > 1 && !/^'(\d\d?s?|s|m|d|ll|re|ve|t|n)\b/i.test(s)) { lead.push('`'); s = s.slice(1); continue; }
     const c = s[0];
@@ -73,7 +74,7 @@ function tokenizeChunk(chunk: string): string[] {
   }
   // Trailing punctuation.
   for (;;) {
-    if (s.length === 0) break;
+    if (s.length === 0 || s === '...' || s === '--') break;
     if (s.endsWith('...') && s.length > 3) { trail.unshift('...'); s = s.slice(0, -3); continue; }
     if (s.endsWith("''") && s.length > 2) { trail.unshift("''"); s = s.slice(0, -2); continue; }
     const c = s[s.length - 1]!;
@@ -93,7 +94,7 @@ function tokenizeChunk(chunk: string): string[] {
   if (s.length > 0) {
     if (s === '...' || s === '--' || s === '-' || s === '.' || s === ',' || s === ';' || s === ':' || s === '!' || s === '?' || s === "'" || s === '&') {
       middle.push(s);
-    } else if (/[^-]--[^-]/.test(s) || /[,;!?]/.test(s.replace(/(\d),(?=\d)/g, '$1')) || /(^|[^\d]):|:($|[^\d])/.test(s)) {
+    } else if (/[^-]--[^-]/.test(s) || /.\.\.\../.test(s) || /[,;!?]/.test(s.replace(/(\d),(?=\d)/g, '$1')) || /(^|[^\d]):|:($|[^\d])/.test(s)) {
       // Inner punctuation that splits: `--`, commas and colons not between digits, `;` `!` `?`.
       for (const piece of s.split(/(--|\.\.\.|(?<!\d),|,(?!\d)|(?<!\d):|:(?!\d)|[;!?])/)) if (piece) middle.push(...tokenizeChunk(piece));
     } else {
