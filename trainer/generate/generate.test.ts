@@ -4,9 +4,9 @@
 // and repetition penalty hold.
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { initEngine, tf } from '../engine';
-import { createParams, disposeParams, embeddings, lmHead, OptLanguageModel, optDecoder, optLmHead, presetConfig, projectImage, qformerEncoder, queryTokens, type Blip2Config, type Params } from '../model';
+import { createParams, disposeParams, embeddings, lmHead, OptLanguageModel, optDecoder, optLmHead, presetConfig, projectImage, qformerEncoder, queryTokens, stage2Step, type Blip2Config, type Params } from '../model';
 import { itgPass } from '../model/itg';
-import { beamSearch, CachedItgDecoder, CachedOptDecoder, greedySearch, sequenceScore, type GenerationOptions, type PromptTokens, type StepDecoder } from '.';
+import { beamSearch, CachedItgDecoder, CachedOptDecoder, generateWithItg, generateWithOpt, optSoftPrompt, greedySearch, sequenceScore, type GenerationOptions, type PromptTokens, type StepDecoder } from '.';
 
 const config: Blip2Config = presetConfig('tiny');
 const o = config.text_config;
@@ -256,5 +256,33 @@ describe('key/value-cached Q-Former ITG decoding (stage 1)', () => {
     expect(b.score).toBeGreaterThanOrEqual(gScore - 1e-9);
     one.dispose();
     img.dispose();
+  });
+});
+
+describe('from the ViT output to tokens', () => {
+  test('the stage-2 soft prompt is the training step\'s inputs_opt; both stages generate within the length limits', async () => {
+    const p2 = createParams(config, 3, { stage: 2 });
+    const lm = await OptLanguageModel.fromParams(params, config);
+    const vision = tf.randomNormal([2, 17, config.vision_config.hidden_size], 0, 1, 'float32', 5) as tf.Tensor3D;
+    const soft = optSoftPrompt(p2, config, vision);
+    const ids = tf.tensor2d([[o.bos_token_id], [o.bos_token_id]], [2, 1], 'int32');
+    const mask = tf.tensor2d([[1], [1]], [2, 1], 'int32');
+    const r = stage2Step(p2, lm, { visionHidden: vision, optInputIds: ids, optAttentionMask: mask }, { grads: false, activations: true });
+    expect(maxRelDiff(soft.dataSync() as Float32Array, r.activations.get('inputsOpt')!.dataSync() as Float32Array)).toBeLessThan(1e-6);
+    r.dispose();
+    const opts = { eosTokenId: config.lavis_config.newline_token_id, maxLength: 6, minLength: 2, beams: 3 };
+    const viaHelper = generateWithOpt(p2, lm, config, vision, opts);
+    const d = new CachedOptDecoder(lm, config, soft, { ids: [[o.bos_token_id], [o.bos_token_id]], mask: [[1], [1]] });
+    const direct = beamSearch(d, opts);
+    d.dispose();
+    expect(viaHelper).toEqual(direct);
+    for (const g of viaHelper) expect(g.tokens.length).toBeLessThanOrEqual(6);
+    const p1 = createParams(config, 11, { stage: 1 });
+    const itg = generateWithItg(p1, config, vision, { eosTokenId: config.lavis_config.sep_token_id, maxLength: 5, minLength: 5, beams: 1 });
+    expect(itg.map((g) => g.tokens.length)).toEqual([5, 5]);
+    for (const g of itg) expect(g.tokens).not.toContain(config.lavis_config.sep_token_id);
+    for (const t of [soft, ids, mask, vision]) t.dispose();
+    disposeParams(p1);
+    disposeParams(p2);
   });
 });
