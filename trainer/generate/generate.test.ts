@@ -279,7 +279,8 @@ describe('from the ViT output to tokens', () => {
     for (const g of viaHelper) expect(g.tokens.length).toBeLessThanOrEqual(6);
     const p1 = createParams(config, 11, { stage: 1 });
     const itg = generateWithItg(p1, config, vision, { eosTokenId: config.lavis_config.sep_token_id, maxLength: 5, minLength: 5, beams: 1 });
-    expect(itg.map((g) => g.tokens.length)).toEqual([5, 5]);
+    // [DEC] counts in HF's lengths (generateWithItg passes it as a prefix token): at most 5 = [DEC] + 4 tokens.
+    expect(itg.map((g) => g.tokens.length)).toEqual([4, 4]);
     for (const g of itg) expect(g.tokens).not.toContain(config.lavis_config.sep_token_id);
     for (const t of [soft, ids, mask, vision]) t.dispose();
     disposeParams(p1);

@@ -3,8 +3,8 @@
  * cross-attends to the image once and its keys/values open every layer's cache; the text starts with [DEC] and each
  * appended token costs one position: it attends to all queries and to the text before it (the ITG mask, spec §5.4),
  * runs the text feed-forward (no cross-attention for text rows), and the LM head (`cls`) gives the next token.
- * The end token LAVIS uses is [SEP]. Hugging Face counts the [DEC] start token in `max_length` / `min_length`, so
- * LAVIS's max 30 / min 10 are 29 / 9 generated tokens for search.ts.
+ * The end token LAVIS uses is [SEP]. Hugging Face holds the [DEC] start token in `input_ids`: give search.ts
+ * `prefixTokens: [dec_token_id]` (generateWithItg does), and LAVIS's max 30 / min 10 count as they do there.
  */
 import { tf } from '../engine';
 import { layerNorm, lmHead, projectImage, qformerEncoder, qformerLayer, queryTokens, embeddings, type Blip2Config, type KeyValue, type Params } from '../model';
