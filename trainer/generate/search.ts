@@ -1,6 +1,6 @@
 /**
- * Greedy and beam search as Hugging Face `generate` runs them for LAVIS's BLIP-2 (transformers 4.33, the version
- * LAVIS pins: greedy_search, beam_search with BeamSearchScorer, early_stopping False), over any decoder that hands out next-token logits one position at a
+ * Greedy and beam search as Hugging Face `generate` runs them for LAVIS's BLIP-2 (transformers 4.28–4.35; LAVIS
+ * requires ≥ 4.28: greedy_search, beam_search with BeamSearchScorer, early_stopping False), over any decoder that hands out next-token logits one position at a
  * time (`StepDecoder`, e.g. the key/value-cached OPT of opt-decoder.ts):
  * - lengths count what HF holds in `input_ids`: the generated tokens plus `prefixTokens` (none for OPT, whose soft
  *   prompt and text prompt LAVIS passes as `inputs_embeds`; [DEC] for the ITG head); the end token is blocked while
