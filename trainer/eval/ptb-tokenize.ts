@@ -10,7 +10,12 @@
  *   `man's` -> `man 's`), and `cannot`, `gonna`, `gotta`, `wanna` split in two;
  * - quotes become `` `` `` / `''` (double) and `` ` `` / `'` (single), curly quotes included, and are dropped;
  * - brackets become `-LRB-` `-RRB-` `-LSB-` `-RSB-` `-LCB-` `-RCB-`; `/` and `*` are escaped (`and\/or`);
- * - hyphenated words (`black-and-white`) stay one token; a lone `-` is dropped.
+ * - hyphenated words (`black-and-white`) stay one token; a lone `-` is dropped;
+ * - British spellings become American before lower-casing, as the tokenizer's `americanize` option (on by default
+ *   in the 3.4.1 release the evaluation runs) does, for lower-case words only (`a grey cat` -> `gray`, but `Grey
+ *   cat` -> `grey`): words of 3+ letters then `our`/`ours` -> `or`/`ors` (`colour`, `harbours`), `programme(s)`,
+ *   and a word list (`grey`, `centre`, `fibre`, `favourite`, `kerb`, `labelled`, …; `AMERICAN` below). Stanford's
+ *   list is longer than the one here, which holds the words of it that caption text is likely to meet.
  * The dropped tokens: '' ' `` ` -LRB- -RRB- -LCB- -RCB- . ? ! , : - -- ... ;
  */
 
@@ -18,6 +23,24 @@
 export const PTB_PUNCTUATIONS: ReadonlySet<string> = new Set([
   "''", "'", '``', '`', '-LRB-', '-RRB-', '-LCB-', '-RCB-', '.', '?', '!', ',', ':', '-', '--', '...', ';',
 ]);
+
+/** British -> American spellings applied to lower-case words (a subset of Stanford's Americanize list). */
+const AMERICAN: Record<string, string> = {
+  analyse: 'analyze', analysed: 'analyzed', analysing: 'analyzing', cancelled: 'canceled', cancelling: 'canceling',
+  centre: 'center', centres: 'centers', defence: 'defense', encyclopaedia: 'encyclopedia', fibre: 'fiber', fibres: 'fibers',
+  grey: 'gray', kerb: 'curb', labelled: 'labeled', labelling: 'labeling', leant: 'leaned', learnt: 'learned',
+  manoeuvre: 'maneuver', manoeuvres: 'maneuvers', meagre: 'meager', analogue: 'analog', analogues: 'analogs',
+};
+
+/** Stanford's Americanize on one token: the word list, then `…our(s)` after 3+ letters and `programme(s)`. */
+function americanize(word: string): string {
+  const mapped = AMERICAN[word];
+  if (mapped) return mapped;
+  if (/^programmes?$/.test(word)) return word.replace('programme', 'program');
+  const m = /^([a-z]{3,})our(s?)$/.exec(word);
+  if (m && !/^(glam|det|dev)$/.test(m[1]!)) return `${m[1]}or${m[2]}`;
+  return word;
+}
 
 /** Words whose final period belongs to them (PTBLexer's abbreviation lists, the ones caption text meets). */
 const ABBREVIATIONS = new Set([
@@ -112,7 +135,7 @@ export function ptbTokens(caption: string): string[] {
   const out: string[] = [];
   for (const chunk of text.split(/\s+/)) {
     if (!chunk) continue;
-    for (const t of tokenizeChunk(chunk)) out.push(/^-[LR][RSC]B-$/.test(t) ? t : escapeWord(t));
+    for (const t of tokenizeChunk(chunk)) out.push(/^-[LR][RSC]B-$/.test(t) ? t : escapeWord(americanize(t)));
   }
   return out;
 }
