@@ -100,7 +100,7 @@ describe('PTB tokenisation as the COCO caption evaluation applies it', () => {
     ['Wait... what -- really?', 'wait what really'],
     ['A dog (brown) and a cat', 'a dog -lrb- brown -rrb- and a cat'],
     ['Cats and/or dogs', 'cats and\\/or dogs'],
-    ['I cannot see it', 'i can not see it'],
+    ['I cannot see it, gonna go', 'i cannot see it gonna go'],
     ['A  sign\nthat reads:  STOP', 'a sign that reads stop'],
     ['\u201CCurly\u201D quotes\u2019 test', 'curly quotes test'],
     ['A man - in a hat', 'a man in a hat'],

@@ -7,7 +7,7 @@
  * - `.` `,` `;` `:` `!` `?` `...` `--` split from words; a comma or colon between digits (`1,000`, `10:30`) and a
  *   period inside a number or an abbreviation (`3.5`, `u.s.`, `mr.`, `e.g.`) stay in the word;
  * - clitics split: `n't`, `'s`, `'m`, `'d`, `'ll`, `'re`, `'ve` (`don't` -> `do n't`, `can't` -> `ca n't`,
- *   `man's` -> `man 's`), and `cannot`, `gonna`, `gotta`, `wanna` split in two;
+ *   `man's` -> `man 's`); `cannot`, `gonna`, `wanna` stay whole (the tokenizer's default `keepAssimilations`);
  * - quotes become `` `` `` / `''` (double) and `` ` `` / `'` (single), curly quotes included, and are dropped;
  * - brackets become `-LRB-` `-RRB-` `-LSB-` `-RSB-` `-LCB-` `-RCB-`; `/` and `*` are escaped (`and\/or`);
  * - hyphenated words (`black-and-white`) stay one token; a lone `-` is dropped;
@@ -51,11 +51,6 @@ const ABBREVIATIONS = new Set([
 
 const BRACKETS: Record<string, string> = { '(': '-LRB-', ')': '-RRB-', '[': '-LSB-', ']': '-RSB-', '{': '-LCB-', '}': '-RCB-' };
 
-/** Splits fixed by PTB3 (`cannot` -> `can not`). */
-const SPLIT_WORDS: Record<string, [string, string]> = {
-  cannot: ['can', 'not'], gonna: ['gon', 'na'], gotta: ['got', 'ta'], wanna: ['wan', 'na'],
-};
-
 /** A word whose final `.` stays with it: an abbreviation, letters with inner periods (`u.s.`), a single letter. */
 function keepsPeriod(word: string): boolean {
   const w = word.toLowerCase();
@@ -66,9 +61,6 @@ function keepsPeriod(word: string): boolean {
 
 /** Split clitics off a word without surrounding punctuation. */
 function splitClitics(word: string): string[] {
-  const lower = word.toLowerCase();
-  const fixed = SPLIT_WORDS[lower];
-  if (fixed) return [word.slice(0, fixed[0].length), word.slice(fixed[0].length)];
   let m = /^(.+?)(n't)$/i.exec(word);
   if (m && m[1]!.length > 0) return [m[1]!, m[2]!];
   m = /^(.+?)('s|'m|'d|'ll|'re|'ve)$/i.exec(word);
