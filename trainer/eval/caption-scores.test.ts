@@ -104,7 +104,7 @@ describe('PTB tokenisation as the COCO caption evaluation applies it', () => {
     ['A  sign\nthat reads:  STOP', 'a sign that reads stop'],
     ['\u201CCurly\u201D quotes\u2019 test', 'curly quotes test'],
     ['A man - in a hat', 'a man in a hat'],
-    ['Grey cat, a grey colour harbour and centre programmes', 'grey cat a gray color harbor and center programs'],
+    ['Grey cat, a grey colour harbour, favourite centre programmes', 'grey cat a gray color harbor favorite center programs'],
     ['Hello...world, dog,cat ... (x)', 'hello world dog cat -lrb- x -rrb-'],
     ["It's o'clock; rock'n'roll in the '90s: $5, 50%", "it 's o'clock rock'n'roll in the '90s $ 5 50 %"],
   ])('%j -> %j', (caption, expected) => {

@@ -30,6 +30,11 @@ const AMERICAN: Record<string, string> = {
   centre: 'center', centres: 'centers', defence: 'defense', encyclopaedia: 'encyclopedia', fibre: 'fiber', fibres: 'fibers',
   grey: 'gray', kerb: 'curb', labelled: 'labeled', labelling: 'labeling', leant: 'leaned', learnt: 'learned',
   manoeuvre: 'maneuver', manoeuvres: 'maneuvers', meagre: 'meager', analogue: 'analog', analogues: 'analogs',
+  ...Object.fromEntries(
+    ['armoured', 'coloured', 'colouring', 'discoloured', 'discolouring', 'endeavoured', 'endeavouring', 'favoured', 'favouring',
+      'favourite', 'favourites', 'flavoured', 'flavouring', 'honoured', 'honouring', 'honourable', 'humoured', 'humouring',
+      'laboured', 'labouring'].map((w) => [w, w.replace('our', 'or')]),
+  ),
 };
 
 /** Stanford's Americanize on one token: the word list, then `…our(s)` after 3+ letters and `programme(s)`. */
