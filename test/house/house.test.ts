@@ -12,12 +12,16 @@ import { checkHouse, formatHouseReport, parseImports, type HouseConfig, type Hou
 /**
  * Bottom to top. proto/ (the collective's wire contract) sits with common/ at the bottom: it imports nothing, and
  * the collective reads it. deploy/ (generated artifacts' code) sits just under cli/, the only room that uses it.
+ * trainer/eval/ (scoring: caption metrics, VQA accuracy, retrieval recall) is pure arithmetic over text and numbers
+ * that imports only common/, so it sits low, where both the trainer and the `blip2 eval` command can reach it.
+ * trainer/generate/ (greedy and beam search over a cached decoder) runs the model, so it sits just above
+ * trainer/model, beside coordinator/client (neither imports the other).
  */
 export const LAYERS: string[][] = [
   ['common', 'proto'],
-  ['dataloader', 'trainer/engine', 'trainer/collective', 'trainer/optim'],
+  ['dataloader', 'trainer/engine', 'trainer/collective', 'trainer/optim', 'trainer/eval'],
   ['trainer/model'],
-  ['coordinator/client'],
+  ['coordinator/client', 'trainer/generate'],
   ['trainer', 'coordinator'],
   ['deploy'],
   ['cli'],
