@@ -395,6 +395,7 @@ function writeSummary(
   say(`  samples skipped:   ${skippedTotal ? `${skippedTotal} (${Object.entries(summary.skipped).map(([r, n]) => `${r} ${n}`).join(', ')}; every epoch counts again; see the trainer logs)` : 'none'}`);
   say(`  checkpoint:        ${summary.checkpointDir ?? 'none committed'}`);
   say(`  run dir:           ${c.job.runDir} (logs/, metrics-*.jsonl)`);
+  if (summary.step > 0 || Object.keys(summary.losses).length) say(`  charts:            blip2 report ${c.job.runDir}`);
   if (summary.status === 'stopped' && s?.status === 'finished') say(`  the job has ended: start a new one from this checkpoint with model.checkpoint`);
   else if (summary.status === 'stopped') say(`  resume with the same command: the job continues from its last commit`);
   return summary;
