@@ -341,6 +341,7 @@ async function followJob(
     await Promise.race([finishedP, stopped, coordinatorFailed.then(() => new Promise(() => {})), trainersGone.then(() => new Promise(() => {}))]);
     const ended = state as JobState | null;
     status = ended?.status === 'finished' && !ended.stopRequested ? 'finished' : 'stopped';
+    if (status === 'finished') view.complete();
     if (ended?.status === 'finished') {
       if (ended.stopRequested) say(`job ${ended.reason}`);
       // Let the processes see the end and exit by themselves.

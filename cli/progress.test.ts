@@ -68,11 +68,15 @@ test('a terminal: a bar with the step, rate, losses and an ETA averaged over the
   expect(out.text().endsWith('\njob blip2-demo finished after 21s\n')).toBe(true);
 });
 
-test('with train.maxSteps the bar counts steps', () => {
+test('with train.maxSteps the bar counts steps; a finished job ends it at 100%', () => {
   vi.useFakeTimers({ now: 1_000_000 });
   const out = sink(true);
   const view = createProgressView({ out, epochs: 1, totalSamples: 1000, maxSteps: 40 });
   view.report(report(10, 80, 4));
-  view.stop();
+  expect(view.bar).toBe(true);
+  vi.advanceTimersByTime(500); // cli-progress's redraw timer
   expect(out.text()).toMatch(/ 25%  step 10 /);
+  view.complete(); // the job finished: the bar ends full
+  view.stop();
+  expect(out.text()).toMatch(/ 100%  step 10 /);
 });

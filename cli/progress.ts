@@ -33,6 +33,8 @@ export interface ProgressView {
   report(r: ProgressReport): void;
   /** Any other line (generations, stop messages): above the bar, or plain. */
   log(line: string): void;
+  /** The job finished: the bar goes to 100% (the last report comes before the final commit). */
+  complete(): void;
   /** Draws the bar a last time and ends it; later lines go straight to the output. */
   stop(): void;
 }
@@ -54,18 +56,22 @@ export function createProgressView(o: ProgressViewOptions): ProgressView {
   }, Presets.shades_classic);
   let bar: SingleBar | undefined;
   let stopped = false;
+  const total = byStep ? o.maxSteps : Math.max(o.totalSamples, 1);
   return {
     bar: true,
     report(r) {
       if (stopped) return;
       const payload = { epochs: `${r.epoch + 1}/${o.epochs}`, step: r.step, rate: r.samplesPerSec.toFixed(1), losses: fmtLosses(r.losses) };
       const value = byStep ? r.step : r.samples;
-      if (!bar) bar = multi.create(byStep ? o.maxSteps : Math.max(o.totalSamples, 1), value, payload);
+      if (!bar) bar = multi.create(total, value, payload);
       else bar.update(value, payload);
     },
     log(line) {
       if (bar && !stopped) multi.log(line + '\n');
       else say(line);
+    },
+    complete() {
+      if (bar && !stopped) bar.update(total);
     },
     stop() {
       if (stopped) return;
@@ -91,6 +97,7 @@ function plainView(o: ProgressViewOptions, say: (line: string) => void): Progres
       say(`epoch ${r.epoch + 1}/${o.epochs}  step ${r.step}  ${r.samplesPerSec.toFixed(1)} samples/s  ${fmtLosses(r.losses)}  ETA ${fmtDuration(eta)}`);
     },
     log: say,
+    complete() {},
     stop() {},
   };
 }
