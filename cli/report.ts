@@ -157,12 +157,16 @@ export function chartSpecs(steps: StepLine[]): TopLevelSpec[] {
     } as TopLevelSpec,
     {
       ...baseSpec(REPORT_CHARTS[3].title, membership),
-      mark: { type: 'line', interpolate: 'step-after', point },
       encoding: {
         x: stepAxis,
         y: { field: 'value', type: 'quantitative', title: 'count', axis: { format: 'd', tickMinStep: 1 }, scale: { zero: true } },
-        color: { field: 'series', type: 'nominal', title: '' },
+        color: { field: 'series', type: 'nominal', title: '', sort: ['world size', 'generation'] },
       },
+      // World size drawn wide under generation, so both show where they are equal.
+      layer: [
+        { transform: [{ filter: "datum.series === 'world size'" }], mark: { type: 'line', interpolate: 'step-after', strokeWidth: 6 } },
+        { transform: [{ filter: "datum.series === 'generation'" }], mark: { type: 'line', interpolate: 'step-after', strokeWidth: 2, point } },
+      ],
     } as TopLevelSpec,
   ];
 }
