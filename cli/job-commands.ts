@@ -1,11 +1,12 @@
 // The `blip2` subcommands about jobs: `launch` (on this machine, or rendered for Kubernetes), `status` (a job's state
-// from NATS KV) and `config`.
+// from NATS KV), `stop`, `report` (a run's charts as an HTML page and PNGs) and `config`.
 import { Option, type Command } from 'commander';
 import { describeConfigKeys, loadJobConfig, UsageError } from '../common';
 import { renderKubernetesTarget } from './kubernetes';
 import { formatJobStatus, readJobStatus } from './job-status';
 import { stopJob } from './job-stop';
 import { DEMO_OVERRIDES, launchLocal } from './launcher';
+import { REPORT_CHARTS, writeRunReport } from './report';
 
 interface LaunchFlags {
   config?: string; target: string; trainerEntry: string; renderDir?: string; image: string; namespace: string;
@@ -18,7 +19,7 @@ e.g. --train.epochs 3 --world.trainers 4. Precedence: file < environment (BLIP2_
 \`blip2 config --keys\` lists every key with its environment variable, default and meaning.
 `;
 
-/** Subcommands about jobs: `launch`, `status`, `config`. */
+/** Subcommands about jobs: `launch`, `status`, `stop`, `report`, `config`. */
 export function registerJobCommands(program: Command): void {
   program
     .command('launch')
@@ -104,6 +105,23 @@ export function registerJobCommands(program: Command): void {
       const jobId = opts.job ?? config.job.id;
       if (r.outcome === 'already-finished') say(`job ${jobId} has already ended${r.state ? ` (${r.state.reason})` : ''}; nothing to stop`);
       if (r.outcome === 'stopped') say(`job ${jobId} stopped: ${r.state!.reason}; final checkpoint ${r.state!.checkpointDir ?? 'none'}`);
+    });
+
+  program
+    .command('report')
+    .description(
+      'Draw a run\'s charts from its metrics-<node>.jsonl files and summary.json: an HTML page (index.html) and ' +
+        `one PNG per chart (${REPORT_CHARTS.map((c) => c.file).join(', ')}). Exit 2 when the run dir has no metrics.`,
+    )
+    .argument('<run-dir>', 'the job\'s run dir (job.runDir; the demo\'s is runs/blip2-demo)')
+    .option('--out <dir>', 'where to write the page and images (default: <run-dir>/report)')
+    .action(async (runDir: string, opts: { out?: string }) => {
+      const r = await writeRunReport(runDir, opts.out);
+      const say = (line: string) => process.stdout.write(line + '\n');
+      say(`report of ${r.steps} step(s), objectives ${r.objectives.join(', ')}: ${r.html}`);
+      for (const img of r.images) say(`  ${img}`);
+      if (r.badLines) say(`  ${r.badLines} unreadable line(s) in the metrics files were left out`);
+      if (!r.fontsFound) say('warning: no font files found (/usr/share/fonts): the images have no text; install one (Debian: fonts-dejavu-core)');
     });
 
   program

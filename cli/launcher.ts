@@ -7,7 +7,8 @@
  *     run again continues the job where it stopped (the job state lives in its KV bucket).
  *  4. Write <runDir>/job.resolved.json (secrets left out: they travel in the children's environment) and start the
  *     coordinator and world.trainers trainer processes; their logs go to <runDir>/logs/<node>.log.
- *  5. Show progress from rank 0's reports and the job state until the job ends or is stopped.
+ *  5. Show progress from rank 0's reports (a bar on a terminal, plain lines otherwise; progress.ts) and the job
+ *     state until the job ends or is stopped.
  *  6. End with a summary (<runDir>/summary.json and the closing lines).
  *  Ctrl-C: wait for the next committed checkpoint, then stop every process (a second Ctrl-C stops at once).
  */
@@ -24,6 +25,7 @@ import { loadModelConfig } from '../trainer/model';
 import { resolveWeights } from '../trainer';
 import { launchTokenFile } from './job-stop';
 import { freePort, startNatsServer, type NatsServerHandle } from './nats-server';
+import { createProgressView, fmtDuration, fmtLosses } from './progress';
 
 const repoRoot = resolve(import.meta.dirname, '..');
 
@@ -75,13 +77,6 @@ export const DEMO_OVERRIDES: Record<string, unknown> = {
 /** A sleep that does not keep the process alive. */
 const unrefSleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms).unref());
 
-const fmtDuration = (s: number) => {
-  if (!Number.isFinite(s) || s < 0) return '?';
-  const m = Math.floor(s / 60);
-  return m >= 60 ? `${Math.floor(m / 60)}h${String(m % 60).padStart(2, '0')}m` : m > 0 ? `${m}m${String(Math.round(s % 60)).padStart(2, '0')}s` : `${Math.round(s)}s`;
-};
-const fmtLosses = (l: Record<string, number>) =>
-  Object.entries(l).map(([k, v]) => `${k} ${v.toFixed(4)}`).join('  ') || '-';
 
 type Say = (line: string) => void;
 type Child = { name: string; proc: ChildProcess; exit: Promise<number | null> };
@@ -272,12 +267,13 @@ async function followJob(
     logDir: string; samplesPerEpoch: number; say: Say;
   },
 ): Promise<JobEnd> {
-  const { nc, store, children, coordinatorExit, logDir, say } = x;
+  const { nc, store, children, coordinatorExit, logDir } = x;
   let state: JobState | null = x.previous;
   let last: ProgressReport | null = null;
-  let lastPrinted = 0;
   let generationSeen = state?.generation ?? 0;
-  const totalSamples = x.samplesPerEpoch * c.train.epochs;
+  // A bar on a terminal (other lines above it), plain lines otherwise.
+  const view = createProgressView({ out: o.out ?? process.stdout, epochs: c.train.epochs, totalSamples: x.samplesPerEpoch * c.train.epochs, maxSteps: c.train.maxSteps });
+  const say: Say = (line) => view.log(line);
   const progressSub = nc.subscribe(jobSubjects(c.job.id).progress, {
     callback: (err, msg) => {
       if (err) return;
@@ -286,12 +282,7 @@ async function followJob(
       } catch {
         return;
       }
-      if (Date.now() - lastPrinted < 1000) return;
-      lastPrinted = Date.now();
-      const r = last;
-      const remaining = c.train.maxSteps > 0 ? NaN : Math.max(0, totalSamples - r.samples);
-      const eta = r.samplesPerSec > 0 ? remaining / r.samplesPerSec : NaN;
-      say(`epoch ${r.epoch + 1}/${c.train.epochs}  step ${r.step}  ${r.samplesPerSec.toFixed(1)} samples/s  ${fmtLosses(r.losses)}  ETA ${fmtDuration(eta)}`);
+      view.report(last);
     },
   });
   let finished!: () => void;
@@ -350,6 +341,7 @@ async function followJob(
     await Promise.race([finishedP, stopped, coordinatorFailed.then(() => new Promise(() => {})), trainersGone.then(() => new Promise(() => {}))]);
     const ended = state as JobState | null;
     status = ended?.status === 'finished' && !ended.stopRequested ? 'finished' : 'stopped';
+    if (status === 'finished') view.complete();
     if (ended?.status === 'finished') {
       if (ended.stopRequested) say(`job ${ended.reason}`);
       // Let the processes see the end and exit by themselves.
@@ -364,6 +356,7 @@ async function followJob(
     process.off('SIGHUP', onHup);
     stopWatch();
     progressSub.unsubscribe();
+    view.stop();
   }
   return { status, state: state as JobState | null, last: last as ProgressReport | null };
 }
@@ -395,6 +388,7 @@ function writeSummary(
   say(`  samples skipped:   ${skippedTotal ? `${skippedTotal} (${Object.entries(summary.skipped).map(([r, n]) => `${r} ${n}`).join(', ')}; every epoch counts again; see the trainer logs)` : 'none'}`);
   say(`  checkpoint:        ${summary.checkpointDir ?? 'none committed'}`);
   say(`  run dir:           ${c.job.runDir} (logs/, metrics-*.jsonl)`);
+  if (summary.step > 0 || Object.keys(summary.losses).length) say(`  charts:            blip2 report ${c.job.runDir}`);
   if (summary.status === 'stopped' && s?.status === 'finished') say(`  the job has ended: start a new one from this checkpoint with model.checkpoint`);
   else if (summary.status === 'stopped') say(`  resume with the same command: the job continues from its last commit`);
   return summary;

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh Debian machine: Debian's nats-server (JetStream), promtool (from
-# Debian's prometheus package: the alert rules' checks and unit tests, the scrape lint), OpenBLAS and a C++ compiler (the tensor engine's native matmul), the npm packages from the lockfile, and builds the native
+# Debian's prometheus package: the alert rules' checks and unit tests, the scrape lint), a font (fonts-dejavu-core, for `blip2 report`), OpenBLAS and a C++ compiler (the tensor engine's native matmul), the npm packages from the lockfile, and builds the native
 # matmul addon. Idempotent: skips what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -18,6 +18,14 @@ if ! command -v promtool >/dev/null 2>&1; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+
+# A font for `blip2 report`'s PNGs (resvg draws no text without one; a bare Debian image has none).
+if ! ls /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf >/dev/null 2>&1; then
+  echo "installing fonts-dejavu-core (Debian package)" >&2
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq fonts-dejavu-core >/dev/null
 fi
 
 # openssl (the mutual-TLS collective test generates certificates) and iproute2 (`bench:allreduce --link`).
