@@ -18,7 +18,7 @@ import { availableParallelism } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { Blip2Error, connectJobNats, jobSubjects, loadJobConfig, UsageError, type JobConfig } from '../common';
-import { JobStore, type JobState, type ProgressReport } from '../coordinator/client';
+import { JobStore, parseProgressReport, type JobState, type ProgressReport } from '../coordinator/client';
 import { loadIndex, writeSynthDataset } from '../dataloader';
 import { loadModelConfig } from '../trainer/model';
 import { freePort, startNatsServer, type NatsServerHandle } from './nats-server';
@@ -253,20 +253,34 @@ async function followJob(
   let lastPrinted = 0;
   let generationSeen = state?.generation ?? 0;
   const totalSamples = x.samplesPerEpoch * c.train.epochs;
+  // Progress reports are display only (the job's status, commits and ledger come from KV): each one is validated and
+  // must come from a registered member; anything else is ignored with a note (at most one per 10 s).
+  let ignored = 0;
+  let ignoredNoted = 0;
+  const ignore = (why: string) => {
+    ignored++;
+    if (Date.now() - ignoredNoted < 10_000) return;
+    ignoredNoted = Date.now();
+    say(`ignored a progress report (${ignored} so far): ${why}`);
+  };
   const progressSub = nc.subscribe(jobSubjects(c.job.id).progress, {
     callback: (err, msg) => {
       if (err) return;
       try {
-        last = msg.json<ProgressReport>();
-      } catch {
-        return;
+        const parsed = parseProgressReport(msg.data);
+        if (!parsed.ok) return ignore(parsed.message);
+        const r = parsed.value;
+        const s = state as JobState | null;
+        if (s && !s.members.some((m) => m.nodeId === r.nodeId)) return ignore(`from ${JSON.stringify(r.nodeId).slice(0, 80)}, not a member of the job`);
+        last = r;
+        if (Date.now() - lastPrinted < 1000) return;
+        lastPrinted = Date.now();
+        const remaining = c.train.maxSteps > 0 ? NaN : Math.max(0, totalSamples - r.samples);
+        const eta = r.samplesPerSec > 0 ? remaining / r.samplesPerSec : NaN;
+        say(`epoch ${r.epoch + 1}/${c.train.epochs}  step ${r.step}  ${r.samplesPerSec.toFixed(1)} samples/s  ${fmtLosses(r.losses)}  ETA ${fmtDuration(eta)}`);
+      } catch (e) {
+        ignore(`the display failed: ${(e as Error).message}`);
       }
-      if (Date.now() - lastPrinted < 1000) return;
-      lastPrinted = Date.now();
-      const r = last;
-      const remaining = c.train.maxSteps > 0 ? NaN : Math.max(0, totalSamples - r.samples);
-      const eta = r.samplesPerSec > 0 ? remaining / r.samplesPerSec : NaN;
-      say(`epoch ${r.epoch + 1}/${c.train.epochs}  step ${r.step}  ${r.samplesPerSec.toFixed(1)} samples/s  ${fmtLosses(r.losses)}  ETA ${fmtDuration(eta)}`);
     },
   });
   let finished!: () => void;
@@ -284,7 +298,7 @@ async function followJob(
       onCommit?.();
     }
     if (s.status === 'finished') finished();
-  });
+  }, (why) => say(`warning: ${why}`));
 
   // Ctrl-C: stop after the next commit.
   let stopRequested = false;

@@ -14,6 +14,7 @@ export class CoordinatorMetrics {
   readonly commits: Counter;
   readonly generationChanges: Counter;
   readonly authRefused: Counter;
+  readonly messagesRejected: Counter<'subject' | 'reason'>;
 
   constructor(registry: Registry) {
     const gauge = (name: string, help: string) => new Gauge({ name: `blip2_coordinator_${name}`, help, registers: [registry] });
@@ -31,6 +32,10 @@ export class CoordinatorMetrics {
     this.commits = counter('commits_total', 'Checkpoints committed.');
     this.generationChanges = counter('generation_changes_total', 'Generation changes seen by this coordinator process.');
     this.authRefused = counter('auth_refused_total', 'Requests refused for a wrong job token.');
+    this.messagesRejected = new Counter({
+      name: 'blip2_coordinator_messages_rejected_total', labelNames: ['subject', 'reason'], registers: [registry],
+      help: 'Messages dropped or answered with an error, by subject (control, heartbeat) and reason (not-json, schema, auth, handler-error).',
+    });
   }
 
   private seenCommits?: number;

@@ -273,6 +273,29 @@ export class LeasedShard {
   }
 }
 
+/**
+ * A pulled message that is not a valid descriptor: terminated (never redelivered), removed from the stream (servers
+ * before 2.10 keep a terminated message in a work queue, where it would count as pending forever and the epoch
+ * would never drain), counted by reason and logged.
+ */
+export async function rejectDescriptor(
+  msg: JsMsg, error: Error, o: { jsm: JetStreamManager; stream: string; registry?: Registry; log: Logger },
+): Promise<void> {
+  const reason = /^descriptor is not JSON/.test(error.message) ? 'not-json' : 'schema';
+  try {
+    msg.term(`descriptor rejected: ${error.message.slice(0, 200)}`);
+  } catch {
+    // the connection is closing: the removal below (or the next pull) settles it
+  }
+  try {
+    await o.jsm.streams.deleteMessage(o.stream, msg.seq, false);
+  } catch (e) {
+    o.log.warn('could not remove a rejected descriptor from the stream', { seq: msg.seq, error: (e as Error).message });
+  }
+  if (o.registry) trainerDataMetrics(o.registry).descriptorsRejected.inc({ reason });
+  o.log.error('descriptor rejected (terminated and removed)', { seq: msg.seq, reason, error: error.message });
+}
+
 /** The trainer side: pulls descriptors one at a time from the shared durable consumer. */
 export class ShardConsumer {
   private readonly q: ResolvedQueue;
@@ -327,11 +350,8 @@ export class ShardConsumer {
         try {
           descriptor = parseDescriptor(msg.data);
         } catch (e) {
-          msg.term(`descriptor rejected: ${(e as Error).message.slice(0, 200)}`);
-          // Servers before 2.10 keep a terminated message in a work-queue stream: remove it so the queue empties.
-          await this.removeFromStream(msg.seq);
-          this.metrics?.descriptorsRejected.inc();
-          this.log.error('descriptor rejected (terminated)', { seq: msg.seq, error: (e as Error).message });
+          this.jsm ??= await jetstreamManager(this.options.nc);
+          await rejectDescriptor(msg, e as Error, { jsm: this.jsm, stream: this.q.stream, registry: this.options.registry, log: this.log });
           continue;
         }
         const lease = new LeasedShard(descriptor, msg, this.heartbeatMs, this.options.cursorFor?.(descriptor), (l, how) => {
@@ -355,15 +375,6 @@ export class ShardConsumer {
       if (info.num_pending === 0 && (this.endOfEpoch === 'queue-empty' || info.num_ack_pending <= this.held.size)) return null;
     }
     return null;
-  }
-
-  private async removeFromStream(seq: number): Promise<void> {
-    try {
-      const jsm = (this.jsm ??= await jetstreamManager(this.options.nc));
-      await jsm.streams.deleteMessage(this.q.stream, seq, false);
-    } catch (e) {
-      this.log.warn('could not remove a rejected descriptor from the stream', { seq, error: (e as Error).message });
-    }
   }
 
   /** Stops pulling; hands back every lease still held so other trainers get them without waiting for ack_wait. */

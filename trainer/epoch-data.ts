@@ -7,11 +7,11 @@
  * for it in a collective. Whether the epoch is really over is decided by all ranks together (trainer/loop.ts).
  */
 import type { NatsConnection } from '@nats-io/transport-node';
-import { jetstream, type Consumer } from '@nats-io/jetstream';
+import { jetstream, jetstreamManager, type Consumer, type JetStreamManager } from '@nats-io/jetstream';
 import type { Registry } from 'prom-client';
 import { createLogger, type Logger } from '../common';
 import {
-  createBatchStream, LeasedShard, parseDescriptor, type CaptionTokenizer, type ShardDescriptor, type ShardSource, type TransformOptions,
+  createBatchStream, LeasedShard, parseDescriptor, rejectDescriptor, type CaptionTokenizer, type ShardDescriptor, type ShardSource, type TransformOptions,
 } from '../dataloader';
 import { ackSubjectOf, type LeaseKeeper } from './lease-keeper';
 import type { EpochData, TrainLease } from './loop';
@@ -165,6 +165,7 @@ export interface JetStreamEpochDataOptions extends BatchOptions {
 /** One rank's EpochData over the job's JetStream shard queue. */
 export class JetStreamEpochData implements EpochData<LeasedShard> {
   private consumer: Consumer | undefined;
+  private jsm: JetStreamManager | undefined;
   private readonly held = new Set<LeasedShard>();
   private closed = false;
   private readonly log: Logger;
@@ -194,8 +195,10 @@ export class JetStreamEpochData implements EpochData<LeasedShard> {
           try {
             d = parseDescriptor(msg.data);
           } catch (e) {
-            msg.term(`descriptor rejected: ${(e as Error).message.slice(0, 200)}`);
-            this.log.error('descriptor rejected (terminated)', { seq: msg.seq, error: (e as Error).message });
+            // Terminated, removed from the stream (else it stays pending on servers before 2.10 and the epoch
+            // never drains), counted.
+            this.jsm ??= await jetstreamManager(this.o.nc);
+            await rejectDescriptor(msg, e as Error, { jsm: this.jsm, stream: this.o.stream, registry: this.o.registry, log: this.log });
             continue;
           }
           if ([...this.held].some((l) => l.descriptor.id === d.id)) {
