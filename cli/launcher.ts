@@ -19,7 +19,8 @@ import { join, resolve } from 'node:path';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { Blip2Error, connectJobNats, jobSubjects, loadJobConfig, UsageError, type JobConfig } from '../common';
 import { JobStore, parseProgressReport, type JobState, type ProgressReport } from '../coordinator/client';
-import { loadIndex, writeSynthDataset } from '../dataloader';
+import { loadJobIndex, samplesPerEpoch } from '../coordinator';
+import { writeSynthDataset } from '../dataloader';
 import { loadModelConfig } from '../trainer/model';
 import { freePort, startNatsServer, type NatsServerHandle } from './nats-server';
 
@@ -112,6 +113,7 @@ export async function launchLocal(o: LaunchOptions = {}): Promise<LaunchSummary>
   };
 
   try {
+    if (!server) say(`connecting to NATS at ${natsUrl}`);
     nc = await connectJobNats(c, { url: natsUrl, name: 'blip2-launch' });
     const store = await JobStore.open(nc, c.job.id, { create: true });
     const previous = await store.read();
@@ -139,7 +141,22 @@ function resolveLaunchConfig(o: LaunchOptions): JobConfig {
     throw new UsageError(`launch.target ${JSON.stringify(config.launch.target)}: only "local" is implemented; render manifests with deploy/ (Kubernetes target not yet)`);
   }
   if (config.model.config) loadModelConfig(config.model.config); // a bad model config.json is refused here, not by every trainer
+  if (config.world.trainers < config.world.min) {
+    throw new UsageError(`world.trainers is ${config.world.trainers}, below world.min ${config.world.min}: the job would wait for ever for trainers this launch never starts; raise world.trainers or lower world.min`);
+  }
   return config;
+}
+
+/** The checkpoint directory must take a file now, not at the first commit (where the error would reach only the logs). */
+function checkWritable(dir: string, key: string): void {
+  const probe = join(dir, `.write-probe-${process.pid}`);
+  try {
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(probe, '');
+    rmSync(probe, { force: true });
+  } catch (e) {
+    throw new UsageError(`${key} ${dir} is not writable (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}); checkpoints could not be committed`);
+  }
 }
 
 /** Step 1: the run dir and its logs/ (a finished demo run is started afresh; a finished job is refused). */
@@ -155,6 +172,7 @@ function prepareRunDir(c: JobConfig, o: LaunchOptions, say: Say): { summaryPath:
   mkdirSync(c.job.runDir, { recursive: true });
   const logDir = join(c.job.runDir, 'logs');
   mkdirSync(logDir, { recursive: true });
+  checkWritable(c.checkpoint.dir, 'checkpoint.dir');
   say(`blip2 launch: job ${c.job.id} (${o.configFile ? `config ${o.configFile}` : 'built-in demo'}), run dir ${c.job.runDir}`);
   return { summaryPath, logDir };
 }
@@ -167,9 +185,8 @@ async function prepareData(c: JobConfig, say: Say): Promise<number> {
     say(`generating the synthetic dataset (${c.data.synthSamples} samples, ${c.data.synthImageSize}px) into ${c.data.root}`);
     await writeSynthDataset({ out: c.data.root, samples: c.data.synthSamples, shardSize: c.data.samplesPerShard * 2, imageSize: c.data.synthImageSize, seed: c.train.seed });
   }
-  const index = loadIndex(indexPath);
-  const trainSets = index.datasets.filter((d) => (c.data.datasets.length ? c.data.datasets.includes(d.name) : d.split !== 'val' && d.split !== 'test'));
-  return trainSets.reduce((n, d) => n + d.samples, 0);
+  // Refused here, before any process starts: no dataset to train on, no sample in it.
+  return samplesPerEpoch(c, loadJobIndex(c));
 }
 
 /**
@@ -287,8 +304,15 @@ async function followJob(
   const finishedP = new Promise<void>((r) => (finished = r));
   let commitSeen = state?.committed?.step ?? 0;
   let onCommit: (() => void) | undefined;
+  let waitingFor = '';
   const stopWatch = await store.watch(({ state: s }) => {
     state = s;
+    // What a waiting job waits for, whenever that changes.
+    const waits = s.status !== 'waiting' ? ''
+      : s.members.length < c.world.min ? `waiting for trainers: ${s.members.length} of world.min ${c.world.min} registered`
+        : `forming the world: ${s.members.length} trainer(s) registered, waiting up to ${c.world.rendezvousSettleMs} ms for more`;
+    if (waits && waits !== waitingFor) say(waits);
+    waitingFor = waits;
     if (s.generation !== generationSeen) {
       generationSeen = s.generation;
       say(`generation ${s.generation}: ${s.status === 'running' ? `world of ${s.world.length} [${s.world.map((p) => p.nodeId).join(', ')}]` : s.status} (${s.reason})`);
@@ -329,8 +353,18 @@ async function followJob(
   process.on('SIGHUP', onHup);
   o.signal?.addEventListener('abort', requestStop, { once: true });
   const coordinatorFailed = coordinatorExit.then((code) => {
-    if (!stopRequested && code !== 0) throw new Blip2Error(`the coordinator exited with code ${code}; see ${join(logDir, 'coordinator.log')}`);
+    if (!stopRequested && code !== 0) {
+      throw new Blip2Error(`the coordinator exited with code ${code}; its last lines (${join(logDir, 'coordinator.log')}):\n${lastLines(join(logDir, 'coordinator.log'))}`);
+    }
   });
+  // A trainer that fails while the job goes on: say so, with its last lines (the job may continue without it).
+  for (const ch of children.filter((x) => x.name.startsWith('trainer-'))) {
+    void ch.exit.then((code) => {
+      if (code !== 0 && !stopRequested && (state as JobState | null)?.status !== 'finished') {
+        say(`${ch.name} exited with code ${code}; its last lines (${join(logDir, `${ch.name}.log`)}):\n${lastLines(join(logDir, `${ch.name}.log`))}`);
+      }
+    });
+  }
   const trainersGone = Promise.all(children.filter((ch) => ch.name.startsWith('trainer-')).map((ch) => ch.exit)).then(() => {
     if (state?.status !== 'finished') throw new Blip2Error(`every trainer exited before the job finished; see the logs in ${logDir}`);
   });
@@ -353,6 +387,18 @@ async function followJob(
     progressSub.unsubscribe();
   }
   return { status, state: state as JobState | null, last: last as ProgressReport | null };
+}
+
+/** The last lines of a process's log that say what went wrong (error and warning lines first), indented. */
+function lastLines(path: string, n = 8): string {
+  let lines: string[];
+  try {
+    lines = readFileSync(path, 'utf8').split('\n').filter((l) => l.trim());
+  } catch (e) {
+    return `    (log not readable: ${(e as Error).message})`;
+  }
+  const bad = lines.filter((l) => /\b(error|fatal|warn)\b|Error\b/i.test(l));
+  return (bad.length ? bad : lines).slice(-n).map((l) => `    ${l.length > 400 ? l.slice(0, 400) + '…' : l}`).join('\n');
 }
 
 /** Step 6: <runDir>/summary.json and the closing lines. */
