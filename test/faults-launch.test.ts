@@ -2,22 +2,25 @@
  * `blip2 launch` refuses, on the console and before any process starts, a job that could never run: fewer trainers
  * than world.min, an index with no dataset to train on, datasets without a sample, a checkpoint directory that
  * cannot be written. When a process fails, the console shows its last error lines; while the job waits for
- * trainers, the console says so. Real launcher processes (`bin/blip2.js launch`), real nats-server.
+ * trainers, the console says so. Progress reports that are malformed or not from a member are ignored and cannot
+ * change the outcome. Real launcher processes (`bin/blip2.js launch`), real nats-server.
  */
 import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { connect } from '@nats-io/transport-node';
 import { describe, expect, test } from 'vitest';
+import { jobSubjects } from '../common';
 import { writeSynthDataset } from '../dataloader';
-import { repoRoot } from './helpers/procs';
+import { repoRoot, waitUntil } from './helpers/procs';
 
-function launch(runDir: string, extra: string[], entry = 'test/fixtures/standin-trainer.ts') {
+function launch(runDir: string, extra: string[], entry = 'test/fixtures/standin-trainer.ts', stepMs = 10) {
   const child = spawn(
     process.execPath,
     [join(repoRoot, 'bin/blip2.js'), 'launch', '--trainer-entry', entry, '--job.runDir', runDir,
       '--membership.heartbeatMs', '100', '--membership.timeoutMs', '1500', '--world.rendezvousSettleMs', '300', ...extra],
-    { cwd: repoRoot, env: { ...process.env, STANDIN_STEP_MS: '10' }, stdio: ['ignore', 'pipe', 'pipe'] },
+    { cwd: repoRoot, env: { ...process.env, STANDIN_STEP_MS: String(stepMs) }, stdio: ['ignore', 'pipe', 'pipe'] },
   );
   let out = '';
   child.stdout.on('data', (d: Buffer) => (out += d.toString()));
@@ -78,5 +81,30 @@ describe('blip2 launch says what goes on', () => {
     expect(out).toMatch(/waiting for trainers: 0 of world\.min 2 registered/);
     expect(out).toMatch(/trainer-[01] exited with code 1; its last lines \(.*trainer-[01]\.log\):\n.*cannot open the shard stream: simulated failure/);
     expect(out).toMatch(/job failed: every trainer exited before the job finished/);
+  });
+
+  test('bad and spoofed progress reports are ignored: the display goes on and the exit status comes from the job state', async () => {
+    const runDir = mkdtempSync(join(tmpdir(), 'blip2-progress-'));
+    const l = launch(runDir, [], 'test/fixtures/standin-trainer.ts', 150);
+    const url = await waitUntil('the nats-server', () => /nats-server started at (nats:\/\/[0-9.:]+)/.exec(l.output())?.[1], 60_000);
+    await waitUntil('the first progress line', () => /epoch 1\/2 {2}step \d+/.test(l.output()), 60_000);
+    const nc = await connect({ servers: url });
+    const subject = jobSubjects('blip2-demo').progress;
+    const report = { nodeId: 'trainer-0', generation: 1, step: 999_999, epoch: 0, losses: { itc: 0.0001 }, samples: 1, samplesPerSec: 1e6, time: Date.now() };
+    for (const payload of ['null', 'garbage', '{}', '[]', JSON.stringify({ nodeId: 'trainer-0' }), JSON.stringify({ ...report, samplesPerSec: 'fast' }),
+      JSON.stringify({ ...report, nodeId: 'intruder' })]) {
+      nc.publish(subject, new TextEncoder().encode(payload));
+    }
+    await nc.flush();
+    await nc.close();
+    expect(await l.exited, l.output()).toBe(0);
+    const out = l.output();
+    expect(out).toMatch(/ignored a progress report \(1 so far\): message: must be a JSON object, got null/);
+    expect(out).not.toMatch(/step 999999/);
+    expect(out).toMatch(/job blip2-demo finished after/);
+    expect(out).toMatch(/epoch 2\/2 {2}step \d+/); // the display went on after the bad reports
+    const summary = JSON.parse(readFileSync(join(runDir, 'summary.json'), 'utf8')) as { status: string; losses: Record<string, number> };
+    expect(summary.status).toBe('finished');
+    expect(summary.losses.itc).not.toBe(0.0001);
   });
 });
