@@ -56,6 +56,8 @@ export class Coordinator {
   private reconciling = false;
   private reconcileAgain = false;
   private stopped = false;
+  /** When this process's NATS connection went down (null while connected). */
+  private cutOffSince: number | null = null;
   private finishedResolve!: () => void;
   /** Resolves when the job is finished. */
   readonly finished: Promise<void>;
@@ -104,6 +106,7 @@ export class Coordinator {
     await this.o.nc.flush();
     await this.apply({ type: 'start' });
     this.reconcileQueue();
+    this.watchConnection();
     const tickMs = this.o.tickMs ?? Math.max(20, Math.min(250, Math.floor(this.o.heartbeatTimeoutMs / 4)));
     this.timer = setInterval(() => {
       this.tick().catch((e: Error) => this.log.error('liveness check failed; next tick retries', { error: e.message }));
@@ -123,8 +126,30 @@ export class Coordinator {
     return t.length === this.token.length && timingSafeEqual(t, this.token);
   }
 
+  /**
+   * While this coordinator's own NATS connection is down it hears nobody: silence then says nothing about the
+   * members, so the liveness check pauses, and once the connection is back every member gets one full timeout of
+   * grace (as after a restart) to be heard again.
+   */
+  private watchConnection(): void {
+    void (async () => {
+      for await (const st of this.o.nc.status()) {
+        if (st.type === 'disconnect' && this.cutOffSince === null) {
+          this.cutOffSince = Date.now();
+          this.log.warn('NATS connection lost: liveness checks paused until it is back', { server: st.server });
+        } else if (st.type === 'reconnect' && this.cutOffSince !== null) {
+          const now = Date.now();
+          this.log.info('NATS connection back: every member gets one timeout of grace', { server: st.server, cutOffMs: now - this.cutOffSince });
+          this.cutOffSince = null;
+          for (const m of this.current.state.members) this.lastSeen.set(m.nodeId, now);
+          this.reconcileQueue();
+        }
+      }
+    })().catch((e: Error) => this.log.error('connection status watch ended', { error: e.message }));
+  }
+
   private async tick(): Promise<void> {
-    if (this.stopped) return;
+    if (this.stopped || this.cutOffSince !== null) return;
     const now = Date.now();
     const s = this.current.state;
     for (const m of s.members) {

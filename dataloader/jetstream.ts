@@ -221,6 +221,8 @@ export class LeasedShard {
   cursor: number;
   private heartbeat: NodeJS.Timeout | undefined;
   private settled = false;
+  /** The ack was not confirmed by the server (an outage): the descriptor will come back and be skipped. */
+  ackLost = false;
 
   constructor(
     readonly descriptor: ShardDescriptor,
@@ -254,9 +256,25 @@ export class LeasedShard {
     }
   }
 
-  /** The descriptor's samples are all in a committed checkpoint: remove it from the queue (server-confirmed). */
+  /**
+   * The descriptor's samples are all in a committed checkpoint: remove it from the queue (server-confirmed).
+   * Through a NATS outage the confirmation is retried (3 tries); an ack that still does not get through is left to
+   * the ledger: the descriptor comes back and its committed samples are skipped (`ackLost` is then true).
+   */
   async ack(): Promise<void> {
-    if (this.settle('ack')) await this.msg.ackAck();
+    if (!this.settle('ack')) return;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.msg.ackAck();
+        return;
+      } catch {
+        if (attempt >= 3) {
+          this.ackLost = true;
+          return;
+        }
+        await new Promise((r) => setTimeout(r, 500 * attempt));
+      }
+    }
   }
 
   /** Hand the descriptor back for redelivery (after `delayMs`), e.g. on rollback or shutdown. */
@@ -341,9 +359,12 @@ export class ShardConsumer {
         const batch = await consumer.fetch({ max_messages: 1, expires: this.pollMs, idle_heartbeat: 500 });
         for await (const m of batch) { msg = m; break; }
       } catch (e) {
-        if (!/heartbeats missed/i.test((e as Error).message)) throw e;
-        this.log.debug('pull request ended without heartbeats; pulling again', { error: (e as Error).message });
-        msg = null;
+        if (/heartbeats missed/i.test((e as Error).message)) {
+          this.log.debug('pull request ended without heartbeats; pulling again', { error: (e as Error).message });
+        } else {
+          await this.waitOut(e as Error);
+        }
+        continue;
       }
       if (msg) {
         let descriptor: ShardDescriptor;
@@ -371,10 +392,23 @@ export class ShardConsumer {
         }
         return lease;
       }
-      const info = await consumer.info(false);
+      let info;
+      try {
+        info = await consumer.info(false);
+      } catch (e) {
+        await this.waitOut(e as Error);
+        continue;
+      }
       if (info.num_pending === 0 && (this.endOfEpoch === 'queue-empty' || info.num_ack_pending <= this.held.size)) return null;
     }
     return null;
+  }
+
+  /** A pull or a consumer lookup that failed while the connection is still open (an outage): wait, then go on. */
+  private async waitOut(e: Error): Promise<void> {
+    if (this.options.nc.isClosed()) throw e;
+    this.log.warn('shard queue not reachable; retrying', { error: e.message });
+    await new Promise((r) => setTimeout(r, 500));
   }
 
   /** Stops pulling; hands back every lease still held so other trainers get them without waiting for ack_wait. */

@@ -183,12 +183,21 @@ export class JetStreamEpochData implements EpochData<LeasedShard> {
     let streamClosed = false;
     const source: ShardSource<LeasedShard> = {
       next: async () => {
-        const consumer = await this.getConsumer();
         while (!this.closed && !streamClosed) {
-          const msg = await consumer.next({ expires: Math.max(1000, this.o.pollMs ?? 1000) });
-          if (!msg) {
-            const info = await consumer.info(false);
-            if (info.num_pending === 0) return null; // nothing left to pull now: dry (see the file comment)
+          let msg;
+          try {
+            const consumer = await this.getConsumer();
+            msg = await consumer.next({ expires: Math.max(1000, this.o.pollMs ?? 1000) });
+            if (!msg) {
+              const info = await consumer.info(false);
+              if (info.num_pending === 0) return null; // nothing left to pull now: dry (see the file comment)
+              continue;
+            }
+          } catch (e) {
+            // A NATS outage (or a pull that lost its heartbeats): wait and pull again while the connection lives.
+            if (this.o.nc.isClosed()) throw e;
+            this.log.warn('shard queue not reachable; retrying', { error: (e as Error).message });
+            await new Promise((r) => setTimeout(r, 500));
             continue;
           }
           let d: ShardDescriptor;
