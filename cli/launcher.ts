@@ -98,9 +98,13 @@ export async function launchLocal(o: LaunchOptions = {}): Promise<LaunchSummary>
   let server: NatsServerHandle | undefined;
   let natsUrl = c.nats.url;
   if (!natsUrl) {
-    server = await startNatsServer({ storeDir: join(c.job.runDir, 'nats'), detached: true });
+    // The job's own server requires the job's NATS user: no other local process can read or change the job.
+    const auth = jobNatsCredentials(c);
+    server = await startNatsServer({ storeDir: join(c.job.runDir, 'nats'), detached: true, auth });
     natsUrl = server.url;
-    say(`nats-server started at ${natsUrl} (JetStream store ${server.storeDir})`);
+    Object.assign(c.nats, { user: auth.user, password: auth.password, token: '', credsFile: '' });
+    writeFileSync(natsFileOf(c), JSON.stringify({ url: natsUrl, ...auth }, null, 2) + '\n', { mode: 0o600 });
+    say(`nats-server started at ${natsUrl} (JetStream store ${server.storeDir}; clients need the user and password in ${natsFileOf(c)})`);
   }
   const children: Child[] = [];
   let nc: NatsConnection | undefined;
@@ -130,6 +134,23 @@ export async function launchLocal(o: LaunchOptions = {}): Promise<LaunchSummary>
   } finally {
     await cleanup();
   }
+}
+
+/** <runDir>/nats.json (mode 0600): the URL and credentials of the job's own nats-server while `launch` runs it. */
+export const natsFileOf = (c: JobConfig) => join(c.job.runDir, 'nats.json');
+
+/** The job's NATS user: generated at the first launch, then kept (in nats.json) so that a relaunch uses the same. */
+function jobNatsCredentials(c: JobConfig): { user: string; password: string } {
+  const file = natsFileOf(c);
+  if (existsSync(file)) {
+    try {
+      const saved = JSON.parse(readFileSync(file, 'utf8')) as { user?: unknown; password?: unknown };
+      if (typeof saved.user === 'string' && typeof saved.password === 'string' && saved.user && saved.password) return { user: saved.user, password: saved.password };
+    } catch {
+      // unreadable: a new pair below
+    }
+  }
+  return { user: `blip2-${c.job.id}`, password: randomBytes(24).toString('hex') };
 }
 
 /** Step 1: the job config (file < env < flags; with no file, the demo's settings), a token for this run. */
@@ -207,6 +228,7 @@ async function startProcesses(
   if (o.configFile && resolve(o.configFile) === jobFile) throw new UsageError(`--config ${o.configFile}: that name is the launcher's own output; rename the file`);
   writeFileSync(jobFile, JSON.stringify(resolved, null, 2) + '\n');
   const secrets: Record<string, string> = { BLIP2_JOB_TOKEN: c.job.token };
+  if (c.nats.user) secrets.BLIP2_NATS_USER = c.nats.user;
   if (c.nats.password) secrets.BLIP2_NATS_PASSWORD = c.nats.password;
   if (c.nats.token) secrets.BLIP2_NATS_TOKEN = c.nats.token;
   const start = (name: string, entry: string, extraEnv: Record<string, string>) => {

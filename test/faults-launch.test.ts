@@ -3,10 +3,11 @@
  * than world.min, an index with no dataset to train on, datasets without a sample, a checkpoint directory that
  * cannot be written. When a process fails, the console shows its last error lines; while the job waits for
  * trainers, the console says so. Progress reports that are malformed or not from a member are ignored and cannot
- * change the outcome. Real launcher processes (`bin/blip2.js launch`), real nats-server.
+ * change the outcome; the job's own nats-server refuses a client without the job's credentials. Real launcher
+ * processes (`bin/blip2.js launch`), real nats-server.
  */
-import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect } from '@nats-io/transport-node';
@@ -83,12 +84,23 @@ describe('blip2 launch says what goes on', () => {
     expect(out).toMatch(/job failed: every trainer exited before the job finished/);
   });
 
-  test('bad and spoofed progress reports are ignored: the display goes on and the exit status comes from the job state', async () => {
+  test('the job\'s nats-server refuses clients without the job\'s user; bad and spoofed progress reports are ignored, the exit status comes from the job state', async () => {
     const runDir = mkdtempSync(join(tmpdir(), 'blip2-progress-'));
-    const l = launch(runDir, [], 'test/fixtures/standin-trainer.ts', 150);
+    const l = launch(runDir, [], 'test/fixtures/standin-trainer.ts', 300);
     const url = await waitUntil('the nats-server', () => /nats-server started at (nats:\/\/[0-9.:]+)/.exec(l.output())?.[1], 60_000);
     await waitUntil('the first progress line', () => /epoch 1\/2 {2}step \d+/.test(l.output()), 60_000);
-    const nc = await connect({ servers: url });
+    // The job's nats-server lets in only the job's user, whose password is in <runDir>/nats.json (mode 0600).
+    await expect(connect({ servers: url, reconnect: false })).rejects.toThrow(/authori[sz]ation/i);
+    const natsFile = join(runDir, 'nats.json');
+    expect(statSync(natsFile).mode & 0o777).toBe(0o600);
+    const creds = JSON.parse(readFileSync(natsFile, 'utf8')) as { url: string; user: string; password: string };
+    expect(creds.url).toBe(url);
+    expect(l.output()).not.toContain(creds.password);
+    // `blip2 status` finds the launched job's server and user by itself.
+    const status = spawnSync(process.execPath, [join(repoRoot, 'bin/blip2.js'), 'status', '--job.runDir', runDir], { cwd: repoRoot, encoding: 'utf8' });
+    expect(status.status, status.stderr).toBe(0);
+    expect(status.stdout).toMatch(/job blip2-demo: running/);
+    const nc = await connect({ servers: url, user: creds.user, pass: creds.password });
     const subject = jobSubjects('blip2-demo').progress;
     const report = { nodeId: 'trainer-0', generation: 1, step: 999_999, epoch: 0, losses: { itc: 0.0001 }, samples: 1, samplesPerSec: 1e6, time: Date.now() };
     for (const payload of ['null', 'garbage', '{}', '[]', JSON.stringify({ nodeId: 'trainer-0' }), JSON.stringify({ ...report, samplesPerSec: 'fast' }),
