@@ -230,7 +230,8 @@ export class Coordinator {
     const { type, token, nodeId } = envelope.value;
     if (!this.tokenOk(token)) {
       this.metrics?.authRefused.inc();
-      this.rejected('control', 'auth', 'the job token does not match', { node: nodeId, type });
+      this.metrics?.messagesRejected.inc({ subject: 'control', reason: 'auth' });
+      this.log.warn('request refused: wrong job token', { node: nodeId, type });
       return reply({
         ok: false, code: 'auth',
         message: `job ${this.o.jobId} refused ${String(type).slice(0, 40)} from node ${JSON.stringify(nodeId)?.slice(0, 260)}: the job token does not match (check job.token / BLIP2_JOB_TOKEN)`,
