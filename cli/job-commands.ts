@@ -1,12 +1,32 @@
 // The `blip2` subcommands about jobs: `launch` (on this machine, or rendered for Kubernetes), `status` (a job's state
 // from NATS KV), `stop`, `report` (a run's charts as an HTML page and PNGs) and `config`.
 import { Option, type Command } from 'commander';
-import { describeConfigKeys, loadJobConfig, UsageError } from '../common';
+import { existsSync, readFileSync } from 'node:fs';
+import { describeConfigKeys, loadJobConfig, UsageError, type JobConfig } from '../common';
 import { renderKubernetesTarget } from './kubernetes';
 import { formatJobStatus, readJobStatus } from './job-status';
 import { stopJob } from './job-stop';
-import { DEMO_OVERRIDES, launchLocal } from './launcher';
+import { DEMO_OVERRIDES, launchLocal, natsFileOf } from './launcher';
 import { REPORT_CHARTS, writeRunReport } from './report';
+
+/**
+ * With no nats.url, a job that `blip2 launch` runs on its own nats-server: its URL and user from <runDir>/nats.json
+ * (mode 0600, readable by the user who launched it).
+ */
+function useLaunchedNats(config: JobConfig): void {
+  const file = natsFileOf(config);
+  if (config.nats.url || !existsSync(file)) return;
+  let saved: { url?: unknown; user?: unknown; password?: unknown };
+  try {
+    saved = JSON.parse(readFileSync(file, 'utf8')) as typeof saved;
+  } catch (e) {
+    throw new UsageError(`${file}: ${(e as Error).message}`);
+  }
+  if (typeof saved.url !== 'string' || typeof saved.user !== 'string' || typeof saved.password !== 'string') {
+    throw new UsageError(`${file}: needs url, user and password (written by blip2 launch)`);
+  }
+  Object.assign(config.nats, { url: saved.url, user: saved.user, password: saved.password });
+}
 
 interface LaunchFlags {
   config?: string; target: string; trainerEntry: string; renderDir?: string; image: string; namespace: string;
@@ -79,6 +99,7 @@ export function registerJobCommands(program: Command): void {
     .addHelpText('after', CONFIG_FLAGS_HELP)
     .action(async (opts: { config?: string; job?: string; json?: boolean }, cmd: Command) => {
       const { config } = loadJobConfig({ file: opts.config, argv: cmd.args, overrides: opts.config ? {} : DEMO_OVERRIDES });
+      useLaunchedNats(config);
       const report = await readJobStatus(config, { jobId: opts.job });
       process.stdout.write((opts.json ? JSON.stringify(report, null, 2) : formatJobStatus(report)) + '\n');
     });
@@ -100,6 +121,7 @@ export function registerJobCommands(program: Command): void {
     .addHelpText('after', CONFIG_FLAGS_HELP)
     .action(async (opts: { config?: string; job?: string; wait: boolean }, cmd: Command) => {
       const { config } = loadJobConfig({ file: opts.config, argv: cmd.args, overrides: opts.config ? {} : DEMO_OVERRIDES });
+      useLaunchedNats(config); // a job that `launch` runs on its own nats-server: its URL and user
       const say = (line: string) => process.stdout.write(line + '\n');
       const r = await stopJob(config, { jobId: opts.job, wait: opts.wait, say });
       const jobId = opts.job ?? config.job.id;

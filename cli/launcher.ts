@@ -19,8 +19,9 @@ import { availableParallelism } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { Blip2Error, connectJobNats, jobSubjects, loadJobConfig, safetensorsNames, UsageError, type JobConfig } from '../common';
-import { JobStore, type JobState, type ProgressReport } from '../coordinator/client';
-import { checkShardFiles, describeIndex, loadIndex, trainingDatasets, writeSynthDataset } from '../dataloader';
+import { JobStore, parseProgressReport, type JobState, type ProgressReport } from '../coordinator/client';
+import { loadJobIndex, samplesPerEpoch } from '../coordinator';
+import { describeIndex, writeSynthDataset } from '../dataloader';
 import { loadModelConfig } from '../trainer/model';
 import { resolveWeights } from '../trainer';
 import { launchTokenFile } from './job-stop';
@@ -100,9 +101,13 @@ export async function launchLocal(o: LaunchOptions = {}): Promise<LaunchSummary>
   let server: NatsServerHandle | undefined;
   let natsUrl = c.nats.url;
   if (!natsUrl) {
-    server = await startNatsServer({ storeDir: join(c.job.runDir, 'nats'), detached: true });
+    // The job's own server requires the job's NATS user: no other local process can read or change the job.
+    const auth = jobNatsCredentials(c);
+    server = await startNatsServer({ storeDir: join(c.job.runDir, 'nats'), detached: true, auth });
     natsUrl = server.url;
-    say(`nats-server started at ${natsUrl} (JetStream store ${server.storeDir})`);
+    Object.assign(c.nats, { user: auth.user, password: auth.password, token: '', credsFile: '' });
+    writeFileSync(natsFileOf(c), JSON.stringify({ url: natsUrl, ...auth }, null, 2) + '\n', { mode: 0o600 });
+    say(`nats-server started at ${natsUrl} (JetStream store ${server.storeDir}; clients need the user and password in ${natsFileOf(c)})`);
   }
   const children: Child[] = [];
   let nc: NatsConnection | undefined;
@@ -115,6 +120,7 @@ export async function launchLocal(o: LaunchOptions = {}): Promise<LaunchSummary>
   };
 
   try {
+    if (!server) say(`connecting to NATS at ${natsUrl}`);
     nc = await connectJobNats(c, { url: natsUrl, name: 'blip2-launch' });
     const store = await JobStore.open(nc, c.job.id, { create: true });
     const previous = await store.read();
@@ -133,6 +139,23 @@ export async function launchLocal(o: LaunchOptions = {}): Promise<LaunchSummary>
   }
 }
 
+/** <runDir>/nats.json (mode 0600): the URL and credentials of the job's own nats-server while `launch` runs it. */
+export const natsFileOf = (c: JobConfig) => join(c.job.runDir, 'nats.json');
+
+/** The job's NATS user: generated at the first launch, then kept (in nats.json) so that a relaunch uses the same. */
+function jobNatsCredentials(c: JobConfig): { user: string; password: string } {
+  const file = natsFileOf(c);
+  if (existsSync(file)) {
+    try {
+      const saved = JSON.parse(readFileSync(file, 'utf8')) as { user?: unknown; password?: unknown };
+      if (typeof saved.user === 'string' && typeof saved.password === 'string' && saved.user && saved.password) return { user: saved.user, password: saved.password };
+    } catch {
+      // unreadable: a new pair below
+    }
+  }
+  return { user: `blip2-${c.job.id}`, password: randomBytes(24).toString('hex') };
+}
+
 /** Step 1: the job config (file < env < flags; with no file, the demo's settings), a token for this run. */
 function resolveLaunchConfig(o: LaunchOptions): { config: JobConfig; generatedToken: boolean } {
   const env = o.env ?? process.env;
@@ -143,7 +166,22 @@ function resolveLaunchConfig(o: LaunchOptions): { config: JobConfig; generatedTo
     throw new UsageError(`launch.target ${JSON.stringify(config.launch.target)}: only "local" is implemented; render manifests with deploy/ (Kubernetes target not yet)`);
   }
   if (config.model.config) loadModelConfig(config.model.config); // a bad model config.json is refused here, not by every trainer
+  if (config.world.trainers < config.world.min) {
+    throw new UsageError(`world.trainers is ${config.world.trainers}, below world.min ${config.world.min}: the job would wait for ever for trainers this launch never starts; raise world.trainers or lower world.min`);
+  }
   return { config, generatedToken };
+}
+
+/** The checkpoint directory must take a file now, not at the first commit (where the error would reach only the logs). */
+function checkWritable(dir: string, key: string): void {
+  const probe = join(dir, `.write-probe-${process.pid}`);
+  try {
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(probe, '');
+    rmSync(probe, { force: true });
+  } catch (e) {
+    throw new UsageError(`${key} ${dir} is not writable (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}); checkpoints could not be committed`);
+  }
 }
 
 /** Step 1: the run dir and its logs/ (a finished demo run is started afresh; a finished job is refused). */
@@ -159,6 +197,7 @@ function prepareRunDir(c: JobConfig, o: LaunchOptions, say: Say): { summaryPath:
   mkdirSync(c.job.runDir, { recursive: true });
   const logDir = join(c.job.runDir, 'logs');
   mkdirSync(logDir, { recursive: true });
+  checkWritable(c.checkpoint.dir, 'checkpoint.dir');
   say(`blip2 launch: job ${c.job.id} (${o.configFile ? `config ${o.configFile}` : 'built-in demo'}), run dir ${c.job.runDir}`);
   return { summaryPath, logDir };
 }
@@ -171,11 +210,10 @@ async function prepareData(c: JobConfig, say: Say): Promise<number> {
     say(`generating the synthetic dataset (${c.data.synthSamples} samples, ${c.data.synthImageSize}px) into ${c.data.root}`);
     await writeSynthDataset({ out: c.data.root, samples: c.data.synthSamples, shardSize: c.data.samplesPerShard * 2, imageSize: c.data.synthImageSize, seed: c.train.seed });
   }
-  const index = loadIndex(indexPath);
-  checkShardFiles(index, c.data.root, indexPath, c.data.datasets);
+  // Refused here, before any process starts: no dataset to train on, no sample in it, a shard file missing.
+  const index = loadJobIndex(c);
   say(describeIndex(index, c.data.datasets));
-  const trainSets = trainingDatasets(index, c.data.datasets);
-  return trainSets.reduce((n, d) => n + d.samples, 0);
+  return samplesPerEpoch(c, index);
 }
 
 /** Step 2: what the stage needs that only files can tell, checked before any process starts. */
@@ -210,6 +248,7 @@ async function startProcesses(
   if (o.configFile && resolve(o.configFile) === jobFile) throw new UsageError(`--config ${o.configFile}: that name is the launcher's own output; rename the file`);
   writeFileSync(jobFile, JSON.stringify(resolved, null, 2) + '\n');
   const secrets: Record<string, string> = { BLIP2_JOB_TOKEN: c.job.token };
+  if (c.nats.user) secrets.BLIP2_NATS_USER = c.nats.user;
   if (c.nats.password) secrets.BLIP2_NATS_PASSWORD = c.nats.password;
   if (c.nats.token) secrets.BLIP2_NATS_TOKEN = c.nats.token;
   const start = (name: string, entry: string, extraEnv: Record<string, string>) => {
@@ -274,23 +313,45 @@ async function followJob(
   // A bar on a terminal (other lines above it), plain lines otherwise.
   const view = createProgressView({ out: o.out ?? process.stdout, epochs: c.train.epochs, totalSamples: x.samplesPerEpoch * c.train.epochs, maxSteps: c.train.maxSteps });
   const say: Say = (line) => view.log(line);
+  // Progress reports are display only (the job's status, commits and ledger come from KV): each one is validated and
+  // must come from a registered member; anything else is ignored with a note (at most one per 10 s).
+  let ignored = 0;
+  let ignoredNoted = 0;
+  const ignore = (why: string) => {
+    ignored++;
+    if (Date.now() - ignoredNoted < 10_000) return;
+    ignoredNoted = Date.now();
+    say(`ignored a progress report (${ignored} so far): ${why}`);
+  };
   const progressSub = nc.subscribe(jobSubjects(c.job.id).progress, {
     callback: (err, msg) => {
       if (err) return;
       try {
-        last = msg.json<ProgressReport>();
-      } catch {
-        return;
+        const parsed = parseProgressReport(msg.data);
+        if (!parsed.ok) return ignore(parsed.message);
+        const r = parsed.value;
+        const s = state as JobState | null;
+        if (s && !s.members.some((m) => m.nodeId === r.nodeId)) return ignore(`from ${JSON.stringify(r.nodeId).slice(0, 80)}, not a member of the job`);
+        last = r;
+        view.report(r);
+      } catch (e) {
+        ignore(`the display failed: ${(e as Error).message}`);
       }
-      view.report(last);
     },
   });
   let finished!: () => void;
   const finishedP = new Promise<void>((r) => (finished = r));
   let commitSeen = state?.committed?.step ?? 0;
   let onCommit: (() => void) | undefined;
+  let waitingFor = '';
   const stopWatch = await store.watch(({ state: s }) => {
     state = s;
+    // What a waiting job waits for, whenever that changes.
+    const waits = s.status !== 'waiting' ? ''
+      : s.members.length < c.world.min ? `waiting for trainers: ${s.members.length} of world.min ${c.world.min} registered`
+        : `forming the world: ${s.members.length} trainer(s) registered, waiting up to ${c.world.rendezvousSettleMs} ms for more`;
+    if (waits && waits !== waitingFor) say(waits);
+    waitingFor = waits;
     if (s.generation !== generationSeen) {
       generationSeen = s.generation;
       say(`generation ${s.generation}: ${s.status === 'running' ? `world of ${s.world.length} [${s.world.map((p) => p.nodeId).join(', ')}]` : s.status} (${s.reason})`);
@@ -300,7 +361,7 @@ async function followJob(
       onCommit?.();
     }
     if (s.status === 'finished') finished();
-  });
+  }, (why) => say(`warning: ${why}`));
 
   // Ctrl-C: stop after the next commit.
   let stopRequested = false;
@@ -331,8 +392,18 @@ async function followJob(
   process.on('SIGHUP', onHup);
   o.signal?.addEventListener('abort', requestStop, { once: true });
   const coordinatorFailed = coordinatorExit.then((code) => {
-    if (!stopRequested && code !== 0) throw new Blip2Error(`the coordinator exited with code ${code}; see ${join(logDir, 'coordinator.log')}`);
+    if (!stopRequested && code !== 0) {
+      throw new Blip2Error(`the coordinator exited with code ${code}; its last lines (${join(logDir, 'coordinator.log')}):\n${lastLines(join(logDir, 'coordinator.log'))}`);
+    }
   });
+  // A trainer that fails while the job goes on: say so, with its last lines (the job may continue without it).
+  for (const ch of children.filter((x) => x.name.startsWith('trainer-'))) {
+    void ch.exit.then((code) => {
+      if (code !== 0 && !stopRequested && (state as JobState | null)?.status !== 'finished') {
+        say(`${ch.name} exited with code ${code}; its last lines (${join(logDir, `${ch.name}.log`)}):\n${lastLines(join(logDir, `${ch.name}.log`))}`);
+      }
+    });
+  }
   const trainersGone = Promise.all(children.filter((ch) => ch.name.startsWith('trainer-')).map((ch) => ch.exit)).then(() => {
     if (state?.status !== 'finished') throw new Blip2Error(`every trainer exited before the job finished; see the logs in ${logDir}`);
   });
@@ -359,6 +430,18 @@ async function followJob(
     view.stop();
   }
   return { status, state: state as JobState | null, last: last as ProgressReport | null };
+}
+
+/** The last lines of a process's log that say what went wrong (error and warning lines first), indented. */
+function lastLines(path: string, n = 8): string {
+  let lines: string[];
+  try {
+    lines = readFileSync(path, 'utf8').split('\n').filter((l) => l.trim());
+  } catch (e) {
+    return `    (log not readable: ${(e as Error).message})`;
+  }
+  const bad = lines.filter((l) => /\b(error|fatal|warn)\b|Error\b/i.test(l));
+  return (bad.length ? bad : lines).slice(-n).map((l) => `    ${l.length > 400 ? l.slice(0, 400) + '…' : l}`).join('\n');
 }
 
 /** Step 6: <runDir>/summary.json and the closing lines. */

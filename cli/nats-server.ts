@@ -3,7 +3,7 @@
  * `blip2 launch` when the config names no server. Stops it (and removes the directory) on `stop()`.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -53,6 +53,11 @@ export interface StartNatsServerOptions {
   port?: number;
   /** Run it in its own process group, so a terminal's Ctrl-C does not reach it. Default: false. */
   detached?: boolean;
+  /**
+   * Require this user and password from every client. They go into a config file of mode 0600 in the store
+   * directory (`auth.conf`), never on the command line, where any local user could read them. Default: no auth.
+   */
+  auth?: { user: string; password: string };
 }
 
 export async function startNatsServer(o: StartNatsServerOptions | string = {}): Promise<NatsServerHandle> {
@@ -62,7 +67,14 @@ export async function startNatsServer(o: StartNatsServerOptions | string = {}): 
   const keepStore = opts.storeDir !== undefined;
   if (opts.storeDir) mkdirSync(opts.storeDir, { recursive: true });
   const storeDir = opts.storeDir ?? mkdtempSync(join(tmpdir(), 'blip2-nats-'));
-  const child = spawn(binary, ['-js', '-sd', storeDir, '-a', '127.0.0.1', '-p', String(port)], {
+  const args = ['-js', '-sd', storeDir, '-a', '127.0.0.1', '-p', String(port)];
+  if (opts.auth) {
+    const conf = join(storeDir, 'auth.conf');
+    writeFileSync(conf, `authorization {\n  user: ${JSON.stringify(opts.auth.user)}\n  password: ${JSON.stringify(opts.auth.password)}\n}\n`, { mode: 0o600 });
+    chmodSync(conf, 0o600); // an existing file keeps its mode on write
+    args.unshift('-c', conf);
+  }
+  const child = spawn(binary, args, {
     stdio: ['ignore', 'ignore', 'pipe'],
     detached: opts.detached ?? false,
   });

@@ -9,7 +9,8 @@ export function connectFromWorkerData({ servers, user, pass, token, creds, name 
   if (user) authenticator.push(usernamePasswordAuthenticator(user, pass));
   if (token) authenticator.push(tokenAuthenticator(token));
   return connect({
-    servers, name, maxReconnectAttempts: -1, reconnectTimeWait: 250,
+    // The main thread is connected already: a first connect that meets an outage waits for the server to return.
+    servers, name, maxReconnectAttempts: -1, reconnectTimeWait: 250, waitOnFirstConnect: true,
     ...(authenticator.length ? { authenticator: authenticator.length === 1 ? authenticator[0] : authenticator } : {}),
   });
 }

@@ -15,7 +15,10 @@ import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node'
 import { createLogger, jobSubjects, type Logger, type ProcessHealth } from '../common';
 import { CoordinatorMetrics } from './metrics';
 import { initialState, step, type JobAction, type JobEvent, type ProtocolOptions } from './protocol';
-import { encode, JobStore, RevisionConflictError, type ControlReply, type ControlRequest, type Heartbeat, type JobState, type StoredState } from './client';
+import {
+  checkControlRequest, encode, JobStore, parseControlEnvelope, parseHeartbeat, RevisionConflictError,
+  type ControlReply, type JobState, type MessageFault, type StoredState,
+} from './client';
 
 /** The job's shard queue, as the coordinator drives it. */
 export interface EpochPublisher {
@@ -68,6 +71,8 @@ export class Coordinator {
   private reconciling = false;
   private reconcileAgain = false;
   private stopped = false;
+  /** When this process's NATS connection went down (null while connected). */
+  private cutOffSince: number | null = null;
   private finishedResolve!: () => void;
   /** Resolves when the job is finished. */
   readonly finished: Promise<void>;
@@ -114,14 +119,17 @@ export class Coordinator {
     this.updateMetrics();
     if (stored.state.status === 'finished') this.finishedResolve();
 
-    const control = this.o.nc.subscribe(this.subjects.control, { callback: (err, msg) => { if (!err) this.onControl(msg); } });
-    const hb = this.o.nc.subscribe(this.subjects.heartbeat, { callback: (err, msg) => { if (!err) this.onHeartbeat(msg); } });
+    const control = this.o.nc.subscribe(this.subjects.control, { callback: this.guard('control', (msg) => this.onControl(msg)) });
+    const hb = this.o.nc.subscribe(this.subjects.heartbeat, { callback: this.guard('heartbeat', (msg) => this.onHeartbeat(msg)) });
     this.subs.push(control, hb);
     await this.o.nc.flush();
     await this.apply({ type: 'start' });
     this.reconcileQueue();
+    this.watchConnection();
     const tickMs = this.o.tickMs ?? Math.max(20, Math.min(250, Math.floor(this.o.heartbeatTimeoutMs / 4)));
-    this.timer = setInterval(() => void this.tick(), tickMs);
+    this.timer = setInterval(() => {
+      this.tick().catch((e: Error) => this.log.error('liveness check failed; next tick retries', { error: e.message }));
+    }, tickMs);
     this.o.health?.beat('liveness check');
     this.o.health?.setReady(true, `coordinating job ${this.o.jobId}`);
   }
@@ -141,8 +149,30 @@ export class Coordinator {
     return t.length === this.token.length && timingSafeEqual(t, this.token);
   }
 
+  /**
+   * While this coordinator's own NATS connection is down it hears nobody: silence then says nothing about the
+   * members, so the liveness check pauses, and once the connection is back every member gets one full timeout of
+   * grace (as after a restart) to be heard again.
+   */
+  private watchConnection(): void {
+    void (async () => {
+      for await (const st of this.o.nc.status()) {
+        if (st.type === 'disconnect' && this.cutOffSince === null) {
+          this.cutOffSince = Date.now();
+          this.log.warn('NATS connection lost: liveness checks paused until it is back', { server: st.server });
+        } else if (st.type === 'reconnect' && this.cutOffSince !== null) {
+          const now = Date.now();
+          this.log.info('NATS connection back: every member gets one timeout of grace', { server: st.server, cutOffMs: now - this.cutOffSince });
+          this.cutOffSince = null;
+          for (const m of this.current.state.members) this.lastSeen.set(m.nodeId, now);
+          this.reconcileQueue();
+        }
+      }
+    })().catch((e: Error) => this.log.error('connection status watch ended', { error: e.message }));
+  }
+
   private async tick(): Promise<void> {
-    if (this.stopped) return;
+    if (this.stopped || this.cutOffSince !== null) return;
     const now = Date.now();
     const s = this.current.state;
     if (this.o.nc.isClosed()) this.o.health?.setReady(false, 'the NATS connection is closed');
@@ -159,51 +189,90 @@ export class Coordinator {
     if (s.status === 'waiting' && s.readySince !== null) await this.apply({ type: 'tick', now });
   }
 
-  private onHeartbeat(msg: Msg): void {
-    let hb: Heartbeat;
-    try {
-      hb = msg.json<Heartbeat>();
-    } catch {
+  /**
+   * A subscription callback that no message can break: a handler that throws is counted and logged, and the
+   * subscription (which the client closes when its callback throws) keeps reading.
+   */
+  private guard(subject: 'control' | 'heartbeat', handler: (msg: Msg) => void): (err: Error | null, msg: Msg) => void {
+    return (err, msg) => {
+      if (err) {
+        this.log.error('subscription error', { subject, error: err.message });
+        return;
+      }
+      try {
+        handler(msg);
+      } catch (e) {
+        this.rejected(subject, 'handler-error', (e as Error).message);
+      }
+    };
+  }
+
+  private readonly rejectLogged = new Map<string, { at: number; suppressed: number }>();
+
+  /** Counts a refused message and logs why (at most once a second per subject and reason, with a count of the rest). */
+  private rejected(subject: 'control' | 'heartbeat', reason: MessageFault | 'auth' | 'handler-error', message: string, extra: Record<string, unknown> = {}): void {
+    this.metrics?.messagesRejected.inc({ subject, reason });
+    const key = `${subject}/${reason}`;
+    const seen = this.rejectLogged.get(key);
+    const now = Date.now();
+    if (seen && now - seen.at < 1000) {
+      seen.suppressed++;
       return;
     }
-    if (!this.tokenOk(hb.token) || typeof hb.nodeId !== 'string') return;
+    this.rejectLogged.set(key, { at: now, suppressed: 0 });
+    this.log.warn('message rejected', { subject, reason, error: message, ...extra, ...(seen?.suppressed ? { alsoRejectedSinceLastLog: seen.suppressed } : {}) });
+  }
+
+  private onHeartbeat(msg: Msg): void {
+    const parsed = parseHeartbeat(msg.data);
+    if (!parsed.ok) return this.rejected('heartbeat', parsed.reason, parsed.message);
+    const hb = parsed.value;
+    if (!this.tokenOk(hb.token)) return this.rejected('heartbeat', 'auth', 'the job token does not match', { node: hb.nodeId });
     if (this.departed.has(`${hb.nodeId}/${hb.incarnation}`)) return;
     this.lastSeen.set(hb.nodeId, Date.now());
     const s = this.current.state;
     // A member declared lost that is still alive (it was stalled, or partitioned) comes back as a newcomer.
-    if (s.status !== 'finished' && typeof hb.address === 'string' && typeof hb.incarnation === 'string' &&
-        !s.members.some((m) => m.nodeId === hb.nodeId && m.incarnation === hb.incarnation)) {
-      void this.apply({ type: 'join', nodeId: hb.nodeId, address: hb.address, incarnation: hb.incarnation, now: Date.now() });
+    if (s.status !== 'finished' && !s.members.some((m) => m.nodeId === hb.nodeId && m.incarnation === hb.incarnation)) {
+      this.apply({ type: 'join', nodeId: hb.nodeId, address: hb.address, incarnation: hb.incarnation, now: Date.now() })
+        .catch((e: Error) => this.log.error('could not take a returning member in; its next heartbeat retries', { node: hb.nodeId, error: e.message }));
     }
   }
 
   private onControl(msg: Msg): void {
     const reply = (r: ControlReply) => {
-      if (msg.reply) msg.respond(encode(r));
+      if (!msg.reply) return;
+      try {
+        msg.respond(encode(r));
+      } catch (e) {
+        this.log.warn('could not answer a control request', { error: (e as Error).message });
+      }
     };
-    let req: ControlRequest;
-    try {
-      req = msg.json<ControlRequest>();
-    } catch {
-      return reply({ ok: false, code: 'bad-request', message: 'control message is not JSON' });
+    const envelope = parseControlEnvelope(msg.data);
+    if (!envelope.ok) {
+      this.rejected('control', envelope.reason, envelope.message);
+      return reply({ ok: false, code: 'bad-request', message: `control message refused: ${envelope.message}` });
     }
-    if (!this.tokenOk(req.token)) {
+    const { type, token, nodeId } = envelope.value;
+    if (!this.tokenOk(token)) {
       this.metrics?.authRefused.inc();
-      this.log.warn('request refused: wrong job token', { node: req.nodeId, type: req.type });
+      this.metrics?.messagesRejected.inc({ subject: 'control', reason: 'auth' });
+      this.log.warn('request refused: wrong job token', { node: nodeId, type });
       return reply({
         ok: false, code: 'auth',
-        message: `job ${this.o.jobId} refused ${req.type} from node ${JSON.stringify(req.nodeId)}: the job token does not match (check job.token / BLIP2_JOB_TOKEN)`,
+        message: `job ${this.o.jobId} refused ${String(type).slice(0, 40)} from node ${JSON.stringify(nodeId)?.slice(0, 260)}: the job token does not match (check job.token / BLIP2_JOB_TOKEN)`,
       });
     }
-    if (typeof req.nodeId !== 'string' || req.nodeId === '') return reply({ ok: false, code: 'bad-request', message: 'nodeId missing' });
+    const parsed = checkControlRequest(envelope.value.raw);
+    if (!parsed.ok) {
+      this.rejected('control', parsed.reason, parsed.message, { node: nodeId, type });
+      return reply({ ok: false, code: 'bad-request', message: `${String(type).slice(0, 40)} refused: ${parsed.message}` });
+    }
+    const req = parsed.value;
     const now = Date.now();
     this.lastSeen.set(req.nodeId, now);
     let event: JobEvent;
     switch (req.type) {
       case 'join':
-        if (typeof req.address !== 'string' || typeof req.incarnation !== 'string') {
-          return reply({ ok: false, code: 'bad-request', message: 'join needs address and incarnation' });
-        }
         event = { type: 'join', nodeId: req.nodeId, address: req.address, incarnation: req.incarnation, now };
         break;
       case 'leave':

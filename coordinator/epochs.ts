@@ -21,12 +21,31 @@ export function loadJobIndex(config: JobConfig): DatasetIndex {
   const index = loadIndex(path);
   for (const name of config.data.datasets) {
     if (!index.datasets.some((d) => d.name === name)) {
-      throw new UsageError(`data.datasets names "${name}", which ${path} does not have (it has: ${index.datasets.map((d) => d.name).join(', ')})`);
+      throw new UsageError(`data.datasets names "${name}", which ${path} does not have (it has: ${index.datasets.map((d) => d.name).join(', ') || 'no dataset'})`);
     }
+  }
+  const selected = trainDatasets(config, index);
+  if (!selected.length) {
+    throw new UsageError(`${path} has no dataset to train on (${index.datasets.length ? `only val/test splits: ${index.datasets.map((d) => d.name).join(', ')}; name them in data.datasets to train on them` : 'its dataset list is empty'})`);
+  }
+  if (samplesPerEpoch(config, index) === 0) {
+    throw new UsageError(`${path}: the dataset(s) ${selected.map((d) => d.name).join(', ')} hold no usable sample (every shard is empty); nothing to train on`);
   }
   // A shard no trainer can read would leave the job waiting forever: refuse it now, naming the file.
   checkShardFiles(index, config.data.root, path, config.data.datasets);
   return index;
+}
+
+/** Samples per epoch of the job's training datasets (after loadJobIndex's checks). */
+export function samplesPerEpoch(config: JobConfig, index: DatasetIndex): number {
+  return trainDatasets(config, index).reduce((n, d) => n + d.shards.reduce((m, s) => m + s.samples, 0), 0);
+}
+
+/** The datasets the plan trains on: data.datasets, or (planEpoch's default) every one that is not a val/test split. */
+function trainDatasets(config: JobConfig, index: DatasetIndex) {
+  return config.data.datasets.length
+    ? index.datasets.filter((d) => config.data.datasets.includes(d.name))
+    : index.datasets.filter((d) => d.split !== 'val' && d.split !== 'test');
 }
 
 export class DataEpochPublisher implements EpochPublisher {

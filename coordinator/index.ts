@@ -4,4 +4,4 @@
 export { Coordinator, type CoordinatorOptions, type EpochPublisher } from './coordinator';
 export { CoordinatorMetrics } from './metrics';
 export { step, initialState, type JobEvent, type JobAction, type ProtocolOptions, type StepResult } from './protocol';
-export { DataEpochPublisher, loadJobIndex } from './epochs';
+export { DataEpochPublisher, loadJobIndex, samplesPerEpoch } from './epochs';

@@ -39,6 +39,7 @@ export class CoordinatorMetrics {
   private plan: JobPlan | undefined;
   /** ms since the epoch of the last commit, when known. */
   private lastCommitMs: number | undefined;
+  readonly messagesRejected: Counter<'subject' | 'reason'>;
 
   constructor(registry: Registry, private readonly now: () => number = Date.now) {
     const gauge = (name: string, help: string) => new Gauge({ name: `blip2_coordinator_${name}`, help, registers: [registry] });
@@ -81,6 +82,10 @@ export class CoordinatorMetrics {
         if (self.lastCommitMs === undefined) this.remove();
         else this.set(Math.max(0, (self.now() - self.lastCommitMs) / 1000));
       },
+    });
+    this.messagesRejected = new Counter({
+      name: 'blip2_coordinator_messages_rejected_total', labelNames: ['subject', 'reason'], registers: [registry],
+      help: 'Messages dropped or answered with an error, by subject (control, heartbeat) and reason (not-json, schema, auth, handler-error).',
     });
   }
 

@@ -39,7 +39,7 @@ export {
   type Batch, type BatchStream, type BatchStreamOptions, type ShardCursor, type ShardLease, type ShardSource,
 } from './batch-stream';
 export {
-  ShardPublisher, ShardConsumer, LeasedShard,
+  ShardPublisher, ShardConsumer, LeasedShard, rejectDescriptor,
   type ShardQueueOptions, type ShardPublisherOptions, type ShardConsumerOptions, type EpochProgress,
 } from './jetstream';
 export { shardQueueOptions } from './job-queue';

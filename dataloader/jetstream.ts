@@ -221,6 +221,8 @@ export class LeasedShard {
   cursor: number;
   private heartbeat: NodeJS.Timeout | undefined;
   private settled = false;
+  /** The ack was not confirmed by the server (an outage): the descriptor will come back and be skipped. */
+  ackLost = false;
 
   constructor(
     readonly descriptor: ShardDescriptor,
@@ -254,9 +256,25 @@ export class LeasedShard {
     }
   }
 
-  /** The descriptor's samples are all in a committed checkpoint: remove it from the queue (server-confirmed). */
+  /**
+   * The descriptor's samples are all in a committed checkpoint: remove it from the queue (server-confirmed).
+   * Through a NATS outage the confirmation is retried (3 tries); an ack that still does not get through is left to
+   * the ledger: the descriptor comes back and its committed samples are skipped (`ackLost` is then true).
+   */
   async ack(): Promise<void> {
-    if (this.settle('ack')) await this.msg.ackAck();
+    if (!this.settle('ack')) return;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.msg.ackAck();
+        return;
+      } catch {
+        if (attempt >= 3) {
+          this.ackLost = true;
+          return;
+        }
+        await new Promise((r) => setTimeout(r, 500 * attempt));
+      }
+    }
   }
 
   /** Hand the descriptor back for redelivery (after `delayMs`), e.g. on rollback or shutdown. */
@@ -271,6 +289,29 @@ export class LeasedShard {
     this.onSettle(this, how);
     return true;
   }
+}
+
+/**
+ * A pulled message that is not a valid descriptor: terminated (never redelivered), removed from the stream (servers
+ * before 2.10 keep a terminated message in a work queue, where it would count as pending forever and the epoch
+ * would never drain), counted by reason and logged.
+ */
+export async function rejectDescriptor(
+  msg: JsMsg, error: Error, o: { jsm: JetStreamManager; stream: string; registry?: Registry; log: Logger },
+): Promise<void> {
+  const reason = /^descriptor is not JSON/.test(error.message) ? 'not-json' : 'schema';
+  try {
+    msg.term(`descriptor rejected: ${error.message.slice(0, 200)}`);
+  } catch {
+    // the connection is closing: the removal below (or the next pull) settles it
+  }
+  try {
+    await o.jsm.streams.deleteMessage(o.stream, msg.seq, false);
+  } catch (e) {
+    o.log.warn('could not remove a rejected descriptor from the stream', { seq: msg.seq, error: (e as Error).message });
+  }
+  if (o.registry) trainerDataMetrics(o.registry).descriptorsRejected.inc({ reason });
+  o.log.error('descriptor rejected (terminated and removed)', { seq: msg.seq, reason, error: error.message });
 }
 
 /** The trainer side: pulls descriptors one at a time from the shared durable consumer. */
@@ -318,20 +359,20 @@ export class ShardConsumer {
         const batch = await consumer.fetch({ max_messages: 1, expires: this.pollMs, idle_heartbeat: 500 });
         for await (const m of batch) { msg = m; break; }
       } catch (e) {
-        if (!/heartbeats missed/i.test((e as Error).message)) throw e;
-        this.log.debug('pull request ended without heartbeats; pulling again', { error: (e as Error).message });
-        msg = null;
+        if (/heartbeats missed/i.test((e as Error).message)) {
+          this.log.debug('pull request ended without heartbeats; pulling again', { error: (e as Error).message });
+        } else {
+          await this.waitOut(e as Error);
+        }
+        continue;
       }
       if (msg) {
         let descriptor: ShardDescriptor;
         try {
           descriptor = parseDescriptor(msg.data);
         } catch (e) {
-          msg.term(`descriptor rejected: ${(e as Error).message.slice(0, 200)}`);
-          // Servers before 2.10 keep a terminated message in a work-queue stream: remove it so the queue empties.
-          await this.removeFromStream(msg.seq);
-          this.metrics?.descriptorsRejected.inc();
-          this.log.error('descriptor rejected (terminated)', { seq: msg.seq, error: (e as Error).message });
+          this.jsm ??= await jetstreamManager(this.options.nc);
+          await rejectDescriptor(msg, e as Error, { jsm: this.jsm, stream: this.q.stream, registry: this.options.registry, log: this.log });
           continue;
         }
         const lease = new LeasedShard(descriptor, msg, this.heartbeatMs, this.options.cursorFor?.(descriptor), (l, how) => {
@@ -351,19 +392,23 @@ export class ShardConsumer {
         }
         return lease;
       }
-      const info = await consumer.info(false);
+      let info;
+      try {
+        info = await consumer.info(false);
+      } catch (e) {
+        await this.waitOut(e as Error);
+        continue;
+      }
       if (info.num_pending === 0 && (this.endOfEpoch === 'queue-empty' || info.num_ack_pending <= this.held.size)) return null;
     }
     return null;
   }
 
-  private async removeFromStream(seq: number): Promise<void> {
-    try {
-      const jsm = (this.jsm ??= await jetstreamManager(this.options.nc));
-      await jsm.streams.deleteMessage(this.q.stream, seq, false);
-    } catch (e) {
-      this.log.warn('could not remove a rejected descriptor from the stream', { seq, error: (e as Error).message });
-    }
+  /** A pull or a consumer lookup that failed while the connection is still open (an outage): wait, then go on. */
+  private async waitOut(e: Error): Promise<void> {
+    if (this.options.nc.isClosed()) throw e;
+    this.log.warn('shard queue not reachable; retrying', { error: e.message });
+    await new Promise((r) => setTimeout(r, 500));
   }
 
   /** Stops pulling; hands back every lease still held so other trainers get them without waiting for ack_wait. */

@@ -22,8 +22,8 @@ export interface TrainerDataMetrics {
   shardsAcked: Counter<string>;
   /** blip2_trainer_data_shards_nacked_total */
   shardsNacked: Counter<string>;
-  /** blip2_trainer_data_descriptors_rejected_total: descriptors that did not parse (terminated). */
-  descriptorsRejected: Counter<string>;
+  /** blip2_trainer_data_descriptors_rejected_total{reason}: descriptors that did not parse (terminated, removed). */
+  descriptorsRejected: Counter<'reason'>;
   /** blip2_trainer_data_shards_held: leased descriptors not yet acked or nacked. */
   shardsHeld: Gauge<string>;
   /** blip2_trainer_data_prefetch_samples: decoded samples waiting in the prefetch queue plus those in flight. */
@@ -64,7 +64,10 @@ export function trainerDataMetrics(registry: Registry): TrainerDataMetrics {
     shardsRedelivered: new Counter({ name: 'blip2_trainer_data_shards_redelivered_total', help: 'Shard descriptors pulled with a delivery count above 1.', registers }),
     shardsAcked: new Counter({ name: 'blip2_trainer_data_shards_acked_total', help: 'Shard descriptors acknowledged after their samples were committed.', registers }),
     shardsNacked: new Counter({ name: 'blip2_trainer_data_shards_nacked_total', help: 'Shard descriptors handed back for redelivery.', registers }),
-    descriptorsRejected: new Counter({ name: 'blip2_trainer_data_descriptors_rejected_total', help: 'Shard descriptors that did not parse (terminated, not redelivered).', registers }),
+    descriptorsRejected: new Counter({
+      name: 'blip2_trainer_data_descriptors_rejected_total', labelNames: ['reason'], registers,
+      help: 'Shard descriptors that did not parse, by reason (not-json, schema): terminated and removed from the queue.',
+    }),
     shardsHeld: new Gauge({ name: 'blip2_trainer_data_shards_held', help: 'Leased shard descriptors not yet acked or nacked.', registers }),
     prefetchSamples: new Gauge({ name: 'blip2_trainer_data_prefetch_samples', help: 'Samples in flight in the decode workers or waiting in the prefetch queue.', registers }),
     decodeSeconds: new Histogram({

@@ -130,7 +130,8 @@ describe('JetStream shard dispatch', () => {
     await new Promise((r) => setTimeout(r, 1300));
     expect(await c.next()).toBeNull();
     expect(await pub.progress()).toEqual({ pending: 0, inFlight: 0, remaining: 0, exhausted: 0 });
-    expect(await registry.metrics()).toMatch(/blip2_trainer_data_descriptors_rejected_total 2/);
+    expect(await registry.metrics()).toMatch(/blip2_trainer_data_descriptors_rejected_total\{reason="not-json"\} 1/);
+    expect(await registry.metrics()).toMatch(/blip2_trainer_data_descriptors_rejected_total\{reason="schema"\} 1/);
     await pub.deleteStream();
   });
 

@@ -7,12 +7,12 @@
  * for it in a collective. Whether the epoch is really over is decided by all ranks together (trainer/loop.ts).
  */
 import type { NatsConnection } from '@nats-io/transport-node';
-import { jetstream, jetstreamManager, type Consumer } from '@nats-io/jetstream';
+import { jetstream, jetstreamManager, type Consumer, type JetStreamManager } from '@nats-io/jetstream';
 import type { Registry } from 'prom-client';
 import { createLogger, type Logger } from '../common';
 import {
-  createBatchStream, LeasedShard, parseDescriptor, trainerDataMetrics, type CaptionTokenizer, type ShardDescriptor, type ShardSource,
-  type TrainerDataMetrics, type TransformOptions,
+  createBatchStream, LeasedShard, parseDescriptor, rejectDescriptor, trainerDataMetrics, type CaptionTokenizer, type ShardDescriptor,
+  type ShardSource, type TrainerDataMetrics, type TransformOptions,
 } from '../dataloader';
 import { ackSubjectOf, type LeaseKeeper } from './lease-keeper';
 import type { EpochData, TrainLease } from './loop';
@@ -170,6 +170,7 @@ export interface JetStreamEpochDataOptions extends BatchOptions {
  */
 export class JetStreamEpochData implements EpochData<LeasedShard> {
   private consumer: Consumer | undefined;
+  private jsm: JetStreamManager | undefined;
   private readonly held = new Set<LeasedShard>();
   private closed = false;
   private readonly log: Logger;
@@ -182,15 +183,6 @@ export class JetStreamEpochData implements EpochData<LeasedShard> {
     this.metrics = o.registry ? trainerDataMetrics(o.registry) : undefined;
   }
 
-  /** nats-server before 2.10 keeps a terminated message in a work-queue stream: remove it so the queue empties. */
-  private async removeFromStream(seq: number): Promise<void> {
-    try {
-      await (await jetstreamManager(this.o.nc)).streams.deleteMessage(this.o.stream, seq, false);
-    } catch (e) {
-      this.log.warn('could not remove a rejected descriptor from the stream', { seq, error: (e as Error).message });
-    }
-  }
-
   private async getConsumer(): Promise<Consumer> {
     return (this.consumer ??= await jetstream(this.o.nc).consumers.get(this.o.stream, this.o.durable ?? 'trainers'));
   }
@@ -200,22 +192,31 @@ export class JetStreamEpochData implements EpochData<LeasedShard> {
     let streamClosed = false;
     const source: ShardSource<LeasedShard> = {
       next: async () => {
-        const consumer = await this.getConsumer();
         while (!this.closed && !streamClosed) {
-          const msg = await consumer.next({ expires: Math.max(1000, this.o.pollMs ?? 1000) });
-          if (!msg) {
-            const info = await consumer.info(false);
-            if (info.num_pending === 0) return null; // nothing left to pull now: dry (see the file comment)
+          let msg;
+          try {
+            const consumer = await this.getConsumer();
+            msg = await consumer.next({ expires: Math.max(1000, this.o.pollMs ?? 1000) });
+            if (!msg) {
+              const info = await consumer.info(false);
+              if (info.num_pending === 0) return null; // nothing left to pull now: dry (see the file comment)
+              continue;
+            }
+          } catch (e) {
+            // A NATS outage (or a pull that lost its heartbeats): wait and pull again while the connection lives.
+            if (this.o.nc.isClosed()) throw e;
+            this.log.warn('shard queue not reachable; retrying', { error: (e as Error).message });
+            await new Promise((r) => setTimeout(r, 500));
             continue;
           }
           let d: ShardDescriptor;
           try {
             d = parseDescriptor(msg.data);
           } catch (e) {
-            msg.term(`descriptor rejected: ${(e as Error).message.slice(0, 200)}`);
-            this.metrics?.descriptorsRejected.inc();
-            this.log.error('descriptor rejected (terminated)', { seq: msg.seq, error: (e as Error).message });
-            await this.removeFromStream(msg.seq);
+            // Terminated, removed from the stream (else it stays pending on servers before 2.10 and the epoch
+            // never drains), counted.
+            this.jsm ??= await jetstreamManager(this.o.nc);
+            await rejectDescriptor(msg, e as Error, { jsm: this.jsm, stream: this.o.stream, registry: this.o.registry, log: this.log });
             continue;
           }
           if ([...this.held].some((l) => l.descriptor.id === d.id)) {

@@ -13,6 +13,7 @@ import {
   AuthError, GenerationChangedError, JobFinishedError, ProtocolError,
   type Assignment, type CommitInfo, type JobState,
 } from './types';
+import { parseControlReply } from './validate';
 import { encode, type ControlReply, type ControlRequest, type Heartbeat, type ProgressReport } from './wire';
 
 export interface JoinOptions {
@@ -62,7 +63,7 @@ export class JobMember {
     const m = new JobMember(o);
     await m.request({ type: 'join', token: o.token, nodeId: o.nodeId, address: o.address, incarnation: m.incarnation });
     const store = await JobStore.open(o.nc, o.jobId);
-    m.stopWatch = await store.watch(({ state }) => m.onState(state));
+    m.stopWatch = await store.watch(({ state }) => m.onState(state), (why) => m.log.warn('job state update ignored', { error: why }));
     const hb: Heartbeat = { token: o.token, nodeId: o.nodeId, address: o.address, incarnation: m.incarnation };
     const periodMs = o.heartbeatMs ?? 500;
     const data = natsConnectDataOf(o.nc);
@@ -281,7 +282,9 @@ export class JobMember {
       let reply: ControlReply;
       try {
         const msg = await this.o.nc.request(this.subjects.control, encode(req), { timeout: 5000 });
-        reply = msg.json<ControlReply>();
+        const parsed = parseControlReply(msg.data);
+        if (!parsed.ok) throw new Blip2Error(`the answer to ${req.type} is not a control reply: ${parsed.message}`);
+        reply = parsed.value;
       } catch (e) {
         lastError = (e as Error).message;
         if (Date.now() > deadline) {

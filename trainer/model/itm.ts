@@ -14,10 +14,15 @@ import { itmMask } from './masks';
 import { embeddings, projectImage, queryTokens, selectImages, type HeadKeyValue } from './qformer';
 import type { Params } from './params';
 
-/** Hard-negative distributions: softmax over columns with each row's positive (column offset+i) set to -10000. [B,N] each. */
+/**
+ * Hard-negative distributions: softmax over columns with each row's positive (column offset+i) set to -10000. [B,N]
+ * each. With one column (a global batch of one sample) there is no negative: the weights are all zero, and the step
+ * forms no ITM pairs (see `stage1Step`).
+ */
 export function itmWeights(simI2t: tf.Tensor2D, simT2i: tf.Tensor2D, offset: number) {
   return tf.tidy(() => {
     const [b, n] = simI2t.shape;
+    if (n <= 1) return { itmWeightsT2i: tf.zeros([b, n]) as tf.Tensor2D, itmWeightsI2t: tf.zeros([b, n]) as tf.Tensor2D };
     const pos = tf.cast(tf.oneHot(tf.range(offset, offset + b, 1, 'int32') as tf.Tensor1D, n), 'bool'); // [B,N]
     const fill = tf.fill([b, n], -10000);
     return {

@@ -158,6 +158,14 @@ function planStep(config: Blip2Config, inputs: Stage1Inputs, options: Stage1Opti
   if (inputs.gathered && !detach) throw new ModelInputError('detachGathered: false is only defined at world size 1 (no gathered features)');
   const objectives = new Set<Objective>(options.objectives ?? OBJECTIVES);
   if (!objectives.size) throw new ModelInputError('no objective selected: give at least one of itc, itm, itg');
+  // A global batch of one sample has nothing to contrast: ITC's softmax over one column is exactly 0 with zero
+  // gradient, and ITM has no negative pair to form. Both are left out of the loss (reported as 0; no gradient
+  // reaches itm_head); ITG trains as usual.
+  const globalRows = inputs.gathered ? inputs.gathered.allTextFeat.shape[0] : B;
+  if (globalRows === 1) {
+    objectives.delete('itc');
+    objectives.delete('itm');
+  }
   if (objectives.has('itm') && !inputs.negatives && inputs.gathered) throw new ModelInputError('with gathered features (world size > 1) the ITM negatives must be given');
   const itg = itgTargets(config, inputs.inputIds.arraySync());
   return {
@@ -262,7 +270,8 @@ function stage1Forward(p: Params, config: Blip2Config, inputs: Stage1Inputs, pla
     record.keep('queryOutput', query.out);
     record.keep('textLastHiddenState', textOut);
   }
-  return tf.addN(losses) as tf.Scalar;
+  // No objective left (ITC alone on a one-sample batch): a zero that still depends on the parameters.
+  return (losses.length ? tf.addN(losses) : tf.mul(tf.sum(imageFeats), 0)) as tf.Scalar;
 }
 
 /** Gradients of the forward's loss w.r.t. the trainable parameters (and the gathered features when asked). */
