@@ -69,6 +69,8 @@ export function registerInferenceCommands(program: Command): void {
       if (minLength > maxLength) throw new UsageError(`--min-length ${minLength} is larger than --max-length ${maxLength}`);
       const { model, pixels } = await prepare(images, o);
       if (model.stage === 1 && o.prompt) throw new UsageError('--prompt needs a stage-2 checkpoint (the stage-1 ITG head captions from [DEC] alone)');
+      const limit = model.lengthLimit(model.promptLength(o.prompt ?? ''));
+      if (maxLength > limit) process.stderr.write(`captions cut at ${limit} tokens: the model's positions end there (--max-length ${maxLength})\n`);
       const captions = model.caption(pixels, { beams, maxLength, minLength, prompt: o.prompt });
       model.dispose();
       if (o.json) process.stdout.write(`${JSON.stringify(images.map((image, i) => ({ image, caption: captions[i] })))}\n`);

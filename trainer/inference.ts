@@ -201,6 +201,21 @@ export class InferenceModel {
     return new InferenceModel(stage, config, ck?.dir ?? source.files.join(', '), params, vision, tokenizer, lm);
   }
 
+  /**
+   * The most tokens generation may produce after a prompt of `promptTokens` (BOS included): stage 2, the OPT's
+   * positions left after the queries and the prompt; stage 1, the Q-Former's text positions ([DEC] counted, as in
+   * `maxLength`). Longer requests are cut to it.
+   */
+  lengthLimit(promptTokens = 1): number {
+    if (this.stage === 2) return this.config.text_config.max_position_embeddings - this.config.num_query_tokens - promptTokens;
+    return this.config.qformer_config.max_position_embeddings;
+  }
+
+  /** Tokens of a stage-2 prompt (BOS first); 0 for stage 1. */
+  promptLength(prompt: string): number {
+    return this.lm ? this.lm.tokenizer.encodePrompt(prompt).length : 0;
+  }
+
   /** One caption per image, in order; `batch` images at a time. */
   caption(images: readonly Float32Array[], o: CaptionOptions, batch = 8): string[] {
     if (this.stage === 1 && o.prompt) throw new UsageError('--prompt needs a stage-2 checkpoint (the stage-1 ITG head captions from [DEC] alone)');
@@ -210,16 +225,23 @@ export class InferenceModel {
   /** Zero-shot VQA (stage 2): one short answer per (image, question). */
   ask(images: readonly Float32Array[], questions: readonly string[], o: { beams?: number; maxNewTokens?: number } = {}): string[] {
     if (this.stage !== 2) throw new UsageError('answering questions needs a stage-2 checkpoint (the OPT decoder); this is a stage-1 checkpoint');
+    // LAVIS predict_answers truncates the prompt to max_txt_len tokens (BOS included).
     return this.generate(images, (i) => VQA_PROMPT.replace('{}', questions[i]!), {
       beams: o.beams ?? 5, maxLength: o.maxNewTokens ?? 10, minLength: 1, lengthPenalty: 0,
-    }, 8);
+    }, 8, this.config.lavis_config.max_txt_len);
   }
 
-  private generate(images: readonly Float32Array[], promptOf: (i: number) => string, o: CaptionOptions, batch: number): string[] {
+  private generate(images: readonly Float32Array[], promptOf: (i: number) => string, o: CaptionOptions, batch: number, promptLimit = Infinity): string[] {
+    const encode = (text: string) => this.lm!.tokenizer.encodePrompt(text).slice(0, promptLimit);
     const S = this.imageSize;
     const out: string[] = [];
     for (let start = 0; start < images.length; start += batch) {
       const rows = images.slice(start, start + batch);
+      const prompts = this.lm ? rows.map((_, i) => encode(promptOf(start + i))) : [];
+      const width = this.lm ? Math.max(...prompts.map((p) => p.length)) : 1;
+      const maxLength = Math.min(o.maxLength, this.lengthLimit(width));
+      if (maxLength < 1) throw new UsageError(`the prompt takes ${width} tokens: no position of the model's ${this.config.text_config.max_position_embeddings} is left to generate`);
+      o = { ...o, maxLength, minLength: Math.min(o.minLength, maxLength) };
       const pixels = new Float32Array(rows.length * 3 * S * S);
       rows.forEach((p, i) => pixels.set(p, i * 3 * S * S));
       const input = tf.tensor4d(pixels, [rows.length, 3, S, S]);
@@ -231,9 +253,7 @@ export class InferenceModel {
             beams: o.beams, maxLength: o.maxLength, minLength: o.minLength, eosTokenId: this.lm.newline,
             repetitionPenalty: o.repetitionPenalty ?? 1, lengthPenalty: o.lengthPenalty ?? 1,
           };
-          const prompts = rows.map((_, i) => this.lm!.tokenizer.encodePrompt(promptOf(start + i)));
           // Left padding, as LAVIS pads batched prompts.
-          const width = Math.max(...prompts.map((p) => p.length));
           const pad = this.lm.tokenizer.padTokenId;
           const ids = prompts.map((p) => [...Array<number>(width - p.length).fill(pad), ...p]);
           const mask = prompts.map((p) => [...Array<number>(width - p.length).fill(0), ...p.map(() => 1)]);
