@@ -1,4 +1,4 @@
-// Entry point of the `blip2` command (bin/blip2.js loads it): the model, data, job and eval subcommands, each defined in
+// Entry point of the `blip2` command (bin/blip2.js loads it): the model, data, job, eval, caption and ask subcommands, each defined in
 // this folder over the logic its room exports, and the exit statuses: 0 done (also help and --version), 1 failed,
 // 2 bad input (commander's usage errors, UsageError, a missing path), each with a one-line `blip2: …` message.
 import { readFileSync } from 'node:fs';
@@ -8,6 +8,7 @@ import { Command, CommanderError } from 'commander';
 import { Blip2Error, UsageError } from '../common';
 import { registerDataCommands } from './data-commands';
 import { registerEvalCommands } from './eval-commands';
+import { registerInferenceCommands } from './inference-commands';
 import { CommandFailedError, describePathError, EXIT_FAILED, EXIT_OK, EXIT_USAGE, isPathError } from './errors';
 import { registerJobCommands } from './job-commands';
 import { registerModelCommands } from './model-commands';
@@ -45,6 +46,7 @@ registerModelCommands(program);
 registerDataCommands(program);
 registerJobCommands(program);
 registerEvalCommands(program);
+registerInferenceCommands(program);
 
 const fail = (message: string, code: number): never => {
   process.stderr.write(`blip2: ${message}\n`);

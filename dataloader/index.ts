@@ -25,7 +25,7 @@
  * Exactly-once: `SampleLedger.check(epoch, expectedIds)`.
  */
 export { CaptionTokenizer, byteLevelBpeTokenizerJson, type CaptionTokenizerOptions, type TokenizedBatch, type TokenizerKind } from './tokenizer';
-export type { TransformOptions } from './transforms';
+export { transformImage, type TransformOptions, type TransformedImage } from './transforms';
 export {
   loadIndex, writeIndex, buildIndex, scanDatasets, describeIndex, trainingDatasets, checkShardFiles,
   type DatasetIndex, type DatasetEntry, type ShardEntry, type DatasetFormat, type IndexNote, type BuildIndexOptions,

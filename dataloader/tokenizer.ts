@@ -112,6 +112,15 @@ export class CaptionTokenizer {
     return [this.bosTokenId, ...ids.slice(0, this.maxLength - 1)];
   }
 
+  /**
+   * Token ids of a text prompt as the OPT tokenizer makes them for generation: BOS, then the text, no "\n" and no
+   * truncation (LAVIS tokenizes its caption and VQA prompts this way). Only for the `opt` kind.
+   */
+  encodePrompt(text: string): number[] {
+    if (this.kind !== 'opt') throw new Error(`encodePrompt: a ${this.kind} tokenizer has no generation prompt`);
+    return [this.bosTokenId, ...this.tok.encode(text, { add_special_tokens: false }).ids];
+  }
+
   /** Tokenizes and pads a batch: bert to `maxLength`, opt to the longest caption. */
   encodeBatch(captions: readonly string[]): TokenizedBatch {
     const rows = captions.map((c) => this.encode(c));

@@ -10,6 +10,8 @@
  * - The loop of one generation: `runGeneration(core, generation)`; `createTrainerCore(options)` builds the model,
  *   ViT, AdamW and schedule; `JetStreamEpochData` / `LocalEpochData` feed it batches.
  * - Metrics: `createTrainerMetrics({ registry, nodeId, runDir })`.
+ * - Inference: `InferenceModel.load(inferenceSettings({ checkpoint }))`, then `caption(images)` / `ask(images, questions)`;
+ *   `readImages` applies the evaluation transform.
  */
 export {
   AdamW, blip2ParamGroups, linearWarmupCosineLr, type AdamWOptions, type AdamWState, type LinearWarmupCosineOptions,
@@ -38,3 +40,4 @@ export type { Objective } from './model';
 export { type StageModel, type StageBatch, type StageStepResult } from './stage-model';
 export { Stage2Runtime, distributedStage2Step } from './stage2-runtime';
 export { pretrainLanguageModel, saveLanguageModel, type LmPretrainOptions } from './lm-pretrain';
+export { InferenceModel, inferenceSettings, readImages, VQA_PROMPT, type CaptionOptions, type InferenceSettings, type InferenceSettingsOptions, type InputImage } from './inference';

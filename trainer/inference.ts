@@ -1,0 +1,280 @@
+/**
+ * A trained model for inference from a checkpoint: captions and short answers for images, as LAVIS generates them.
+ *
+ * - `inferenceSettings` finds what a checkpoint needs beside its trainable weights: the model preset, the Q-Former
+ *   tokenizer, and for stage 2 the frozen LM and its tokenizer. They come from the job's config (`--config`, or the
+ *   run's own `job.resolved.json` when the checkpoint is a run directory or a checkpoint inside one), then from
+ *   explicit options, which win.
+ * - `loadInferenceModel` verifies the checkpoint (every checksum), regenerates the frozen ViT from the seed the
+ *   checkpoint records (the one it was trained against), and loads the stage's trainable parameters; stage 2 also
+ *   loads the frozen OPT. `readImages` applies the evaluation transform (resize, CLIP normalisation).
+ * - `caption`: stage 2 with the OPT decoder after the soft prompt (and an optional text prompt), "\n" ending the
+ *   caption; stage 1 with the Q-Former's ITG head from [DEC], [SEP] ending it. `ask`: stage 2 only, the prompt
+ *   "Question: {} Short answer:", length penalty 0 (LAVIS `predict_answers` for OPT).
+ */
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import { basename, dirname, join, resolve } from 'node:path';
+import { ConfigError, loadJobConfig, safetensorsHeader, safetensorsNames, UsageError } from '../common';
+import { CaptionTokenizer, transformImage } from '../dataloader';
+import { modelConfigFor, resolveWeights } from './core';
+import { initEngine, tf } from './engine';
+import { generateWithItg, generateWithOpt, type SearchOptions } from './generate';
+import {
+  createParams, disposeParams, loadModelConfig, loadParams, OptLanguageModel, presetConfig, VisionBackbone, type Blip2Config, type Params,
+} from './model';
+
+const OPT_EMBED_TOKENS = 'language_model.model.decoder.embed_tokens.weight';
+const RUN_CONFIG = 'job.resolved.json';
+
+/** LAVIS's zero-shot VQA prompt (its eval configs, for OPT and FlanT5). */
+export const VQA_PROMPT = 'Question: {} Short answer:';
+
+export interface InferenceSettings {
+  /** The checkpoint as given (a checkpoint directory, a job's run directory, or safetensors). */
+  checkpoint: string;
+  preset: string;
+  /** A model config.json overriding the preset ('' = none). */
+  modelConfigFile: string;
+  /** The Q-Former's tokenizer.json. */
+  tokenizer: string;
+  /** Stage 2: the LM's tokenizer.json. */
+  lmTokenizer: string;
+  /** Stage 2: the frozen LM's safetensors ('' = none given). */
+  languageModel: string;
+  /** The job config the settings were read from, if any. */
+  configFile?: string;
+}
+
+export interface InferenceSettingsOptions {
+  checkpoint: string;
+  /** A job config (YAML or JSON); default: the run's job.resolved.json when there is one. */
+  configFile?: string;
+  /** The data folder: tokenizer.json and opt-tokenizer/tokenizer.json inside it. */
+  data?: string;
+  languageModel?: string;
+  preset?: string;
+}
+
+/** The run's job.resolved.json for a run directory, or for a checkpoint directory under its checkpoint.dir. */
+function runConfigOf(checkpoint: string): string | undefined {
+  const p = resolve(checkpoint);
+  if (existsSync(join(p, RUN_CONFIG))) return join(p, RUN_CONFIG);
+  // <runDir>/checkpoints/step-N, the default layout; the config must name that folder as its checkpoint.dir.
+  const candidate = join(dirname(dirname(p)), RUN_CONFIG);
+  if (!basename(p).startsWith('step-') || !existsSync(candidate)) return undefined;
+  try {
+    const c = JSON.parse(readFileSync(candidate, 'utf8')) as { checkpoint?: { dir?: unknown } };
+    return c.checkpoint?.dir === dirname(p) ? candidate : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** What the checkpoint needs beside its weights: explicit options, then the job config, then defaults. */
+export function inferenceSettings(o: InferenceSettingsOptions): InferenceSettings {
+  if (!existsSync(o.checkpoint)) throw new UsageError(`--checkpoint ${o.checkpoint}: no such file or directory`);
+  const configFile = o.configFile ?? runConfigOf(o.checkpoint);
+  let job: ReturnType<typeof loadJobConfig>['config'] | undefined;
+  if (configFile) {
+    try {
+      job = loadJobConfig({ file: configFile, env: {} }).config;
+    } catch (e) {
+      throw new UsageError(e instanceof ConfigError ? e.message : `config file ${configFile}: ${(e as Error).message}`);
+    }
+  }
+  const data = o.data ? resolve(o.data) : undefined;
+  const settings: InferenceSettings = {
+    checkpoint: o.checkpoint,
+    preset: o.preset ?? job?.model.preset ?? 'tiny',
+    modelConfigFile: o.preset ? '' : job?.model.config ?? '',
+    tokenizer: data ? join(data, 'tokenizer.json') : job?.data.tokenizer ?? '',
+    lmTokenizer: data ? join(data, 'opt-tokenizer', 'tokenizer.json') : job?.data.lmTokenizer ?? '',
+    languageModel: o.languageModel ? resolve(o.languageModel) : job?.model.languageModel ?? '',
+    configFile,
+  };
+  if (!settings.tokenizer) {
+    throw new UsageError(`--checkpoint ${o.checkpoint}: no job config beside it to name the tokenizer; give --data DIR (the folder with tokenizer.json) or --config job.yaml`);
+  }
+  return settings;
+}
+
+export interface CaptionOptions {
+  /** Beam width (1 = greedy). LAVIS: 5. */
+  beams: number;
+  /** At most this many generated tokens (stage 1: [DEC] included, as LAVIS counts). LAVIS: 30. */
+  maxLength: number;
+  /** The end token is refused before this many tokens. LAVIS caption eval: 8. */
+  minLength: number;
+  /** Stage 2: a text prompt after the soft prompt (LAVIS's COCO evaluation: "a photo of"); '' = none. */
+  prompt?: string;
+  repetitionPenalty?: number;
+  lengthPenalty?: number;
+}
+
+/** One image, decoded and transformed for the model. */
+export interface InputImage {
+  path: string;
+  pixels: Float32Array;
+}
+
+/** Image files through the evaluation transform (resize to the model's side, bicubic; CLIP normalisation). */
+export async function readImages(paths: readonly string[], imageSize: number): Promise<InputImage[]> {
+  const out: InputImage[] = [];
+  for (const path of paths) {
+    let bytes: Buffer;
+    try {
+      if (statSync(path).isDirectory()) throw new UsageError(`${path}: a directory, not an image file`);
+      bytes = readFileSync(path);
+    } catch (e) {
+      if (e instanceof UsageError) throw e;
+      throw new UsageError(`${path}: no such image file`);
+    }
+    try {
+      out.push({ path, pixels: (await transformImage(bytes, { mode: 'eval', imageSize })).pixels });
+    } catch (e) {
+      throw new UsageError(`${path}: not an image that can be decoded (${(e as Error).message.split('\n')[0]})`);
+    }
+  }
+  return out;
+}
+
+/** A trained stage-1 or stage-2 model, ready to caption images and (stage 2) answer questions about them. */
+export class InferenceModel {
+  private constructor(
+    readonly stage: 1 | 2,
+    readonly config: Blip2Config,
+    /** The checkpoint directory (or safetensors) the weights came from. */
+    readonly source: string,
+    private readonly params: Params,
+    private readonly vision: VisionBackbone,
+    private readonly qformerTokenizer: CaptionTokenizer,
+    private readonly lm?: { model: OptLanguageModel; tokenizer: CaptionTokenizer; newline: number },
+  ) {}
+
+  get imageSize(): number {
+    return this.config.vision_config.image_size;
+  }
+
+  /** Loads the checkpoint and what it needs (`inferenceSettings`); bad input throws UsageError naming it. */
+  static async load(s: InferenceSettings): Promise<InferenceModel> {
+    const source = resolveWeights(s.checkpoint);
+    const ck = source.checkpoint;
+    const held = new Set(source.files.flatMap((f) => safetensorsNames(f)));
+    const stage: 1 | 2 = ck ? (ck.stage === 2 ? 2 : 1) : held.has('language_projection.weight') ? 2 : 1;
+    if (!ck && !held.has('vision_model.embeddings.patch_embedding.weight')) {
+      throw new UsageError(`--checkpoint ${s.checkpoint}: neither a trainer checkpoint (no checkpoint.json) nor weights holding the ViT`);
+    }
+    if (!existsSync(s.tokenizer)) throw new UsageError(`tokenizer ${s.tokenizer}: not found (the Q-Former's tokenizer.json; give --data DIR)`);
+    const base = s.modelConfigFile ? loadModelConfig(s.modelConfigFile) : presetConfig(s.preset);
+    const tokenizer = CaptionTokenizer.fromFile(s.tokenizer, { maxLength: base.lavis_config.max_txt_len });
+    const config = modelConfigFor(s.preset, s.modelConfigFile || undefined, tokenizer);
+
+    let lm: { model: OptLanguageModel; tokenizer: CaptionTokenizer; newline: number } | undefined;
+    if (stage === 2) {
+      const lmFiles = s.languageModel ? resolveWeights(s.languageModel).files : held.has(OPT_EMBED_TOKENS) ? source.files : undefined;
+      if (!lmFiles) {
+        throw new UsageError(`--checkpoint ${s.checkpoint}: a stage-2 checkpoint needs its frozen language model: give --language-model FILE (the model.languageModel of its job, e.g. written by \`blip2 pretrain-lm\`)`);
+      }
+      const embed = lmFiles.map((f) => safetensorsHeader(f).get(OPT_EMBED_TOKENS)).find((x) => x);
+      if (!embed) throw new UsageError(`--language-model ${lmFiles.join(', ')}: holds no ${OPT_EMBED_TOKENS}`);
+      if (!existsSync(s.lmTokenizer)) throw new UsageError(`LM tokenizer ${s.lmTokenizer}: not found (the OPT tokenizer.json; give --data DIR with opt-tokenizer/ inside)`);
+      const lmTokenizer = CaptionTokenizer.fromFile(s.lmTokenizer, { kind: 'opt', maxLength: config.lavis_config.max_txt_len });
+      config.text_config.vocab_size = embed.shape[0]!;
+      if (lmTokenizer.vocabSize > config.text_config.vocab_size) {
+        throw new UsageError(`LM tokenizer ${s.lmTokenizer}: ${lmTokenizer.vocabSize} ids, more than the language model's vocabulary of ${config.text_config.vocab_size}`);
+      }
+      // "\n" ends a caption (LAVIS: the first id of the tokenizer's "\n").
+      const newline = lmTokenizer.encode('')[1];
+      if (newline === undefined) throw new UsageError(`LM tokenizer ${s.lmTokenizer}: has no token for "\\n"`);
+      lm = { model: OptLanguageModel.load(lmFiles, config), tokenizer: lmTokenizer, newline };
+    }
+
+    await initEngine();
+    const params = loadParams(source.files, config, { stage });
+    // The frozen ViT: the one the checkpoint was trained against (regenerated from its seed), or from the weights.
+    let vision: VisionBackbone;
+    if (ck) {
+      const vp = createParams(config, ck.frozenSeed, { groups: ['vision'] });
+      vision = await VisionBackbone.fromParams(vp, config, { fp16: true });
+      disposeParams(vp);
+    } else vision = VisionBackbone.load(source.files, config);
+    return new InferenceModel(stage, config, ck?.dir ?? source.files.join(', '), params, vision, tokenizer, lm);
+  }
+
+  /**
+   * The most tokens generation may produce after a prompt of `promptTokens` (BOS included): stage 2, the OPT's
+   * positions left after the queries and the prompt; stage 1, the Q-Former's text positions ([DEC] counted, as in
+   * `maxLength`). Longer requests are cut to it.
+   */
+  lengthLimit(promptTokens = 1): number {
+    if (this.stage === 2) return this.config.text_config.max_position_embeddings - this.config.num_query_tokens - promptTokens;
+    return this.config.qformer_config.max_position_embeddings;
+  }
+
+  /** Tokens of a stage-2 prompt (BOS first); 0 for stage 1. */
+  promptLength(prompt: string): number {
+    return this.lm ? this.lm.tokenizer.encodePrompt(prompt).length : 0;
+  }
+
+  /** One caption per image, in order; `batch` images at a time. */
+  caption(images: readonly Float32Array[], o: CaptionOptions, batch = 8): string[] {
+    if (this.stage === 1 && o.prompt) throw new UsageError('--prompt needs a stage-2 checkpoint (the stage-1 ITG head captions from [DEC] alone)');
+    return this.generate(images, () => o.prompt ?? '', o, batch);
+  }
+
+  /** Zero-shot VQA (stage 2): one short answer per (image, question). */
+  ask(images: readonly Float32Array[], questions: readonly string[], o: { beams?: number; maxNewTokens?: number } = {}): string[] {
+    if (this.stage !== 2) throw new UsageError('answering questions needs a stage-2 checkpoint (the OPT decoder); this is a stage-1 checkpoint');
+    // LAVIS predict_answers truncates the prompt to max_txt_len tokens (BOS included).
+    return this.generate(images, (i) => VQA_PROMPT.replace('{}', questions[i]!), {
+      beams: o.beams ?? 5, maxLength: o.maxNewTokens ?? 10, minLength: 1, lengthPenalty: 0,
+    }, 8, this.config.lavis_config.max_txt_len);
+  }
+
+  private generate(images: readonly Float32Array[], promptOf: (i: number) => string, o: CaptionOptions, batch: number, promptLimit = Infinity): string[] {
+    const encode = (text: string) => this.lm!.tokenizer.encodePrompt(text).slice(0, promptLimit);
+    const S = this.imageSize;
+    const out: string[] = [];
+    for (let start = 0; start < images.length; start += batch) {
+      const rows = images.slice(start, start + batch);
+      const prompts = this.lm ? rows.map((_, i) => encode(promptOf(start + i))) : [];
+      const width = this.lm ? Math.max(...prompts.map((p) => p.length)) : 1;
+      const maxLength = Math.min(o.maxLength, this.lengthLimit(width));
+      if (maxLength < 1) throw new UsageError(`the prompt takes ${width} tokens: no position of the model's ${this.config.text_config.max_position_embeddings} is left to generate`);
+      o = { ...o, maxLength, minLength: Math.min(o.minLength, maxLength) };
+      const pixels = new Float32Array(rows.length * 3 * S * S);
+      rows.forEach((p, i) => pixels.set(p, i * 3 * S * S));
+      const input = tf.tensor4d(pixels, [rows.length, 3, S, S]);
+      const hidden = this.vision.encode(input);
+      input.dispose();
+      try {
+        if (this.lm) {
+          const search: SearchOptions = {
+            beams: o.beams, maxLength: o.maxLength, minLength: o.minLength, eosTokenId: this.lm.newline,
+            repetitionPenalty: o.repetitionPenalty ?? 1, lengthPenalty: o.lengthPenalty ?? 1,
+          };
+          // Left padding, as LAVIS pads batched prompts.
+          const pad = this.lm.tokenizer.padTokenId;
+          const ids = prompts.map((p) => [...Array<number>(width - p.length).fill(pad), ...p]);
+          const mask = prompts.map((p) => [...Array<number>(width - p.length).fill(0), ...p.map(() => 1)]);
+          const g = generateWithOpt(this.params, this.lm.model, this.config, hidden, search, { ids, mask });
+          out.push(...g.map((r) => this.lm!.tokenizer.decode(r.tokens).trim()));
+        } else {
+          const search: SearchOptions = {
+            beams: o.beams, maxLength: o.maxLength, minLength: o.minLength, eosTokenId: this.config.lavis_config.sep_token_id,
+            repetitionPenalty: o.repetitionPenalty ?? 1, lengthPenalty: o.lengthPenalty ?? 1,
+          };
+          const g = generateWithItg(this.params, this.config, hidden, search);
+          out.push(...g.map((r) => this.qformerTokenizer.decode(r.tokens).trim()));
+        }
+      } finally {
+        hidden.dispose();
+      }
+    }
+    return out;
+  }
+
+  dispose(): void {
+    disposeParams(this.params);
+  }
+}
