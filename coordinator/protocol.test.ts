@@ -177,7 +177,7 @@ describe('stop', () => {
     expect(step(r.state, { type: 'stop', by: 'again' }, ow).state.stopRequested).toBe('blip2 stop (host-a)');
     const end = step(r.state, commit(r.state, 4, ['a']), ow);
     expect(end.state).toMatchObject({ status: 'finished', committed: { step: 4, checkpointDir: '/ck/4' } });
-    expect(end.state.reason).toBe('stopped by blip2 stop (alice-host) at the commit of step 4');
+    expect(end.state.reason).toBe('stopped by blip2 stop (host-a) at the commit of step 4');
     expect(end.actions).toEqual([{ type: 'committed', step: 4, epoch: 0 }, { type: 'finished' }]);
   });
 
