@@ -30,7 +30,7 @@ import type { Registry } from 'prom-client';
 import { createLogger, type Logger } from '../common';
 import { encodeDescriptor, parseDescriptor, type ShardDescriptor } from './descriptor';
 import { DescriptorError } from './errors';
-import { coordinatorDataMetrics, trainerDataMetrics, type TrainerDataMetrics } from './metrics';
+import { coordinatorDataMetrics, DESCRIPTOR_REJECT_REASONS, trainerDataMetrics, type TrainerDataMetrics } from './metrics';
 
 export interface ShardQueueOptions {
   nc: NatsConnection;
@@ -299,7 +299,7 @@ export class LeasedShard {
 export async function rejectDescriptor(
   msg: JsMsg, error: Error, o: { jsm: JetStreamManager; stream: string; registry?: Registry; log: Logger },
 ): Promise<void> {
-  const reason = /^descriptor is not JSON/.test(error.message) ? 'not-json' : 'schema';
+  const reason: (typeof DESCRIPTOR_REJECT_REASONS)[number] = /^descriptor is not JSON/.test(error.message) ? 'not-json' : 'schema';
   try {
     msg.term(`descriptor rejected: ${error.message.slice(0, 200)}`);
   } catch {

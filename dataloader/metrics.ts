@@ -48,6 +48,9 @@ export interface CoordinatorDataMetrics {
 }
 
 
+/** Why a pulled descriptor is rejected (dataloader/jetstream.ts `rejectDescriptor`). */
+export const DESCRIPTOR_REJECT_REASONS = ['not-json', 'schema'] as const;
+
 const trainerCache = new WeakMap<Registry, TrainerDataMetrics>();
 const coordinatorCache = new WeakMap<Registry, CoordinatorDataMetrics>();
 
@@ -81,6 +84,7 @@ export function trainerDataMetrics(registry: Registry): TrainerDataMetrics {
   };
   // Every skip reason's series exists (at 0) from the start: dashboards and alerts see them all.
   for (const reason of SKIP_REASONS) m.samplesSkipped.inc({ reason }, 0);
+  for (const reason of DESCRIPTOR_REJECT_REASONS) m.descriptorsRejected.inc({ reason }, 0);
   trainerCache.set(registry, m);
   return m;
 }

@@ -92,7 +92,7 @@ describe('bad messages on a running job', () => {
       [{ type: 'commit', token: TOKEN, nodeId: 'a', generation: running.generation, commit: { step: 99, epoch: 0, checkpointDir: '/tmp/x', cursors: { s: -1 }, ackedShards: [] } }, /commit\.cursors\["s"\]: must be an integer >= 0, got -1/],
       [{ type: 'failure', token: TOKEN, nodeId: 'a', generation: 'one', message: 'x' }, /generation: must be an integer >= 0, got "one"/],
       [{ type: 'epochDone', token: TOKEN, nodeId: 'a', generation: running.generation }, /epoch: must be an integer >= 0, got missing/],
-      [{ type: 'explode', token: TOKEN, nodeId: 'a' }, /type: must be one of join, leave, failure, commit, epochDone, got "explode"/],
+      [{ type: 'explode', token: TOKEN, nodeId: 'a' }, /type: must be one of join, leave, failure, commit, epochDone, stop, got "explode"/],
     ];
     for (const [payload, why] of bad) {
       const reply = (await nc.request(subjects.control, enc(payload), { timeout: 5000 })).json<{ ok: boolean; code: string; message: string }>();

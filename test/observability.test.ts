@@ -100,7 +100,10 @@ test('a real job: true metrics, no NaN before the first step, probes, a clean pr
     const v = (n: string) => one(t, `blip2_trainer_data_${n}`);
     expect(v('shards_leased_total')).toBe(v('shards_acked_total') + v('shards_nacked_total') + v('shards_held'));
     expect(v('shards_redelivered_total')).toBe(0);
-    expect(v('descriptors_rejected_total')).toBe(0);
+    // One series per reason, each at 0.
+    const rejected = [...samples(t)].filter(([k]) => k.startsWith('blip2_trainer_data_descriptors_rejected_total{'));
+    expect(rejected.length).toBe(2);
+    expect(rejected.every(([, n]) => n === 0)).toBe(true);
     leased += v('shards_leased_total');
     acked += v('shards_acked_total');
   }
