@@ -297,20 +297,21 @@ export class LeasedShard {
  * would never drain), counted by reason and logged.
  */
 export async function rejectDescriptor(
-  msg: JsMsg, error: Error, o: { jsm: JetStreamManager; stream: string; registry?: Registry; log: Logger },
+  msg: JsMsg, error: Error, o: { jsm: () => Promise<JetStreamManager>; stream: string; registry?: Registry; log: Logger },
 ): Promise<void> {
   const reason: (typeof DESCRIPTOR_REJECT_REASONS)[number] = /^descriptor is not JSON/.test(error.message) ? 'not-json' : 'schema';
+  // Counted and terminated at once (before any await), so that a reader that stops right after sees it counted.
+  if (o.registry) trainerDataMetrics(o.registry).descriptorsRejected.inc({ reason });
   try {
     msg.term(`descriptor rejected: ${error.message.slice(0, 200)}`);
   } catch {
     // the connection is closing: the removal below (or the next pull) settles it
   }
   try {
-    await o.jsm.streams.deleteMessage(o.stream, msg.seq, false);
+    await (await o.jsm()).streams.deleteMessage(o.stream, msg.seq, false);
   } catch (e) {
     o.log.warn('could not remove a rejected descriptor from the stream', { seq: msg.seq, error: (e as Error).message });
   }
-  if (o.registry) trainerDataMetrics(o.registry).descriptorsRejected.inc({ reason });
   o.log.error('descriptor rejected (terminated and removed)', { seq: msg.seq, reason, error: error.message });
 }
 
@@ -371,8 +372,7 @@ export class ShardConsumer {
         try {
           descriptor = parseDescriptor(msg.data);
         } catch (e) {
-          this.jsm ??= await jetstreamManager(this.options.nc);
-          await rejectDescriptor(msg, e as Error, { jsm: this.jsm, stream: this.q.stream, registry: this.options.registry, log: this.log });
+          await rejectDescriptor(msg, e as Error, { jsm: async () => (this.jsm ??= await jetstreamManager(this.options.nc)), stream: this.q.stream, registry: this.options.registry, log: this.log });
           continue;
         }
         const lease = new LeasedShard(descriptor, msg, this.heartbeatMs, this.options.cursorFor?.(descriptor), (l, how) => {

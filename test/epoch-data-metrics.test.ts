@@ -17,11 +17,11 @@ afterAll(async () => {
   await nc.close();
 });
 
-/** The value of an unlabelled series in a registry's text. */
+/** The sum of a metric's series (one unlabelled, or one per label value) in a registry's text. */
 async function value(registry: Registry, name: string): Promise<number> {
-  const m = new RegExp(`^${name} (\\S+)$`, 'm').exec(await registry.metrics());
-  if (!m) throw new Error(`${name} is not in the scrape`);
-  return Number(m[1]);
+  const found = [...(await registry.metrics()).matchAll(new RegExp(`^${name}(?:\\{[^}]*\\})? (\\S+)$`, 'gm'))];
+  if (!found.length) throw new Error(`${name} is not in the scrape`);
+  return found.reduce((n, m) => n + Number(m[1]), 0);
 }
 
 const SHARD_METRICS = [

@@ -39,14 +39,14 @@ test('blip2 stop ends a running job at its next commit; launch exits 0 and says 
   const launch = blip2(['launch', '--config', configFile]);
   try {
     await waitUntil('a step of progress', () => /epoch 1\/50 {2}step \d+/.test(launch.output()), 240_000, 500);
-    const natsUrl = /nats-server started at (nats:\/\/[\d.:]+)/.exec(launch.output())![1]!;
     expect(statSync(join(runDir, 'job.token')).mode & 0o777).toBe(0o600);
 
-    const intruder = blip2(['stop', '--config', configFile, '--nats.url', natsUrl, '--job.token', 'not-the-token']);
+    // The job's NATS URL and user come from <runDir>/nats.json, which launch wrote (its nats-server requires them).
+    const intruder = blip2(['stop', '--config', configFile, '--job.token', 'not-the-token']);
     expect(await intruder.exited, intruder.output()).toBe(2);
     expect(intruder.output()).toMatch(/^blip2: job stop-test refused stop .*the job token does not match/m);
 
-    const stop = blip2(['stop', '--config', configFile, '--nats.url', natsUrl]);
+    const stop = blip2(['stop', '--config', configFile]);
     expect(await stop.exited, stop.output()).toBe(0);
     expect(stop.output()).toContain('job stop-test: stop requested; it ends at its next committed checkpoint');
     const m = /job stop-test stopped: stopped by blip2 stop \(.+\) at the commit of step (\d+); final checkpoint (\S+)/.exec(stop.output());

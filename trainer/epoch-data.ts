@@ -170,7 +170,7 @@ export interface JetStreamEpochDataOptions extends BatchOptions {
  */
 export class JetStreamEpochData implements EpochData<LeasedShard> {
   private consumer: Consumer | undefined;
-  private jsm: JetStreamManager | undefined;
+  private jsm: Promise<JetStreamManager> | undefined;
   private readonly held = new Set<LeasedShard>();
   private closed = false;
   private readonly log: Logger;
@@ -215,8 +215,7 @@ export class JetStreamEpochData implements EpochData<LeasedShard> {
           } catch (e) {
             // Terminated, removed from the stream (else it stays pending on servers before 2.10 and the epoch
             // never drains), counted.
-            this.jsm ??= await jetstreamManager(this.o.nc);
-            await rejectDescriptor(msg, e as Error, { jsm: this.jsm, stream: this.o.stream, registry: this.o.registry, log: this.log });
+            await rejectDescriptor(msg, e as Error, { jsm: () => (this.jsm ??= jetstreamManager(this.o.nc)), stream: this.o.stream, registry: this.o.registry, log: this.log });
             continue;
           }
           if ([...this.held].some((l) => l.descriptor.id === d.id)) {
