@@ -59,9 +59,11 @@ const Dv = config.vision_config.hidden_size;
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
-// Matmul probe: the FFN-shaped GEMM of this model, [B·64, H] · [H, 4H].
+// Matmul probe: the step's largest GEMM, the ITM pass's FFN: [3B·(Q+T), H] · [H, I] (a smaller probe runs below the
+// rate the step's large products reach, and the utilisation figure would pass 100%).
+const probeRows = 3 * B * (config.num_query_tokens + T);
 function matmulGflops(): number {
-  const m = B * (config.num_query_tokens + T);
+  const m = probeRows;
   const a = tf.randomNormal([m, q.hidden_size]);
   const b = tf.randomNormal([q.hidden_size, q.intermediate_size]);
   const times: number[] = [];
@@ -157,7 +159,7 @@ function timeSteps(schedule: PassSchedule): { ms: number[]; loss: number } {
 const fmt = (x: number) => x.toFixed(0);
 console.log(`engine ${engineName()}; preset ${opts.preset}: Q-Former ${q.num_hidden_layers} layers × ${q.hidden_size}, ${config.num_query_tokens} queries, image ${P}×${Dv}, batch ${B}, text ${T}; ${trainableCount(config, 1).toLocaleString('en-US')} trainable parameters`);
 const gflops = matmulGflops();
-console.log(`matmul probe [${B * (config.num_query_tokens + T)}×${q.hidden_size}]·[${q.hidden_size}×${q.intermediate_size}]: ${gflops.toFixed(1)} GFLOP/s`);
+console.log(`matmul probe [${probeRows}×${q.hidden_size}]·[${q.hidden_size}×${q.intermediate_size}]: ${gflops.toFixed(1)} GFLOP/s`);
 let baselineMs: number | undefined;
 if (opts.baseline) {
   const naive = timeStep({ ...DEFAULT_SCHEDULE, reuseImageKeyValues: false });
