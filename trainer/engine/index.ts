@@ -21,6 +21,7 @@ export {
   engineName,
   engineInfo,
   engineThreads,
+  widenF16Into,
   resolveEngineOptions,
   engineOptionsFromConfig,
   type EngineName,

@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { expect, test } from 'vitest';
+import { widenF16 } from '../../common';
 import { loadNativeBlas, NATIVE_BLAS_PATH } from './native-blas';
 
 test('a missing addon is reported, not thrown, so the engine falls back to XNNPACK', () => {
@@ -84,4 +85,32 @@ test.runIf(fs.existsSync(NATIVE_BLAS_PATH))('the fused kernels: erf and exp accu
   });
   expect(() => blas!.geluForward(g, y, g.length + 1)).toThrow(/at least 8 elements/);
   expect(() => blas!.crossEntropyForward(new Float32Array(6), new Int32Array([0, 3]), new Float32Array(0), new Float32Array(2), 2, 3, 0)).toThrow(/target class is out of range/);
+});
+
+test.runIf(fs.existsSync(NATIVE_BLAS_PATH))('widenF16 gives every half\'s exact float32 value, as the JS table does (NaNs as NaN)', () => {
+  const { blas } = loadNativeBlas(2);
+  // Every bit pattern, twice over at an odd offset and length (the F16C blocks of 8 and the scalar tail).
+  const all = Uint16Array.from({ length: 2 * 65536 + 5 }, (_, i) => (i * 40503 + 7) & 0xffff);
+  const ours = new Float32Array(all.length);
+  blas!.widenF16(all.subarray(3), ours.subarray(3), all.length - 3);
+  const want = widenF16(all);
+  const bits = new Uint32Array(ours.buffer);
+  const wantBits = new Uint32Array(want.buffer);
+  let bad = 0;
+  for (let i = 3; i < all.length; i++) {
+    if (Number.isNaN(want[i]!)) {
+      if (!Number.isNaN(ours[i]!)) bad++;
+    } else if (bits[i] !== wantBits[i]) bad++;
+  }
+  expect(bad).toBe(0);
+  expect(Array.from(ours.subarray(0, 3))).toEqual([0, 0, 0]); // nothing written before the offset
+  // The scalar path alone (calls of 7 elements: no block of 8), over every pattern, subnormals included.
+  const every = Uint16Array.from({ length: 65536 }, (_, i) => i);
+  const scalar = new Float32Array(65536);
+  for (let i = 0; i < 65536; i += 7) blas!.widenF16(every.subarray(i, i + 7), scalar.subarray(i, i + 7), Math.min(7, 65536 - i));
+  const table = widenF16(every);
+  const scalarBits = new Uint32Array(scalar.buffer);
+  const tableBits = new Uint32Array(table.buffer);
+  expect(every.filter((_, i) => (Number.isNaN(table[i]!) ? !Number.isNaN(scalar[i]!) : scalarBits[i] !== tableBits[i])).length).toBe(0);
+  expect(() => blas!.widenF16(new Uint16Array(4), new Float32Array(8), 8)).toThrow(/widenF16's src/);
 });

@@ -59,6 +59,8 @@ export interface NativeBlas {
   gatherRows(x: Float32Array, indices: Int32Array, out: Float32Array, rows: number, cols: number): void;
   /** out = 0, then out[ids[i]] += x[i] (rows of `cols`) for ids in [0, numSegments). */
   scatterAddRows(x: Float32Array, ids: Int32Array, out: Float32Array, numSegments: number, cols: number): void;
+  /** dst[i] = the float32 value of the IEEE half bits src[i], i < n (exact). */
+  widenF16(src: Uint16Array, dst: Float32Array, n: number): void;
   setKernelThreads(threads: number): void;
   /** The kernels' erf (`which` 0) or exp (1), element-wise: for accuracy tests. */
   approx(which: number, x: Float32Array, y: Float32Array, n: number): void;

@@ -78,6 +78,8 @@ export interface EngineInfo {
 
 const log = createLogger('engine');
 let current: EngineInfo | undefined;
+/** The native addon of the running wasm engine, for work outside tensors (`widenF16Into`). */
+let nativeKernels: NativeBlas | undefined;
 let starting: Promise<EngineName> | undefined;
 
 function defaultThreads(): number {
@@ -173,6 +175,7 @@ async function tryWasm(options: ResolvedEngineOptions): Promise<EngineInfo | und
       return { name: 'wasm', threads: getThreadsCount(), matmul: 'xnnpack' };
     }
     const blas = chooseBlas(options); // first: a missing addon that was asked for stops everything
+    nativeKernels = blas && typeof blas.widenF16 === 'function' ? blas : undefined;
     const poolThreads = options.wasmThreads ?? (blas ? 1 : threads);
     const actual = await startThreadedWasm(poolThreads);
     if (actual !== poolThreads) {
@@ -243,6 +246,16 @@ async function startEngine(options: EngineOptions): Promise<EngineName> {
 }
 
 /** The engine chosen by `initEngine`, or undefined before it. */
+/**
+ * Widens IEEE half bits to float32 into `dst` with the native addon (F16C where the CPU has it, on the kernels'
+ * threads): true when it did, false when the running engine has no addon (the caller widens in JS).
+ */
+export function widenF16Into(src: Uint16Array, dst: Float32Array): boolean {
+  if (!nativeKernels || dst.length < src.length) return false;
+  nativeKernels.widenF16(src, dst, src.length);
+  return true;
+}
+
 export function engineName(): EngineName | undefined {
   return current?.name;
 }

@@ -7,7 +7,7 @@
  */
 import { narrowToF16, readSafetensors, SafetensorsError, widenF16, type SafeTensor } from '../../common';
 import { paramManifest, type Blip2Config, type ParamGroup, type ParamSpec } from './config';
-import { tf } from '../engine';
+import { tf, widenF16Into } from '../engine';
 import { gradients } from '../engine';
 import { ModelInputError } from './errors';
 import { CheckpointMismatchError, type Params } from './params';
@@ -26,6 +26,8 @@ export interface WideningCounters {
 export class FrozenWeights {
   /** Running totals since construction or the last `resetCounters()`. */
   readonly widening: WideningCounters = { ms: 0, bytes: 0, count: 0 };
+  /** Widen with the engine's native addon when it has one (F16C); false: in JS (the benchmark's baseline). */
+  nativeWidening = true;
 
   private constructor(
     readonly group: ParamGroup,
@@ -123,7 +125,11 @@ export class FrozenWeights {
     const reuse = tf.getBackend() === 'wasm';
     for (const [name, w] of this.weights) {
       if (!prefixes.some((p) => name.startsWith(p))) continue;
-      const values = w.f16 ? widenF16(w.f16, reuse ? this.scratchOf(w.f16.length) : new Float32Array(w.f16.length)) : w.f32!;
+      let values = w.f32!;
+      if (w.f16) {
+        const buf = reuse ? this.scratchOf(w.f16.length) : new Float32Array(w.f16.length);
+        values = this.nativeWidening && widenF16Into(w.f16, buf) ? buf : widenF16(w.f16, buf); // native (F16C) when the engine has its addon
+      }
       out.set(name, tf.tensor(values, w.shape, 'float32'));
       this.widening.bytes += 4 * values.length;
     }

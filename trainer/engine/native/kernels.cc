@@ -8,10 +8,15 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <vector>
 
 #include "typed-arrays.h"
+
+#ifdef __F16C__
+#include <immintrin.h>
+#endif
 
 namespace {
 
@@ -470,6 +475,61 @@ napi_value ScatterAddRows(napi_env env, napi_callback_info info) {
   return nullptr;
 }
 
+// The float32 value of IEEE half bits h (exact: every half is a float). Subnormal halves are normalised.
+inline float HalfToFloat(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t exponent = (h >> 10) & 0x1fu;
+  uint32_t mantissa = h & 0x3ffu;
+  uint32_t bits;
+  if (exponent == 0) {
+    if (mantissa == 0) {
+      bits = sign;
+    } else {
+      int shift = 0;
+      while ((mantissa & 0x400u) == 0) {
+        mantissa <<= 1;
+        shift++;
+      }
+      // value = mantissa·2^-24 with the leading bit now at 10: 2^(-14 - shift) · 1.f
+      bits = sign | (static_cast<uint32_t>(127 - 14 - shift) << 23) | ((mantissa & 0x3ffu) << 13);
+    }
+  } else if (exponent == 31) {
+    bits = sign | 0x7f800000u | (mantissa << 13);
+  } else {
+    bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+// widenF16(src, dst, n): dst[i] = the float32 value of the half bits src[i] (a Uint16Array): the frozen backbones'
+// 16-bit weights widened for a layer's run. F16C's vcvtph2ps when the CPU it was built for has it.
+napi_value WidenF16(napi_env env, napi_callback_info info) {
+  Args a(env, info, 3, "widenF16");
+  const int64_t n = a.integer(2);
+  float* dst = a.floats(1, n, "dst");
+  if (!a.ok) return nullptr;
+  uint16_t* src;
+  size_t length;
+  if (!TypedArrayData(env, a.argv[0], napi_uint16_array, &src, &length) || static_cast<int64_t>(length) < n) {
+    napi_throw_type_error(env, nullptr, "kernels: widenF16's src must be a Uint16Array of at least n elements");
+    return nullptr;
+  }
+  const int64_t blocks = n / 8;
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (int64_t b = 0; b < blocks; b++) {
+#ifdef __F16C__
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + b * 8));
+    _mm256_storeu_ps(dst + b * 8, _mm256_cvtph_ps(h));
+#else
+    for (int64_t i = b * 8; i < b * 8 + 8; i++) dst[i] = HalfToFloat(src[i]);
+#endif
+  }
+  for (int64_t i = blocks * 8; i < n; i++) dst[i] = HalfToFloat(src[i]);
+  return nullptr;
+}
+
 napi_value SetKernelThreads(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
@@ -515,6 +575,7 @@ bool RegisterKernels(napi_env env, napi_value exports) {
       {"addRows", nullptr, AddRows, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"gatherRows", nullptr, GatherRows, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"scatterAddRows", nullptr, ScatterAddRows, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"widenF16", nullptr, WidenF16, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"setKernelThreads", nullptr, SetKernelThreads, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"approx", nullptr, Approx, nullptr, nullptr, nullptr, napi_default, nullptr},
   };
