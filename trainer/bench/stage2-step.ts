@@ -16,7 +16,7 @@ import {
   visionSeqLen,
   type Blip2Config,
 } from '../model';
-import { engineName, tf } from '../engine';
+import { engineName, tf, WasmHeapExhaustedError } from '../engine';
 
 export interface Stage2BenchOptions {
   preset: string;
@@ -59,16 +59,11 @@ function stepFlops(config: Blip2Config, B: number, T: number, targetRows: number
   return { model: 3 * qformer + 2 * lmLayers + 2 * head, recompute: lmLayers };
 }
 
-export async function benchStage2(opts: Stage2BenchOptions): Promise<void> {
-  const { batch: B, textLen: T, iters } = opts;
-  const config = presetConfig(opts.preset);
+/** Fixed inputs: a random ViT output; captions BOS, words, "\n", right padded, of seeded lengths between 8 and T. */
+function stage2Inputs(config: Blip2Config, B: number, T: number) {
   const o = config.text_config;
   const P = visionSeqLen(config.vision_config);
   const Dv = config.vision_config.hidden_size;
-
-  // Fixed inputs: random ViT output; captions BOS, words, "\n", right padded, of seeded lengths between 8 and T.
-  const params = createParams(config, 0, { stage: 2 });
-  const lm = OptLanguageModel.random(config, 1);
   const visionHidden = tf.randomNormal([B, P, Dv], 0, 1, 'float32', 1) as tf.Tensor3D;
   let s = 12345;
   const rand = () => (s = (s * 1103515245 + 12345) % 2147483648) / 2147483648;
@@ -81,7 +76,52 @@ export async function benchStage2(opts: Stage2BenchOptions): Promise<void> {
   }
   const optInputIds = tf.tensor2d(ids, [B, T], 'int32');
   const optAttentionMask = tf.tensor2d(mask, [B, T], 'int32');
-  const inputs = { visionHidden, optInputIds, optAttentionMask };
+  return { visionHidden, optInputIds, optAttentionMask };
+}
+
+/**
+ * `--batch max`: one step at batches `step`, 2·`step`, … (the LM made once) until the wasm heap is exhausted or
+ * `limit` is reached; prints each batch's step time and heap high-water, then the largest batch that fits.
+ */
+export async function largestStage2Batch(opts: { preset: string; textLen: number; step: number; limit: number }): Promise<void> {
+  const config = presetConfig(opts.preset);
+  const params = createParams(config, 0, { stage: 2 });
+  const lm = OptLanguageModel.random(config, 1);
+  console.log(`engine ${engineName()}; preset ${opts.preset} stage 2: the largest batch (steps of ${opts.step}, up to ${opts.limit}) whose step fits the wasm heap`);
+  let fits = 0;
+  for (let B = opts.step; B <= opts.limit; B += opts.step) {
+    const inputs = stage2Inputs(config, B, opts.textLen);
+    try {
+      const t0 = performance.now();
+      const r = stage2Step(params, lm, inputs);
+      for (const g of r.grads.values()) g.dataSync();
+      r.dispose();
+      const heap = wasmHeapBytes();
+      console.log(`batch ${B}: fits; one step ${(performance.now() - t0).toFixed(0)} ms; wasm heap high-water ${heap === undefined ? 'n/a' : mib(heap)}`);
+      fits = B;
+    } catch (e) {
+      if (!(e instanceof WasmHeapExhaustedError)) throw e;
+      console.log(`batch ${B}: does not fit (${e.message})`);
+      break;
+    } finally {
+      for (const t of Object.values(inputs)) t.dispose();
+    }
+  }
+  console.log(`largest batch that fits: ${fits}${fits + opts.step > opts.limit ? ` (--batch-limit ${opts.limit} reached: larger ones not tried)` : ''}`);
+  console.log(`batch_max ${fits}`);
+}
+
+export async function benchStage2(opts: Stage2BenchOptions): Promise<void> {
+  const { batch: B, textLen: T, iters } = opts;
+  const config = presetConfig(opts.preset);
+  const o = config.text_config;
+  const P = visionSeqLen(config.vision_config);
+  const Dv = config.vision_config.hidden_size;
+
+  const params = createParams(config, 0, { stage: 2 });
+  const lm = OptLanguageModel.random(config, 1);
+  const inputs = stage2Inputs(config, B, T);
+  const { visionHidden, optInputIds, optAttentionMask } = inputs;
 
   console.log(
     `engine ${engineName()}; preset ${opts.preset} stage 2: Q-Former ${config.qformer_config.num_hidden_layers} layers × ${config.qformer_config.hidden_size}, ` +

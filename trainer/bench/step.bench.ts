@@ -23,30 +23,36 @@ import {
 } from '../model';
 import { engineConfigFromEnv } from '../../common';
 import { engineName, engineOptionsFromConfig, initEngine, tf } from '../engine';
-import { benchStage2 } from './stage2-step';
+import { benchStage2, largestStage2Batch } from './stage2-step';
 
 const program = new Command('bench:step')
   .description('Time one stage-1 training step (ITC+ITM+ITG forward and backward) of the Q-Former.')
   .addOption(new Option('--preset <name>', 'model preset').choices(['base', 'blip2-opt-2.7b', 'blip2-opt-6.7b', 'small', 'tiny']).default('base'))
   .addOption(new Option('--stage <n>', 'training stage: 1 (ITC+ITM+ITG) or 2 (LM loss through the frozen OPT)').choices(['1', '2']).default('1'))
-  .option('--batch <n>', 'images (and captions) per step', '8')
+  .option('--batch <n>', 'images (and captions) per step; stage 2: `max` searches the largest batch that fits the wasm heap', '8')
+  .option('--batch-limit <n>', 'with --batch max: the largest batch tried (in steps of 8)', '256')
   .option('--text-len <n>', 'caption length in tokens (max_txt_len)', '32')
   .option('--iters <n>', 'timed steps per variant (after one warm-up step)', '3')
   .option('--no-baseline', 'skip the recompute-keys/values baseline step')
   .option('--no-sequential', 'skip the variant that runs the four passes one after another (lockstep off)')
   .parse();
-const opts = program.opts<{ preset: string; stage: string; batch: string; textLen: string; iters: string; baseline: boolean; sequential: boolean }>();
+const opts = program.opts<{ batchLimit: string; preset: string; stage: string; batch: string; textLen: string; iters: string; baseline: boolean; sequential: boolean }>();
 
 const positiveInt = (flag: string, v: string) => {
   const n = Number(v);
   if (!Number.isInteger(n) || n < 1) throw new Error(`${flag} must be a positive integer, got "${v}"`);
   return n;
 };
-const B = positiveInt('--batch', opts.batch);
+if (opts.batch === 'max' && opts.stage !== '2') throw new Error('--batch max is built for --stage 2 only');
+const B = opts.batch === 'max' ? 0 : positiveInt('--batch', opts.batch);
 const T = positiveInt('--text-len', opts.textLen);
 const iters = positiveInt('--iters', opts.iters);
 
 await initEngine(engineOptionsFromConfig(engineConfigFromEnv())); // BLIP2_ENGINE, BLIP2_ENGINE_THREADS, …
+if (opts.stage === '2' && opts.batch === 'max') {
+  await largestStage2Batch({ preset: opts.preset, textLen: T, step: 8, limit: positiveInt('--batch-limit', opts.batchLimit) });
+  process.exit(0);
+}
 if (opts.stage === '2') {
   await benchStage2({ preset: opts.preset, batch: B, textLen: T, iters });
   process.exit(0);
