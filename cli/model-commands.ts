@@ -34,9 +34,9 @@ export function registerModelCommands(program: Command): void {
   program
     .command('pretrain-lm')
     .description(
-      'Train the language model of a preset (OPT-shaped) on the captions of a dataset, causal next-token loss, and write it ' +
-        'with BLIP-2\'s names: the frozen LM of a stage-2 job (model.languageModel). Stage 2 needs an LM that knows the ' +
-        'language; the released BLIP-2 uses OPT, which cannot be downloaded here, so the synthetic demo trains its own.',
+      'Train a preset\'s OPT-shaped language model on a dataset\'s captions (causal next-token loss) and write it with ' +
+        'BLIP-2\'s names: the frozen LM of a stage-2 job (model.languageModel) when no pre-trained OPT is at hand, e.g. ' +
+        'for the synthetic demo.',
     )
     .requiredOption('--data <dir>', 'data folder with index.json (e.g. written by `blip2 data synth`)')
     .addOption(new Option('--preset <name>', 'model preset whose text_config gives the LM\'s shape').choices([...MODEL_PRESETS]).default('tiny'))
@@ -71,6 +71,11 @@ export function registerModelCommands(program: Command): void {
       config.text_config.pad_token_id = tokenizer.padTokenId;
       config.text_config.bos_token_id = config.text_config.eos_token_id = tokenizer.bosTokenId;
       const say = (line: string) => process.stdout.write(line + '\n');
+      // Parameters, gradients and AdamW's two moments all in float32: a few hundred million parameters at most.
+      const lmParams = paramManifest(config).filter((p) => p.group === 'language_model').reduce((n, p) => n + p.shape.reduce((a, c) => a * c, 1), 0);
+      if (lmParams > 200_000_000) {
+        throw new UsageError(`--preset ${opts.preset}: its language model has ${lmParams.toLocaleString('en-US')} parameters; pretrain-lm trains LMs of up to 200,000,000 (float32 weights, gradients and AdamW moments); use a pre-trained checkpoint for it (model.languageModel)`);
+      }
 
       // The captions of every training dataset, cleaned as the trainer sees them.
       const index = loadIndex(indexPath);
@@ -86,7 +91,6 @@ export function registerModelCommands(program: Command): void {
         tokenizer: CaptionTokenizer.fromFile(qformerTokenizer), batchSize: 64, workers: 0, transform: { imageSize: 16 },
       })) captions.push(...b.captions);
       if (!captions.length) throw new UsageError(`--data ${data}: no usable caption`);
-      const lmParams = paramManifest(config).filter((p) => p.group === 'language_model').reduce((n, p) => n + p.shape.reduce((a, c) => a * c, 1), 0);
       say(`training the ${opts.preset} preset's language model (${lmParams.toLocaleString('en-US')} parameters, vocabulary ${tokenizer.vocabSize}) on ${captions.length} captions: ${steps} steps of ${batchSize}`);
       const t0 = Date.now();
       const every = Math.max(1, Math.round(steps / 10));
