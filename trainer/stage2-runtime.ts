@@ -15,7 +15,7 @@ import { tf } from './engine';
 import { stage2Step, stage2TargetCount, visionSeqLen, type Blip2Config, type LanguageModel, type LanguageModelText, type Params } from './model';
 import type { ParamSpec } from './optim';
 import { TrainableParams, type StageBatch, type StageModel, type StageStepResult } from './stage-model';
-import { StepInputError, type StepCollective } from './step';
+import { gradientLayout, gradientViews, StepInputError, type StepCollective } from './step';
 
 export const STAGE2_OBJECTIVES = ['lm'] as const;
 
@@ -121,7 +121,7 @@ export async function distributedStage2Step(model: Stage2Runtime, coll: StepColl
   if (globalBatch === 0) return null;
   // 3. The local term and its gradients (a rank without rows, or without targets, adds zeros).
   t0 = now();
-  const { offsets, total } = layoutOf(model.trainable);
+  const { offsets, total } = gradientLayout(model.trainable);
   const flat = new Float32Array(total + 1);
   if (b > 0 && mine > 0) {
     const out = model.lossAndGrads(local.visionHidden, b, text, tokens);
@@ -134,23 +134,9 @@ export async function distributedStage2Step(model: Stage2Runtime, coll: StepColl
   const reduced = coll.worldSize > 1 ? await coll.allReduce(flat) : flat;
   const allReduceSeconds = now() - t0;
   comm += allReduceSeconds;
-  const grads = new Map<string, Float32Array>();
-  for (const p of model.trainable) {
-    const o = offsets.get(p.name)!;
-    grads.set(p.name, reduced.subarray(o, o + p.shape.reduce((a, c) => a * c, 1)));
-  }
+  const grads = gradientViews(reduced, model.trainable, offsets);
   return {
     losses: { lm: reduced[total]! }, grads, globalBatch, forwardBackwardSeconds: fb, communicationSeconds: comm,
     allReduceBytes: flat.byteLength, allReduceSeconds,
   };
-}
-
-function layoutOf(trainable: readonly ParamSpec[]): { offsets: Map<string, number>; total: number } {
-  const offsets = new Map<string, number>();
-  let total = 0;
-  for (const p of trainable) {
-    offsets.set(p.name, total);
-    total += p.shape.reduce((a, c) => a * c, 1);
-  }
-  return { offsets, total };
 }

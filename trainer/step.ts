@@ -294,12 +294,7 @@ export async function distributedStage1Step(
 
   // 5. Local loss terms and gradients, globally normalised.
   t0 = now();
-  const offsets = new Map<string, number>();
-  let total = 0;
-  for (const p of model.trainable) {
-    offsets.set(p.name, total);
-    total += p.shape.reduce((a, c) => a * c, 1);
-  }
+  const { offsets, total } = gradientLayout(model.trainable);
   const flat = new Float32Array(total + OBJECTIVES.length);
   if (b > 0) {
     const out = model.lossAndGrads({
@@ -320,17 +315,37 @@ export async function distributedStage1Step(
   const reduced = coll.worldSize > 1 ? await coll.allReduce(flat) : flat;
   const allReduceSeconds = now() - t0;
   comm += allReduceSeconds;
-  const grads = new Map<string, Float32Array>();
-  for (const p of model.trainable) {
-    const o = offsets.get(p.name)!;
-    grads.set(p.name, reduced.subarray(o, o + p.shape.reduce((a, c) => a * c, 1)));
-  }
+  const grads = gradientViews(reduced, model.trainable, offsets);
   const losses = { itc: reduced[total]!, itm: reduced[total + 1]!, itg: reduced[total + 2]! };
   return {
     losses, grads, flatGrads: reduced.subarray(0, total), globalBatch: B, rankOffset, batchSizes, normalisers,
     negImageIdx, negTextIdx, itmWeights: weights, forwardBackwardSeconds: fb, communicationSeconds: comm,
     allReduceBytes: flat.byteLength, allReduceSeconds,
   };
+}
+
+/**
+ * The all-reduce buffer's layout: each trainable parameter's offset in trainable order, and the total length (the
+ * loss terms follow it).
+ */
+export function gradientLayout(trainable: readonly ParamSpec[]): { offsets: Map<string, number>; total: number } {
+  const offsets = new Map<string, number>();
+  let total = 0;
+  for (const p of trainable) {
+    offsets.set(p.name, total);
+    total += p.shape.reduce((a, c) => a * c, 1);
+  }
+  return { offsets, total };
+}
+
+/** Each parameter's gradient as a view into the reduced buffer (no copy). */
+export function gradientViews(reduced: Float32Array, trainable: readonly ParamSpec[], offsets: Map<string, number>): Map<string, Float32Array> {
+  const grads = new Map<string, Float32Array>();
+  for (const p of trainable) {
+    const o = offsets.get(p.name)!;
+    grads.set(p.name, reduced.subarray(o, o + p.shape.reduce((a, c) => a * c, 1)));
+  }
+  return grads;
 }
 
 /** The step's view of a collective group from trainer/collective (sum all-reduce in place, variable all-gather). */
