@@ -53,6 +53,27 @@ test('every source file opens with a comment that says what it holds', () => {
   expect(bare, 'files whose first line is not a comment').toEqual([]);
 });
 
+test('the Markdown documents are readable: no paragraph repeated, none grown past 512 KiB', () => {
+  // A scripted README edit once replaced the empty string, so one paragraph went between every two characters
+  // (78 MB, and CI still passed). Each Markdown file is checked for size and for a paragraph that occurs twice.
+  const docs = execFileSync('git', ['ls-files', '*.md'], { cwd: repoRoot, encoding: 'utf8' }).split('\n').filter(Boolean);
+  expect(docs).toContain('README.md');
+  for (const f of docs) {
+    if (!existsSync(join(repoRoot, f))) continue;
+    const text = readFileSync(join(repoRoot, f), 'utf8');
+    expect(text.length, `${f} size`).toBeLessThan(512 * 1024);
+    const seen = new Set<string>();
+    const repeated: string[] = [];
+    for (const para of text.split(/\n\s*\n/)) {
+      const p = para.trim();
+      if (p.length < 200 || p.startsWith('```') || p.startsWith('|')) continue; // code and tables may repeat
+      if (seen.has(p)) repeated.push(p.slice(0, 80));
+      seen.add(p);
+    }
+    expect(repeated, `${f}: paragraphs that occur twice`).toEqual([]);
+  }
+});
+
 describe('the rule itself', () => {
   const dirs: string[] = [];
   afterAll(() => {
