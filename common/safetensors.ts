@@ -10,7 +10,7 @@
  * Every structural rule is checked before any tensor is handed out, so a bad file never yields a half-loaded
  * result; errors name the file and the tensor.
  */
-import { closeSync, openSync, readFileSync, readSync, writeFileSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, readFileSync, readSync, writeFileSync, writeSync } from 'node:fs';
 import { Blip2Error } from './errors';
 
 /** A file that is not valid safetensors, or whose contents do not match what the caller needs. Not retried. */
@@ -55,10 +55,11 @@ function expectedArrayType(dtype: SafetensorsDtype): string {
   return { F32: 'Float32Array', F16: 'Uint16Array', BF16: 'Uint16Array', I64: 'BigInt64Array', I32: 'Int32Array', U8: 'Uint8Array' }[dtype];
 }
 
-function view(dtype: SafetensorsDtype, bytes: Uint8Array): SafetensorsData {
-  // Copy into a fresh, aligned buffer: offsets inside the file need not be aligned to the element size.
-  const copy = new Uint8Array(bytes.byteLength);
-  copy.set(bytes);
+function view(dtype: SafetensorsDtype, bytes: Uint8Array, fresh = false): SafetensorsData {
+  // Copy into a fresh, aligned buffer: offsets inside the file need not be aligned to the element size. `fresh`: the
+  // bytes are already a buffer of their own, starting at offset 0.
+  const copy = fresh ? bytes : new Uint8Array(bytes.byteLength);
+  if (!fresh) copy.set(bytes);
   const buf = copy.buffer;
   switch (dtype) {
     case 'F32':
@@ -75,28 +76,22 @@ function view(dtype: SafetensorsDtype, bytes: Uint8Array): SafetensorsData {
   }
 }
 
-/** Parse safetensors bytes. `path` only labels error messages. */
-export function parseSafetensors(bytes: Uint8Array, path = '<buffer>'): SafetensorsContents {
-  const fail = (msg: string): never => {
-    throw new SafetensorsError(`${path}: ${msg}`);
-  };
-  if (bytes.byteLength < 8) fail(`truncated: ${bytes.byteLength} bytes, the 8-byte header length is missing`);
-  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const headerLen = dv.getBigUint64(0, true);
-  if (headerLen > BigInt(MAX_HEADER_BYTES)) fail(`header length ${headerLen} exceeds the limit ${MAX_HEADER_BYTES}`);
-  const n = Number(headerLen);
-  if (8 + n > bytes.byteLength) fail(`truncated: header says ${n} bytes of JSON but the file has ${bytes.byteLength - 8} after the length`);
-  let header: unknown;
-  try {
-    header = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes.subarray(8, 8 + n)));
-  } catch (err) {
-    fail(`header is not valid UTF-8 JSON (${(err as Error).message})`);
-  }
+interface HeaderEntry {
+  name: string;
+  dtype: SafetensorsDtype;
+  shape: number[];
+  begin: number;
+  end: number;
+}
+
+/**
+ * The checked entries of a parsed header: every rule of the format (dtype known, shape of non-negative integers,
+ * offsets matching shape × dtype, inside `dataLen`, no overlap). `fail` throws.
+ */
+function checkHeader(header: unknown, dataLen: number, fail: (msg: string) => never): { entries: HeaderEntry[]; metadata: Record<string, string> } {
   if (typeof header !== 'object' || header === null || Array.isArray(header)) fail('header must be a JSON object');
-  const dataStart = 8 + n;
-  const dataLen = bytes.byteLength - dataStart;
   const metadata: Record<string, string> = {};
-  const entries: { name: string; dtype: SafetensorsDtype; shape: number[]; begin: number; end: number }[] = [];
+  const entries: HeaderEntry[] = [];
   for (const [name, raw] of Object.entries(header as Record<string, unknown>)) {
     if (name === '__metadata__') {
       if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) fail('__metadata__ must be an object of strings');
@@ -136,11 +131,108 @@ export function parseSafetensors(bytes: Uint8Array, path = '<buffer>'): Safetens
       fail(`tensor "${cur.name}": data_offsets [${cur.begin}, ${cur.end}] overlap tensor "${prev.name}" [${prev.begin}, ${prev.end}]`);
     }
   }
+  return { entries, metadata };
+}
+
+/** Parse safetensors bytes. `path` only labels error messages. */
+export function parseSafetensors(bytes: Uint8Array, path = '<buffer>'): SafetensorsContents {
+  const fail = (msg: string): never => {
+    throw new SafetensorsError(`${path}: ${msg}`);
+  };
+  if (bytes.byteLength < 8) fail(`truncated: ${bytes.byteLength} bytes, the 8-byte header length is missing`);
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const headerLen = dv.getBigUint64(0, true);
+  if (headerLen > BigInt(MAX_HEADER_BYTES)) fail(`header length ${headerLen} exceeds the limit ${MAX_HEADER_BYTES}`);
+  const n = Number(headerLen);
+  if (8 + n > bytes.byteLength) fail(`truncated: header says ${n} bytes of JSON but the file has ${bytes.byteLength - 8} after the length`);
+  let header: unknown;
+  try {
+    header = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes.subarray(8, 8 + n)));
+  } catch (err) {
+    fail(`header is not valid UTF-8 JSON (${(err as Error).message})`);
+  }
+  const dataStart = 8 + n;
+  const { entries, metadata } = checkHeader(header, bytes.byteLength - dataStart, fail);
   const tensors = new Map<string, SafeTensor>();
   for (const e of entries) {
     tensors.set(e.name, { dtype: e.dtype, shape: e.shape, data: view(e.dtype, bytes.subarray(dataStart + e.begin, dataStart + e.end)) });
   }
   return { path, tensors, metadata };
+}
+
+/**
+ * A safetensors file opened for reading some of its tensors: the header is read and checked in full (every rule of
+ * `parseSafetensors`, against the file's size), then `read(name)` reads that tensor's bytes alone. A multi-GiB shard
+ * is never read whole, and a checkpoint whose names or shapes are wrong is refused before any data is read.
+ */
+export class SafetensorsReader {
+  readonly entries: Map<string, { dtype: SafetensorsDtype; shape: number[] }>;
+  readonly metadata: Record<string, string>;
+  private readonly offsets = new Map<string, { begin: number; end: number }>();
+
+  private constructor(
+    readonly path: string,
+    entries: HeaderEntry[],
+    metadata: Record<string, string>,
+    private readonly dataStart: number,
+  ) {
+    this.entries = new Map(entries.map((e) => [e.name, { dtype: e.dtype, shape: e.shape }]));
+    for (const e of entries) this.offsets.set(e.name, { begin: e.begin, end: e.end });
+    this.metadata = metadata;
+  }
+
+  static open(path: string): SafetensorsReader {
+    const fail = (msg: string): never => {
+      throw new SafetensorsError(`${path}: ${msg}`);
+    };
+    let fd: number;
+    try {
+      fd = openSync(path, 'r');
+    } catch (err) {
+      throw new SafetensorsError(`${path}: cannot read (${(err as Error).message})`, { cause: err });
+    }
+    try {
+      const size = fstatSync(fd).size;
+      const head = Buffer.alloc(8);
+      if (size < 8 || readSync(fd, head, 0, 8, 0) !== 8) fail(`truncated: ${size} bytes, the 8-byte header length is missing`);
+      const headerLen = head.readBigUInt64LE(0);
+      if (headerLen > BigInt(MAX_HEADER_BYTES)) fail(`header length ${headerLen} exceeds the limit ${MAX_HEADER_BYTES}`);
+      const n = Number(headerLen);
+      if (8 + n > size) fail(`truncated: header says ${n} bytes of JSON but the file has ${size - 8} after the length`);
+      const json = Buffer.alloc(n);
+      if (readSync(fd, json, 0, n, 8) !== n) fail(`truncated header (${n} bytes announced)`);
+      let header: unknown;
+      try {
+        header = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(json));
+      } catch (err) {
+        fail(`header is not valid UTF-8 JSON (${(err as Error).message})`);
+      }
+      const { entries, metadata } = checkHeader(header, size - 8 - n, fail);
+      return new SafetensorsReader(path, entries, metadata, 8 + n);
+    } finally {
+      closeSync(fd);
+    }
+  }
+
+  /** One tensor, its bytes read from the file now. */
+  read(name: string): SafeTensor {
+    const e = this.entries.get(name);
+    const o = this.offsets.get(name);
+    if (!e || !o) throw new SafetensorsError(`${this.path}: no tensor "${name}"`);
+    const bytes = new Uint8Array(o.end - o.begin);
+    const fd = openSync(this.path, 'r');
+    try {
+      let done = 0;
+      while (done < bytes.byteLength) {
+        const got = readSync(fd, bytes, done, bytes.byteLength - done, this.dataStart + o.begin + done);
+        if (got <= 0) throw new SafetensorsError(`${this.path}: tensor "${name}": the file ended ${bytes.byteLength - done} bytes early`);
+        done += got;
+      }
+    } finally {
+      closeSync(fd);
+    }
+    return { dtype: e.dtype, shape: e.shape, data: view(e.dtype, bytes, true) };
+  }
 }
 
 /** Read and validate a safetensors file. */
@@ -241,6 +333,57 @@ export function writeSafetensors(
   writeFileSync(path, serializeSafetensors(tensors, metadata));
 }
 
+/** A tensor to write whose data is made only when its turn comes (`writeSafetensorsStreaming`). */
+export interface LazyTensor {
+  name: string;
+  dtype: SafetensorsDtype;
+  shape: number[];
+  data: () => SafetensorsData;
+}
+
+/**
+ * Write a safetensors file tensor by tensor: the header from the names, dtypes and shapes, then each tensor's data,
+ * made by its `data()` only then, so that no more than one tensor's bytes are held at a time.
+ */
+export function writeSafetensorsStreaming(path: string, list: readonly LazyTensor[], metadata: Record<string, string> = {}): void {
+  const header: Record<string, unknown> = {};
+  if (Object.keys(metadata).length) header.__metadata__ = metadata;
+  let offset = 0;
+  for (const t of list) {
+    if (t.name === '__metadata__') throw new SafetensorsError(`tensor name "__metadata__" is reserved`);
+    if (!isDtype(t.dtype)) throw new SafetensorsError(`tensor "${t.name}": unknown dtype ${JSON.stringify(t.dtype)}`);
+    const bytes = numElements(t.shape) * BYTES[t.dtype];
+    header[t.name] = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + bytes] };
+    offset += bytes;
+  }
+  let json = JSON.stringify(header);
+  json += ' '.repeat((8 - (Buffer.byteLength(json, 'utf8') % 8)) % 8);
+  const headerBuf = Buffer.from(json, 'utf8');
+  const fd = openSync(path, 'w');
+  try {
+    const writeAll = (b: Uint8Array) => {
+      let off = 0;
+      while (off < b.byteLength) off += writeSync(fd, b, off, b.byteLength - off);
+    };
+    const len = Buffer.alloc(8);
+    len.writeBigUInt64LE(BigInt(headerBuf.byteLength), 0);
+    writeAll(len);
+    writeAll(headerBuf);
+    for (const t of list) {
+      const data = t.data();
+      if (data.constructor.name !== expectedArrayType(t.dtype)) {
+        throw new SafetensorsError(`tensor "${t.name}": dtype ${t.dtype} needs a ${expectedArrayType(t.dtype)}, got ${data.constructor.name}`);
+      }
+      if (data.length !== numElements(t.shape)) {
+        throw new SafetensorsError(`tensor "${t.name}": shape ${JSON.stringify(t.shape)} has ${numElements(t.shape)} elements but data has ${data.length}`);
+      }
+      writeAll(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+    }
+  } finally {
+    closeSync(fd);
+  }
+}
+
 /** IEEE half (raw bits) -> float32. */
 export function f16ToF32(bits: number): number {
   const s = bits & 0x8000 ? -1 : 1;
@@ -318,15 +461,18 @@ export function toFloat32(t: SafeTensor, name = '<tensor>'): Float32Array {
       return t.data as Float32Array;
     case 'F16':
       return widenF16(t.data as Uint16Array);
-    case 'BF16': {
-      const src = t.data as Uint16Array;
-      const u = new Uint32Array(src.length);
-      for (let i = 0; i < src.length; i++) u[i] = src[i]! << 16;
-      return new Float32Array(u.buffer);
-    }
+    case 'BF16':
+      return widenBf16(t.data as Uint16Array);
     default:
       throw new SafetensorsError(`tensor "${name}": dtype ${t.dtype} is not floating point`);
   }
+}
+
+/** BF16 raw bits -> float32, exactly (a bfloat16 is the upper half of a float32). */
+export function widenBf16(bits: Uint16Array, out = new Float32Array(bits.length)): Float32Array {
+  const u = new Uint32Array(out.buffer, out.byteOffset, out.length);
+  for (let i = 0; i < bits.length; i++) u[i] = bits[i]! << 16;
+  return out;
 }
 
 /** Integer values of an I64/I32/U8 tensor as int32 (I64 values must fit). */

@@ -12,8 +12,8 @@ import { META_FILE, MODEL_FILE, readCheckpoint } from './checkpoint';
 import type { TrainerCore, VisionEncoder } from './loop';
 import type { TrainerMetrics } from './metrics';
 import {
-  createParams, loadModelConfig, disposeParams, loadParams, OPT_POSITION_OFFSET, OptLanguageModel, presetConfig, VisionBackbone,
-  type Blip2Config, type Params,
+  createParams, loadModelConfig, disposeParams, isHfFolder, loadParams, matchCheckpoint, OPT_POSITION_OFFSET, OptLanguageModel, presetConfig,
+  readHfFolder, VisionBackbone, type Blip2Config, type ParamGroup, type Params,
 } from './model';
 import { tf } from './engine';
 import { AdamW, linearWarmupCosineLr } from './optim';
@@ -79,11 +79,18 @@ interface WeightsSource {
   files: string[];
   /** A trainer checkpoint (only trainable parameters): its stage and the seed its frozen backbones came from. */
   checkpoint: { dir: string; stage: number; frozenSeed: number } | null;
+  /**
+   * A Hugging Face checkpoint folder (sharded with an index, or model.safetensors with config.json): its config.json,
+   * which gives the model's shapes unless model.config names another. Its frozen parts are held 16-bit.
+   */
+  hf?: { dir: string; config?: string };
 }
 
 /**
- * Weights to start from: a safetensors file, a folder of them, a trainer checkpoint (every checksum verified first),
- * or the run directory of a job (its `summary.json` names its last committed checkpoint).
+ * Weights to start from: a safetensors file, a Hugging Face checkpoint folder (`model.safetensors.index.json` and
+ * its shards, index and shard headers checked against each other; or `model.safetensors` with `config.json`), a
+ * folder of safetensors files, a trainer checkpoint (every checksum verified first), or the run directory of a job
+ * (its `summary.json` names its last committed checkpoint).
  */
 export function resolveWeights(path: string): WeightsSource {
   let st;
@@ -114,6 +121,15 @@ export function resolveWeights(path: string): WeightsSource {
     const seed = meta.rng.frozenSeed ?? meta.rng.seed;
     if (typeof seed !== 'number') throw new UsageError(`model.checkpoint ${path}: ${META_FILE} records no seed of its frozen backbones`);
     return { files: [join(path, MODEL_FILE)], checkpoint: { dir: path, stage, frozenSeed: seed } };
+  }
+  if (isHfFolder(path)) {
+    let hf;
+    try {
+      hf = readHfFolder(path);
+    } catch (e) {
+      throw new UsageError(`model.checkpoint ${(e as Error).message}`);
+    }
+    return { files: hf.files, checkpoint: null, hf: { dir: path, config: hf.config } };
   }
   const files = readdirSync(path).filter((f) => f.endsWith('.safetensors')).map((f) => join(path, f));
   if (!files.length) throw new UsageError(`model.checkpoint ${path}: the folder holds no .safetensors file`);
@@ -154,10 +170,12 @@ export function learningRateSchedule(o: OptimSettings, epochs: number): (epoch: 
 export async function createTrainerCore(o: TrainerCoreOptions): Promise<BuiltTrainerCore> {
   const log = o.log ?? createLogger('trainer');
   const stage = o.stage ?? 1;
-  const base = o.modelConfigFile ? loadModelConfig(o.modelConfigFile) : presetConfig(o.preset);
-  const tokenizer = CaptionTokenizer.fromFile(o.tokenizerPath, { maxLength: base.lavis_config.max_txt_len });
-  const config = modelConfigFor(o.preset, o.modelConfigFile, tokenizer);
   const source = o.weights ? resolveWeights(o.weights) : undefined;
+  // A Hugging Face checkpoint's config.json gives the shapes, unless model.config names another file.
+  const modelConfigFile = o.modelConfigFile || source?.hf?.config;
+  const base = modelConfigFile ? loadModelConfig(modelConfigFile) : presetConfig(o.preset);
+  const tokenizer = CaptionTokenizer.fromFile(o.tokenizerPath, { maxLength: base.lavis_config.max_txt_len });
+  const config = modelConfigFor(o.preset, modelConfigFile, tokenizer);
   const files = source?.files;
   const fromCheckpoint = source?.checkpoint ?? null;
   // Frozen backbones not given by a weights file are generated from this seed: a trainer checkpoint's own (so that
@@ -167,10 +185,18 @@ export async function createTrainerCore(o: TrainerCoreOptions): Promise<BuiltTra
     throw new UsageError(`model.checkpoint ${fromCheckpoint.dir}: a stage-${fromCheckpoint.stage} checkpoint cannot start a stage-${stage} job (it holds no stage-1 heads)`);
   }
   const held = files ? tensorNames(files) : new Set<string>();
+  // Every group the job reads from the weights, matched from the headers before any tensor is read.
+  if (files && !fromCheckpoint) {
+    const groups: ParamGroup[] = ['vision', 'qformer_query'];
+    if (stage === 1) groups.push('qformer_text');
+    if (stage === 2 && held.has('language_projection.weight')) groups.push('language_projection');
+    matchCheckpoint(files, config, groups);
+  }
+  const fp16 = Boolean(source?.hf);
 
   // The frozen ViT: from the weights file(s), or generated.
   let vision: VisionBackbone;
-  if (files && !fromCheckpoint) vision = VisionBackbone.load(files, config);
+  if (files && !fromCheckpoint) vision = VisionBackbone.load(files, config, { fp16 });
   else {
     const vp = createParams(config, frozenSeed, { groups: ['vision'] });
     vision = await VisionBackbone.fromParams(vp, config, { fp16: true });
@@ -186,14 +212,15 @@ export async function createTrainerCore(o: TrainerCoreOptions): Promise<BuiltTra
     const lmTokenizer = stage2Tokenizer(o.lmTokenizerPath, config);
     // The frozen LM: from model.languageModel, or from the weights file(s) when they hold it (its vocabulary size
     // taken from the file), else random (its vocabulary covering the tokenizer's, its special ids the tokenizer's).
-    const lmFiles = o.languageModel ? resolveWeights(o.languageModel).files : files && held.has(OPT_EMBED_TOKENS) ? files : undefined;
+    const lmSource = o.languageModel ? resolveWeights(o.languageModel) : files && held.has(OPT_EMBED_TOKENS) ? source : undefined;
+    const lmFiles = lmSource?.files;
     const t = config.text_config;
     let lm: OptLanguageModel;
     if (lmFiles) {
       const embed = lmFiles.map((f) => safetensorsHeader(f).get(OPT_EMBED_TOKENS)).find((x) => x);
       if (!embed) throw new UsageError(`model.languageModel ${lmFiles.join(', ')}: holds no ${OPT_EMBED_TOKENS}`);
       t.vocab_size = embed.shape[0]!;
-      lm = OptLanguageModel.load(lmFiles, config);
+      lm = OptLanguageModel.load(lmFiles, config, { fp16: Boolean(lmSource?.hf) });
     } else {
       if (t.vocab_size < lmTokenizer.vocabSize) t.vocab_size = lmTokenizer.vocabSize;
       t.pad_token_id = lmTokenizer.padTokenId;

@@ -20,7 +20,8 @@ import { modelConfigFor, resolveWeights } from './core';
 import { initEngine, tf } from './engine';
 import { generateWithItg, generateWithOpt, type SearchOptions } from './generate';
 import {
-  createParams, disposeParams, loadModelConfig, loadParams, OptLanguageModel, presetConfig, VisionBackbone, type Blip2Config, type Params,
+  createParams, disposeParams, isHfFolder, loadModelConfig, loadParams, matchCheckpoint, OptLanguageModel, presetConfig, trainableGroups, VisionBackbone,
+  type Blip2Config, type Params,
 } from './model';
 
 const OPT_EMBED_TOKENS = 'language_model.model.decoder.embed_tokens.weight';
@@ -83,16 +84,19 @@ export function inferenceSettings(o: InferenceSettingsOptions): InferenceSetting
     }
   }
   const data = o.data ? resolve(o.data) : undefined;
+  // A Hugging Face checkpoint folder carries the OPT tokenizer.json (the Hub's BLIP-2 repositories do) and its config.json.
+  const hf = statSync(o.checkpoint).isDirectory() && isHfFolder(o.checkpoint) ? resolve(o.checkpoint) : undefined;
+  const hfTokenizer = hf && existsSync(join(hf, 'tokenizer.json')) ? join(hf, 'tokenizer.json') : '';
   const settings: InferenceSettings = {
     checkpoint: o.checkpoint,
     preset: o.preset ?? job?.model.preset ?? 'tiny',
     modelConfigFile: o.preset ? '' : job?.model.config ?? '',
     tokenizer: data ? join(data, 'tokenizer.json') : job?.data.tokenizer ?? '',
-    lmTokenizer: data ? join(data, 'opt-tokenizer', 'tokenizer.json') : job?.data.lmTokenizer ?? '',
+    lmTokenizer: data ? join(data, 'opt-tokenizer', 'tokenizer.json') : job?.data.lmTokenizer ?? hfTokenizer,
     languageModel: o.languageModel ? resolve(o.languageModel) : job?.model.languageModel ?? '',
     configFile,
   };
-  if (!settings.tokenizer) {
+  if (!settings.tokenizer && !hf) {
     throw new UsageError(`--checkpoint ${o.checkpoint}: no job config beside it to name the tokenizer; give --data DIR (the folder with tokenizer.json) or --config job.yaml`);
   }
   return settings;
@@ -147,7 +151,8 @@ export class InferenceModel {
     readonly source: string,
     private readonly params: Params,
     private readonly vision: VisionBackbone,
-    private readonly qformerTokenizer: CaptionTokenizer,
+    /** The Q-Former's tokenizer: stage 1 decodes with it; a stage-2 model from a Hugging Face folder may have none. */
+    private readonly qformerTokenizer: CaptionTokenizer | undefined,
     private readonly lm?: { model: OptLanguageModel; tokenizer: CaptionTokenizer; newline: number },
   ) {}
 
@@ -164,14 +169,21 @@ export class InferenceModel {
     if (!ck && !held.has('vision_model.embeddings.patch_embedding.weight')) {
       throw new UsageError(`--checkpoint ${s.checkpoint}: neither a trainer checkpoint (no checkpoint.json) nor weights holding the ViT`);
     }
-    if (!existsSync(s.tokenizer)) throw new UsageError(`tokenizer ${s.tokenizer}: not found (the Q-Former's tokenizer.json; give --data DIR)`);
-    const base = s.modelConfigFile ? loadModelConfig(s.modelConfigFile) : presetConfig(s.preset);
-    const tokenizer = CaptionTokenizer.fromFile(s.tokenizer, { maxLength: base.lavis_config.max_txt_len });
-    const config = modelConfigFor(s.preset, s.modelConfigFile || undefined, tokenizer);
-
-    let lm: { model: OptLanguageModel; tokenizer: CaptionTokenizer; newline: number } | undefined;
+    // A Hugging Face folder's config.json gives the shapes unless a model config is named.
+    const modelConfigFile = s.modelConfigFile || source.hf?.config;
+    const base = modelConfigFile ? loadModelConfig(modelConfigFile) : presetConfig(s.preset);
+    // Stage 2 reads no caption through the Q-Former: its tokenizer is needed for stage 1 only.
+    let tokenizer: CaptionTokenizer | undefined;
+    let config = base;
+    if (stage === 1 || s.tokenizer) {
+      if (!s.tokenizer || !existsSync(s.tokenizer)) throw new UsageError(`tokenizer ${s.tokenizer || '(none)'}: not found (the Q-Former's tokenizer.json; give --data DIR)`);
+      tokenizer = CaptionTokenizer.fromFile(s.tokenizer, { maxLength: base.lavis_config.max_txt_len });
+      config = modelConfigFor(s.preset, modelConfigFile, tokenizer);
+    }
+    let lm: { files: string[]; hf: boolean; tokenizer: CaptionTokenizer; newline: number } | undefined;
     if (stage === 2) {
-      const lmFiles = s.languageModel ? resolveWeights(s.languageModel).files : held.has(OPT_EMBED_TOKENS) ? source.files : undefined;
+      const lmSource = s.languageModel ? resolveWeights(s.languageModel) : held.has(OPT_EMBED_TOKENS) ? source : undefined;
+      const lmFiles = lmSource?.files;
       if (!lmFiles) {
         throw new UsageError(`--checkpoint ${s.checkpoint}: a stage-2 checkpoint needs its frozen language model: give --language-model FILE (the model.languageModel of its job, e.g. written by \`blip2 pretrain-lm\`)`);
       }
@@ -186,8 +198,11 @@ export class InferenceModel {
       // "\n" ends a caption (LAVIS: the first id of the tokenizer's "\n").
       const newline = lmTokenizer.encode('')[1];
       if (newline === undefined) throw new UsageError(`LM tokenizer ${s.lmTokenizer}: has no token for "\\n"`);
-      lm = { model: OptLanguageModel.load(lmFiles, config), tokenizer: lmTokenizer, newline };
+      lm = { files: lmFiles, hf: Boolean(lmSource?.hf), tokenizer: lmTokenizer, newline };
     }
+    // Every group read from the checkpoint, matched from the headers before any tensor is read (the LM by its load).
+    matchCheckpoint(source.files, config, ck ? trainableGroups(stage) : ['vision', ...trainableGroups(stage)]);
+    const language = lm && { model: OptLanguageModel.load(lm.files, config, { fp16: lm.hf }), tokenizer: lm.tokenizer, newline: lm.newline };
 
     await initEngine();
     const params = loadParams(source.files, config, { stage });
@@ -197,8 +212,8 @@ export class InferenceModel {
       const vp = createParams(config, ck.frozenSeed, { groups: ['vision'] });
       vision = await VisionBackbone.fromParams(vp, config, { fp16: true });
       disposeParams(vp);
-    } else vision = VisionBackbone.load(source.files, config);
-    return new InferenceModel(stage, config, ck?.dir ?? source.files.join(', '), params, vision, tokenizer, lm);
+    } else vision = VisionBackbone.load(source.files, config, { fp16: Boolean(source.hf) });
+    return new InferenceModel(stage, config, ck?.dir ?? source.files.join(', '), params, vision, tokenizer, language);
   }
 
   /**
@@ -265,7 +280,7 @@ export class InferenceModel {
             repetitionPenalty: o.repetitionPenalty ?? 1, lengthPenalty: o.lengthPenalty ?? 1,
           };
           const g = generateWithItg(this.params, this.config, hidden, search);
-          out.push(...g.map((r) => this.qformerTokenizer.decode(r.tokens).trim()));
+          out.push(...g.map((r) => this.qformerTokenizer!.decode(r.tokens).trim()));
         }
       } finally {
         hidden.dispose();

@@ -214,7 +214,10 @@ export function blip2ConfigFromJson(json: unknown, source = 'config.json'): Blip
     qformer_config: pick('qformer_config', section('qformer_config'), base.qformer_config, HF_QFORMER_DEFAULTS),
     text_config: pick('text_config', section('text_config'), base.text_config, HF_OPT_DEFAULTS),
     num_query_tokens: numQuery,
-    lavis_config: pick('lavis_config', (o.lavis_config ?? {}) as Record<string, unknown>, LAVIS_DEFAULTS, LAVIS_DEFAULTS),
+    // transformers' Blip2Config calls the ITC projection width image_text_hidden_size.
+    lavis_config: pick('lavis_config', (o.lavis_config ?? {}) as Record<string, unknown>, LAVIS_DEFAULTS, {
+      ...LAVIS_DEFAULTS, ...(typeof o.image_text_hidden_size === 'number' ? { embed_dim: o.image_text_hidden_size } : {}),
+    }),
   };
 }
 

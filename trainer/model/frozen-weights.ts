@@ -5,14 +5,14 @@
  * piece's weights to float32 for its forward, frees them, and widens them again in the backward pass, where it
  * recomputes the piece's activations from its saved input (one piece's activations alive at a time, not all).
  */
-import { narrowToF16, readSafetensors, SafetensorsError, widenF16, type SafeTensor } from '../../common';
-import { paramManifest, type Blip2Config, type ParamGroup, type ParamSpec } from './config';
+import { narrowToF16, SafetensorsError, widenBf16, widenF16, type SafeTensor } from '../../common';
+import { paramManifest, type Blip2Config, type ParamGroup } from './config';
 import { tf, widenF16Into } from '../engine';
 import { gradients } from '../engine';
 import { ModelInputError } from './errors';
-import { CheckpointMismatchError, type Params } from './params';
+import { matchCheckpoint, type Params } from './params';
 
-type Resident = { shape: number[]; f16?: Uint16Array; f32?: Float32Array };
+type Resident = { shape: number[]; f16?: Uint16Array; bf16?: Uint16Array; f32?: Float32Array };
 
 /** Time and bytes spent widening resident data to float32 tensors (benchmarks report it as its own figure). */
 export interface WideningCounters {
@@ -35,28 +35,20 @@ export class FrozenWeights {
   ) {}
 
   /**
-   * The `group` parameters of `config` from safetensors file(s). F16 stays 16-bit, F32 stays 32-bit. Every name of
-   * the group must be present with its shape; names the model does not know are rejected; other groups are skipped.
+   * The `group` parameters of `config` from safetensors file(s). F16 and BF16 stay 16-bit; F32 stays 32-bit, or is
+   * narrowed to F16 with `fp16` (LAVIS runs the frozen ViT and OPT in float16). The headers are matched first
+   * (`matchCheckpoint`: every name of the group present with its shape, no name the model does not know), then only
+   * the group's tensors are read.
    */
-  static load(files: string | string[], config: Blip2Config, group: ParamGroup): FrozenWeights {
+  static load(files: string | string[], config: Blip2Config, group: ParamGroup, options: { fp16?: boolean } = {}): FrozenWeights {
     const specs = paramManifest(config);
-    const all = new Map(specs.map((s) => [s.name, s]));
-    const found = new Map<string, Resident>();
-    const unexpected: string[] = [];
-    const wrongShape: string[] = [];
-    const paths = Array.isArray(files) ? files : [files];
-    for (const path of paths) {
-      for (const [name, t] of readSafetensors(path).tensors) {
-        const spec = all.get(name);
-        if (!spec) unexpected.push(name);
-        else if (spec.group !== group) continue;
-        else if (JSON.stringify(spec.shape) !== JSON.stringify(t.shape)) wrongShape.push(`${name} ${JSON.stringify(t.shape)} (model ${JSON.stringify(spec.shape)})`);
-        else found.set(name, residentOf(t, name, path));
-      }
+    const found = matchCheckpoint(files, config, [group]);
+    const weights = new Map<string, Resident>();
+    for (const spec of specs.filter((s) => s.group === group)) {
+      const reader = found.get(spec.name)!;
+      weights.set(spec.name, residentOf(reader.read(spec.name), spec.name, reader.path, options.fp16 ?? false));
     }
-    const missing = specs.filter((s) => s.group === group && !found.has(s.name)).map((s) => s.name);
-    if (missing.length || unexpected.length || wrongShape.length) throw new CheckpointMismatchError(paths.join(', '), missing, unexpected, wrongShape);
-    return new FrozenWeights(group, orderedAs(specs, group, found));
+    return new FrozenWeights(group, weights);
   }
 
   /** The group from float32 tensors (e.g. `createParams(config, seed, {groups: [group]})`), narrowed to F16 when asked. */
@@ -102,7 +94,7 @@ export class FrozenWeights {
   /** Bytes the weights hold in JS memory (2 per parameter for an F16 checkpoint, 4 for F32). */
   get residentBytes(): number {
     let n = 0;
-    for (const w of this.weights.values()) n += (w.f16 ?? w.f32)!.byteLength;
+    for (const w of this.weights.values()) n += (w.f16 ?? w.bf16 ?? w.f32)!.byteLength;
     return n;
   }
 
@@ -129,6 +121,8 @@ export class FrozenWeights {
       if (w.f16) {
         const buf = reuse ? this.scratchOf(w.f16.length) : new Float32Array(w.f16.length);
         values = this.nativeWidening && widenF16Into(w.f16, buf) ? buf : widenF16(w.f16, buf); // native (F16C) when the engine has its addon
+      } else if (w.bf16) {
+        values = widenBf16(w.bf16, reuse ? this.scratchOf(w.bf16.length) : new Float32Array(w.bf16.length));
       }
       out.set(name, tf.tensor(values, w.shape, 'float32'));
       this.widening.bytes += 4 * values.length;
@@ -147,6 +141,7 @@ export class FrozenWeights {
       const row = index[r]!;
       if (!Number.isInteger(row) || row < 0 || row >= count) throw new ModelInputError(`${name}: row ${row} is outside 0…${count - 1} (a token id or position beyond the table)`);
       if (w.f16) widenF16(w.f16.subarray(row * width, (row + 1) * width), out.subarray(r * width, (r + 1) * width));
+      else if (w.bf16) widenBf16(w.bf16.subarray(row * width, (row + 1) * width), out.subarray(r * width, (r + 1) * width));
       else out.set(w.f32!.subarray(row * width, (row + 1) * width), r * width);
     }
     return out;
@@ -208,14 +203,11 @@ function withWidened<T extends tf.Tensor>(weights: FrozenWeights, prefixes: read
   }
 }
 
-function residentOf(t: SafeTensor, name: string, path: string): Resident {
+function residentOf(t: SafeTensor, name: string, path: string, fp16: boolean): Resident {
   if (t.dtype === 'F16') return { shape: t.shape, f16: t.data as Uint16Array };
-  if (t.dtype === 'F32') return { shape: t.shape, f32: t.data as Float32Array };
-  throw new SafetensorsError(`${path}: tensor "${name}": dtype ${t.dtype} not supported for frozen weights (F16 or F32)`);
-}
-
-function orderedAs(specs: ParamSpec[], group: ParamGroup, found: Map<string, Resident>): Map<string, Resident> {
-  return new Map(specs.filter((s) => s.group === group).map((s) => [s.name, found.get(s.name)!]));
+  if (t.dtype === 'BF16') return { shape: t.shape, bf16: t.data as Uint16Array };
+  if (t.dtype === 'F32') return fp16 ? { shape: t.shape, f16: narrowToF16(t.data as Float32Array) } : { shape: t.shape, f32: t.data as Float32Array };
+  throw new SafetensorsError(`${path}: tensor "${name}": dtype ${t.dtype} not supported for frozen weights (F16, BF16 or F32)`);
 }
 
 /** Standard normal draws (Box–Muller over a 32-bit xorshift), deterministic in `seed`. */

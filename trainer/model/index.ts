@@ -6,7 +6,10 @@
  *   `trainableCount(config, stage)`.
  * - Parameters: `Params` (Map<HF name, tf.Tensor>), `createParams(config, seed, {stage|groups})`,
  *   `loadParams(files, config, {stage|groups})` (names/shapes checked both ways, `CheckpointMismatchError`),
- *   `saveParams(path, params)`, `disposeParams(params)`.
+ *   `saveParams(path, params)`, `disposeParams(params)`; `matchCheckpoint` (headers only: missing / unexpected /
+ *   wrong shape, before any data is read).
+ * - Hugging Face folders (hf-checkpoint.ts): `readHfFolder(dir)` (index + shards checked from headers),
+ *   `writeHfFolder(dir, tensors, configJson, maxShardBytes)`, `hfConfigJson(config)`, `parseShardSize`.
  * - Frozen ViT: `VisionBackbone.load(files, config)` keeps an F16 file 16-bit resident; `encode(pixelValues
  *   [B,3,S,S]) -> visionHidden [B,P,Dv]` (before ln_vision, no gradient); `residentBytes`, `paramCount`.
  * - Stage 1: `stage1Step(params, config, inputs, options) -> Stage1Result` (losses as numbers, grads of the
@@ -48,6 +51,7 @@
 export * from './config';
 export { ModelInputError } from './errors';
 export * from './params';
+export { HF_CONFIG_FILE, HF_INDEX_FILE, HF_SINGLE_FILE, hfConfigJson, isHfFolder, parseShardSize, readHfFolder, writeHfFolder, type HfFolder, type HfWriteResult } from './hf-checkpoint';
 export { VisionBackbone, visionBlock } from './vision';
 export { linear, layerNorm, gelu, attention, splitHeads, mergeHeads, l2normalize, crossEntropySum, stopGradient } from './layers';
 export {

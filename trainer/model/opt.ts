@@ -138,9 +138,12 @@ export class OptLanguageModel implements LanguageModel {
     readonly weights: FrozenWeights,
   ) {}
 
-  /** `language_model.*` from safetensors file(s) (an F16 file stays 16-bit); names and shapes checked both ways. */
-  static load(files: string | string[], config: Blip2Config): OptLanguageModel {
-    return new OptLanguageModel(config, FrozenWeights.load(files, config, 'language_model'));
+  /**
+   * `language_model.*` from safetensors file(s) (F16 and BF16 stay 16-bit; F32 too is narrowed to F16 with `fp16`);
+   * names and shapes checked both ways, from the headers first.
+   */
+  static load(files: string | string[], config: Blip2Config, options: { fp16?: boolean } = {}): OptLanguageModel {
+    return new OptLanguageModel(config, FrozenWeights.load(files, config, 'language_model', options));
   }
 
   /** From float32 tensors (e.g. `createParams(config, seed, {groups: ['language_model']})`), narrowed to F16 when asked. */

@@ -2,7 +2,7 @@
  * Parameter sets: a `Map` from HF checkpoint name to tensor. Creation (initialised as the original modules are),
  * loading with names and shapes checked both ways, and saving.
  */
-import { Blip2Error, readSafetensors, SafetensorsError, toFloat32, writeSafetensors, type SafeTensor } from '../../common';
+import { Blip2Error, SafetensorsError, SafetensorsReader, toFloat32, writeSafetensors, type SafeTensor } from '../../common';
 import { paramManifest, trainableGroups, type Blip2Config, type ParamGroup, type ParamSpec, type Stage } from './config';
 import { tf } from '../engine';
 
@@ -68,39 +68,63 @@ export function createParams(config: Blip2Config, seed: number, options: ParamSe
 }
 
 /**
- * Load parameters from one or more safetensors files. Every wanted name must be present with the manifest's shape;
- * names the model does not know at all are rejected; known names of other groups (e.g. the ViT in a full
- * checkpoint) are skipped. F16/BF16 are widened to float32.
+ * Names a published checkpoint may hold that the model does not keep as parameters of their own: OPT's output
+ * projection, tied to `language_model.model.decoder.embed_tokens.weight` (OPTForCausalLM ties them; HF checkpoints
+ * written before tied tensors were deduplicated store it). Skipped when loading, never written.
  */
-export function loadParams(files: string | string[], config: Blip2Config, options: ParamSetOptions = {}): Params {
+export const TIED_NAMES: ReadonlySet<string> = new Set(['language_model.lm_head.weight']);
+
+/** Where each tensor of a checkpoint is: its file, opened with its header read and checked (no data yet). */
+export type CheckpointTensors = Map<string, SafetensorsReader>;
+
+/**
+ * The tensors of `files` matched against the model from the headers alone, before any data is read: every
+ * parameter of `groups` must be present, every known name must have the manifest's shape and a floating dtype,
+ * and no name may be unknown to the model (except `TIED_NAMES`). A mismatch throws `CheckpointMismatchError` with
+ * the lists.
+ */
+export function matchCheckpoint(files: string | string[], config: Blip2Config, groups: readonly ParamGroup[]): CheckpointTensors {
   const paths = Array.isArray(files) ? files : [files];
   const all = new Map(paramManifest(config).map((p) => [p.name, p]));
-  const wanted = wantedSpecs(config, options);
-  const found = new Map<string, { t: SafeTensor; path: string }>();
+  const found: CheckpointTensors = new Map();
   const unexpected: string[] = [];
   const wrongShape: string[] = [];
   for (const path of paths) {
-    const file = readSafetensors(path);
-    for (const [name, t] of file.tensors) {
+    const reader = SafetensorsReader.open(path);
+    for (const [name, t] of reader.entries) {
       const spec = all.get(name);
-      if (!spec) unexpected.push(name);
-      else if (JSON.stringify(spec.shape) !== JSON.stringify(t.shape)) {
+      if (!spec) {
+        if (!TIED_NAMES.has(name)) unexpected.push(name);
+      } else if (JSON.stringify(spec.shape) !== JSON.stringify(t.shape)) {
         wrongShape.push(`${name} ${JSON.stringify(t.shape)} (model ${JSON.stringify(spec.shape)})`);
-      } else found.set(name, { t, path });
+      } else if (t.dtype !== 'F32' && t.dtype !== 'F16' && t.dtype !== 'BF16') {
+        wrongShape.push(`${name} dtype ${t.dtype} (model: F32, F16 or BF16)`);
+      } else found.set(name, reader);
     }
   }
-  const missing = wanted.filter((s) => !found.has(s.name)).map((s) => s.name);
-  if (missing.length || unexpected.length || wrongShape.length) {
-    throw new CheckpointMismatchError(paths.join(', '), missing, unexpected, wrongShape);
-  }
+  const wanted = new Set(groups);
+  const missing = [...all.values()].filter((s) => wanted.has(s.group) && !found.has(s.name)).map((s) => s.name);
+  if (missing.length || unexpected.length || wrongShape.length) throw new CheckpointMismatchError(paths.join(', '), missing, unexpected, wrongShape);
+  return found;
+}
+
+/**
+ * Load parameters from one or more safetensors files. Every wanted name must be present with the manifest's shape;
+ * names the model does not know at all are rejected; known names of other groups (e.g. the ViT in a full
+ * checkpoint) are skipped. The headers are matched first (`matchCheckpoint`), then only the wanted tensors are
+ * read. F16/BF16 are widened to float32 (exactly).
+ */
+export function loadParams(files: string | string[], config: Blip2Config, options: ParamSetOptions = {}): Params {
+  const wanted = wantedSpecs(config, options);
+  const found = matchCheckpoint(files, config, [...new Set(wanted.map((s) => s.group))]);
   const out: Params = new Map();
   for (const spec of wanted) {
-    const { t, path } = found.get(spec.name)!;
+    const reader = found.get(spec.name)!;
     let values: Float32Array;
     try {
-      values = toFloat32(t, spec.name);
+      values = toFloat32(reader.read(spec.name), spec.name);
     } catch (err) {
-      throw new SafetensorsError(`${path}: ${(err as Error).message}`);
+      throw new SafetensorsError(`${reader.path}: ${(err as Error).message}`);
     }
     out.set(spec.name, tf.tensor(values, spec.shape, 'float32'));
   }

@@ -19,11 +19,12 @@ export class VisionBackbone {
   ) {}
 
   /**
-   * Load the ViT (`vision_model.*` except `post_layernorm`) from safetensors file(s). F16 stays 16-bit, F32 stays
-   * 32-bit. Every ViT name must be present with its shape; names the model does not know are rejected.
+   * Load the ViT (`vision_model.*` except `post_layernorm`) from safetensors file(s). F16 and BF16 stay 16-bit, F32
+   * stays 32-bit unless `fp16` narrows it. Every ViT name must be present with its shape; names the model does not
+   * know are rejected (from the headers, before any data is read).
    */
-  static load(files: string | string[], config: Blip2Config): VisionBackbone {
-    return new VisionBackbone(config, FrozenWeights.load(files, config, 'vision'));
+  static load(files: string | string[], config: Blip2Config, options: { fp16?: boolean } = {}): VisionBackbone {
+    return new VisionBackbone(config, FrozenWeights.load(files, config, 'vision', options));
   }
 
   /** A backbone from float32 tensors (e.g. `createParams(config, seed, {groups: ['vision']})`), narrowed to F16 when asked. */
