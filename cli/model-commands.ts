@@ -1,5 +1,6 @@
-// The `blip2` subcommands about the model: `params` (trainable parameter counts of a preset and stage) and
-// `pretrain-lm` (a small OPT-shaped language model trained on a dataset's captions, stage 2's frozen LM).
+// The `blip2` subcommands about the model: `params` (trainable parameter counts of a preset and stage),
+// `pretrain-lm` (a small OPT-shaped language model trained on a dataset's captions, stage 2's frozen LM) and
+// `export` (a model written as a Hugging Face BLIP-2 checkpoint folder).
 import { existsSync, mkdirSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { Option, type Command } from 'commander';
@@ -7,7 +8,7 @@ import { MODEL_PRESETS, UsageError } from '../common';
 import { CaptionTokenizer, createBatchStream, loadIndex, localShardSource, planEpoch } from '../dataloader';
 import { disposeParams, paramManifest, presetConfig, PRESETS, trainableCount, trainableGroups, type Stage } from '../trainer/model';
 
-/** Subcommands about the model: `params`, `pretrain-lm`. */
+/** Subcommands about the model: `params`, `pretrain-lm`, `export`. */
 export function registerModelCommands(program: Command): void {
   program
     .command('params')
@@ -28,6 +29,43 @@ export function registerModelCommands(program: Command): void {
         const groups = new Map<string, number>();
         for (const p of paramManifest(config)) groups.set(p.group, (groups.get(p.group) ?? 0) + p.shape.reduce((a, b) => a * b, 1));
         for (const [g, n] of groups) process.stdout.write(`  ${g.padEnd(20)} ${n.toLocaleString('en-US').padStart(15)}  ${trained.has(g as never) ? 'trainable' : absent.has(g) ? 'not in this stage' : 'frozen'}\n`);
+      }
+    });
+
+  program
+    .command('export')
+    .description(
+      'Write a model as a Hugging Face BLIP-2 checkpoint folder: config.json (transformers\' Blip2Config, model_type ' +
+        '"blip-2"), safetensors shards under HF parameter names with model.safetensors.index.json (one ' +
+        'model.safetensors when everything fits one shard), the frozen ViT and OPT as F16, the trained parts as F32, ' +
+        'for Blip2ForConditionalGeneration.from_pretrained(DIR). The stage-1 heads (Q-Former text path, ITC ' +
+        'projections, ITM and ITG heads, temp) are written too; transformers\' Blip2ForConditionalGeneration leaves ' +
+        'them unused.',
+    )
+    .requiredOption('--checkpoint <path>', 'a trainer checkpoint (checkpoints/step-N), a job\'s run directory, a safetensors file or a Hugging Face folder')
+    .requiredOption('--out <dir>', 'output folder (created; weight files already in it are replaced)')
+    .option('--max-shard-size <size>', 'largest shard: bytes, or with KB/MB/GB (powers of 1000) or KiB/MiB/GiB', '2GB')
+    .option('--config <file>', 'the job\'s config (YAML/JSON) for the preset, tokenizer and language model (default: the run\'s job.resolved.json)')
+    .option('--data <dir>', 'data folder with tokenizer.json (a trainer checkpoint\'s Q-Former vocabulary follows it)')
+    .option('--language-model <file>', 'stage 2: the frozen LM\'s safetensors (the job\'s model.languageModel)')
+    .addOption(new Option('--preset <name>', 'model preset (default: the job\'s, else tiny; a Hugging Face folder\'s config.json wins)').choices([...MODEL_PRESETS]))
+    .action(async (o: { checkpoint: string; out: string; maxShardSize: string; config?: string; data?: string; languageModel?: string; preset?: string }) => {
+      const { parseShardSize } = await import('../trainer/model');
+      const maxShard = parseShardSize(o.maxShardSize);
+      const { exportHfCheckpoint, inferenceSettings } = await import('../trainer');
+      const settings = inferenceSettings({
+        checkpoint: o.checkpoint, configFile: o.config, data: o.data, languageModel: o.languageModel, preset: o.preset, needTokenizer: false,
+      });
+      const out = resolve(o.out);
+      const t0 = Date.now();
+      const r = await exportHfCheckpoint(settings, out, maxShard, (file, i, n) => {
+        process.stderr.write(`shard ${i + 1}/${n} written: ${file} (${((Date.now() - t0) / 1000).toFixed(1)} s)\n`);
+      });
+      const say = (line: string) => process.stdout.write(line + '\n');
+      say(`exported a stage-${r.stage} model: ${r.tensors} tensors (${r.f16} frozen as F16), ${(r.totalBytes / 1e6).toFixed(1)} MB in ${r.files.length} shard(s)`);
+      for (const f of [...r.files, ...(r.index ? [r.index] : []), join(out, 'config.json')]) say(`  ${f}`);
+      if (!r.groups.includes('language_model')) {
+        say('note: no language model in this export (a stage-1 model, or none given): Blip2ForConditionalGeneration would initialise language_projection and language_model.* randomly; give --language-model FILE to include one');
       }
     });
 

@@ -24,7 +24,7 @@
  *
  * Exactly-once: `SampleLedger.check(epoch, expectedIds)`.
  */
-export { CaptionTokenizer, byteLevelBpeTokenizerJson, type CaptionTokenizerOptions, type TokenizedBatch, type TokenizerKind } from './tokenizer';
+export { CaptionTokenizer, bertTokenizerJson, byteLevelBpeTokenizerJson, type CaptionTokenizerOptions, type TokenizedBatch, type TokenizerKind } from './tokenizer';
 export { transformImage, type TransformOptions, type TransformedImage } from './transforms';
 export {
   loadIndex, writeIndex, buildIndex, scanDatasets, describeIndex, trainingDatasets, checkShardFiles,

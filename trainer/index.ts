@@ -12,6 +12,7 @@
  * - Metrics: `createTrainerMetrics({ registry, nodeId, runDir })`.
  * - Inference: `InferenceModel.load(inferenceSettings({ checkpoint }))`, then `caption(images)` / `ask(images, questions)`;
  *   `readImages` applies the evaluation transform.
+ * - Export: `exportHfCheckpoint(settings, outDir, maxShardBytes)` writes a Hugging Face BLIP-2 checkpoint folder.
  */
 export {
   AdamW, blip2ParamGroups, linearWarmupCosineLr, type AdamWOptions, type AdamWState, type LinearWarmupCosineOptions,
@@ -40,4 +41,5 @@ export type { Objective } from './model';
 export { type StageModel, type StageBatch, type StageStepResult } from './stage-model';
 export { Stage2Runtime, distributedStage2Step } from './stage2-runtime';
 export { pretrainLanguageModel, saveLanguageModel, type LmPretrainOptions } from './lm-pretrain';
+export { exportHfCheckpoint, type ExportResult } from './export';
 export { InferenceModel, inferenceSettings, readImages, VQA_PROMPT, type CaptionOptions, type InferenceSettings, type InferenceSettingsOptions, type InputImage } from './inference';

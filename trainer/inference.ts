@@ -54,6 +54,8 @@ export interface InferenceSettingsOptions {
   data?: string;
   languageModel?: string;
   preset?: string;
+  /** Refuse settings without the Q-Former's tokenizer (default true; an export of a weights file needs none). */
+  needTokenizer?: boolean;
 }
 
 /** The run's job.resolved.json for a run directory, or for a checkpoint directory under its checkpoint.dir. */
@@ -96,7 +98,7 @@ export function inferenceSettings(o: InferenceSettingsOptions): InferenceSetting
     languageModel: o.languageModel ? resolve(o.languageModel) : job?.model.languageModel ?? '',
     configFile,
   };
-  if (!settings.tokenizer && !hf) {
+  if (!settings.tokenizer && !hf && o.needTokenizer !== false) {
     throw new UsageError(`--checkpoint ${o.checkpoint}: no job config beside it to name the tokenizer; give --data DIR (the folder with tokenizer.json) or --config job.yaml`);
   }
   return settings;

@@ -1,0 +1,225 @@
+// Hugging Face checkpoint folders: a small random checkpoint written here in the published layout (several shards,
+// an index, config.json, BF16 and F16 tensors) loads with exact values; a missing key, an unexpected key, a shape
+// mismatch and an index that disagrees with its shards fail with the list; `exportHfCheckpoint` round-trips, from a
+// safetensors file and from a trainer checkpoint (its ViT regenerated from the recorded seed); `blip2 export` runs.
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { beforeAll, describe, expect, test } from 'vitest';
+import { narrowToF16, readSafetensors, SafetensorsReader, toFloat32, widenF16, writeSafetensors, type SafeTensor } from '../common';
+import { bertTokenizerJson, CaptionTokenizer } from '../dataloader';
+import { writeCheckpoint } from './checkpoint';
+import { modelConfigFor, resolveWeights } from './core';
+import { initEngine } from './engine';
+import { exportHfCheckpoint } from './export';
+import type { InferenceSettings } from './inference';
+import {
+  CheckpointMismatchError, createParams, disposeParams, hfConfigJson, HF_INDEX_FILE, loadModelConfig, loadParams, OptLanguageModel, paramManifest,
+  presetConfig, VisionBackbone, type Blip2Config, type ParamGroup,
+} from './model';
+
+const bin = join(dirname(fileURLToPath(import.meta.url)), '..', 'bin', 'blip2.js');
+const config = presetConfig('tiny');
+const FROZEN = new Set<ParamGroup>(['vision', 'language_model']);
+
+/** Deterministic values of every parameter of `config` (float32), from the engine's seeded initialisation. */
+function values(c: Blip2Config, seed: number): Map<string, Float32Array> {
+  const p = createParams(c, seed, { groups: ['vision', 'qformer_query', 'qformer_text', 'language_projection', 'language_model'] });
+  const out = new Map([...p].map(([n, t]) => [n, Float32Array.from(t.dataSync() as Float32Array)]));
+  disposeParams(p);
+  return out;
+}
+
+/** BF16 bits of a float32 (truncation: the test only needs some BF16 data, whose widening is then exact). */
+function toBf16(v: Float32Array): Uint16Array {
+  const u = new Uint32Array(v.buffer, v.byteOffset, v.length);
+  return Uint16Array.from(u, (x) => x >>> 16);
+}
+
+/**
+ * Writes `tensors` as a Hugging Face folder by hand (not with our writer): `shards` files named as transformers names
+ * them, the index mapping each name to its file, and config.json.
+ */
+function writeHfByHand(dir: string, tensors: [string, SafeTensor][], shards: number, edit: { indexExtra?: Record<string, string> } = {}): void {
+  const per = Math.ceil(tensors.length / shards);
+  const weightMap: Record<string, string> = {};
+  let total = 0;
+  for (let s = 0; s < shards; s++) {
+    const file = `model-${String(s + 1).padStart(5, '0')}-of-${String(shards).padStart(5, '0')}.safetensors`;
+    const part = tensors.slice(s * per, (s + 1) * per);
+    writeSafetensors(join(dir, file), new Map(part), { format: 'pt' });
+    for (const [n, t] of part) {
+      weightMap[n] = file;
+      total += t.data.byteLength;
+    }
+  }
+  Object.assign(weightMap, edit.indexExtra ?? {});
+  writeFileSync(join(dir, HF_INDEX_FILE), JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }));
+  writeFileSync(join(dir, 'config.json'), JSON.stringify(hfConfigJson(config)));
+}
+
+let source: Map<string, Float32Array>;
+/** The published layout: ViT in BF16, the OPT in F16, query_tokens in BF16, the rest F32. */
+let published: [string, SafeTensor][];
+
+beforeAll(async () => {
+  await initEngine();
+  source = values(config, 3);
+  published = paramManifest(config).map((spec) => {
+    const v = source.get(spec.name)!;
+    if (spec.group === 'vision' || spec.name === 'query_tokens') return [spec.name, { dtype: 'BF16', shape: spec.shape, data: toBf16(v) }];
+    if (spec.group === 'language_model') return [spec.name, { dtype: 'F16', shape: spec.shape, data: narrowToF16(v) }];
+    return [spec.name, { dtype: 'F32', shape: spec.shape, data: v }];
+  });
+});
+
+describe('a Hugging Face folder as published', () => {
+  test('several shards, an index, BF16 and F16: loads with exact values, the frozen parts 16-bit resident', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'hf-'));
+    writeHfByHand(dir, published, 3);
+    const src = resolveWeights(dir);
+    expect(src.files).toHaveLength(3);
+    expect(src.hf?.config).toBe(join(dir, 'config.json'));
+    const c = loadModelConfig(src.hf!.config!);
+    expect(c).toEqual(config);
+    const params = loadParams(src.files, c, { groups: ['qformer_query', 'qformer_text', 'language_projection'] });
+    const expected = new Map(published);
+    for (const [name, t] of params) {
+      // BF16 widens exactly (bits << 16); F32 is read as written.
+      expect(Array.from(t.dataSync()), name).toEqual(Array.from(toFloat32(expected.get(name)!)));
+    }
+    disposeParams(params);
+    const vit = VisionBackbone.load(src.files, c, { fp16: true });
+    expect(vit.residentBytes).toBe(2 * vit.paramCount);
+    const lm = OptLanguageModel.load(src.files, c, { fp16: true });
+    expect(lm.weights.residentBytes).toBe(2 * lm.weights.paramCount);
+    // An F16 row of the resident LM widens to the float32 of its half-precision bits.
+    const row = lm.weights.rows('language_model.model.decoder.embed_tokens.weight', [5]);
+    const w = config.text_config.hidden_size;
+    expect(Array.from(row)).toEqual(Array.from(widenF16(narrowToF16(source.get('language_model.model.decoder.embed_tokens.weight')!.subarray(5 * w, 6 * w)))));
+  });
+
+  test('a missing key, an unexpected key and a shape mismatch fail before any data is read, with the list', () => {
+    const variant = (edit: (t: [string, SafeTensor][]) => [string, SafeTensor][]) => {
+      const dir = mkdtempSync(join(tmpdir(), 'hf-bad-'));
+      writeHfByHand(dir, edit([...published]), 2);
+      return resolveWeights(dir).files;
+    };
+    const all: ParamGroup[] = ['vision', 'qformer_query', 'qformer_text', 'language_projection'];
+    const missing = variant((t) => t.filter(([n]) => n !== 'itm_head.bias' && n !== 'qformer.encoder.layer.1.output_query.dense.weight'));
+    expect(() => loadParams(missing, config, { groups: all })).toThrow(CheckpointMismatchError);
+    expect(() => loadParams(missing, config, { groups: all })).toThrow(/missing qformer\.encoder\.layer\.1\.output_query\.dense\.weight, itm_head\.bias/);
+    const unexpected = variant((t) => [...t, ['qformer.encoder.layer.9.bogus.weight', { dtype: 'BF16', shape: [2], data: new Uint16Array(2) }]]);
+    expect(() => VisionBackbone.load(unexpected, config)).toThrow(/unexpected qformer\.encoder\.layer\.9\.bogus\.weight/);
+    const shape = variant((t) => t.map(([n, x]) => (n === 'language_projection.bias' ? [n, { dtype: 'F32', shape: [3], data: new Float32Array(3) }] : [n, x])));
+    expect(() => loadParams(shape, config, { stage: 2 })).toThrow(/wrong shape language_projection\.bias \[3\] \(model \[40\]\)/);
+    // Many missing names: the first ones and the count.
+    const many = variant((t) => t.filter(([n]) => !n.startsWith('language_model.')));
+    expect(() => OptLanguageModel.load(many, config)).toThrow(/missing language_model\.model\.decoder\.embed_tokens\.weight, .*, … \(\d+ in all\)/);
+    // The tied LM head of older HF checkpoints is accepted and skipped.
+    const tied = variant((t) => [...t, ['language_model.lm_head.weight', { dtype: 'F16', shape: [120, 40], data: new Uint16Array(4800) }]]);
+    expect(() => OptLanguageModel.load(tied, config)).not.toThrow();
+  });
+
+  test('an index that disagrees with its shards is refused, naming the shard and the tensors', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'hf-index-'));
+    writeHfByHand(dir, published, 2, { indexExtra: { 'itm_head.weight': 'model-00001-of-00002.safetensors' } });
+    // itm_head.weight sits in shard 2, but the index now puts it in shard 1.
+    expect(() => resolveWeights(dir)).toThrow(/model-00001-of-00002\.safetensors lacks 1 tensor\(s\) the index puts there: itm_head\.weight; model-00002-of-00002\.safetensors holds 1 tensor\(s\) the index does not map to it: itm_head\.weight/);
+    const gone = mkdtempSync(join(tmpdir(), 'hf-gone-'));
+    writeHfByHand(gone, published, 2, { indexExtra: { 'itm_head.weight': 'model-00003-of-00003.safetensors' } });
+    expect(() => resolveWeights(gone)).toThrow(/missing: model-00003-of-00003\.safetensors/);
+  });
+});
+
+describe('export', () => {
+  const settings = (checkpoint: string, more: Partial<InferenceSettings> = {}): InferenceSettings => ({
+    checkpoint, preset: 'tiny', modelConfigFile: '', tokenizer: '', lmTokenizer: '', languageModel: '', ...more,
+  });
+
+  test('a safetensors file -> HF folder -> load: trained parts identical, frozen parts their F16 rounding', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'export-'));
+    const file = join(dir, 'all.safetensors');
+    writeSafetensors(file, new Map(paramManifest(config).map((s) => [s.name, { dtype: 'F32', shape: s.shape, data: source.get(s.name)! } satisfies SafeTensor])));
+    const out = join(dir, 'hf');
+    const r = await exportHfCheckpoint(settings(file), out, 20_000);
+    expect(r.stage).toBe(2);
+    expect(r.files.length).toBeGreaterThan(2);
+    expect(r.index).toBe(join(out, HF_INDEX_FILE));
+    const index = JSON.parse(readFileSync(r.index!, 'utf8')) as { metadata: { total_size: number }; weight_map: Record<string, string> };
+    expect(index.metadata.total_size).toBe(r.totalBytes);
+    const cfg = JSON.parse(readFileSync(join(out, 'config.json'), 'utf8')) as Record<string, unknown>;
+    expect(cfg.model_type).toBe('blip-2');
+    // Every shard within the limit unless one tensor alone exceeds it; each header says format pt.
+    for (const f of r.files) {
+      const rd = SafetensorsReader.open(f);
+      expect(rd.metadata.format).toBe('pt');
+      const bytes = [...rd.entries.values()].reduce((n, e) => n + e.shape.reduce((a, b) => a * b, 1) * (e.dtype === 'F32' ? 4 : 2), 0);
+      expect(bytes <= 20_000 || rd.entries.size === 1).toBe(true);
+    }
+    const back = resolveWeights(out);
+    const c = loadModelConfig(back.hf!.config!);
+    expect(c).toEqual(config);
+    const got = new Map<string, SafeTensor>();
+    for (const f of back.files) for (const [n, t] of readSafetensors(f).tensors) got.set(n, t);
+    expect(new Set(got.keys())).toEqual(new Set(paramManifest(config).map((s) => s.name)));
+    for (const [name, t] of got) {
+      const spec = paramManifest(config).find((s) => s.name === name)!;
+      const want = source.get(name)!;
+      if (FROZEN.has(spec.group)) {
+        expect(t.dtype, name).toBe('F16');
+        expect(Array.from(t.data as Uint16Array), name).toEqual(Array.from(narrowToF16(want)));
+      } else {
+        expect(t.dtype, name).toBe('F32');
+        expect(Array.from(t.data as Float32Array), name).toEqual(Array.from(want));
+      }
+    }
+    // Export of the export: byte-identical tensors (F16 stays F16, F32 stays F32).
+    const again = await exportHfCheckpoint(settings(out), join(dir, 'hf2'), 20_000);
+    for (let i = 0; i < r.files.length; i++) expect(readFileSync(again.files[i]!).equals(readFileSync(r.files[i]!))).toBe(true);
+  });
+
+  test('a trainer checkpoint -> HF folder: its parameters, and the ViT it was trained against', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'export-ck-'));
+    const tokPath = join(dir, 'tokenizer.json');
+    writeFileSync(tokPath, JSON.stringify(bertTokenizerJson(['a', 'red', 'square', 'blue', 'circle'])));
+    const c = modelConfigFor('tiny', undefined, CaptionTokenizer.fromFile(tokPath, { maxLength: config.lavis_config.max_txt_len }));
+    const p = createParams(c, 11, { stage: 1 });
+    const params = new Map([...p].map(([n, t]) => [n, { shape: t.shape, data: Float32Array.from(t.dataSync() as Float32Array) }]));
+    disposeParams(p);
+    const zeros = new Map([...params].map(([n, v]) => [n, new Float32Array(v.data.length)]));
+    const ck = writeCheckpoint(join(dir, 'checkpoints'), {
+      step: 3, epoch: 0, stepInEpoch: 3, params, optimizer: { step: 3, expAvg: zeros, expAvgSq: zeros },
+      rng: { seed: 1, frozenSeed: 9 }, cursors: {}, ackedShards: [], configHash: 'test', parent: null, extra: { stage: 1 },
+    });
+    await expect(exportHfCheckpoint(settings(ck), join(dir, 'no-tok'), 1e9)).rejects.toThrow(/follows its tokenizer; give --data DIR/);
+    const out = join(dir, 'hf');
+    const r = await exportHfCheckpoint(settings(ck, { tokenizer: tokPath }), out, 1e9);
+    expect(r.stage).toBe(1);
+    expect(r.files).toEqual([join(out, 'model.safetensors')]);
+    expect(r.index).toBeUndefined();
+    const got = readSafetensors(r.files[0]!).tensors;
+    for (const [n, v] of params) expect(Array.from(got.get(n)!.data as Float32Array), n).toEqual(Array.from(v.data));
+    const vit = createParams(c, 9, { groups: ['vision'] });
+    for (const [n, t] of vit) expect(Array.from(got.get(n)!.data as Uint16Array), n).toEqual(Array.from(narrowToF16(t.dataSync() as Float32Array)));
+    disposeParams(vit);
+    const cfg = JSON.parse(readFileSync(join(out, 'config.json'), 'utf8')) as { qformer_config: Record<string, unknown> };
+    expect(cfg.qformer_config.use_qformer_text_input).toBe(true);
+    expect(cfg.qformer_config.vocab_size).toBe(c.qformer_config.vocab_size);
+  });
+
+  test('blip2 export: the command, and a bad --max-shard-size refused with one line', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'export-cli-'));
+    const file = join(dir, 'all.safetensors');
+    writeSafetensors(file, new Map(paramManifest(config).map((s) => [s.name, { dtype: 'F32', shape: s.shape, data: source.get(s.name)! } satisfies SafeTensor])));
+    const ok = spawnSync('node', [bin, 'export', '--checkpoint', file, '--out', join(dir, 'hf'), '--max-shard-size', '50KB'], { encoding: 'utf8' });
+    expect(ok.status, ok.stderr).toBe(0);
+    expect(ok.stdout).toMatch(/exported a stage-2 model: \d+ tensors \(\d+ frozen as F16\), [\d.]+ MB in \d+ shard\(s\)/);
+    expect(existsSync(join(dir, 'hf', HF_INDEX_FILE))).toBe(true);
+    const bad = spawnSync('node', [bin, 'export', '--checkpoint', file, '--out', join(dir, 'x'), '--max-shard-size', 'lots'], { encoding: 'utf8' });
+    expect(bad.status).toBe(2);
+    expect(bad.stderr.trim()).toBe('blip2: --max-shard-size must be a size such as 2GB, 500MB or 1000000 (bytes), got "lots"');
+  });
+});
