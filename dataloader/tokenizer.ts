@@ -134,10 +134,11 @@ export class CaptionTokenizer {
     return { inputIds, attentionMask, batchSize: rows.length, seqLength };
   }
 
-  /** Text of the given ids, special tokens and padding dropped. */
+  /** Text of the given ids, special tokens and padding dropped ('' for none: a caption ended at once). */
   decode(ids: ArrayLike<number>): string {
     const keep = Array.from(ids).filter((id) => id !== this.decTokenId && id < this.vocabSize);
-    return this.tok.decode(keep, { skip_special_tokens: true });
+    // @huggingface/tokenizers refuses an empty list.
+    return keep.length ? this.tok.decode(keep, { skip_special_tokens: true }) : '';
   }
 }
 
