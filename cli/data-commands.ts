@@ -1,12 +1,13 @@
 // The `blip2` subcommands about datasets: `data synth` (the synthetic caption dataset), `data index` (the shard
-// index a job plans from) and `data check` (every sample read as a trainer reads it, with a report).
+// index a job plans from), `data tokenizer` (a Q-Former WordPiece tokenizer.json from the captions) and
+// `data check` (every sample read as a trainer reads it, with a report).
 import { InvalidArgumentError, type Command } from 'commander';
-import { existsSync, statSync } from 'node:fs';
+import { existsSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join, relative, resolve } from 'node:path';
 import cliProgress from 'cli-progress';
 import { UsageError } from '../common';
 import {
-  CaptionTokenizer, checkDatasets, describeIndex, scanDatasets, writeIndex, writeSynthDataset,
+  CaptionTokenizer, checkDatasets, DatasetError, describeIndex, loadIndex, readIndexCaptions, scanDatasets, wordPieceVocabulary, writeIndex, writeSynthDataset,
   type CheckReport, type DatasetReport, type Distribution, type IndexNote,
 } from '../dataloader';
 import { CommandFailedError } from './errors';
@@ -22,7 +23,7 @@ const num = (name: string) => (v: string): number => {
   return n;
 };
 
-/** Subcommands about datasets: `data synth`, `data index`, `data check`. */
+/** Subcommands about datasets: `data synth`, `data index`, `data tokenizer`, `data check`. */
 export function registerDataCommands(program: Command): void {
   const data = program.command('data').description('Caption datasets: the synthetic dataset and shard indexes.');
 
@@ -80,6 +81,44 @@ export function registerDataCommands(program: Command): void {
       }
       process.stdout.write(`${describeIndex(index)}\n`);
       process.stdout.write(`wrote ${out}\n`);
+    });
+
+  data
+    .command('tokenizer')
+    .description(
+      'Build the Q-Former\'s tokenizer from a dataset\'s own captions: a BERT-style WordPiece tokenizer.json ' +
+        '(lower case, accents stripped, [PAD] [UNK] [CLS] [SEP] [MASK]; [DEC] is appended when it is loaded) whose ' +
+        'vocabulary is every character of the training captions (alone and as a ##continuation, so no word is [UNK]) ' +
+        'and then their most frequent words, up to --vocab-size. For data whose words BERT knows, the tokenizer.json ' +
+        'of a BERT checkpoint (bert-base-uncased, as BLIP-2 uses) serves as well: set data.tokenizer to it.',
+    )
+    .requiredOption('--data <dir>', 'data folder with index.json (`blip2 data index` or `blip2 data synth` writes it)')
+    .option('--vocab-size <n>', 'most ids in the vocabulary (special tokens and characters included)', int('--vocab-size'), 30522)
+    .option('--out <file>', 'tokenizer.json to write (default DATA/tokenizer.json, where a job looks for it)')
+    .option('--force', 'replace an existing file', false)
+    .action(async (o: { data: string; vocabSize: number; out?: string; force: boolean }) => {
+      const root = resolve(o.data);
+      const indexPath = join(root, 'index.json');
+      if (!existsSync(indexPath)) throw new UsageError(`--data ${root}: no index.json (write one with \`blip2 data index ${o.data}\`)`);
+      if (o.vocabSize < 8) throw new UsageError(`--vocab-size must be at least 8, got ${o.vocabSize}`);
+      const out = resolve(o.out ?? join(root, 'tokenizer.json'));
+      if (existsSync(out) && !o.force) throw new UsageError(`--out ${out}: already exists (give --force to replace it, or another --out)`);
+      if (!existsSync(dirname(out))) throw new UsageError(`--out ${out}: its folder ${dirname(out)} does not exist`);
+      const t0 = Date.now();
+      let captions: string[];
+      let vocab;
+      try {
+        captions = await readIndexCaptions(loadIndex(indexPath), root, (name, samples) => process.stderr.write(`reading the captions of ${name} (${samples} samples)\n`));
+        vocab = wordPieceVocabulary(captions, o.vocabSize);
+      } catch (e) {
+        if (e instanceof DatasetError) throw new UsageError(e.message);
+        throw e;
+      }
+      writeFileSync(out, JSON.stringify(vocab.json, null, 1));
+      // The file must load as a job loads it.
+      const tok = CaptionTokenizer.fromFile(out);
+      process.stdout.write(`${captions.length} captions, ${vocab.distinctWords} distinct words; ${vocab.wordsKept} have an id of their own (${(100 * vocab.coverage).toFixed(1)}% of word occurrences are one token)\n`);
+      process.stdout.write(`wrote ${out}: ${vocab.vocabSize} ids (+ [DEC] = ${tok.vocabSize} for the Q-Former) in ${((Date.now() - t0) / 1000).toFixed(1)} s\n`);
     });
 
   data

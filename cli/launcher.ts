@@ -21,7 +21,7 @@ import type { NatsConnection } from '@nats-io/transport-node';
 import { Blip2Error, connectJobNats, jobSubjects, loadJobConfig, safetensorsNames, UsageError, type JobConfig } from '../common';
 import { JobStore, parseProgressReport, type JobState, type ProgressReport } from '../coordinator/client';
 import { loadJobIndex, samplesPerEpoch } from '../coordinator';
-import { describeIndex, writeSynthDataset } from '../dataloader';
+import { describeIndex, missingTokenizerMessage, writeSynthDataset } from '../dataloader';
 import { loadModelConfig } from '../trainer/model';
 import { resolveWeights } from '../trainer';
 import { launchTokenFile } from './job-stop';
@@ -210,8 +210,10 @@ async function prepareData(c: JobConfig, say: Say): Promise<number> {
     say(`generating the synthetic dataset (${c.data.synthSamples} samples, ${c.data.synthImageSize}px) into ${c.data.root}`);
     await writeSynthDataset({ out: c.data.root, samples: c.data.synthSamples, shardSize: c.data.samplesPerShard * 2, imageSize: c.data.synthImageSize, seed: c.train.seed });
   }
-  // Refused here, before any process starts: no dataset to train on, no sample in it, a shard file missing.
+  // Refused here, before any process starts: no dataset to train on, no sample in it, a shard file missing; then no
+  // Q-Former tokenizer (with how to make one).
   const index = loadJobIndex(c);
+  if (!existsSync(c.data.tokenizer)) throw new UsageError(missingTokenizerMessage(c.data.tokenizer, c.data.root));
   say(describeIndex(index, c.data.datasets));
   return samplesPerEpoch(c, index);
 }

@@ -5,9 +5,9 @@
  */
 import { createHash } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { createLogger, safetensorsHeader, safetensorsNames, UsageError, type Logger } from '../common';
-import { CaptionTokenizer } from '../dataloader';
+import { CaptionTokenizer, missingTokenizerMessage } from '../dataloader';
 import { META_FILE, MODEL_FILE, readCheckpoint } from './checkpoint';
 import type { TrainerCore, VisionEncoder } from './loop';
 import type { TrainerMetrics } from './metrics';
@@ -174,6 +174,7 @@ export async function createTrainerCore(o: TrainerCoreOptions): Promise<BuiltTra
   // A Hugging Face checkpoint's config.json gives the shapes, unless model.config names another file.
   const modelConfigFile = o.modelConfigFile || source?.hf?.config;
   const base = modelConfigFile ? loadModelConfig(modelConfigFile) : presetConfig(o.preset);
+  if (!existsSync(o.tokenizerPath)) throw new UsageError(missingTokenizerMessage(o.tokenizerPath, dirname(o.tokenizerPath)));
   const tokenizer = CaptionTokenizer.fromFile(o.tokenizerPath, { maxLength: base.lavis_config.max_txt_len });
   const config = modelConfigFor(o.preset, modelConfigFile, tokenizer);
   const files = source?.files;
