@@ -18,10 +18,10 @@ interface ModelOptions {
 /** The options both commands take to find the model. */
 function modelOptions(cmd: Command): Command {
   return cmd
-    .requiredOption('--checkpoint <path>', 'a trainer checkpoint (checkpoints/step-N), or a job\'s run directory (its last commit)')
+    .requiredOption('--checkpoint <path>', 'a trainer checkpoint (checkpoints/step-N), a job\'s run directory (its last commit), or a Hugging Face BLIP-2 folder (sharded safetensors with an index and config.json; its tokenizer.json serves the OPT)')
     .option('--config <file>', 'the job\'s config (YAML/JSON) for the preset, data folder and language model (default: the run\'s job.resolved.json)')
     .option('--data <dir>', 'data folder with tokenizer.json (and opt-tokenizer/tokenizer.json for stage 2)')
-    .option('--language-model <file>', 'stage 2: the frozen LM\'s safetensors (the job\'s model.languageModel)')
+    .option('--language-model <file>', 'stage 2: the frozen LM\'s safetensors or Hugging Face folder (the job\'s model.languageModel)')
     .addOption(new Option('--preset <name>', 'model preset (default: the job\'s, else tiny)').choices([...MODEL_PRESETS]))
     .option('--json', 'print JSON instead of lines', false);
 }

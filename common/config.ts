@@ -153,13 +153,13 @@ const schema = {
   },
   model: {
     preset: { doc: 'Model preset of trainer/model.', format: [...MODEL_PRESETS], default: 'tiny' },
-    config: { doc: 'Path of a model config.json overriding the preset. Empty: the preset alone.', format: String, default: '' },
+    config: { doc: 'Path of a model config.json overriding the preset (a BLIP-2 config.json of Hugging Face, or one `blip2 export` wrote). Empty: the preset, or the config.json of a Hugging Face folder given as model.checkpoint.', format: String, default: '' },
     checkpoint: {
-      doc: 'Weights to start from (step 0): a trainer checkpoint directory, the run directory of a finished job (its last commit), or safetensors file(s) with BLIP-2\'s names. Stage 2 from a stage-1 checkpoint keeps the Q-Former, query_tokens and ln_vision, drops the stage-1 heads and starts language_projection fresh. Empty: fresh initialisation from train.seed.',
+      doc: 'Weights to start from (step 0): a trainer checkpoint directory, the run directory of a finished job (its last commit), a Hugging Face BLIP-2 checkpoint folder (model.safetensors.index.json and its shards, or model.safetensors; its config.json gives the shapes unless model.config is set; its frozen ViT and OPT held as F16), or safetensors file(s) with BLIP-2\'s names. Stage 2 from a stage-1 checkpoint keeps the Q-Former, query_tokens and ln_vision, drops the stage-1 heads and starts language_projection fresh. Empty: fresh initialisation from train.seed.',
       format: String, default: '',
     },
     languageModel: {
-      doc: 'Stage 2: safetensors file (or folder of them) of the frozen language model with BLIP-2\'s names (language_model.model.decoder.*), e.g. from `blip2 model pretrain-lm`. Empty: from model.checkpoint when it holds one, else randomly initialised (it knows no language, so the LM loss can hardly fall: for tests and benchmarks).',
+      doc: 'Stage 2: safetensors file (or folder of them, or a Hugging Face BLIP-2 checkpoint folder) of the frozen language model with BLIP-2\'s names (language_model.model.decoder.*), e.g. from `blip2 model pretrain-lm`. Empty: from model.checkpoint when it holds one, else randomly initialised (it knows no language, so the LM loss can hardly fall: for tests and benchmarks).',
       format: String, default: '',
     },
   },
