@@ -34,15 +34,15 @@ function int(name: string, v: string, min: number): number {
 /** The settings, the images through the evaluation transform, and the model (loaded only after the images pass). */
 async function prepare(images: string[], o: ModelOptions) {
   // The trainer (and its tensor engine) only for these commands: the other commands start without it.
-  const { InferenceModel, inferenceSettings, readImages } = await import('../trainer');
-  const { presetConfig } = await import('../trainer/model');
+  const { InferenceModel, inferenceImageSize, inferenceSettings, modelConfigOf, readImages } = await import('../trainer');
   const settings: InferenceSettings = inferenceSettings({
     checkpoint: o.checkpoint, configFile: o.config, data: o.data, languageModel: o.languageModel, preset: o.preset,
   });
-  const side = presetConfig(settings.preset).vision_config.image_size;
-  const inputs = await readImages(images.map((p) => resolve(p)), side);
+  // The side comes from the model's config.json when there is one (a Hugging Face folder's), else from the preset.
+  const inputs = await readImages(images.map((p) => resolve(p)), inferenceImageSize(settings));
   const model = await InferenceModel.load(settings);
-  process.stderr.write(`stage-${model.stage} model from ${model.source} (preset ${settings.preset}${settings.configFile ? `, settings from ${settings.configFile}` : ''})\n`);
+  const shapes = modelConfigOf(settings) ? `config ${modelConfigOf(settings)}` : `preset ${settings.preset}`;
+  process.stderr.write(`stage-${model.stage} model from ${model.source} (${shapes}${settings.configFile ? `, settings from ${settings.configFile}` : ''})\n`);
   return { model, pixels: inputs.map((i) => i.pixels) };
 }
 

@@ -1,17 +1,16 @@
 // Hugging Face checkpoint folders: a small random checkpoint written here in the published layout (several shards,
 // an index, config.json, BF16 and F16 tensors) loads with exact values; a missing key, an unexpected key, a shape
 // mismatch and an index that disagrees with its shards fail with the list; `exportHfCheckpoint` round-trips, from a
-// safetensors file and from a trainer checkpoint (its ViT regenerated from the recorded seed); `blip2 export` runs;
-// a folder serves as model.checkpoint of a stage-2 job and as `blip2 caption --checkpoint`.
-import { spawnSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import sharp from 'sharp';
+// safetensors file and from a trainer checkpoint (its ViT regenerated from the recorded seed); a folder serves as
+// model.checkpoint of a stage-2 job. The commands (`blip2 export`, `blip2 caption --checkpoint HF_DIR`) are tested
+// in cli/hf-commands.test.ts.
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { beforeAll, describe, expect, test } from 'vitest';
 import { narrowToF16, readSafetensors, SafetensorsReader, toFloat32, widenF16, writeSafetensors, type SafeTensor } from '../common';
-import { bertTokenizerJson, CaptionTokenizer, LM_TOKENIZER_PATH, writeSynthDataset } from '../dataloader';
+import { bertTokenizerJson, CaptionTokenizer, LM_TOKENIZER_PATH } from '../dataloader';
+import { paramValues as values, writeHfModel } from '../test/helpers/hf-model';
 import { writeCheckpoint } from './checkpoint';
 import { createTrainerCore, modelConfigFor, resolveWeights } from './core';
 import { initEngine } from './engine';
@@ -19,20 +18,11 @@ import { exportHfCheckpoint } from './export';
 import type { InferenceSettings } from './inference';
 import {
   CheckpointMismatchError, createParams, disposeParams, hfConfigJson, HF_INDEX_FILE, loadModelConfig, loadParams, OptLanguageModel, paramManifest,
-  presetConfig, VisionBackbone, writeHfFolder, type Blip2Config, type ParamGroup,
+  presetConfig, VisionBackbone, type ParamGroup,
 } from './model';
 
-const bin = join(dirname(fileURLToPath(import.meta.url)), '..', 'bin', 'blip2.js');
 const config = presetConfig('tiny');
 const FROZEN = new Set<ParamGroup>(['vision', 'language_model']);
-
-/** Deterministic values of every parameter of `config` (float32), from the engine's seeded initialisation. */
-function values(c: Blip2Config, seed: number): Map<string, Float32Array> {
-  const p = createParams(c, seed, { groups: ['vision', 'qformer_query', 'qformer_text', 'language_projection', 'language_model'] });
-  const out = new Map([...p].map(([n, t]) => [n, Float32Array.from(t.dataSync() as Float32Array)]));
-  disposeParams(p);
-  return out;
-}
 
 /** BF16 bits of a float32 (truncation: the test only needs some BF16 data, whose widening is then exact). */
 function toBf16(v: Float32Array): Uint16Array {
@@ -211,63 +201,21 @@ describe('export', () => {
     expect(cfg.qformer_config.use_qformer_text_input).toBe(true);
     expect(cfg.qformer_config.vocab_size).toBe(c.qformer_config.vocab_size);
   });
-
-  test('blip2 export: the command, and a bad --max-shard-size refused with one line', () => {
-    const dir = mkdtempSync(join(tmpdir(), 'export-cli-'));
-    const file = join(dir, 'all.safetensors');
-    writeSafetensors(file, new Map(paramManifest(config).map((s) => [s.name, { dtype: 'F32', shape: s.shape, data: source.get(s.name)! } satisfies SafeTensor])));
-    const ok = spawnSync('node', [bin, 'export', '--checkpoint', file, '--out', join(dir, 'hf'), '--max-shard-size', '50KB'], { encoding: 'utf8' });
-    expect(ok.status, ok.stderr).toBe(0);
-    expect(ok.stdout).toMatch(/exported a stage-2 model: \d+ tensors \(\d+ frozen as F16\), [\d.]+ MB in \d+ shard\(s\)/);
-    expect(existsSync(join(dir, 'hf', HF_INDEX_FILE))).toBe(true);
-    const bad = spawnSync('node', [bin, 'export', '--checkpoint', file, '--out', join(dir, 'x'), '--max-shard-size', 'lots'], { encoding: 'utf8' });
-    expect(bad.status).toBe(2);
-    expect(bad.stderr.trim()).toBe('blip2: --max-shard-size must be a size such as 2GB, 500MB or 1000000 (bytes), got "lots"');
-  });
 });
 
 describe('an HF folder wherever a checkpoint is taken', () => {
-  /** A stage-2 tiny model whose vocabularies follow the synthetic data's tokenizers, as an HF folder with the OPT tokenizer.json inside. */
-  async function hfModel(): Promise<{ dir: string; data: string; config: Blip2Config }> {
-    const dir = mkdtempSync(join(tmpdir(), 'hf-use-'));
-    const data = join(dir, 'data');
-    await writeSynthDataset({ out: data, samples: 12, shardSize: 12, imageSize: 32, seed: 0 });
-    const c = modelConfigFor('tiny', undefined, CaptionTokenizer.fromFile(join(data, 'tokenizer.json'), { maxLength: config.lavis_config.max_txt_len }));
-    const lmTok = CaptionTokenizer.fromFile(join(data, LM_TOKENIZER_PATH), { kind: 'opt' });
-    Object.assign(c.text_config, { vocab_size: lmTok.vocabSize, pad_token_id: lmTok.padTokenId, bos_token_id: lmTok.bosTokenId, eos_token_id: lmTok.bosTokenId });
-    const v = values(c, 5);
-    const hf = join(dir, 'hf');
-    writeHfFolder(hf, paramManifest(c).map((s) => ({
-      name: s.name, dtype: FROZEN.has(s.group) ? 'F16' : 'F32', shape: s.shape,
-      data: () => (FROZEN.has(s.group) ? narrowToF16(v.get(s.name)!) : v.get(s.name)!),
-    })), hfConfigJson(c), 30_000);
-    copyFileSync(join(data, LM_TOKENIZER_PATH), join(hf, 'tokenizer.json'));
-    return { dir: hf, data, config: c };
-  }
-
   test('model.checkpoint: a stage-2 trainer core starts from it, shapes from its config.json, the LM 16-bit', async () => {
-    const m = await hfModel();
+    const m = await writeHfModel();
     const core = await createTrainerCore({
       stage: 2, preset: 'small', weights: m.dir, tokenizerPath: join(m.data, 'tokenizer.json'), lmTokenizerPath: join(m.data, LM_TOKENIZER_PATH), seed: 1, epochs: 1,
       optim: { lr: 1e-3, minLr: 1e-4, warmupLr: 1e-5, warmupSteps: 1, schedule: 'cosine', weightDecay: 0.05, beta1: 0.9, beta2: 0.999, eps: 1e-8, gradClipNorm: 0 },
       checkpointEvery: 0, maxSteps: 1, checkpointRoot: join(m.dir, '..', 'ck'),
     });
-    // preset 'small' is overridden by the folder's config.json (tiny shapes).
+    // preset 'small' is overridden by the folder's config.json (tiny shapes, 48-pixel images).
     expect(core.config.vision_config).toEqual(m.config.vision_config);
     expect(core.config.text_config).toEqual(m.config.text_config);
     const init = core.initialValues();
-    const want = values(m.config, 5);
-    for (const [name, got] of init) expect(Array.from(got), name).toEqual(Array.from(want.get(name)!));
+    for (const [name, got] of init) expect(Array.from(got), name).toEqual(Array.from(m.values.get(name)!));
     core.dispose();
-  });
-
-  test('blip2 caption --checkpoint HF_DIR: the tokenizer.json inside serves the OPT', async () => {
-    const m = await hfModel();
-    const image = join(m.dir, '..', 'red.png');
-    await sharp({ create: { width: 32, height: 32, channels: 3, background: '#c33' } }).png().toFile(image);
-    const r = spawnSync('node', [bin, 'caption', image, '--checkpoint', m.dir, '--beam', '1', '--max-length', '4', '--min-length', '1'], { encoding: 'utf8' });
-    expect(r.status, r.stderr).toBe(0);
-    expect(r.stderr).toContain(`stage-2 model from ${m.dir}`);
-    expect(r.stdout).toMatch(new RegExp(`^${image}\\t.*\\n$`));
   });
 });

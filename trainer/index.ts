@@ -42,4 +42,4 @@ export { type StageModel, type StageBatch, type StageStepResult } from './stage-
 export { Stage2Runtime, distributedStage2Step } from './stage2-runtime';
 export { pretrainLanguageModel, saveLanguageModel, type LmPretrainOptions } from './lm-pretrain';
 export { exportHfCheckpoint, type ExportResult } from './export';
-export { InferenceModel, inferenceSettings, readImages, VQA_PROMPT, type CaptionOptions, type InferenceSettings, type InferenceSettingsOptions, type InputImage } from './inference';
+export { InferenceModel, inferenceImageSize, inferenceSettings, modelConfigOf, readImages, VQA_PROMPT, type CaptionOptions, type InferenceSettings, type InferenceSettingsOptions, type InputImage } from './inference';

@@ -20,7 +20,7 @@ import { modelConfigFor, resolveWeights } from './core';
 import { initEngine, tf } from './engine';
 import { generateWithItg, generateWithOpt, type SearchOptions } from './generate';
 import {
-  createParams, disposeParams, isHfFolder, loadModelConfig, loadParams, matchCheckpoint, OptLanguageModel, presetConfig, trainableGroups, VisionBackbone,
+  createParams, disposeParams, HF_CONFIG_FILE, isHfFolder, loadModelConfig, loadParams, matchCheckpoint, OptLanguageModel, presetConfig, trainableGroups, VisionBackbone,
   type Blip2Config, type Params,
 } from './model';
 
@@ -102,6 +102,22 @@ export function inferenceSettings(o: InferenceSettingsOptions): InferenceSetting
     throw new UsageError(`--checkpoint ${o.checkpoint}: no job config beside it to name the tokenizer; give --data DIR (the folder with tokenizer.json) or --config job.yaml`);
   }
   return settings;
+}
+
+/**
+ * The model config.json the settings name, or that of a Hugging Face folder given as the checkpoint; '' when the
+ * preset alone gives the shapes.
+ */
+export function modelConfigOf(s: InferenceSettings): string {
+  if (s.modelConfigFile) return s.modelConfigFile;
+  const dir = resolve(s.checkpoint);
+  return statSync(dir).isDirectory() && isHfFolder(dir) && existsSync(join(dir, HF_CONFIG_FILE)) ? join(dir, HF_CONFIG_FILE) : '';
+}
+
+/** The side of the images the model takes (to transform them before the model is loaded). */
+export function inferenceImageSize(s: InferenceSettings): number {
+  const file = modelConfigOf(s);
+  return (file ? loadModelConfig(file) : presetConfig(s.preset)).vision_config.image_size;
 }
 
 export interface CaptionOptions {
@@ -215,7 +231,7 @@ export class InferenceModel {
       vision = await VisionBackbone.fromParams(vp, config, { fp16: true });
       disposeParams(vp);
     } else vision = VisionBackbone.load(source.files, config, { fp16: Boolean(source.hf) });
-    return new InferenceModel(stage, config, ck?.dir ?? source.files.join(', '), params, vision, tokenizer, language);
+    return new InferenceModel(stage, config, ck?.dir ?? source.hf?.dir ?? source.files.join(', '), params, vision, tokenizer, language);
   }
 
   /**
