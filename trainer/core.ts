@@ -5,11 +5,11 @@
  */
 import { createHash } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { createLogger, safetensorsHeader, safetensorsNames, UsageError, type Logger } from '../common';
 import { CaptionTokenizer, missingTokenizerMessage } from '../dataloader';
 import { META_FILE, MODEL_FILE, readCheckpoint } from './checkpoint';
-import type { TrainerCore, VisionEncoder } from './loop';
+import type { FrozenSource, TrainerCore, VisionEncoder } from './loop';
 import type { TrainerMetrics } from './metrics';
 import {
   createParams, loadModelConfig, disposeParams, isHfFolder, loadParams, matchCheckpoint, OPT_POSITION_OFFSET, OptLanguageModel, presetConfig,
@@ -78,7 +78,7 @@ export interface BuiltTrainerCore extends TrainerCore {
 interface WeightsSource {
   files: string[];
   /** A trainer checkpoint (only trainable parameters): its stage and the seed its frozen backbones came from. */
-  checkpoint: { dir: string; stage: number; frozenSeed: number } | null;
+  checkpoint: { dir: string; stage: number; frozenSeed: number; frozenFrom?: FrozenSource } | null;
   /**
    * A Hugging Face checkpoint folder (sharded with an index, or model.safetensors with config.json): its config.json,
    * which gives the model's shapes unless model.config names another. Its frozen parts are held 16-bit.
@@ -120,7 +120,17 @@ export function resolveWeights(path: string): WeightsSource {
     const stage = typeof meta.extra.stage === 'number' ? meta.extra.stage : 1;
     const seed = meta.rng.frozenSeed ?? meta.rng.seed;
     if (typeof seed !== 'number') throw new UsageError(`model.checkpoint ${path}: ${META_FILE} records no seed of its frozen backbones`);
-    return { files: [join(path, MODEL_FILE)], checkpoint: { dir: path, stage, frozenSeed: seed } };
+    const from = meta.rng.frozenFrom as Partial<FrozenSource> | undefined;
+    let frozenFrom: FrozenSource | undefined;
+    if (from !== undefined) {
+      if (!Array.isArray(from.files) || !from.files.every((f) => typeof f === 'string') || typeof from.hf !== 'boolean') {
+        throw new UsageError(`model.checkpoint ${path}: ${META_FILE} rng.frozenFrom is not {files: string[], hf: boolean}`);
+      }
+      const gone = from.files.filter((f) => !existsSync(f));
+      if (gone.length) throw new UsageError(`model.checkpoint ${path}: its frozen ViT came from weight files that are gone: ${gone.join(', ')}`);
+      frozenFrom = { files: from.files, hf: from.hf };
+    }
+    return { files: [join(path, MODEL_FILE)], checkpoint: { dir: path, stage, frozenSeed: seed, ...(frozenFrom ? { frozenFrom } : {}) } };
   }
   if (isHfFolder(path)) {
     let hf;
@@ -195,9 +205,10 @@ export async function createTrainerCore(o: TrainerCoreOptions): Promise<BuiltTra
   }
   const fp16 = Boolean(source?.hf);
 
-  // The frozen ViT: from the weights file(s), or generated.
+  // The frozen ViT: from the weights file(s), from the files a checkpoint's own job read it from, or generated.
+  const frozenFrom: FrozenSource | undefined = files && !fromCheckpoint ? { files: files.map((f) => resolve(f)), hf: fp16 } : fromCheckpoint?.frozenFrom;
   let vision: VisionBackbone;
-  if (files && !fromCheckpoint) vision = VisionBackbone.load(files, config, { fp16 });
+  if (frozenFrom) vision = VisionBackbone.load(frozenFrom.files, config, { fp16: frozenFrom.hf });
   else {
     const vp = createParams(config, frozenSeed, { groups: ['vision'] });
     vision = await VisionBackbone.fromParams(vp, config, { fp16: true });
@@ -213,7 +224,9 @@ export async function createTrainerCore(o: TrainerCoreOptions): Promise<BuiltTra
     const lmTokenizer = stage2Tokenizer(o.lmTokenizerPath, config);
     // The frozen LM: from model.languageModel, or from the weights file(s) when they hold it (its vocabulary size
     // taken from the file), else random (its vocabulary covering the tokenizer's, its special ids the tokenizer's).
-    const lmSource = o.languageModel ? resolveWeights(o.languageModel) : files && held.has(OPT_EMBED_TOKENS) ? source : undefined;
+    const lmSource = o.languageModel ? resolveWeights(o.languageModel)
+      : files && held.has(OPT_EMBED_TOKENS) ? source
+        : frozenFrom && tensorNames(frozenFrom.files).has(OPT_EMBED_TOKENS) ? { files: frozenFrom.files, checkpoint: null, ...(frozenFrom.hf ? { hf: { dir: '' } } : {}) } : undefined;
     const lmFiles = lmSource?.files;
     const t = config.text_config;
     let lm: OptLanguageModel;
@@ -265,7 +278,7 @@ export async function createTrainerCore(o: TrainerCoreOptions): Promise<BuiltTra
       return out;
     },
     options: {
-      checkpointEvery: o.checkpointEvery, maxSteps: o.maxSteps, seed: o.seed, frozenSeed, checkpointRoot: o.checkpointRoot, configHash,
+      checkpointEvery: o.checkpointEvery, maxSteps: o.maxSteps, seed: o.seed, frozenSeed, frozenFrom, checkpointRoot: o.checkpointRoot, configHash,
       learningRate: learningRateSchedule(o.optim, o.epochs), ledgerPath: o.ledgerPath, keepCheckpoints: o.keepCheckpoints,
     },
     dispose() {

@@ -62,18 +62,21 @@ export async function exportHfCheckpoint(
   if (stage === 2 && !ck && held.has('itm_head.weight')) groups.push('qformer_text');
   let lmFiles: string[] | undefined;
   if (stage === 2 || settings.languageModel) {
-    lmFiles = settings.languageModel ? resolveWeights(settings.languageModel).files : held.has(OPT_EMBED_TOKENS) ? source.files : undefined;
+    const frozenLm = ck?.frozenFrom && ck.frozenFrom.files.some((f) => safetensorsHeader(f).has(OPT_EMBED_TOKENS)) ? ck.frozenFrom.files : undefined;
+    lmFiles = settings.languageModel ? resolveWeights(settings.languageModel).files : held.has(OPT_EMBED_TOKENS) ? source.files : frozenLm;
     if (!lmFiles) throw new UsageError(`--checkpoint ${settings.checkpoint}: a stage-2 model needs its frozen language model: give --language-model FILE (the job's model.languageModel)`);
     const embed = lmFiles.map((f) => safetensorsHeader(f).get(OPT_EMBED_TOKENS)).find((x) => x);
     if (!embed) throw new UsageError(`--language-model ${lmFiles.join(', ')}: holds no ${OPT_EMBED_TOKENS}`);
     config.text_config.vocab_size = embed.shape[0]!;
   }
   const fromFiles = matchCheckpoint(source.files, config, ck ? groups : ['vision', ...groups]);
+  // A trainer checkpoint whose job read its frozen ViT from weight files: the ViT from them.
+  const fromFrozen = ck?.frozenFrom ? matchCheckpoint(ck.frozenFrom.files, config, ['vision']) : undefined;
   const fromLm = lmFiles ? matchCheckpoint(lmFiles, config, ['language_model']) : undefined;
 
   // The regenerated ViT of a trainer checkpoint: the F16 values the trainer held (VisionBackbone.fromParams, fp16).
   const regenerated = new Map<string, Uint16Array>();
-  if (ck) {
+  if (ck && !fromFrozen) {
     await initEngine();
     const vp = createParams(config, ck.frozenSeed, { groups: ['vision'] });
     for (const [name, t] of vp) regenerated.set(name, narrowToF16(t.dataSync() as Float32Array));
@@ -86,7 +89,7 @@ export async function exportHfCheckpoint(
     if (!wanted.has(spec.group)) continue;
     const frozen = FROZEN.has(spec.group);
     if (frozen) f16++;
-    const reader = spec.group === 'language_model' ? fromLm!.get(spec.name) : fromFiles.get(spec.name);
+    const reader = spec.group === 'language_model' ? fromLm!.get(spec.name) : spec.group === 'vision' && fromFrozen ? fromFrozen.get(spec.name) : fromFiles.get(spec.name);
     const data = (): Float32Array | Uint16Array => {
       const r = regenerated.get(spec.name);
       if (r) return r;

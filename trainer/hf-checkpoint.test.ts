@@ -2,9 +2,9 @@
 // an index, config.json, BF16 and F16 tensors) loads with exact values; a missing key, an unexpected key, a shape
 // mismatch and an index that disagrees with its shards fail with the list; `exportHfCheckpoint` round-trips, from a
 // safetensors file and from a trainer checkpoint (its ViT regenerated from the recorded seed); a folder serves as
-// model.checkpoint of a stage-2 job. The commands (`blip2 export`, `blip2 caption --checkpoint HF_DIR`) are tested
+// model.checkpoint of a stage-2 job, and a trainer checkpoint of such a job reads its frozen parts from it again. The commands (`blip2 export`, `blip2 caption --checkpoint HF_DIR`) are tested
 // in cli/hf-commands.test.ts.
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, test } from 'vitest';
@@ -216,6 +216,38 @@ describe('an HF folder wherever a checkpoint is taken', () => {
     expect(core.config.text_config).toEqual(m.config.text_config);
     const init = core.initialValues();
     for (const [name, got] of init) expect(Array.from(got), name).toEqual(Array.from(m.values.get(name)!));
+    // Recorded in each checkpoint the job writes, so that the frozen parts are read from the folder again.
+    expect(core.options.frozenFrom).toEqual({ files: resolveWeights(m.dir).files, hf: true });
     core.dispose();
+  });
+});
+
+describe('a trainer checkpoint of a job that started from an HF folder', () => {
+  test('records the folder: its frozen ViT and LM are read from it again (not generated from the seed); gone files are named', async () => {
+    const m = await writeHfModel();
+    const folder = resolveWeights(m.dir);
+    const stage2 = paramManifest(m.config).filter((s) => s.group === 'qformer_query' || s.group === 'language_projection');
+    const params = new Map(stage2.map((s) => [s.name, { shape: s.shape, data: m.values.get(s.name)! }]));
+    const zeros = new Map(stage2.map((s) => [s.name, new Float32Array(m.values.get(s.name)!.length)]));
+    const ck = writeCheckpoint(join(m.dir, '..', 'checkpoints'), {
+      step: 2, epoch: 0, stepInEpoch: 2, params, optimizer: { step: 2, expAvg: zeros, expAvgSq: zeros },
+      rng: { seed: 1, frozenSeed: 9, frozenFrom: { files: folder.files, hf: true } }, cursors: {}, ackedShards: [], configHash: 'test', parent: null, extra: { stage: 2 },
+    });
+    expect(resolveWeights(ck).checkpoint?.frozenFrom).toEqual({ files: folder.files, hf: true });
+    const out = join(m.dir, '..', 'exported');
+    const r = await exportHfCheckpoint({
+      checkpoint: ck, preset: 'tiny', modelConfigFile: join(m.dir, 'config.json'), tokenizer: join(m.data, 'tokenizer.json'), lmTokenizer: '', languageModel: '',
+    }, out, 1e9);
+    expect(r.groups).toContain('language_model');
+    const got = readSafetensors(r.files[0]!).tensors;
+    for (const spec of paramManifest(m.config)) {
+      if (spec.group === 'qformer_text') continue;
+      const want = m.values.get(spec.name)!;
+      const t = got.get(spec.name)!;
+      if (FROZEN.has(spec.group)) expect(Array.from(t.data as Uint16Array), spec.name).toEqual(Array.from(narrowToF16(want)));
+      else expect(Array.from(t.data as Float32Array), spec.name).toEqual(Array.from(want));
+    }
+    rmSync(folder.files[0]!);
+    expect(() => resolveWeights(ck)).toThrow(new RegExp(`its frozen ViT came from weight files that are gone: ${folder.files[0]}`));
   });
 });

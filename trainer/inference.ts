@@ -200,7 +200,9 @@ export class InferenceModel {
     }
     let lm: { files: string[]; hf: boolean; tokenizer: CaptionTokenizer; newline: number } | undefined;
     if (stage === 2) {
-      const lmSource = s.languageModel ? resolveWeights(s.languageModel) : held.has(OPT_EMBED_TOKENS) ? source : undefined;
+      // The LM: named, in the weights, or in the files the checkpoint's job read its frozen parts from.
+      const fromFrozen = ck?.frozenFrom && ck.frozenFrom.files.some((f) => safetensorsHeader(f).has(OPT_EMBED_TOKENS)) ? ck.frozenFrom : undefined;
+      const lmSource = s.languageModel ? resolveWeights(s.languageModel) : held.has(OPT_EMBED_TOKENS) ? source : fromFrozen ? { files: fromFrozen.files, hf: fromFrozen.hf } : undefined;
       const lmFiles = lmSource?.files;
       if (!lmFiles) {
         throw new UsageError(`--checkpoint ${s.checkpoint}: a stage-2 checkpoint needs its frozen language model: give --language-model FILE (the model.languageModel of its job, e.g. written by \`blip2 pretrain-lm\`)`);
@@ -224,9 +226,11 @@ export class InferenceModel {
 
     await initEngine();
     const params = loadParams(source.files, config, { stage });
-    // The frozen ViT: the one the checkpoint was trained against (regenerated from its seed), or from the weights.
+    // The frozen ViT: the one the checkpoint was trained against (read from the files its job read it from, or
+    // regenerated from its seed), or from the weights.
     let vision: VisionBackbone;
-    if (ck) {
+    if (ck?.frozenFrom) vision = VisionBackbone.load(ck.frozenFrom.files, config, { fp16: ck.frozenFrom.hf });
+    else if (ck) {
       const vp = createParams(config, ck.frozenSeed, { groups: ['vision'] });
       vision = await VisionBackbone.fromParams(vp, config, { fp16: true });
       disposeParams(vp);

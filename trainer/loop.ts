@@ -37,6 +37,13 @@ export type CommitRecord = CommitInfo;
 export class GenerationAbortedError extends Blip2Error {}
 
 /** Collective group of the generation: the step's operations plus broadcast. */
+/** Weight files that frozen backbones were read from (see `LoopOptions.frozenFrom`). */
+export interface FrozenSource {
+  files: string[];
+  /** A Hugging Face folder's: F32 frozen tensors are held as F16. */
+  hf: boolean;
+}
+
 export interface LoopCollective extends StepCollective {
   broadcast(data: Float32Array, root: number): Promise<void>;
 }
@@ -90,6 +97,12 @@ export interface LoopOptions {
    * that a later job starting from it generates the same ViT and LM). Default: `seed`.
    */
   frozenSeed?: number;
+  /**
+   * The weight files the frozen ViT (and the LM, when they hold it) came from, when a weights file gave them (a
+   * Hugging Face folder's shards: `hf`, held 16-bit). Recorded in each checkpoint, so that a later job, `blip2
+   * caption` or `blip2 export` reads the same frozen weights instead of generating them from `frozenSeed`.
+   */
+  frozenFrom?: FrozenSource;
   checkpointRoot: string;
   configHash: string;
   /** Learning rate of step `stepInEpoch` of `epoch`. */
@@ -448,7 +461,7 @@ class GenerationRun<L extends TrainLease> {
       const dir = writeCheckpoint(o.checkpointRoot, {
         step, epoch, stepInEpoch,
         params: new Map(model.trainable.map((p) => [p.name, { shape: [...p.shape], data: this.values.get(p.name)! }])),
-        optimizer: s, optimizerOptions: optimizer.options, rng: { seed: o.seed, frozenSeed: o.frozenSeed ?? o.seed, scheme: 'counter(seed, step, global row)' },
+        optimizer: s, optimizerOptions: optimizer.options, rng: { seed: o.seed, frozenSeed: o.frozenSeed ?? o.seed, scheme: 'counter(seed, step, global row)', ...(o.frozenFrom ? { frozenFrom: o.frozenFrom } : {}) },
         cursors, ackedShards: [...acked], configHash: o.configHash, parent: this.parent,
         extra: { stage: model.stage, generation: g.generation, worldSize: g.worldSize, samples: { epoch, ids } },
         files: { 'ledger.json': JSON.stringify(nextLedger) },
