@@ -1,9 +1,13 @@
-// safetensors I/O: every dtype round-tripped, F16 conversion, and truncated or lying files refused with their name.
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+// safetensors I/O: every dtype round-tripped, F16 and BF16 conversion, truncated or lying files refused with their
+// name, the reader of single tensors and the streaming writer.
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, test } from 'vitest';
 import {
+  SafetensorsReader,
+  widenBf16,
+  writeSafetensorsStreaming,
   f16ToF32,
   narrowToF16,
   parseSafetensors,
@@ -118,4 +122,34 @@ test('safetensorsNames and safetensorsHeader read the names and shapes from the 
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+describe('reading some tensors, writing one at a time', () => {
+  test('SafetensorsReader checks the whole header against the file size, then reads one tensor; the streaming writer writes what serializeSafetensors does', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'st-reader-'));
+    try {
+      const tensors = new Map<string, SafeTensor>([
+        ['a', { dtype: 'F32', shape: [2, 3], data: Float32Array.from([1, 2, 3, 4, 5, 6]) }],
+        ['b', { dtype: 'BF16', shape: [3], data: Uint16Array.from([0x3f80, 0xc000, 0x0001]) }],
+        ['c', { dtype: 'F16', shape: [1], data: Uint16Array.from([0x3c00]) }],
+      ]);
+      const path = join(dir, 'x.safetensors');
+      writeSafetensorsStreaming(path, [...tensors].map(([name, t]) => ({ name, dtype: t.dtype, shape: t.shape, data: () => t.data })), { format: 'pt' });
+      expect(readFileSync(path).equals(serializeSafetensors(tensors, { format: 'pt' }))).toBe(true);
+      const r = SafetensorsReader.open(path);
+      expect([...r.entries.keys()]).toEqual(['a', 'b', 'c']);
+      expect(r.metadata).toEqual({ format: 'pt' });
+      expect(Array.from(r.read('a').data as Float32Array)).toEqual([1, 2, 3, 4, 5, 6]);
+      // BF16 widens exactly: its bits are a float32's upper half (0x0001 -> the subnormal 2^-133).
+      expect(Array.from(toFloat32(r.read('b')))).toEqual([1, -2, 2 ** -133]);
+      expect(Array.from(widenBf16(Uint16Array.from([0x7f80, 0xff80])))).toEqual([Infinity, -Infinity]);
+      expect(() => r.read('zzz')).toThrow(/no tensor "zzz"/);
+      // Truncated: the header promises more data than the file holds; refused at open, naming the tensor.
+      const bytes = readFileSync(path);
+      writeFileSync(join(dir, 'cut.safetensors'), bytes.subarray(0, bytes.byteLength - 2));
+      expect(() => SafetensorsReader.open(join(dir, 'cut.safetensors'))).toThrow(/cut\.safetensors: tensor "c": data_offsets \[\d+, \d+\] beyond the data section/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });
