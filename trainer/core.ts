@@ -266,7 +266,7 @@ export async function createTrainerCore(o: TrainerCoreOptions): Promise<BuiltTra
     },
   };
   log.info('model ready', {
-    preset: o.preset, stage, trainable: model.trainable.reduce((n, p) => n + p.shape.reduce((a, b) => a * b, 1), 0),
+    ...(modelConfigFile ? { modelConfig: modelConfigFile } : { preset: o.preset }), stage, trainable: model.trainable.reduce((n, p) => n + p.shape.reduce((a, b) => a * b, 1), 0),
     visionResidentBytes: vision.residentBytes, ...(model instanceof Stage2Runtime ? { languageModelResidentBytes: model.lm.weights.residentBytes } : {}), configHash,
   });
   return {
