@@ -13,6 +13,7 @@ import { bertTokenizerJson, CaptionTokenizer, LM_TOKENIZER_PATH } from '../datal
 import { paramValues as values, writeHfModel } from '../test/helpers/hf-model';
 import { writeCheckpoint } from './checkpoint';
 import { createTrainerCore, modelConfigFor, resolveWeights } from './core';
+import { Stage2Runtime } from './stage2-runtime';
 import { initEngine } from './engine';
 import { exportHfCheckpoint } from './export';
 import type { InferenceSettings } from './inference';
@@ -218,6 +219,22 @@ describe('an HF folder wherever a checkpoint is taken', () => {
     for (const [name, got] of init) expect(Array.from(got), name).toEqual(Array.from(m.values.get(name)!));
     // Recorded in each checkpoint the job writes, so that the frozen parts are read from the folder again.
     expect(core.options.frozenFrom).toEqual({ files: resolveWeights(m.dir).files, hf: true });
+    core.dispose();
+  });
+
+  test('model.languageModel: the frozen OPT of a stage-2 job from the folder, 16-bit resident', async () => {
+    const m = await writeHfModel();
+    const core = await createTrainerCore({
+      stage: 2, preset: 'tiny', modelConfigFile: join(m.dir, 'config.json'), languageModel: m.dir, tokenizerPath: join(m.data, 'tokenizer.json'),
+      lmTokenizerPath: join(m.data, LM_TOKENIZER_PATH), seed: 1, epochs: 1,
+      optim: { lr: 1e-3, minLr: 1e-4, warmupLr: 1e-5, warmupSteps: 1, schedule: 'cosine', weightDecay: 0.05, beta1: 0.9, beta2: 0.999, eps: 1e-8, gradClipNorm: 0 },
+      checkpointEvery: 0, maxSteps: 1, checkpointRoot: join(m.dir, '..', 'ck-lm'),
+    });
+    const lm = (core.model as Stage2Runtime).lm;
+    expect(lm.weights.residentBytes).toBe(2 * lm.weights.paramCount);
+    const w = m.config.text_config.hidden_size;
+    const embed = 'language_model.model.decoder.embed_tokens.weight';
+    expect(Array.from(lm.weights.rows(embed, [7]))).toEqual(Array.from(widenF16(narrowToF16(m.values.get(embed)!.subarray(7 * w, 8 * w)))));
     core.dispose();
   });
 });
