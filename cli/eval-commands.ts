@@ -75,7 +75,7 @@ async function evaluateModel(o: EvalOptions, tasks: Array<Task | 'all'>): Promis
     report = await evaluateCheckpoint({
       checkpoint: o.checkpoint!, data: o.data, split: o.split, tasks, limit, k, beams, maxLength, minLength,
       configFile: o.config, languageModel: o.languageModel, preset: o.preset,
-      progress: (p) => progress.update(p.task === 'load' ? 'loading the model' : p.task, p.done, p.total),
+      progress: (p) => progress.update(p.task, p.done, p.total),
     });
   } finally {
     progress.stop();

@@ -35,13 +35,13 @@ export {
 } from './loop';
 export { createTrainerCore, modelConfigFor, learningRateSchedule, resolveWeights, type BuiltTrainerCore, type OptimSettings, type TrainerCoreOptions } from './core';
 export { JetStreamEpochData, LocalEpochData, LocalShardQueue, LocalLease, type BatchOptions, type JetStreamEpochDataOptions } from './epoch-data';
-export { createTrainerMetrics, STEP_PHASES, type TrainerMetrics, type TrainerMetricsOptions, type StepRecord, type StepPhase } from './metrics';
+export { createTrainerMetrics, STEP_PHASES, type EvalRecord, type TrainerMetrics, type TrainerMetricsOptions, type StepRecord, type StepPhase } from './metrics';
 export type { Objective } from './model';
 export { type StageModel, type StageBatch, type StageStepResult } from './stage-model';
 export { Stage2Runtime, distributedStage2Step } from './stage2-runtime';
 export { pretrainLanguageModel, saveLanguageModel, type LmPretrainOptions } from './lm-pretrain';
 export { InferenceModel, inferenceSettings, readImages, readImageBytes, VQA_PROMPT, type CaptionOptions, type InferenceSettings, type InferenceSettingsOptions, type InputImage } from './inference';
 export {
-  evaluateCheckpoint, formatEvalReport, taskRefusal, questionType, singleAnswerAccuracy, EVAL_TASKS, STAGE_TASKS,
+  evaluateCheckpoint, formatEvalReport, evalFigures, taskRefusal, questionType, singleAnswerAccuracy, EVAL_TASKS, STAGE_TASKS,
   type EvalTask, type EvaluateOptions, type EvalReport, type RetrievalReport, type CaptionReport, type CaptionFigures, type VqaReport,
 } from './evaluate';
