@@ -5,11 +5,14 @@
 import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { readEvalSplit } from '../dataloader';
+import { CaptionTokenizer, preCaption, readEvalSplit } from '../dataloader';
+import { MODEL_FILE } from './checkpoint';
+import { modelConfigFor } from './core';
 import { initEngine, tf } from './engine';
 import { scoreCaptions } from './eval';
 import { evaluateCheckpoint, formatEvalReport, singleAnswerAccuracy, taskRefusal, type EvalReport } from './evaluate';
-import type { InferenceSettings } from './inference';
+import { InferenceModel, readImageBytes, type InferenceSettings } from './inference';
+import { createParams, disposeParams, loadParams, presetConfig, stage1Features, VisionBackbone } from './model';
 import { makeEvalFixture } from './testing/eval-fixture';
 
 let work = '';
@@ -112,6 +115,42 @@ describe('evaluateCheckpoint, stage 1', () => {
     await expect(evaluateCheckpoint({ checkpoint: stage1, data, split: 'test', tasks: ['caption'], settings: s1 })).rejects.toThrow(/no dataset of split "test" \(the index has: train, val\)/);
     expect(taskRefusal('retrieval', 1)).toBeUndefined();
   }, 60_000);
+});
+
+describe('retrieval scores', () => {
+  it('ITC similarity of each image with its caption equals the stage-1 features computed independently', async () => {
+    const model = await InferenceModel.load(s1);
+    const split = await readEvalSplit(data, 'val', { limit: 6 });
+    const pixels = (await readImageBytes(split.samples.map((x) => ({ name: x.id, bytes: x.image! })), model.imageSize)).map((x) => x.pixels);
+    const texts = split.samples.map((x) => x.captions[0]!);
+    const scores = await model.retrievalScores(pixels, texts, 3);
+    model.dispose();
+    // The same model by another path: the checkpoint's weights, the ViT from the recorded seed, the training step's
+    // feature function over (image i, caption i) pairs.
+    const tokenizer = CaptionTokenizer.fromFile(s1.tokenizer, { maxLength: presetConfig('tiny').lavis_config.max_txt_len });
+    const config = modelConfigFor('tiny', undefined, tokenizer);
+    const params = loadParams(join(stage1, MODEL_FILE), config, { stage: 1 });
+    const vp = createParams(config, 9, { groups: ['vision'] });
+    const vision = await VisionBackbone.fromParams(vp, config, { fp16: true });
+    disposeParams(vp);
+    const S = model.imageSize;
+    const tok = tokenizer.encodeBatch(texts.map((t) => preCaption(t)));
+    const diag = tf.tidy(() => {
+      const input = tf.tensor4d(Float32Array.from(pixels.flatMap((x) => Array.from(x))), [pixels.length, 3, S, S]);
+      const f = stage1Features(params, config, {
+        visionHidden: vision.encode(input),
+        inputIds: tf.tensor2d(tok.inputIds, [tok.batchSize, tok.seqLength], 'int32'),
+        attentionMask: tf.tensor2d(tok.attentionMask, [tok.batchSize, tok.seqLength], 'int32'),
+      });
+      return tf.max(tf.sum(tf.mul(f.imageFeats, tf.expandDims(f.textFeat, 1)), 2), 1).dataSync(); // [B]: max_q <img_q, txt>
+    });
+    disposeParams(params);
+    // Unit vectors in float32: a dot product of 16 terms is good to a few 1e-7.
+    diag.forEach((v, i) => expect(scores.simI2t[i]![i]!).toBeCloseTo(v, 5));
+    // Re-ranked entries are ITM + ITC, the others −100; the top 3 of each row are re-ranked.
+    for (const row of scores.scoresI2t) expect(Array.from(row).filter((v) => v !== -100)).toHaveLength(3);
+    expect(new Set(split.samples.map((_, i) => scores.simI2t[i]![0]!)).size).toBeGreaterThan(1); // images differ
+  }, 120_000);
 });
 
 describe('evaluateCheckpoint, stage 2', () => {

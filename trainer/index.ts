@@ -12,6 +12,9 @@
  * - Metrics: `createTrainerMetrics({ registry, nodeId, runDir })`.
  * - Inference: `InferenceModel.load(inferenceSettings({ checkpoint }))`, then `caption(images)` / `ask(images, questions)`;
  *   `readImages` applies the evaluation transform.
+ * - Evaluation: `evaluateCheckpoint({ checkpoint, data, split, tasks })` -> `EvalReport` (retrieval, caption, vqa on a
+ *   held-out split, with chance levels and baselines; JSON beside the checkpoint), `formatEvalReport(report)` (the
+ *   console table), `evalFigures(report)` (task, metric, value, baseline rows).
  */
 export {
   AdamW, blip2ParamGroups, linearWarmupCosineLr, type AdamWOptions, type AdamWState, type LinearWarmupCosineOptions,
