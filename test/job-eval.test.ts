@@ -3,7 +3,8 @@
  * `eval.tasks` and `eval.intervalSteps`. Rank 0 evaluates the checkpoint it commits at every second step and at
  * `train.maxSteps`; its /metrics carries `blip2_eval_value` / `blip2_eval_baseline`, its JSONL one `kind: "eval"`
  * line per evaluation, the checkpoint folder `eval-val.json`; the other rank evaluates nothing, and both finish.
- * A stage-1 config asking for vqa is refused before anything starts.
+ * A stage-2 job (LM from `blip2 pretrain-lm`) evaluates captions and VQA once, at the end of its last epoch. A
+ * config asking for a task its stage cannot do is refused before anything starts.
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
@@ -90,6 +91,38 @@ test('rank 0 evaluates at eval.intervalSteps and at the end; /metrics and the JS
     expect(report.retrieval.txt_r1).toBe(l.eval.retrieval!.txt_r1!.value);
   }
   expect(values.get('task="retrieval",metric="txt_r1"')).toBe(lines[0]!.eval.retrieval!.txt_r1!.value);
+}, 300_000);
+
+test('stage 2: rank 0 evaluates captions and VQA at the end of the last epoch with the frozen LM', async () => {
+  for (const p of job?.procs ?? []) p.kill('SIGKILL');
+  const j = (job = await createJob({
+    nc, natsUrl: inject('natsUrl'), name: 'eval2',
+    config: {
+      model: { preset: 'tiny' },
+      train: { stage: 2, epochs: 1, batchSizePerTrainer: 4 }, // 36 samples: 5 steps
+      optim: { lr: 0.002, warmupSteps: 1 },
+      checkpoint: { intervalSteps: 5 },
+      data: { samplesPerShard: 8, ackWaitMs: 30_000, workers: 0 },
+      world: { min: 2, max: 2, rendezvousSettleMs: 200 },
+      membership: { heartbeatMs: 200, timeoutMs: 10_000 },
+      eval: { tasks: ['caption', 'vqa'], limit: 2 },
+    },
+    data: { samples: 40, shardSize: 16 },
+  }));
+  const lm = join(j.dir, 'lm.safetensors');
+  const r = spawnSync(process.execPath, [join(repoRoot, 'bin/blip2.js'), 'pretrain-lm', '--data', j.dataRoot, '--steps', '5', '--out', lm], { cwd: repoRoot, encoding: 'utf8', timeout: 120_000 });
+  expect(r.status, r.stdout + r.stderr).toBe(0);
+  const procs = [j.coordinator(), j.trainer('a', ['--model.languageModel', lm]), j.trainer('b', ['--model.languageModel', lm])];
+  for (const p of procs) expect((await exitWithin(p, 240_000)).code, p.output().slice(-3000)).toBe(0);
+  const lines = [...evalLines(join(j.dir, 'metrics-a.jsonl')), ...evalLines(join(j.dir, 'metrics-b.jsonl'))];
+  expect(lines.map((l) => l.step)).toEqual([5]); // the last commit (at step 5, checkpoint.intervalSteps) evaluated once
+  expect(Object.keys(lines[0]!.eval).sort()).toEqual(['caption', 'vqa']);
+  const v = lines[0]!.eval.vqa!.accuracy!;
+  expect(v.value).toBeGreaterThanOrEqual(0);
+  expect(v.value).toBeLessThanOrEqual(100);
+  const report = JSON.parse(readFileSync(join(lines[0]!.checkpointDir, 'eval-val.json'), 'utf8'));
+  expect(report).toMatchObject({ stage: 2, step: 5, vqa: { questions: 12 }, caption: { images: 2 } });
+  expect(report.vqa.baseline).toBe(v.baseline);
 }, 300_000);
 
 test('a config asking for a task its stage cannot do is refused before anything starts', () => {
