@@ -112,16 +112,20 @@ export function createTrainerMetrics(o: TrainerMetricsOptions): TrainerMetrics {
   const rendezvous = new Counter({ name: 'blip2_trainer_rendezvous_total', help: 'Rendezvous this trainer went through, by reason.', labelNames: ['reason'], registers });
   const info = new Gauge({ name: 'blip2_trainer_info', help: 'Constant 1, labelled with the node id and tensor engine.', labelNames: ['node', 'engine'], registers });
   info.set({ node: o.nodeId, engine: o.engine ?? 'unknown' }, 1);
-  const evalValue = new Gauge({
-    name: 'blip2_eval_value', help: 'Last in-job evaluation of the held-out split, by task and metric (retrieval recall and VQA accuracy in percent, BLEU in [0, 1], CIDEr-D).',
-    labelNames: ['task', 'metric'], registers,
+  // The evaluation's gauges are registered at the first evaluation: a job without one shows none of them.
+  let evalGauges: ReturnType<typeof createEvalGauges> | undefined;
+  const createEvalGauges = () => ({
+    value: new Gauge({
+      name: 'blip2_eval_value', help: 'Last in-job evaluation of the held-out split, by task and metric (retrieval recall and VQA accuracy in percent, BLEU in [0, 1], CIDEr-D).',
+      labelNames: ['task', 'metric'], registers,
+    }),
+    baseline: new Gauge({
+      name: 'blip2_eval_baseline', help: 'Chance level (retrieval) or trivial baseline (most common training caption or answer) beside each blip2_eval_value.',
+      labelNames: ['task', 'metric'], registers,
+    }),
+    step: new Gauge({ name: 'blip2_eval_step', help: 'Step of the checkpoint the last in-job evaluation scored.', registers }),
+    seconds: new Gauge({ name: 'blip2_eval_seconds', help: 'Wall time of the last in-job evaluation.', registers }),
   });
-  const evalBaseline = new Gauge({
-    name: 'blip2_eval_baseline', help: 'Chance level (retrieval) or trivial baseline (most common training caption or answer) beside each blip2_eval_value.',
-    labelNames: ['task', 'metric'], registers,
-  });
-  const evalStep = new Gauge({ name: 'blip2_eval_step', help: 'Step of the checkpoint the last in-job evaluation scored.', registers });
-  const evalSeconds = new Gauge({ name: 'blip2_eval_seconds', help: 'Wall time of the last in-job evaluation.', registers });
   for (const reason of ['start', 'failure', 'generation_change'] as const) rendezvous.inc({ reason }, 0);
   // No loss series before the first step (a NaN there would read as a diverged run).
 
@@ -181,12 +185,13 @@ export function createTrainerMetrics(o: TrainerMetricsOptions): TrainerMetrics {
     observeCheckpoint: (kind, seconds) => ckpt.observe({ kind }, seconds),
     incRendezvous: (reason) => rendezvous.inc({ reason }),
     observeEval(r) {
+      evalGauges ??= createEvalGauges();
       for (const f of r.figures) {
-        evalValue.set({ task: f.task, metric: f.metric }, f.value);
-        evalBaseline.set({ task: f.task, metric: f.metric }, f.baseline);
+        evalGauges.value.set({ task: f.task, metric: f.metric }, f.value);
+        evalGauges.baseline.set({ task: f.task, metric: f.metric }, f.baseline);
       }
-      evalStep.set(r.step);
-      evalSeconds.set(r.seconds);
+      evalGauges.step.set(r.step);
+      evalGauges.seconds.set(r.seconds);
       if (jsonlPath) {
         const figures: Record<string, Record<string, { value: number; baseline: number }>> = {};
         for (const f of r.figures) (figures[f.task] ??= {})[f.metric] = { value: f.value, baseline: f.baseline };
