@@ -10,7 +10,7 @@
  * `evaluateCheckpoint` runs the tasks and writes the report as JSON beside the checkpoint; `formatEvalReport` is
  * the console table. `blip2 eval --checkpoint`, the trainer's in-job evaluation and the launcher call them.
  */
-import { writeFileSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { UsageError } from '../common';
 import { readEvalSplit, type EvalSample } from '../dataloader';
@@ -160,7 +160,9 @@ export async function evaluateCheckpoint(o: EvaluateOptions): Promise<EvalReport
   if (!Number.isInteger(k) || k < 1) throw new UsageError(`--k must be an integer >= 1, got ${k}`);
   if (o.limit !== undefined && (!Number.isInteger(o.limit) || o.limit < 1)) throw new UsageError(`--limit must be an integer >= 1, got ${o.limit}`);
 
-  const settings = o.settings ?? inferenceSettings({ checkpoint: o.checkpoint, configFile: o.configFile, data: o.data, languageModel: o.languageModel, preset: o.preset });
+  // The data folder's tokenizers when it has them (the synthetic data's), else the job config's (`data.tokenizer`).
+  const dataTokenizers = existsSync(join(o.data, 'tokenizer.json')) ? o.data : undefined;
+  const settings = o.settings ?? inferenceSettings({ checkpoint: o.checkpoint, configFile: o.configFile, data: dataTokenizers, languageModel: o.languageModel, preset: o.preset });
   // Every refusal before the model loads: the tasks against the checkpoint's stage, then the split.
   const kind = InferenceModel.inspect(settings.checkpoint);
   const tasks: EvalTask[] = o.tasks.includes('all')
