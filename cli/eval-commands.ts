@@ -99,7 +99,7 @@ export function registerEvalCommands(program: Command): void {
     )
     .addOption(new Option('--task <task...>', 'what to evaluate; repeat it or give several (all = every task the checkpoint\'s stage can do)').choices([...TASKS, 'all']).makeOptionMandatory())
     .option('--checkpoint <path>', 'a trainer checkpoint (checkpoints/step-N), a job\'s run directory (its last commit), or safetensors')
-    .option('--data <dir>', 'with --checkpoint: the dataset folder (index.json; its tokenizer.json and opt-tokenizer/ when it has them, else the job config's)')
+    .option('--data <dir>', 'with --checkpoint: the dataset folder (index.json; its tokenizer.json and opt-tokenizer/ when it has them, else the job config\'s)')
     .option('--split <name>', 'with --checkpoint: the held-out split', 'val')
     .option('--limit <n>', 'with --checkpoint: at most this many images of the split')
     .option('--k <n>', 'retrieval: candidates per query re-ranked with ITM (LAVIS k_test)', '128')
