@@ -15,7 +15,7 @@ import { basename, dirname, join } from 'node:path';
 import { UsageError } from '../common';
 import { readEvalSplit, type EvalSample } from '../dataloader';
 import { retrievalChance, retrievalMetrics, scoreCaptions, vqaAccuracy, normalizeVqaAnswer, type RetrievalMetrics } from './eval';
-import { InferenceModel, inferenceSettings, readImageBytes, type InferenceSettings } from './inference';
+import { InferenceModel, inferenceSettings, readImageBytes, yieldToEventLoop, type InferenceSettings } from './inference';
 
 export const EVAL_TASKS = ['retrieval', 'caption', 'vqa'] as const;
 export type EvalTask = (typeof EVAL_TASKS)[number];
@@ -200,6 +200,7 @@ export async function evaluateCheckpoint(o: EvaluateOptions): Promise<EvalReport
       for (let start = 0; start < pixels.length; start += batch) {
         generated.push(...model.caption(pixels.slice(start, start + batch), { beams, maxLength, minLength }, batch));
         o.progress?.({ task: 'caption', done: generated.length, total: pixels.length });
+        await yieldToEventLoop();
       }
       const common = mostCommon((train?.samples ?? data.samples).flatMap((s) => s.captions)) ?? '';
       const limit = model.lengthLimit();
@@ -219,6 +220,7 @@ export async function evaluateCheckpoint(o: EvaluateOptions): Promise<EvalReport
         const rows = items.slice(start, start + batch);
         answers.push(...model.ask(rows.map((r) => pixels[r.image]!), rows.map((r) => r.question)));
         o.progress?.({ task: 'vqa', done: answers.length, total: items.length });
+        await yieldToEventLoop();
       }
       const trainQa = (train?.samples ?? []).flatMap((s) => s.qa);
       const overall = mostCommon(trainQa.map((q) => normalizeVqaAnswer(q.answer))) ?? '';

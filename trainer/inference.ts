@@ -141,6 +141,12 @@ export async function readImages(paths: readonly string[], imageSize: number): P
   return out;
 }
 
+/**
+ * Lets the event loop run between batches of a long evaluation: timers, gRPC and NATS callbacks, and the lease
+ * keeper's ticks (it stops renewing leases when this thread has not run for 2 minutes).
+ */
+export const yieldToEventLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
+
 /** What retrieval reads beyond the query side: the text embeddings, both projections and the ITM head. */
 const RETRIEVAL_HEADS = ['embeddings.word_embeddings.weight', 'vision_projection.weight', 'text_projection.weight', 'itm_head.weight'];
 
@@ -346,6 +352,7 @@ export class InferenceModel {
       hidden.dispose();
       embeds.push(e);
       feats.push(imageItcFeatures(p, c, e)); // [b,Q,E]
+      await yieldToEventLoop();
     }
     const pool = tf.concat(embeds, 0) as tf.Tensor3D; // [N,P,Dv]
     embeds.forEach((t) => t.dispose());
@@ -406,6 +413,7 @@ export class InferenceModel {
         s.dispose();
         chunk.forEach((x, j) => itm.set(x, out[j]!));
         progress?.(Math.min(pairs.length, start + pairBatch), pairs.length);
+        await yieldToEventLoop();
       }
       const scores = await rerankTopK(simI2t, k, (ps) => ps.map(([i, t]) => itm.get(i * M + t)!));
       return { simI2t, ...scores, itmPairs: pairs.length };
