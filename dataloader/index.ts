@@ -48,3 +48,5 @@ export { dataSkipCounts, trainerDataMetrics, coordinatorDataMetrics, type Traine
 export { writeSynthDataset, synthVocabulary, LM_TOKENIZER_PATH, type SynthOptions } from './synth';
 export { bertWords, missingTokenizerMessage, readIndexCaptions, wordPieceVocabulary, type WordPieceVocabulary } from './wordpiece-vocab';
 export { checkDatasets, type CheckOptions, type CheckReport, type DatasetReport, type Distribution } from './check';
+export { readEvalSplit, loadDataIndex, splitDatasets, type EvalSample, type EvalSplit, type ReadSplitOptions } from './eval-split';
+export { preCaption } from './caption';

@@ -15,12 +15,15 @@
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import { ConfigError, loadJobConfig, safetensorsHeader, safetensorsNames, UsageError } from '../common';
-import { CaptionTokenizer, transformImage } from '../dataloader';
+import { CaptionTokenizer, preCaption, transformImage } from '../dataloader';
+import { rerankTopK, topK } from './eval';
+import { readCheckpointMeta } from './checkpoint';
 import { modelConfigFor, resolveWeights } from './core';
 import { initEngine, tf } from './engine';
 import { generateWithItg, generateWithOpt, type SearchOptions } from './generate';
 import {
-  createParams, disposeParams, HF_CONFIG_FILE, isHfFolder, loadModelConfig, loadParams, matchCheckpoint, OptLanguageModel, presetConfig, trainableGroups, VisionBackbone,
+  createParams, disposeParams, HF_CONFIG_FILE, imageItcFeatures, isHfFolder, itmScores, lnVision, loadModelConfig, loadParams, matchCheckpoint,
+  OptLanguageModel, paramManifest, presetConfig, projectImage, textItcFeatures, trainableGroups, VisionBackbone,
   type Blip2Config, type Params,
 } from './model';
 
@@ -160,6 +163,36 @@ export async function readImages(paths: readonly string[], imageSize: number): P
   return out;
 }
 
+/**
+ * Lets the event loop run between batches of a long evaluation: timers, gRPC and NATS callbacks, and the lease
+ * keeper's ticks (it stops renewing leases when this thread has not run for 2 minutes).
+ */
+export const yieldToEventLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
+
+/** What retrieval reads beyond the query side: the text embeddings, both projections and the ITM head. */
+const RETRIEVAL_HEADS = ['embeddings.word_embeddings.weight', 'vision_projection.weight', 'text_projection.weight', 'itm_head.weight'];
+
+/** Stage and retrieval heads of a checkpoint's weights (from the names its files hold). */
+function describeWeights(checkpoint: string): { stage: 1 | 2; canRetrieve: boolean } {
+  const source = resolveWeights(checkpoint);
+  const held = new Set(source.files.flatMap((f) => safetensorsNames(f)));
+  const stage: 1 | 2 = source.checkpoint ? (source.checkpoint.stage === 2 ? 2 : 1) : held.has('language_projection.weight') ? 2 : 1;
+  return { stage, canRetrieve: stage === 1 || RETRIEVAL_HEADS.every((n) => held.has(n)) };
+}
+
+/** Encoded images (e.g. read from a dataset's shards) through the evaluation transform; `name` identifies one in errors. */
+export async function readImageBytes(items: ReadonlyArray<{ name: string; bytes: Uint8Array }>, imageSize: number): Promise<InputImage[]> {
+  const out: InputImage[] = [];
+  for (const { name, bytes } of items) {
+    try {
+      out.push({ path: name, pixels: (await transformImage(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength), { mode: 'eval', imageSize })).pixels });
+    } catch (e) {
+      throw new UsageError(`image ${name}: not an image that can be decoded (${(e as Error).message.split('\n')[0]})`);
+    }
+  }
+  return out;
+}
+
 /** A trained stage-1 or stage-2 model, ready to caption images and (stage 2) answer questions about them. */
 export class InferenceModel {
   private constructor(
@@ -172,10 +205,23 @@ export class InferenceModel {
     /** The Q-Former's tokenizer: stage 1 decodes with it; a stage-2 model from a Hugging Face folder may have none. */
     private readonly qformerTokenizer: CaptionTokenizer | undefined,
     private readonly lm?: { model: OptLanguageModel; tokenizer: CaptionTokenizer; newline: number },
+    /** The Q-Former's ITC and ITM heads and text side are loaded (stage 1, or weights that hold them). */
+    readonly canRetrieve: boolean = stage === 1,
+    /** The trainer checkpoint's directory and step (undefined for bare safetensors). */
+    readonly checkpointDir?: string,
+    readonly step?: number,
   ) {}
 
   get imageSize(): number {
     return this.config.vision_config.image_size;
+  }
+
+  /**
+   * What a checkpoint is, without loading it: its stage (a trainer checkpoint records it; bare weights are stage 2
+   * when they hold `language_projection`), and whether it holds the Q-Former's text side and ITC/ITM heads.
+   */
+  static inspect(checkpoint: string): { stage: 1 | 2; canRetrieve: boolean } {
+    return describeWeights(checkpoint);
   }
 
   /** Loads the checkpoint and what it needs (`inferenceSettings`); bad input throws UsageError naming it. */
@@ -226,6 +272,10 @@ export class InferenceModel {
 
     await initEngine();
     const params = loadParams(source.files, config, { stage });
+    // Stage 2 trains the queries and the projection only; retrieval needs the text side and heads of stage 1.
+    const textSide = paramManifest(config).filter((p) => p.group === 'qformer_text').map((p) => p.name);
+    const heads = stage === 1 || textSide.every((n) => held.has(n));
+    if (stage === 2 && heads) for (const [k, v] of loadParams(source.files, config, { groups: ['qformer_text'] })) params.set(k, v);
     // The frozen ViT: the one the checkpoint was trained against (read from the files its job read it from, or
     // regenerated from its seed), or from the weights.
     let vision: VisionBackbone;
@@ -235,7 +285,8 @@ export class InferenceModel {
       vision = await VisionBackbone.fromParams(vp, config, { fp16: true });
       disposeParams(vp);
     } else vision = VisionBackbone.load(source.files, config, { fp16: Boolean(source.hf) });
-    return new InferenceModel(stage, config, ck?.dir ?? source.hf?.dir ?? source.files.join(', '), params, vision, tokenizer, language);
+    const step = ck ? readCheckpointMeta(ck.dir).step : undefined;
+    return new InferenceModel(stage, config, ck?.dir ?? source.hf?.dir ?? source.files.join(', '), params, vision, tokenizer, language, heads, ck?.dir, step);
   }
 
   /**
@@ -309,6 +360,105 @@ export class InferenceModel {
       }
     }
     return out;
+  }
+
+  /**
+   * Retrieval scores as LAVIS `compute_sim_matrix` makes them (spec §13): image features of the query pass, text
+   * features of the text pass (texts cleaned by `pre_caption`, tokenised to `max_txt_len`), ITC similarity
+   * sim[i][t] = max over queries of image_feat[i,q] · text_feat[t] (no temperature); then for each image its top `k`
+   * texts, and for each text its top `k` images, re-scored as ITM + ITC (every other entry −100).
+   * `progress(done, total)` counts the (image, text) pairs scored with ITM.
+   */
+  async retrievalScores(images: readonly Float32Array[], texts: readonly string[], k: number, progress?: (done: number, total: number) => void) {
+    if (!this.canRetrieve) throw new UsageError('retrieval needs the Q-Former\'s ITC and ITM heads: a stage-1 checkpoint (a stage-2 checkpoint holds the queries and the projection only)');
+    const tokenizer = this.qformerTokenizer;
+    if (!tokenizer) throw new UsageError('retrieval needs the Q-Former\'s tokenizer: give --data DIR (its tokenizer.json) or the job\'s config');
+    const p = this.params;
+    const c = this.config;
+    const S = this.imageSize;
+    const batch = 16;
+    // 1. ln_vision(ViT(image)) of every image, their image features, and the projected cross-attention keys/values.
+    const embeds: tf.Tensor3D[] = [];
+    const feats: tf.Tensor3D[] = [];
+    for (let start = 0; start < images.length; start += batch) {
+      const rows = images.slice(start, start + batch);
+      const pixels = new Float32Array(rows.length * 3 * S * S);
+      rows.forEach((px, i) => pixels.set(px, i * 3 * S * S));
+      const input = tf.tensor4d(pixels, [rows.length, 3, S, S]);
+      const hidden = this.vision.encode(input);
+      input.dispose();
+      const e = lnVision(p, c, hidden); // [b,P,Dv]
+      hidden.dispose();
+      embeds.push(e);
+      feats.push(imageItcFeatures(p, c, e)); // [b,Q,E]
+      await yieldToEventLoop();
+    }
+    const pool = tf.concat(embeds, 0) as tf.Tensor3D; // [N,P,Dv]
+    embeds.forEach((t) => t.dispose());
+    // tf.tidy keeps tensors of a plain object, not of a Map.
+    const kept = tf.tidy(() => {
+      const o: Record<string, tf.Tensor> = {};
+      for (const [layer, kv] of projectImage(p, c, pool)) Object.assign(o, { [`k${layer}`]: kv.k, [`v${layer}`]: kv.v });
+      return o;
+    });
+    pool.dispose();
+    const cross = new Map(Object.keys(kept).filter((n) => n.startsWith('k')).map((n) => [Number(n.slice(1)), { k: kept[n] as tf.Tensor4D, v: kept[`v${n.slice(1)}`] as tf.Tensor4D }]));
+    // 2. Text features.
+    const tok = tokenizer.encodeBatch(texts.map((t) => preCaption(t)));
+    const T = tok.seqLength;
+    const idsOf = (rows: readonly number[]) => {
+      const out = new Int32Array(rows.length * T);
+      rows.forEach((r, i) => out.set(tok.inputIds.subarray(r * T, (r + 1) * T), i * T));
+      return tf.tensor2d(out, [rows.length, T], 'int32');
+    };
+    const maskOf = (rows: readonly number[]) => rows.map((r) => Array.from(tok.attentionMask.subarray(r * T, (r + 1) * T)));
+    const textFeats: tf.Tensor2D[] = [];
+    for (let start = 0; start < texts.length; start += 64) {
+      const rows = Array.from({ length: Math.min(64, texts.length - start) }, (_, i) => start + i);
+      const ids = idsOf(rows);
+      textFeats.push(textItcFeatures(p, c, ids, maskOf(rows)));
+      ids.dispose();
+    }
+    // 3. sim[i][t] = max_q image_feat[i,q] · text_feat[t]: [N,M].
+    const sim = tf.tidy(() => {
+      const img = tf.concat(feats, 0) as tf.Tensor3D; // [N,Q,E]
+      const txt = tf.concat(textFeats, 0) as tf.Tensor2D; // [M,E]
+      const [n, q, e] = img.shape;
+      return tf.max(tf.reshape(tf.matMul(tf.reshape(img, [n * q, e]), txt, false, true), [n, q, txt.shape[0]]), 1) as tf.Tensor2D; // [N,M]
+    });
+    feats.forEach((t) => t.dispose());
+    textFeats.forEach((t) => t.dispose());
+    const flat = sim.dataSync();
+    sim.dispose();
+    const M = texts.length;
+    const simI2t = Array.from({ length: images.length }, (_, i) => flat.slice(i * M, (i + 1) * M));
+    // 4. The top k re-scored as ITM + ITC. The pairs both directions need are scored once each, in large batches
+    // (a pair in an image's top k is often in its text's top k too), then looked up by `rerankTopK`.
+    const N = images.length;
+    const needed = new Set<number>();
+    for (let i = 0; i < N; i++) for (const t of topK(simI2t[i]!, k)) needed.add(i * M + t);
+    for (let t = 0; t < M; t++) for (const i of topK(Float32Array.from({ length: N }, (_, r) => simI2t[r]![t]!), k)) needed.add(i * M + t);
+    const pairs = [...needed].sort((a, b) => a - b);
+    const itm = new Map<number, number>();
+    const pairBatch = 256;
+    try {
+      for (let start = 0; start < pairs.length; start += pairBatch) {
+        const chunk = pairs.slice(start, start + pairBatch);
+        const textRows = chunk.map((x) => x % M);
+        const ids = idsOf(textRows);
+        const s = itmScores(p, c, cross, chunk.map((x) => Math.floor(x / M)), { inputIds: ids, attentionMask: maskOf(textRows) });
+        ids.dispose();
+        const out = s.dataSync();
+        s.dispose();
+        chunk.forEach((x, j) => itm.set(x, out[j]!));
+        progress?.(Math.min(pairs.length, start + pairBatch), pairs.length);
+        await yieldToEventLoop();
+      }
+      const scores = await rerankTopK(simI2t, k, (ps) => ps.map(([i, t]) => itm.get(i * M + t)!));
+      return { simI2t, ...scores, itmPairs: pairs.length };
+    } finally {
+      Object.values(kept).forEach((t) => t.dispose());
+    }
   }
 
   dispose(): void {
