@@ -55,7 +55,8 @@ function signalGroup(pid: number, signal: NodeJS.Signals): void {
   }
 }
 
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms).unref());
+/** A wait that keeps the process alive (an unref'd one would let Node end a launch that has nothing else pending). */
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 /** `<runDir>/launch.lock`. */
 export class LaunchLock {
