@@ -19,14 +19,15 @@ import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { createWriteStream, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
-import { join, resolve } from 'node:path';
+import { basename, join, resolve } from 'node:path';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { Blip2Error, connectJobNats, jobSubjects, loadJobConfig, safetensorsNames, UsageError, type JobConfig } from '../common';
-import { JobStore, parseProgressReport, type JobState, type ProgressReport } from '../coordinator/client';
+import { JobStore, parseProgressReport, type JobState, type ProgressReport, type StoredState } from '../coordinator/client';
 import { loadJobIndex, samplesPerEpoch } from '../coordinator';
 import { describeIndex, writeSynthDataset } from '../dataloader';
 import { loadModelConfig } from '../trainer/model';
 import { resolveWeights } from '../trainer';
+import { checkCommittedCheckpoint, removeStaleCheckpointTemporaries, rewindJobState } from './checkpoint-guard';
 import { launchTokenFile } from './job-stop';
 import { freePort, jobNatsPermissions, startNatsServer, type NatsRole, type NatsServerHandle, type NatsUser } from './nats-server';
 import { createProgressView, fmtDuration, fmtLosses } from './progress';
@@ -103,6 +104,9 @@ export async function launchLocal(o: LaunchOptions = {}): Promise<LaunchSummary>
   // Nothing of an earlier launch may still run on this run dir: a live launcher is refused, a killed one's
   // processes are stopped (launch.lock).
   const lock = await LaunchLock.acquire(c.job.runDir, say);
+  // No process of the job runs now: a temporary checkpoint directory is what a killed writer left.
+  const stale = removeStaleCheckpointTemporaries(c.checkpoint.dir);
+  if (stale.length) say(`removed ${stale.length} unfinished checkpoint director${stale.length === 1 ? 'y' : 'ies'} a killed writer left: ${stale.join(', ')}`);
   let ended = false;
   const supervisor = new Supervisor({
     restarts: c.launch.restarts, backoffMs: c.launch.backoffMs, logDir, say: (l) => sayNow(l), lock,
@@ -139,11 +143,13 @@ export async function launchLocal(o: LaunchOptions = {}): Promise<LaunchSummary>
     nc = await connectJobNats(c, { url: natsUrl, name: 'blip2-launch' });
     // The launcher only reads the job's bucket (its NATS user may not write it): the coordinator creates it.
     let store = await openJobStore(nc, c.job.id);
-    const previous = await store?.read() ?? null;
+    let previous = await store?.read() ?? null;
     if (previous?.state.status === 'finished') {
       throw new UsageError(`job ${c.job.id} in ${c.job.runDir} has already finished (checkpoint ${previous.state.committed?.checkpointDir ?? 'none'}); choose another job.id or remove the run dir`);
     }
     if (previous) say(`continuing job ${c.job.id}: epoch ${previous.state.epoch}, committed step ${previous.state.committed?.step ?? 0}`);
+    // The committed checkpoint must restore: one that fails a checksum sends the job back to the previous valid one.
+    if (previous) previous = await guardCommittedCheckpoint(c, previous, { nc, natsUrl, roles, say });
     // 4. Processes.
     await startProcesses(c, o, { natsUrl, logDir, supervisor, roles, say });
     store ??= await waitForJobStore(nc, c.job.id, supervisor);
@@ -184,6 +190,38 @@ function jobNatsCredentials(c: JobConfig): Record<NatsRole, { user: string; pass
       : { user: `blip2-${c.job.id}-${role}`, password: randomBytes(24).toString('hex') };
   }
   return out;
+}
+
+/**
+ * A relaunch whose committed checkpoint fails its checks (a checksum, a missing file): the job state goes back to
+ * the newest older checkpoint that passes them (written with compare-and-set, by a user that may write the job
+ * state: on the job's own nats-server, the coordinator's), and the console says so. None left: refused.
+ */
+async function guardCommittedCheckpoint(
+  c: JobConfig, previous: StoredState,
+  x: { nc: NatsConnection; natsUrl: string; roles?: Record<NatsRole, { user: string; password: string }>; say: Say },
+): Promise<StoredState> {
+  const committed = previous.state.committed;
+  const check = checkCommittedCheckpoint(committed);
+  if (!check || !committed) return previous;
+  if (!check.fallback) {
+    throw new Blip2Error(`the committed checkpoint ${committed.checkpointDir} cannot be restored (${check.problem}), and no older checkpoint next to it can: the job cannot continue; start a new job (another job.id)`);
+  }
+  const fb = check.fallback;
+  const why = `checkpoint ${basename(committed.checkpointDir)} failed its checks; restored the previous valid one, ${basename(fb.checkpointDir)}`;
+  const writer = x.roles
+    ? await connectJobNats({ ...c, nats: { ...c.nats, ...x.roles.coordinator } }, { url: x.natsUrl, name: 'blip2-launch-rewind' })
+    : x.nc;
+  try {
+    const store = await JobStore.open(writer, c.job.id);
+    const state = rewindJobState(previous.state, fb, why);
+    const revision = await store.compareAndSet(state, previous.revision);
+    x.say(`the committed checkpoint ${committed.checkpointDir} (step ${committed.step}) fails its checks: ${check.problem}`);
+    x.say(`going back to the previous valid checkpoint ${fb.checkpointDir} (step ${fb.step}, epoch ${fb.epoch + 1}); the steps after it are trained again`);
+    return { state, revision };
+  } finally {
+    if (writer !== x.nc) await writer.close().catch(() => undefined);
+  }
 }
 
 /** The job's nats-server and its supervision: restarted on the same port, store and users when it dies. */

@@ -8,7 +8,7 @@
  * (test/fixtures/standin-trainer.ts): the protocol and the shard queue for real, the model replaced by a sleep.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect } from '@nats-io/transport-node';
@@ -233,3 +233,36 @@ describe('blip2 join and per-role NATS users', () => {
     expect(readdirSync(runDir)).toEqual([]);
   });
 });
+
+describe('checkpoints on a relaunch', () => {
+  test('a committed checkpoint that fails its checksum: the job goes back to the previous valid one, says so, and finishes with every sample once; unfinished checkpoint directories are removed', async () => {
+    const runDir = mkdtempSync(join(tmpdir(), 'blip2-corrupt-'));
+    const first = launch(runDir, ['--train.epochs', '3'], 100);
+    await waitUntil('a few commits', () => [...first.output().matchAll(/step (\d+)/g)].some((m) => Number(m[1]) >= 28), 120_000);
+    first.child.kill('SIGTERM');
+    expect(await first.exited, first.output()).toBe(0);
+    const stopped = JSON.parse(readFileSync(join(runDir, 'summary.json'), 'utf8')) as { status: string; checkpointDir: string; step: number };
+    expect(stopped.status).toBe('stopped');
+    // One flipped byte in the committed checkpoint's model.
+    const model = join(stopped.checkpointDir, 'model.safetensors');
+    const bytes = readFileSync(model);
+    bytes[bytes.length - 1] ^= 0xff;
+    writeFileSync(model, bytes);
+    // What a writer killed mid-write leaves.
+    const stale = join(runDir, 'checkpoints', '.step-00000099.tmp-4242-1');
+    mkdirSync(stale);
+    writeFileSync(join(stale, 'model.safetensors'), 'partial');
+
+    const second = launch(runDir, ['--train.epochs', '3'], 50);
+    expect(await second.exited, second.output()).toBe(0);
+    const out = second.output();
+    expect(out).toMatch(/removed 1 unfinished checkpoint directory a killed writer left: .*\.step-00000099\.tmp-4242-1/);
+    expect(out).toContain(`the committed checkpoint ${stopped.checkpointDir} (step ${stopped.step}) fails its checks:`);
+    expect(out).toMatch(/model\.safetensors: sha256 \w+ does not match the recorded \w+ \(corrupted\)/);
+    const back = new RegExp(`going back to the previous valid checkpoint .*step-(\\d+) \\(step (\\d+), epoch \\d\\)`).exec(out)!;
+    expect(Number(back[2])).toBeLessThan(stopped.step);
+    expect(existsSync(stale)).toBe(false);
+    expectLedgerOnce(runDir, 3, DEMO_SAMPLES);
+  });
+});
+
