@@ -141,9 +141,10 @@ export async function launchLocal(o: LaunchOptions = {}): Promise<LaunchSummary>
   try {
     if (!nats) say(`connecting to NATS at ${natsUrl}`);
     nc = await connectJobNats(c, { url: natsUrl, name: 'blip2-launch' });
-    // The launcher only reads the job's bucket (its NATS user may not write it): the coordinator creates it.
-    let store = await openJobStore(nc, c.job.id);
-    let previous = await store?.read() ?? null;
+    // The launcher only reads the job's bucket (its NATS user may not write it); a new job's is created here with a
+    // user that may, so that it exists before any process starts.
+    const store = (await openJobStore(nc, c.job.id)) ?? (await createJobBucket(c, { nc, natsUrl, roles }));
+    let previous = await store.read();
     if (previous?.state.status === 'finished') {
       throw new UsageError(`job ${c.job.id} in ${c.job.runDir} has already finished (checkpoint ${previous.state.committed?.checkpointDir ?? 'none'}); choose another job.id or remove the run dir`);
     }
@@ -152,7 +153,6 @@ export async function launchLocal(o: LaunchOptions = {}): Promise<LaunchSummary>
     if (previous) previous = await guardCommittedCheckpoint(c, previous, { nc, natsUrl, roles, say });
     // 4. Processes.
     await startProcesses(c, o, { natsUrl, logDir, supervisor, roles, say });
-    store ??= await waitForJobStore(nc, c.job.id, supervisor);
     // 5. Progress, until the job ends or is stopped.
     const end = await followJob(c, o, {
       nc, store, previous: previous?.state ?? null, supervisor, logDir, samplesPerEpoch, say,
@@ -290,16 +290,22 @@ async function openJobStore(nc: NatsConnection, jobId: string): Promise<JobStore
   }
 }
 
-/** Waits for the coordinator to create the job's bucket (fails with the supervisor when the coordinator cannot start). */
-async function waitForJobStore(nc: NatsConnection, jobId: string, supervisor: Supervisor): Promise<JobStore> {
-  let failure: Error | undefined;
-  supervisor.failed().catch((e: Error) => (failure = e));
-  for (;;) {
-    if (failure) throw failure;
-    const store = await openJobStore(nc, jobId);
-    if (store) return store;
-    await unrefSleep(200);
+/**
+ * Creates a new job's KV bucket (as the coordinator would) with a user that may: the coordinator's on the job's own
+ * nats-server, the configured one otherwise. Returns it opened on the launcher's own (read-only) connection.
+ */
+async function createJobBucket(
+  c: JobConfig, x: { nc: NatsConnection; natsUrl: string; roles?: Record<NatsRole, { user: string; password: string }> },
+): Promise<JobStore> {
+  const writer = x.roles
+    ? await connectJobNats({ ...c, nats: { ...c.nats, ...x.roles.coordinator } }, { url: x.natsUrl, name: 'blip2-launch-create' })
+    : x.nc;
+  try {
+    await JobStore.open(writer, c.job.id, { create: true });
+  } finally {
+    if (writer !== x.nc) await writer.close().catch(() => undefined);
   }
+  return JobStore.open(x.nc, c.job.id);
 }
 
 /** Step 1: the job config (file < env < flags; with no file, the demo's settings), a token for this run. */
