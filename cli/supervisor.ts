@@ -8,7 +8,7 @@
  *    no second nats-server ever opens a store another one holds.
  */
 import type { ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Blip2Error, UsageError } from '../common';
 
@@ -109,7 +109,9 @@ export class LaunchLock {
 
   private write(): void {
     const body: LockFile = { launcher: process.pid, startedAt: new Date().toISOString(), processes: [...this.processes.values()] };
-    writeFileSync(this.path, JSON.stringify(body, null, 2) + '\n');
+    // Written aside, then renamed: a reader (the next launch, an operator's script) never sees half a file.
+    writeFileSync(`${this.path}.tmp`, JSON.stringify(body, null, 2) + '\n');
+    renameSync(`${this.path}.tmp`, this.path);
   }
 
   /** The launch is over and its processes have exited. */
