@@ -123,7 +123,7 @@ export async function launchLocal(o: LaunchOptions = {}): Promise<LaunchSummary>
     // The job's own server requires a user per role, each limited to what its role does: no other local process can
     // read or change the job, and no trainer can write the job's state.
     roles = jobNatsCredentials(c);
-    nats = await superviseNats(c, roles, { lock, say: (l) => sayNow(l), stopped: () => ended, logDir });
+    nats = await superviseNats(c, roles, { lock, say: (l) => sayNow(l), stopped: () => ended, logDir, gone: (e) => supervisor.fail(e) });
     natsUrl = nats.server.url;
     Object.assign(c.nats, { user: roles.launcher.user, password: roles.launcher.password, token: '', credsFile: '' });
     writeFileSync(natsFileOf(c), JSON.stringify({ url: natsUrl, ...roles.launcher, roles }, null, 2) + '\n', { mode: 0o600 });
@@ -232,7 +232,7 @@ interface SupervisedNats {
 
 async function superviseNats(
   c: JobConfig, roles: Record<NatsRole, { user: string; password: string }>,
-  x: { lock: LaunchLock; say: Say; stopped: () => boolean; logDir: string },
+  x: { lock: LaunchLock; say: Say; stopped: () => boolean; logDir: string; gone: (e: Error) => void },
 ): Promise<SupervisedNats> {
   const subjects = jobSubjects(c.job.id);
   const users: NatsUser[] = ROLES.map((role) => ({ ...roles[role], permissions: jobNatsPermissions(role, subjects) }));
@@ -258,7 +258,7 @@ async function superviseNats(
     const how = code !== null ? `exited with code ${code}` : `was killed by ${signal}`;
     while (!stopping && !x.stopped()) {
       if (restarts >= c.launch.restarts) {
-        x.say(`nats-server ${how} (not restarted: launch.restarts is ${c.launch.restarts}); its log: ${logFile}`);
+        x.gone(new Blip2Error(`the job's nats-server ${how} and was not restarted (launch.restarts is ${c.launch.restarts}); its log: ${logFile}`));
         return;
       }
       restarts++;

@@ -179,11 +179,13 @@ export async function startNatsServer(o: StartNatsServerOptions | string = {}): 
     storeDir,
     process: child,
     async stop() {
-      if (child.exitCode === null) {
+      // A server killed by a signal has no exit code, only a signal code: waiting for its exit again would hang (and
+      // with nothing else pending Node ends the process with status 13).
+      if (child.exitCode === null && child.signalCode === null) {
         const done = new Promise((r) => child.once('exit', r));
         child.kill('SIGTERM');
         await Promise.race([done, new Promise((r) => setTimeout(r, 5000).unref())]);
-        if (child.exitCode === null) child.kill('SIGKILL');
+        if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
       }
       if (!keepStore) rmSync(storeDir, { recursive: true, force: true });
     },

@@ -196,7 +196,8 @@ export class Supervisor {
     });
   }
 
-  private fail(e: Error): void {
+  /** The job cannot go on (a process it needs is gone for good): `failed()` rejects with `e`. */
+  fail(e: Error): void {
     if (this.failure) return;
     this.failure = e;
     this.onFailure?.(e);

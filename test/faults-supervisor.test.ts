@@ -132,6 +132,17 @@ describe('launch supervises its processes', () => {
   });
 });
 
+test('a nats-server that dies with launch.restarts 0: launch fails at once, says why, and leaves nothing running', async () => {
+  const runDir = mkdtempSync(join(tmpdir(), 'blip2-nats-gone-'));
+  const l = launch(runDir, ['--launch.restarts', '0', '--train.epochs', '5']);
+  await waitUntil('a step', () => /step \d+/.test(l.output()), 120_000);
+  const pids = readLock(runDir)!.processes.map((p) => p.pid);
+  process.kill(pidOf(runDir, 'nats-server')!, 'SIGKILL');
+  expect(await l.exited, l.output()).toBe(1);
+  expect(l.output()).toMatch(/job failed: the job's nats-server was killed by SIGKILL and was not restarted \(launch\.restarts is 0\)/);
+  for (const pid of pids) expect(alive(pid), `pid ${pid}`).toBe(false);
+});
+
 describe('no orphans', () => {
   test('SIGTERM to the launcher stops every process it started', async () => {
     const runDir = mkdtempSync(join(tmpdir(), 'blip2-orphans-term-'));
