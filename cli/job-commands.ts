@@ -51,7 +51,9 @@ export function registerJobCommands(program: Command): void {
         'trainer processes, shows progress (step, epoch, samples/s, losses, ETA) and ends with a summary. ' +
         'With no --config it runs the built-in demo: the synthetic dataset generated into runs/blip2-demo/data, ' +
         'the tiny preset, 2 trainers. Ctrl-C stops after the next committed checkpoint; launching the same job ' +
-        'again continues it.',
+        'again continues it. A trainer, the coordinator or the nats-server that dies before the job ends is ' +
+        'restarted (launch.restarts times each, after launch.backoffMs, doubled each time); <run-dir>/launch.lock ' +
+        'lets the next launch stop what a killed launcher left running.',
     )
     .option('--config <file>', 'job config, YAML or JSON (default: the built-in demo)')
     .addOption(new Option('--target <target>', 'where to run the job').choices(['local', 'kubernetes']).default('local'))
