@@ -2,7 +2,7 @@
 import { defineConfig } from 'vitest/config';
 
 // Three projects: `unit` (next to the code, and the house's import rule in test/house/), `golden` (numerical parity with ../shared/golden), and
-// `integration` (spans processes; talks to a real nats-server and real gRPC sockets).
+// `integration` (spans processes; talks to a real nats-server and real gRPC sockets); a fourth, `soak`, only with BLIP2_SOAK set.
 export default defineConfig({
   test: {
     reporters: ['default', './test/setup/summary-reporter.ts'],
@@ -21,6 +21,10 @@ export default defineConfig({
           testTimeout: 300_000,
         },
       },
+      // `soak` (npm run test:soak): long fault runs, outside `npm test` and CI; the project exists only when asked for.
+      ...(process.env.BLIP2_SOAK
+        ? [{ test: { name: 'soak', include: ['test/soak/**/*.soak.ts'], globalSetup: ['test/setup/global-setup.ts'], testTimeout: 1_800_000, hookTimeout: 120_000 } }]
+        : []),
       {
         test: {
           name: 'integration',

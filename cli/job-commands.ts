@@ -1,10 +1,13 @@
-// The `blip2` subcommands about jobs: `launch` (on this machine, or rendered for Kubernetes), `status` (a job's state
-// from NATS KV), `stop`, `report` (a run's charts as an HTML page and PNGs) and `config`.
+// The `blip2` subcommands about jobs: `launch` (on this machine, or rendered for Kubernetes), `join` (one more trainer
+// for a launched job), `status` (a job's state from NATS KV), `stop`, `report` (a run's charts as an HTML page and
+// PNGs) and `config`.
 import { Option, type Command } from 'commander';
 import { existsSync, readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
 import { describeConfigKeys, loadJobConfig, UsageError, type JobConfig } from '../common';
 import { renderKubernetesTarget } from './kubernetes';
 import { formatJobStatus, readJobStatus } from './job-status';
+import { joinJob } from './job-join';
 import { stopJob } from './job-stop';
 import { DEMO_OVERRIDES, launchLocal, natsFileOf } from './launcher';
 import { REPORT_CHARTS, writeRunReport } from './report';
@@ -48,7 +51,9 @@ export function registerJobCommands(program: Command): void {
         'trainer processes, shows progress (step, epoch, samples/s, losses, ETA) and ends with a summary. ' +
         'With no --config it runs the built-in demo: the synthetic dataset generated into runs/blip2-demo/data, ' +
         'the tiny preset, 2 trainers. Ctrl-C stops after the next committed checkpoint; launching the same job ' +
-        'again continues it.',
+        'again continues it. A trainer, the coordinator or the nats-server that dies before the job ends is ' +
+        'restarted (launch.restarts times each, after launch.backoffMs, doubled each time); <run-dir>/launch.lock ' +
+        'lets the next launch stop what a killed launcher left running.',
     )
     .option('--config <file>', 'job config, YAML or JSON (default: the built-in demo)')
     .addOption(new Option('--target <target>', 'where to run the job').choices(['local', 'kubernetes']).default('local'))
@@ -81,6 +86,24 @@ export function registerJobCommands(program: Command): void {
       }
       const summary = await launchLocal({ configFile: opts.config, configArgs: cmd.args, trainerEntry: opts.trainerEntry });
       process.exitCode = summary.status === 'finished' || summary.status === 'stopped' ? 0 : 1;
+    });
+
+  program
+    .command('join')
+    .description(
+      'Start one more trainer for a job that `blip2 launch` runs on this machine (to add one, or replace one that ' +
+        'was lost): it reads the run dir\'s job.resolved.json, the trainer\'s NATS user from nats.json (mode 0600) ' +
+        'and the job token from job.token (or BLIP2_JOB_TOKEN). The coordinator takes it in at the next commit. ' +
+        'Runs in the foreground (log also in <run-dir>/logs/<node-id>.log); Ctrl-C stops it, the job goes on. ' +
+        'Exits with the trainer\'s status (0 when the job finished).',
+    )
+    .option('--job <id>', 'the job (default: the demo\'s, blip2-demo); its run dir is runs/<id> unless --run-dir')
+    .option('--run-dir <dir>', 'the job\'s run dir (job.runDir)')
+    .option('--node-id <id>', 'the trainer\'s node id (default: join-<host>-<4 hex digits>)')
+    .addOption(new Option('--trainer-entry <script>', 'trainer entry script (tests)').default('trainer/main.ts').hideHelp())
+    .action(async (opts: { job?: string; runDir?: string; nodeId?: string; trainerEntry: string }) => {
+      const runDir = opts.runDir ?? resolve('runs', opts.job ?? String(DEMO_OVERRIDES['job.id']));
+      process.exitCode = await joinJob({ runDir, jobId: opts.job, nodeId: opts.nodeId, trainerEntry: opts.trainerEntry });
     });
 
   program

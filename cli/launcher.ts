@@ -11,22 +11,27 @@
  *     state until the job ends or is stopped.
  *  6. End with a summary (<runDir>/summary.json and the closing lines).
  *  Ctrl-C: wait for the next committed checkpoint, then stop every process (a second Ctrl-C stops at once).
+ *  Meanwhile it supervises what it started (supervisor.ts): a trainer, the coordinator or the nats-server that dies
+ *  before the job ends is restarted (launch.restarts, launch.backoffMs); <runDir>/launch.lock lets the next launch
+ *  stop what a killed launcher left behind.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { createWriteStream, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
-import { join, resolve } from 'node:path';
+import { basename, join, resolve } from 'node:path';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { Blip2Error, connectJobNats, jobSubjects, loadJobConfig, safetensorsNames, UsageError, type JobConfig } from '../common';
-import { JobStore, parseProgressReport, type JobState, type ProgressReport } from '../coordinator/client';
+import { JobStore, parseProgressReport, type JobState, type ProgressReport, type StoredState } from '../coordinator/client';
 import { loadJobIndex, samplesPerEpoch } from '../coordinator';
 import { describeIndex, missingTokenizerMessage, writeSynthDataset } from '../dataloader';
 import { loadModelConfig } from '../trainer/model';
 import { resolveWeights } from '../trainer';
+import { checkCommittedCheckpoint, removeStaleCheckpointTemporaries, rewindJobState } from './checkpoint-guard';
 import { launchTokenFile } from './job-stop';
-import { freePort, startNatsServer, type NatsServerHandle } from './nats-server';
+import { freePort, jobNatsPermissions, startNatsServer, type NatsRole, type NatsServerHandle, type NatsUser } from './nats-server';
 import { createProgressView, fmtDuration, fmtLosses } from './progress';
+import { LaunchLock, Supervisor } from './supervisor';
 
 const repoRoot = resolve(import.meta.dirname, '..');
 
@@ -80,7 +85,6 @@ const unrefSleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms).un
 
 
 type Say = (line: string) => void;
-type Child = { name: string; proc: ChildProcess; exit: Promise<number | null> };
 
 /** Runs a whole job on this machine (the steps at the top of this file); resolves with its summary. */
 export async function launchLocal(o: LaunchOptions = {}): Promise<LaunchSummary> {
@@ -97,41 +101,63 @@ export async function launchLocal(o: LaunchOptions = {}): Promise<LaunchSummary>
   const samplesPerEpoch = await prepareData(c, say);
   checkStage(c, say);
 
+  // Nothing of an earlier launch may still run on this run dir: a live launcher is refused, a killed one's
+  // processes are stopped (launch.lock).
+  const lock = await LaunchLock.acquire(c.job.runDir, say);
+  // No process of the job runs now: a temporary checkpoint directory is what a killed writer left.
+  const stale = removeStaleCheckpointTemporaries(c.checkpoint.dir);
+  if (stale.length) say(`removed ${stale.length} unfinished checkpoint director${stale.length === 1 ? 'y' : 'ies'} a killed writer left: ${stale.join(', ')}`);
+  let ended = false;
+  const supervisor = new Supervisor({
+    restarts: c.launch.restarts, backoffMs: c.launch.backoffMs, logDir, say: (l) => sayNow(l), lock,
+    keepGoing: () => !ended, lastLines,
+  });
+  // The console line writer: plain lines until the progress view takes over (followJob).
+  let sayNow: Say = say;
+
   // 3. NATS.
-  let server: NatsServerHandle | undefined;
+  let nats: SupervisedNats | undefined;
   let natsUrl = c.nats.url;
+  let roles: Record<NatsRole, { user: string; password: string }> | undefined;
   if (!natsUrl) {
-    // The job's own server requires the job's NATS user: no other local process can read or change the job.
-    const auth = jobNatsCredentials(c);
-    server = await startNatsServer({ storeDir: join(c.job.runDir, 'nats'), detached: true, auth });
-    natsUrl = server.url;
-    Object.assign(c.nats, { user: auth.user, password: auth.password, token: '', credsFile: '' });
-    writeFileSync(natsFileOf(c), JSON.stringify({ url: natsUrl, ...auth }, null, 2) + '\n', { mode: 0o600 });
-    say(`nats-server started at ${natsUrl} (JetStream store ${server.storeDir}; clients need the user and password in ${natsFileOf(c)})`);
+    // The job's own server requires a user per role, each limited to what its role does: no other local process can
+    // read or change the job, and no trainer can write the job's state.
+    roles = jobNatsCredentials(c);
+    nats = await superviseNats(c, roles, { lock, say: (l) => sayNow(l), stopped: () => ended, logDir, gone: (e) => supervisor.fail(e) });
+    natsUrl = nats.server.url;
+    Object.assign(c.nats, { user: roles.launcher.user, password: roles.launcher.password, token: '', credsFile: '' });
+    writeFileSync(natsFileOf(c), JSON.stringify({ url: natsUrl, ...roles.launcher, roles }, null, 2) + '\n', { mode: 0o600 });
+    say(`nats-server started at ${natsUrl} (JetStream store ${nats.server.storeDir}; users for the coordinator, the trainers and the launcher in ${natsFileOf(c)})`);
   }
-  const children: Child[] = [];
   let nc: NatsConnection | undefined;
   const cleanup = async () => {
-    for (const ch of children) if (ch.proc.exitCode === null) ch.proc.kill('SIGTERM');
-    await Promise.race([Promise.all(children.map((ch) => ch.exit)), unrefSleep(10_000)]);
-    for (const ch of children) if (ch.proc.exitCode === null && ch.proc.signalCode === null) ch.proc.kill('SIGKILL');
+    ended = true;
+    await supervisor.stopAll();
     await nc?.close().catch(() => undefined);
-    await server?.stop();
+    await nats?.stop();
+    lock.release();
   };
 
   try {
-    if (!server) say(`connecting to NATS at ${natsUrl}`);
+    if (!nats) say(`connecting to NATS at ${natsUrl}`);
     nc = await connectJobNats(c, { url: natsUrl, name: 'blip2-launch' });
-    const store = await JobStore.open(nc, c.job.id, { create: true });
-    const previous = await store.read();
+    // The launcher only reads the job's bucket (its NATS user may not write it); a new job's is created here with a
+    // user that may, so that it exists before any process starts.
+    const store = (await openJobStore(nc, c.job.id)) ?? (await createJobBucket(c, { nc, natsUrl, roles }));
+    let previous = await store.read();
     if (previous?.state.status === 'finished') {
       throw new UsageError(`job ${c.job.id} in ${c.job.runDir} has already finished (checkpoint ${previous.state.committed?.checkpointDir ?? 'none'}); choose another job.id or remove the run dir`);
     }
     if (previous) say(`continuing job ${c.job.id}: epoch ${previous.state.epoch}, committed step ${previous.state.committed?.step ?? 0}`);
+    // The committed checkpoint must restore: one that fails a checksum sends the job back to the previous valid one.
+    if (previous) previous = await guardCommittedCheckpoint(c, previous, { nc, natsUrl, roles, say });
     // 4. Processes.
-    const { coordinatorExit } = await startProcesses(c, o, { natsUrl, logDir, children, say });
+    await startProcesses(c, o, { natsUrl, logDir, supervisor, roles, say });
     // 5. Progress, until the job ends or is stopped.
-    const end = await followJob(c, o, { nc, store, previous: previous?.state ?? null, children, coordinatorExit, logDir, samplesPerEpoch, say });
+    const end = await followJob(c, o, {
+      nc, store, previous: previous?.state ?? null, supervisor, logDir, samplesPerEpoch, say,
+      setSay: (f) => (sayNow = f), onEnd: () => (ended = true),
+    });
     // 6. Summary.
     return writeSummary(c, { ...end, t0, summaryPath, firstSamples: previous?.state.committed?.samples ?? 0, say });
   } finally {
@@ -139,21 +165,147 @@ export async function launchLocal(o: LaunchOptions = {}): Promise<LaunchSummary>
   }
 }
 
-/** <runDir>/nats.json (mode 0600): the URL and credentials of the job's own nats-server while `launch` runs it. */
+/**
+ * <runDir>/nats.json (mode 0600): the URL of the job's own nats-server while `launch` runs it and its users: `user`
+ * and `password` (the launcher's, read-only: `blip2 status`, `blip2 stop`) and `roles` (coordinator, trainer,
+ * launcher; `blip2 join` uses the trainer's).
+ */
 export const natsFileOf = (c: JobConfig) => join(c.job.runDir, 'nats.json');
 
-/** The job's NATS user: generated at the first launch, then kept (in nats.json) so that a relaunch uses the same. */
-function jobNatsCredentials(c: JobConfig): { user: string; password: string } {
-  const file = natsFileOf(c);
-  if (existsSync(file)) {
-    try {
-      const saved = JSON.parse(readFileSync(file, 'utf8')) as { user?: unknown; password?: unknown };
-      if (typeof saved.user === 'string' && typeof saved.password === 'string' && saved.user && saved.password) return { user: saved.user, password: saved.password };
-    } catch {
-      // unreadable: a new pair below
-    }
+const ROLES: NatsRole[] = ['coordinator', 'trainer', 'launcher'];
+
+/** The job's NATS users, one per role: generated at the first launch, then kept (in nats.json) so that a relaunch uses the same. */
+function jobNatsCredentials(c: JobConfig): Record<NatsRole, { user: string; password: string }> {
+  let saved: { roles?: Partial<Record<NatsRole, { user?: unknown; password?: unknown }>> } = {};
+  try {
+    saved = JSON.parse(readFileSync(natsFileOf(c), 'utf8')) as typeof saved;
+  } catch {
+    // none yet, or unreadable: new users below
   }
-  return { user: `blip2-${c.job.id}`, password: randomBytes(24).toString('hex') };
+  const out = {} as Record<NatsRole, { user: string; password: string }>;
+  for (const role of ROLES) {
+    const r = saved.roles?.[role];
+    out[role] = typeof r?.user === 'string' && typeof r.password === 'string' && r.user && r.password
+      ? { user: r.user, password: r.password }
+      : { user: `blip2-${c.job.id}-${role}`, password: randomBytes(24).toString('hex') };
+  }
+  return out;
+}
+
+/**
+ * A relaunch whose committed checkpoint fails its checks (a checksum, a missing file): the job state goes back to
+ * the newest older checkpoint that passes them (written with compare-and-set, by a user that may write the job
+ * state: on the job's own nats-server, the coordinator's), and the console says so. None left: refused.
+ */
+async function guardCommittedCheckpoint(
+  c: JobConfig, previous: StoredState,
+  x: { nc: NatsConnection; natsUrl: string; roles?: Record<NatsRole, { user: string; password: string }>; say: Say },
+): Promise<StoredState> {
+  const committed = previous.state.committed;
+  const check = checkCommittedCheckpoint(committed);
+  if (!check || !committed) return previous;
+  if (!check.fallback) {
+    throw new Blip2Error(`the committed checkpoint ${committed.checkpointDir} cannot be restored (${check.problem}), and no older checkpoint next to it can: the job cannot continue; start a new job (another job.id)`);
+  }
+  const fb = check.fallback;
+  const why = `checkpoint ${basename(committed.checkpointDir)} failed its checks; restored the previous valid one, ${basename(fb.checkpointDir)}`;
+  const writer = x.roles
+    ? await connectJobNats({ ...c, nats: { ...c.nats, ...x.roles.coordinator } }, { url: x.natsUrl, name: 'blip2-launch-rewind' })
+    : x.nc;
+  try {
+    const store = await JobStore.open(writer, c.job.id);
+    const state = rewindJobState(previous.state, fb, why);
+    const revision = await store.compareAndSet(state, previous.revision);
+    x.say(`the committed checkpoint ${committed.checkpointDir} (step ${committed.step}) fails its checks: ${check.problem}`);
+    x.say(`going back to the previous valid checkpoint ${fb.checkpointDir} (step ${fb.step}, epoch ${fb.epoch + 1}); the steps after it are trained again`);
+    return { state, revision };
+  } finally {
+    if (writer !== x.nc) await writer.close().catch(() => undefined);
+  }
+}
+
+/** The job's nats-server and its supervision: restarted on the same port, store and users when it dies. */
+interface SupervisedNats {
+  server: NatsServerHandle;
+  stop(): Promise<void>;
+}
+
+async function superviseNats(
+  c: JobConfig, roles: Record<NatsRole, { user: string; password: string }>,
+  x: { lock: LaunchLock; say: Say; stopped: () => boolean; logDir: string; gone: (e: Error) => void },
+): Promise<SupervisedNats> {
+  const subjects = jobSubjects(c.job.id);
+  const users: NatsUser[] = ROLES.map((role) => ({ ...roles[role], permissions: jobNatsPermissions(role, subjects) }));
+  const storeDir = join(c.job.runDir, 'nats');
+  const logFile = join(x.logDir, 'nats-server.log');
+  let stopping = false;
+  let restarts = 0;
+  const start = async (port?: number): Promise<NatsServerHandle> => {
+    const server = await startNatsServer({ storeDir, detached: true, users, logFile, ...(port ? { port } : {}) });
+    if (server.process.pid) x.lock.set({ name: 'nats-server', pid: server.process.pid, mark: 'nats-server' });
+    server.process.once('exit', (code, signal) => void onExit(code, signal));
+    return server;
+  };
+  const h: SupervisedNats = {
+    server: await start(),
+    async stop() {
+      stopping = true;
+      await h.server.stop();
+    },
+  };
+  const onExit = async (code: number | null, signal: NodeJS.Signals | null) => {
+    if (stopping || x.stopped()) return;
+    const how = code !== null ? `exited with code ${code}` : `was killed by ${signal}`;
+    while (!stopping && !x.stopped()) {
+      if (restarts >= c.launch.restarts) {
+        x.gone(new Blip2Error(`the job's nats-server ${how} and was not restarted (launch.restarts is ${c.launch.restarts}); its log: ${logFile}`));
+        return;
+      }
+      restarts++;
+      const wait = Math.min(30_000, c.launch.backoffMs * 2 ** (restarts - 1));
+      x.say(`nats-server ${how}; restarting it on port ${h.server.port} with the same store in ${(wait / 1000).toFixed(1)} s (restart ${restarts} of ${c.launch.restarts})`);
+      await unrefSleep(wait);
+      if (stopping || x.stopped()) return;
+      try {
+        h.server = await start(h.server.port);
+        x.say(`nats-server restarted at ${h.server.url}`);
+        return;
+      } catch (e) {
+        x.say(`nats-server did not start again: ${(e as Error).message.split('\n')[0]}`);
+      }
+    }
+  };
+  return h;
+}
+
+/** The job's KV bucket, or null when no coordinator has created it yet. */
+async function openJobStore(nc: NatsConnection, jobId: string): Promise<JobStore | null> {
+  try {
+    const store = await JobStore.open(nc, jobId);
+    await store.read(); // opening does not look: a bucket that does not exist shows here
+    return store;
+  } catch (e) {
+    if (/not found/i.test((e as Error).message ?? '')) return null;
+    throw e;
+  }
+}
+
+/**
+ * Creates a new job's KV bucket (as the coordinator would) with a user that may: the coordinator's on the job's own
+ * nats-server, the configured one otherwise. Returns it opened on the launcher's own (read-only) connection.
+ */
+async function createJobBucket(
+  c: JobConfig, x: { nc: NatsConnection; natsUrl: string; roles?: Record<NatsRole, { user: string; password: string }> },
+): Promise<JobStore> {
+  const writer = x.roles
+    ? await connectJobNats({ ...c, nats: { ...c.nats, ...x.roles.coordinator } }, { url: x.natsUrl, name: 'blip2-launch-create' })
+    : x.nc;
+  try {
+    await JobStore.open(writer, c.job.id, { create: true });
+  } finally {
+    if (writer !== x.nc) await writer.close().catch(() => undefined);
+  }
+  return JobStore.open(x.nc, c.job.id);
 }
 
 /** Step 1: the job config (file < env < flags; with no file, the demo's settings), a token for this run. */
@@ -238,9 +390,10 @@ function checkStage(c: JobConfig, say: Say): void {
  * the coordinator's exit.
  */
 async function startProcesses(
-  c: JobConfig, o: LaunchOptions, x: { natsUrl: string; logDir: string; children: Child[]; say: Say },
-): Promise<{ coordinatorExit: Promise<number | null> }> {
-  const { natsUrl, logDir, children, say } = x;
+  c: JobConfig, o: LaunchOptions,
+  x: { natsUrl: string; logDir: string; supervisor: Supervisor; roles?: Record<NatsRole, { user: string; password: string }>; say: Say },
+): Promise<void> {
+  const { natsUrl, logDir, supervisor, roles, say } = x;
   // Never the user's own config file: its nats.url must stay as written, or a relaunch would look for this run's
   // nats-server.
   const resolved = JSON.parse(JSON.stringify(c)) as JobConfig;
@@ -253,19 +406,22 @@ async function startProcesses(
   if (c.nats.user) secrets.BLIP2_NATS_USER = c.nats.user;
   if (c.nats.password) secrets.BLIP2_NATS_PASSWORD = c.nats.password;
   if (c.nats.token) secrets.BLIP2_NATS_TOKEN = c.nats.token;
+  // On the job's own nats-server each role has its own user (jobNatsPermissions).
+  const roleEnv = (role: NatsRole): Record<string, string> => (roles ? { BLIP2_NATS_USER: roles[role].user, BLIP2_NATS_PASSWORD: roles[role].password } : {});
   const start = (name: string, entry: string, extraEnv: Record<string, string>) => {
     const log = createWriteStream(join(logDir, `${name}.log`), { flags: 'a' });
-    const proc = spawn(process.execPath, ['--import', 'tsx', join(repoRoot, entry), '--config', jobFile], {
-      cwd: repoRoot,
-      env: { ...process.env, ...secrets, BLIP2_NODE_ID: name, ...extraEnv },
-      stdio: ['ignore', 'pipe', 'pipe'],
-      detached: true, // its own process group: the terminal's Ctrl-C reaches only the launcher, which stops it after a commit
+    const kind = name === 'coordinator' ? 'coordinator' : 'trainer';
+    supervisor.start(name, kind, entry, () => {
+      const proc = spawn(process.execPath, ['--import', 'tsx', join(repoRoot, entry), '--config', jobFile], {
+        cwd: repoRoot,
+        env: { ...process.env, ...secrets, ...roleEnv(kind), BLIP2_NODE_ID: name, BLIP2_SUPERVISOR_PID: String(process.pid), ...extraEnv },
+        stdio: ['ignore', 'pipe', 'pipe'],
+        detached: true, // its own process group: the terminal's Ctrl-C reaches only the launcher, which stops it after a commit
+      });
+      proc.stdout!.pipe(log, { end: false });
+      proc.stderr!.pipe(log, { end: false });
+      return proc;
     });
-    proc.stdout!.pipe(log, { end: false });
-    proc.stderr!.pipe(log, { end: false });
-    const exit = new Promise<number | null>((r) => proc.once('exit', (code) => r(code)));
-    children.push({ name, proc, exit });
-    return exit;
   };
   const trainerEntry = o.trainerEntry ?? 'trainer/main.ts';
   if (!existsSync(join(repoRoot, trainerEntry))) throw new UsageError(`trainer entry ${trainerEntry} not found in ${repoRoot}`);
@@ -273,7 +429,7 @@ async function startProcesses(
   const metricsPorts: number[] = [];
   for (let i = 0; i <= c.world.trainers; i++) metricsPorts.push(c.metrics.port ? c.metrics.port + i : await freePort());
   const port = (base: number, i: number) => String(base ? base + i : 0);
-  const coordinatorExit = start('coordinator', 'coordinator/main.ts', { BLIP2_METRICS_PORT: String(metricsPorts[0]) });
+  start('coordinator', 'coordinator/main.ts', { BLIP2_METRICS_PORT: String(metricsPorts[0]) });
   // The trainers share this machine's cores: each engine gets its share of threads (more threads than cores,
   // across processes, made a 2-trainer step ten times slower than a 1-trainer one on 2 cores). An explicit
   // BLIP2_ENGINE_THREADS wins.
@@ -287,7 +443,6 @@ async function startProcesses(
   if (c.metrics.enabled) {
     say(`metrics: coordinator http://${c.metrics.host}:${metricsPorts[0]}/metrics, trainers ${metricsPorts.slice(1).map((p) => `:${p}`).join(' ')}`);
   }
-  return { coordinatorExit };
 }
 
 interface JobEnd {
@@ -298,23 +453,24 @@ interface JobEnd {
 
 /**
  * Step 5: prints rank 0's progress reports and the generations as they change, until the job finishes, is
- * stopped (Ctrl-C after the next commit, a second one or SIGTERM/SIGHUP at once) or fails (the coordinator or
- * every trainer exits early).
+ * stopped (Ctrl-C after the next commit, a second one or SIGTERM/SIGHUP at once) or fails (the coordinator cannot
+ * be restarted, or every trainer this launch started is gone for good while no other member is in the job).
  */
 async function followJob(
   c: JobConfig, o: LaunchOptions,
   x: {
-    nc: NatsConnection; store: JobStore; previous: JobState | null; children: Child[]; coordinatorExit: Promise<number | null>;
-    logDir: string; samplesPerEpoch: number; say: Say;
+    nc: NatsConnection; store: JobStore; previous: JobState | null; supervisor: Supervisor;
+    logDir: string; samplesPerEpoch: number; say: Say; setSay: (say: Say) => void; onEnd: () => void;
   },
 ): Promise<JobEnd> {
-  const { nc, store, children, coordinatorExit, logDir } = x;
+  const { nc, store, supervisor, logDir } = x;
   let state: JobState | null = x.previous;
   let last: ProgressReport | null = null;
   let generationSeen = state?.generation ?? 0;
   // A bar on a terminal (other lines above it), plain lines otherwise.
   const view = createProgressView({ out: o.out ?? process.stdout, epochs: c.train.epochs, totalSamples: x.samplesPerEpoch * c.train.epochs, maxSteps: c.train.maxSteps });
   const say: Say = (line) => view.log(line);
+  x.setSay(say);
   // Progress reports are display only (the job's status, commits and ledger come from KV): each one is validated and
   // must come from a registered member; anything else is ignored with a note (at most one per 10 s).
   let ignored = 0;
@@ -343,6 +499,23 @@ async function followJob(
   });
   let finished!: () => void;
   const finishedP = new Promise<void>((r) => (finished = r));
+  // Every trainer this launch started gone for good: the job fails, unless members it did not start (`blip2 join`)
+  // are still in it.
+  let trainersFailed!: (e: Error) => void;
+  const trainersGone = new Promise<never>((_, reject) => (trainersFailed = reject));
+  const ours = new Set(supervisor.procs.map((p) => p.name));
+  let othersNoted = false;
+  const checkTrainers = () => {
+    if (!supervisor.trainersGone() || (state as JobState | null)?.status === 'finished') return;
+    const others = ((state as JobState | null)?.members ?? []).filter((m) => !ours.has(m.nodeId));
+    if (others.length) {
+      if (!othersNoted) say(`every trainer this launch started has exited; following the job with ${others.length} other member(s): ${others.map((m) => m.nodeId).join(', ')}`);
+      othersNoted = true;
+      return;
+    }
+    trainersFailed(new Blip2Error(`every trainer exited before the job finished; see the logs in ${logDir}`));
+  };
+  const offGone = supervisor.onGone(checkTrainers);
   let commitSeen = state?.committed?.step ?? 0;
   let onCommit: (() => void) | undefined;
   let waitingFor = '';
@@ -362,7 +535,11 @@ async function followJob(
       commitSeen = s.committed!.step;
       onCommit?.();
     }
-    if (s.status === 'finished') finished();
+    if (s.status === 'finished') {
+      x.onEnd(); // nothing is restarted once the job has ended
+      finished();
+    }
+    checkTrainers();
   }, (why) => say(`warning: ${why}`));
 
   // Ctrl-C: stop after the next commit.
@@ -386,6 +563,7 @@ async function followJob(
   const terminate = (sig: string) => {
     say(`${sig}: stopping now`);
     stopRequested = true;
+    x.onEnd();
     stopNow();
   };
   const onTerm = () => terminate('SIGTERM');
@@ -393,37 +571,32 @@ async function followJob(
   process.on('SIGTERM', onTerm);
   process.on('SIGHUP', onHup);
   o.signal?.addEventListener('abort', requestStop, { once: true });
-  const coordinatorFailed = coordinatorExit.then((code) => {
-    if (!stopRequested && code !== 0) {
-      throw new Blip2Error(`the coordinator exited with code ${code}; its last lines (${join(logDir, 'coordinator.log')}):\n${lastLines(join(logDir, 'coordinator.log'))}`);
-    }
-  });
-  // A trainer that fails while the job goes on: say so, with its last lines (the job may continue without it).
-  for (const ch of children.filter((x) => x.name.startsWith('trainer-'))) {
-    void ch.exit.then((code) => {
-      if (code !== 0 && !stopRequested && (state as JobState | null)?.status !== 'finished') {
-        say(`${ch.name} exited with code ${code}; its last lines (${join(logDir, `${ch.name}.log`)}):\n${lastLines(join(logDir, `${ch.name}.log`))}`);
-      }
-    });
-  }
-  const trainersGone = Promise.all(children.filter((ch) => ch.name.startsWith('trainer-')).map((ch) => ch.exit)).then(() => {
-    if (state?.status !== 'finished') throw new Blip2Error(`every trainer exited before the job finished; see the logs in ${logDir}`);
-  });
+  checkTrainers();
   let status: LaunchSummary['status'];
   try {
-    await Promise.race([finishedP, stopped, coordinatorFailed.then(() => new Promise(() => {})), trainersGone.then(() => new Promise(() => {}))]);
+    await Promise.race([finishedP, stopped, supervisor.failed(), trainersGone]);
     const ended = state as JobState | null;
     status = ended?.status === 'finished' && !ended.stopRequested ? 'finished' : 'stopped';
     if (status === 'finished') view.complete();
     if (ended?.status === 'finished') {
       if (ended.stopRequested) say(`job ${ended.reason}`);
       // Let the processes see the end and exit by themselves.
-      await Promise.race([Promise.all(children.map((ch) => ch.exit)), unrefSleep(15_000)]);
+      await supervisor.allExited(15_000);
     }
   } catch (e) {
-    say(`job failed: ${(e as Error).message}`);
-    status = 'failed';
+    // The job's truth is in KV: a job that finished (or was stopped) is not reported failed because a process died.
+    const now = await store.read().then((r) => r?.state ?? null, () => null);
+    if (now) state = now;
+    if (now?.status === 'finished') {
+      say(`note: ${(e as Error).message}`);
+      status = now.stopRequested ? 'stopped' : 'finished';
+    } else {
+      say(`job failed: ${(e as Error).message}`);
+      status = 'failed';
+    }
   } finally {
+    x.onEnd();
+    offGone();
     process.off('SIGINT', requestStop);
     process.off('SIGTERM', onTerm);
     process.off('SIGHUP', onHup);

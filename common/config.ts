@@ -45,7 +45,7 @@ export interface JobConfig {
   log: { level: LogLevelName; format: 'text' | 'json' };
   world: { min: number; max: number; trainers: number; rendezvousSettleMs: number };
   membership: { heartbeatMs: number; timeoutMs: number };
-  launch: { target: 'local' | 'kubernetes' };
+  launch: { target: 'local' | 'kubernetes'; restarts: number; backoffMs: number };
   engine: EngineConfig;
 }
 
@@ -272,6 +272,14 @@ const schema = {
   },
   launch: {
     target: { doc: 'Where `blip2 launch` runs the job (kubernetes: not implemented yet).', format: ['local', 'kubernetes'], default: 'local' },
+    restarts: {
+      doc: 'How many times `blip2 launch` restarts each of its processes (a trainer, the coordinator, its nats-server) that dies before the job ends; 0: never.',
+      format: 'int-nonneg', default: 5,
+    },
+    backoffMs: {
+      doc: 'Wait before `blip2 launch` restarts a process that died: this, doubled at each further restart of the same process (at most 30 s).',
+      format: 'int-positive', default: 1000,
+    },
   },
   engine: {
     backend: {

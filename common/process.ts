@@ -27,9 +27,23 @@ export function loadProcessConfig(argv: string[], env: NodeJS.ProcessEnv = proce
  */
 export const EXIT_SIGNALLED = 143;
 
-/** Runs `main`, mapping errors to a message and an exit status (2: bad input, 1: failure). */
+/**
+ * Runs `main`, mapping errors to a message and an exit status (2: bad input, 1: failure). Started by `blip2 launch`
+ * (BLIP2_SUPERVISOR_PID names it), the process stops itself (SIGTERM, its usual stop) once that parent is gone, so
+ * a launcher killed with SIGKILL leaves no trainer or coordinator behind.
+ */
 export function runProcess(component: string, main: () => Promise<number | void>): void {
   const log = createLogger(component);
+  const supervisor = Number(process.env.BLIP2_SUPERVISOR_PID ?? '0');
+  if (Number.isInteger(supervisor) && supervisor > 0 && process.ppid === supervisor) {
+    const timer = setInterval(() => {
+      if (process.ppid === supervisor) return;
+      clearInterval(timer);
+      log.warn('the launcher that started this process is gone: stopping', { launcher: supervisor });
+      process.kill(process.pid, 'SIGTERM');
+    }, 1000);
+    timer.unref();
+  }
   main().then(
     (code) => process.exit(code ?? 0),
     (e: Error) => {

@@ -76,11 +76,11 @@ describe('blip2 launch refuses up front', () => {
 describe('blip2 launch says what goes on', () => {
   test('trainers that fail: the console shows their last error lines; the wait for trainers is shown', async () => {
     const runDir = mkdtempSync(join(tmpdir(), 'blip2-fail-'));
-    const l = launch(runDir, ['--world.trainers', '2', '--world.min', '2'], 'test/fixtures/failing-trainer.ts');
+    const l = launch(runDir, ['--world.trainers', '2', '--world.min', '2', '--launch.restarts', '0'], 'test/fixtures/failing-trainer.ts');
     expect(await l.exited, l.output()).toBe(1);
     const out = l.output();
     expect(out).toMatch(/waiting for trainers: 0 of world\.min 2 registered/);
-    expect(out).toMatch(/trainer-[01] exited with code 1; its last lines \(.*trainer-[01]\.log\):\n.*cannot open the shard stream: simulated failure/);
+    expect(out).toMatch(/trainer-[01] exited with code 1 \(not restarted: launch\.restarts is 0\); its last lines \(.*trainer-[01]\.log\):\n.*cannot open the shard stream: simulated failure/);
     expect(out).toMatch(/job failed: every trainer exited before the job finished/);
   });
 
@@ -93,14 +93,16 @@ describe('blip2 launch says what goes on', () => {
     await expect(connect({ servers: url, reconnect: false })).rejects.toThrow(/authori[sz]ation/i);
     const natsFile = join(runDir, 'nats.json');
     expect(statSync(natsFile).mode & 0o777).toBe(0o600);
-    const creds = JSON.parse(readFileSync(natsFile, 'utf8')) as { url: string; user: string; password: string };
+    const creds = JSON.parse(readFileSync(natsFile, 'utf8')) as { url: string; user: string; password: string; roles: Record<string, { user: string; password: string }> };
     expect(creds.url).toBe(url);
     expect(l.output()).not.toContain(creds.password);
     // `blip2 status` finds the launched job's server and user by itself.
     const status = spawnSync(process.execPath, [join(repoRoot, 'bin/blip2.js'), 'status', '--job.runDir', runDir], { cwd: repoRoot, encoding: 'utf8' });
     expect(status.status, status.stderr).toBe(0);
     expect(status.stdout).toMatch(/job blip2-demo: running/);
-    const nc = await connect({ servers: url, user: creds.user, pass: creds.password });
+    // The launcher's own user (creds.user) may not publish progress at all: a trainer's user may, so it is the one a
+    // spoofed report could come from.
+    const nc = await connect({ servers: url, user: creds.roles.trainer!.user, pass: creds.roles.trainer!.password });
     const subject = jobSubjects('blip2-demo').progress;
     const report = { nodeId: 'trainer-0', generation: 1, step: 999_999, epoch: 0, losses: { itc: 0.0001 }, samples: 1, samplesPerSec: 1e6, time: Date.now() };
     for (const payload of ['null', 'garbage', '{}', '[]', JSON.stringify({ nodeId: 'trainer-0' }), JSON.stringify({ ...report, samplesPerSec: 'fast' }),

@@ -75,9 +75,11 @@ describe('bad messages on a running job', () => {
         return null;
       }
     };
-    const running = await waitUntil('a world of 2', async () => {
+    // A world of 2 whose shard queue has been rebuilt: the descriptors published below come after that rebuild's
+    // purge (published before it, they were purged unread and no trainer rejected them).
+    const running = await waitUntil('a world of 2 with its queue rebuilt', async () => {
       const s = await state();
-      return s?.world.length === 2 ? s : null;
+      return s?.world.length === 2 && s.queueGeneration === s.generation ? s : null;
     }, 30_000);
     const subjects = jobSubjects(jobId);
 

@@ -2,6 +2,8 @@
  * Faults in a real job (coordinator/main.ts + trainer/main.ts processes, gRPC collectives, a real nats-server):
  * a trainer SIGKILLed mid-epoch, and the coordinator SIGKILLed and restarted.
  */
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { afterAll, afterEach, beforeAll, expect, inject, test } from 'vitest';
 import { checkpointLedger, createJob, trainSampleIds, type TestJob } from './helpers/job';
@@ -79,6 +81,15 @@ test('a trainer SIGKILLed mid-epoch: the survivor continues, a replacement is ta
   for (const check of checkpointLedger(s.committed!.checkpointDir, trainSampleIds(j), epochs)) {
     expect(check).toEqual({ ok: true, missing: [], duplicates: [], unexpected: [] });
   }
+  // The run dir's ledger.jsonl agrees with the checkpoint's ledger: every sample of every epoch once (rank 0 was
+  // killed after a commit; a line it could not append is restored from the checkpoint by the next rank 0).
+  const runLedger: Record<string, string[]> = {};
+  for (const line of readFileSync(join(j.dir, 'ledger.jsonl'), 'utf8').trim().split('\n')) {
+    const r = JSON.parse(line) as { epoch: number; ids: string[] };
+    (runLedger[r.epoch] ??= []).push(...r.ids);
+  }
+  const ckLedger = JSON.parse(readFileSync(join(s.committed!.checkpointDir, 'ledger.json'), 'utf8')) as Record<string, string[]>;
+  for (let e = 0; e < epochs; e++) expect([...(runLedger[e] ?? [])].sort(), `ledger.jsonl, epoch ${e}`).toEqual([...ckLedger[e]!].sort());
   // The survivor trained in all three generations; the replacement only in the last.
   expect(new Set(j.steps(survivor).map((r) => r.generation)).size).toBeGreaterThanOrEqual(3);
   expect(j.steps('c').every((r) => r.generation === together.generation)).toBe(true);

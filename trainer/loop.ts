@@ -23,7 +23,7 @@
  * A collective failure or a generation change aborts the generation: leases are handed back, the caller reports it
  * and waits for the next assignment.
  */
-import { appendFileSync } from 'node:fs';
+import { appendFileSync, readFileSync, writeFileSync } from 'node:fs';
 import { basename } from 'node:path';
 import { Blip2Error, createLogger, type Logger } from '../common';
 import type { Batch, LeasedShard, ShardDescriptor, ShardLease } from '../dataloader';
@@ -198,6 +198,54 @@ const flatten = (values: Map<string, Float32Array>, names: readonly string[]) =>
  * Runs one generation until the job finishes (`finished`), `maxSteps` is committed, or it is aborted (throws the
  * collective's error, or GenerationAbortedError). `onStep` sees every step.
  */
+/**
+ * `<runDir>/ledger.jsonl` made to agree with the checkpoint a generation restores (rank 0, before any step): lines
+ * of commits after it (a job sent back to an older checkpoint) are dropped, and ids of its ledger that no line holds
+ * (a commit recorded while its rank 0 was killed, or its generation aborted, before the line was appended) are
+ * appended as one line per epoch, marked `recovered`.
+ */
+export function reconcileLedgerFile(path: string, ledger: Record<string, string[]>, step: number): { added: number; dropped: number } {
+  let text = '';
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch {
+    // none yet
+  }
+  const kept: string[] = [];
+  const have = new Map<string, Set<string>>();
+  let dropped = 0;
+  for (const line of text.split('\n')) {
+    if (!line.trim()) continue;
+    let r: { epoch?: unknown; step?: unknown; ids?: unknown };
+    try {
+      r = JSON.parse(line) as typeof r;
+    } catch {
+      dropped++; // a torn line
+      continue;
+    }
+    if (typeof r.step === 'number' && r.step > step) {
+      dropped++;
+      continue;
+    }
+    kept.push(line);
+    const set = have.get(String(r.epoch)) ?? new Set<string>();
+    for (const id of Array.isArray(r.ids) ? r.ids : []) set.add(String(id));
+    have.set(String(r.epoch), set);
+  }
+  const add: string[] = [];
+  let added = 0;
+  for (const [epoch, ids] of Object.entries(ledger)) {
+    const h = have.get(epoch) ?? new Set<string>();
+    const missing = ids.filter((id) => !h.has(id));
+    if (!missing.length) continue;
+    added += missing.length;
+    add.push(JSON.stringify({ epoch: Number(epoch), step, ids: missing, recovered: true }));
+  }
+  if (dropped) writeFileSync(path, [...kept, ...add].map((l) => l + '\n').join(''));
+  else if (add.length) appendFileSync(path, add.map((l) => l + '\n').join(''));
+  return { added, dropped };
+}
+
 export async function runGeneration<L extends TrainLease>(
   core: TrainerCore, g: GenerationInput<L>, onStep?: (s: StepSummary) => void,
 ): Promise<GenerationOutcome> {
@@ -271,6 +319,10 @@ class GenerationRun<L extends TrainLease> {
       this.values = new Map([...ck.params].map(([k, v]) => [k, v.data]));
       optimizer.loadState(ck.optimizer);
       if (ck.files['ledger.json']) this.ledger = JSON.parse(ck.files['ledger.json']) as Record<string, string[]>;
+      if (g.rank === 0 && o.ledgerPath) {
+        const fixed = reconcileLedgerFile(o.ledgerPath, this.ledger, ck.step);
+        if (fixed.added || fixed.dropped) log.info('ledger.jsonl brought in line with the restored checkpoint', { step: ck.step, ...fixed });
+      }
       this.step = ck.step;
       if (g.epoch === ck.epoch) {
         this.epoch = ck.epoch;
@@ -509,8 +561,10 @@ class GenerationRun<L extends TrainLease> {
         step, epoch, checkpointDir: dir, cursors, ackedShards: [...acked], samples: this.samplesCommitted + ids.length, generation: g.generation,
       });
     }
-    // 3. Recorded: ack what it holds.
+    // 3. Recorded: first the run dir's ledger (the sooner, the smaller the window in which a kill loses the line; a
+    // line lost anyway is restored from the checkpoint at the next restore), then ack what it holds.
     const committed = await g.commits.waitCommitted(step);
+    if (g.rank === 0 && o.ledgerPath && ids.length) appendFileSync(o.ledgerPath, JSON.stringify({ epoch, step, ids }) + '\n');
     let ackedNow = 0;
     for (const [id, t] of [...touched]) {
       if (!t.done) continue;
@@ -520,7 +574,6 @@ class GenerationRun<L extends TrainLease> {
     }
     core.metrics?.addShardsAcked(ackedNow);
     core.metrics?.setShardsPending(g.data.heldLeases());
-    if (g.rank === 0 && o.ledgerPath && ids.length) appendFileSync(o.ledgerPath, JSON.stringify({ epoch, step, ids }) + '\n');
     if (g.rank === 0 && o.keepCheckpoints) {
       const removed = pruneCheckpoints(o.checkpointRoot, committed.checkpointDir, o.keepCheckpoints);
       if (removed.length) log.debug('old checkpoints removed', { removed });

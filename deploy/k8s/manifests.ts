@@ -124,7 +124,7 @@ export function renderKubernetes(config: JobConfig, o: RenderOptions = {}): Rend
   c.node.id = '';
   c.grpc = { ...c.grpc, host: '0.0.0.0', advertiseHost: '', port: TRAINER_GRPC_PORT };
   c.metrics = { ...c.metrics, host: '0.0.0.0', port: 0 };
-  c.launch = { target: 'local' };
+  c.launch = { ...c.launch, target: 'local' };
   const indexFile = `${c.data.root}/index.json`;
 
   const secretEnv: Record<string, string> = { BLIP2_JOB_TOKEN: config.job.token };
