@@ -196,6 +196,9 @@ export class JetStreamEpochData implements EpochData<LeasedShard> {
           let msg;
           try {
             const consumer = await this.getConsumer();
+            // Nothing undelivered: dry at once. A pull on an empty queue only returns when it expires (1 s at
+            // least), and every rank makes one at the end of each epoch, while its peers wait for it.
+            if ((await consumer.info(false)).num_pending === 0) return null;
             msg = await consumer.next({ expires: Math.max(1000, this.o.pollMs ?? 1000) });
             if (!msg) {
               const info = await consumer.info(false);
