@@ -101,3 +101,46 @@ function plainView(o: ProgressViewOptions, say: (line: string) => void): Progres
     stop() {},
   };
 }
+
+/** Progress of a long piece of work made of named parts (`blip2 eval`: loading, then each task). */
+export interface TaskProgress {
+  /** `done` of `total` units of `part`. */
+  update(part: string, done: number, total: number): void;
+  /** Ends the display (the bar stays on screen). */
+  stop(): void;
+}
+
+/**
+ * On a terminal, one cli-progress bar per part with its count and ETA; elsewhere, one plain line when a part starts,
+ * then at most one every 5 seconds, and its last count.
+ */
+export function createTaskProgress(out: NodeJS.WritableStream): TaskProgress {
+  if ((out as { isTTY?: boolean }).isTTY === true) {
+    const multi = new MultiBar({
+      stream: out as NodeJS.WriteStream, format: '{part}  {bar} {value}/{total}  ETA {eta_formatted}', barsize: 24,
+      hideCursor: false, gracefulExit: true, clearOnComplete: false, linewrap: false,
+    }, Presets.shades_classic);
+    const bars = new Map<string, SingleBar>();
+    return {
+      update(part, done, total) {
+        const bar = bars.get(part) ?? multi.create(total, 0, { part: part.padEnd(18) });
+        bars.set(part, bar);
+        bar.setTotal(total);
+        bar.update(done, { part: part.padEnd(18) });
+      },
+      stop: () => multi.stop(),
+    };
+  }
+  let current = '';
+  let last = 0;
+  return {
+    update(part, done, total) {
+      const now = Date.now();
+      if (part === current && done < total && now - last < 5000) return;
+      current = part;
+      last = now;
+      out.write(`${part}: ${done}/${total}\n`);
+    },
+    stop: () => undefined,
+  };
+}

@@ -47,3 +47,5 @@ export { BadSampleError, DescriptorError, DatasetError, SKIP_REASONS, type SkipR
 export { dataSkipCounts, trainerDataMetrics, coordinatorDataMetrics, type TrainerDataMetrics, type CoordinatorDataMetrics } from './metrics';
 export { writeSynthDataset, synthVocabulary, LM_TOKENIZER_PATH, type SynthOptions } from './synth';
 export { checkDatasets, type CheckOptions, type CheckReport, type DatasetReport, type Distribution } from './check';
+export { readEvalSplit, loadDataIndex, splitDatasets, type EvalSample, type EvalSplit, type ReadSplitOptions } from './eval-split';
+export { preCaption } from './caption';

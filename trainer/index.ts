@@ -40,4 +40,8 @@ export type { Objective } from './model';
 export { type StageModel, type StageBatch, type StageStepResult } from './stage-model';
 export { Stage2Runtime, distributedStage2Step } from './stage2-runtime';
 export { pretrainLanguageModel, saveLanguageModel, type LmPretrainOptions } from './lm-pretrain';
-export { InferenceModel, inferenceSettings, readImages, VQA_PROMPT, type CaptionOptions, type InferenceSettings, type InferenceSettingsOptions, type InputImage } from './inference';
+export { InferenceModel, inferenceSettings, readImages, readImageBytes, VQA_PROMPT, type CaptionOptions, type InferenceSettings, type InferenceSettingsOptions, type InputImage } from './inference';
+export {
+  evaluateCheckpoint, formatEvalReport, taskRefusal, questionType, singleAnswerAccuracy, EVAL_TASKS, STAGE_TASKS,
+  type EvalTask, type EvaluateOptions, type EvalReport, type RetrievalReport, type CaptionReport, type CaptionFigures, type VqaReport,
+} from './evaluate';

@@ -15,12 +15,15 @@
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import { ConfigError, loadJobConfig, safetensorsHeader, safetensorsNames, UsageError } from '../common';
-import { CaptionTokenizer, transformImage } from '../dataloader';
+import { CaptionTokenizer, preCaption, transformImage } from '../dataloader';
+import { rerankTopK } from './eval';
+import { readCheckpointMeta } from './checkpoint';
 import { modelConfigFor, resolveWeights } from './core';
 import { initEngine, tf } from './engine';
 import { generateWithItg, generateWithOpt, type SearchOptions } from './generate';
 import {
-  createParams, disposeParams, loadModelConfig, loadParams, OptLanguageModel, presetConfig, VisionBackbone, type Blip2Config, type Params,
+  createParams, disposeParams, imageItcFeatures, itmScores, lnVision, loadModelConfig, loadParams, OptLanguageModel, paramManifest, presetConfig,
+  projectImage, textItcFeatures, VisionBackbone, type Blip2Config, type Params,
 } from './model';
 
 const OPT_EMBED_TOKENS = 'language_model.model.decoder.embed_tokens.weight';
@@ -138,6 +141,19 @@ export async function readImages(paths: readonly string[], imageSize: number): P
   return out;
 }
 
+/** Encoded images (e.g. read from a dataset's shards) through the evaluation transform; `name` identifies one in errors. */
+export async function readImageBytes(items: ReadonlyArray<{ name: string; bytes: Uint8Array }>, imageSize: number): Promise<InputImage[]> {
+  const out: InputImage[] = [];
+  for (const { name, bytes } of items) {
+    try {
+      out.push({ path: name, pixels: (await transformImage(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength), { mode: 'eval', imageSize })).pixels });
+    } catch (e) {
+      throw new UsageError(`image ${name}: not an image that can be decoded (${(e as Error).message.split('\n')[0]})`);
+    }
+  }
+  return out;
+}
+
 /** A trained stage-1 or stage-2 model, ready to caption images and (stage 2) answer questions about them. */
 export class InferenceModel {
   private constructor(
@@ -149,6 +165,11 @@ export class InferenceModel {
     private readonly vision: VisionBackbone,
     private readonly qformerTokenizer: CaptionTokenizer,
     private readonly lm?: { model: OptLanguageModel; tokenizer: CaptionTokenizer; newline: number },
+    /** The Q-Former's ITC and ITM heads and text side are loaded (stage 1, or weights that hold them). */
+    readonly canRetrieve: boolean = stage === 1,
+    /** The trainer checkpoint's directory and step (undefined for bare safetensors). */
+    readonly checkpointDir?: string,
+    readonly step?: number,
   ) {}
 
   get imageSize(): number {
@@ -191,6 +212,10 @@ export class InferenceModel {
 
     await initEngine();
     const params = loadParams(source.files, config, { stage });
+    // Stage 2 trains the queries and the projection only; retrieval needs the text side and heads of stage 1.
+    const textSide = paramManifest(config).filter((p) => p.group === 'qformer_text').map((p) => p.name);
+    const heads = stage === 1 || textSide.every((n) => held.has(n));
+    if (stage === 2 && heads) for (const [k, v] of loadParams(source.files, config, { groups: ['qformer_text'] })) params.set(k, v);
     // The frozen ViT: the one the checkpoint was trained against (regenerated from its seed), or from the weights.
     let vision: VisionBackbone;
     if (ck) {
@@ -198,7 +223,8 @@ export class InferenceModel {
       vision = await VisionBackbone.fromParams(vp, config, { fp16: true });
       disposeParams(vp);
     } else vision = VisionBackbone.load(source.files, config);
-    return new InferenceModel(stage, config, ck?.dir ?? source.files.join(', '), params, vision, tokenizer, lm);
+    const step = ck ? readCheckpointMeta(ck.dir).step : undefined;
+    return new InferenceModel(stage, config, ck?.dir ?? source.files.join(', '), params, vision, tokenizer, lm, heads, ck?.dir, step);
   }
 
   /**
@@ -272,6 +298,92 @@ export class InferenceModel {
       }
     }
     return out;
+  }
+
+  /**
+   * Retrieval scores as LAVIS `compute_sim_matrix` makes them (spec §13): image features of the query pass, text
+   * features of the text pass (texts cleaned by `pre_caption`, tokenised to `max_txt_len`), ITC similarity
+   * sim[i][t] = max over queries of image_feat[i,q] · text_feat[t] (no temperature); then for each image its top `k`
+   * texts, and for each text its top `k` images, re-scored as ITM + ITC (every other entry −100).
+   * `progress(done, total)` counts the re-scored rows (images, then texts).
+   */
+  async retrievalScores(images: readonly Float32Array[], texts: readonly string[], k: number, progress?: (done: number, total: number) => void) {
+    if (!this.canRetrieve) throw new UsageError('retrieval needs the Q-Former\'s ITC and ITM heads: a stage-1 checkpoint (a stage-2 checkpoint holds the queries and the projection only)');
+    const p = this.params;
+    const c = this.config;
+    const S = this.imageSize;
+    const batch = 16;
+    // 1. ln_vision(ViT(image)) of every image, their image features, and the projected cross-attention keys/values.
+    const embeds: tf.Tensor3D[] = [];
+    const feats: tf.Tensor3D[] = [];
+    for (let start = 0; start < images.length; start += batch) {
+      const rows = images.slice(start, start + batch);
+      const pixels = new Float32Array(rows.length * 3 * S * S);
+      rows.forEach((px, i) => pixels.set(px, i * 3 * S * S));
+      const input = tf.tensor4d(pixels, [rows.length, 3, S, S]);
+      const hidden = this.vision.encode(input);
+      input.dispose();
+      const e = lnVision(p, c, hidden); // [b,P,Dv]
+      hidden.dispose();
+      embeds.push(e);
+      feats.push(imageItcFeatures(p, c, e)); // [b,Q,E]
+    }
+    const pool = tf.concat(embeds, 0) as tf.Tensor3D; // [N,P,Dv]
+    embeds.forEach((t) => t.dispose());
+    // tf.tidy keeps tensors of a plain object, not of a Map.
+    const kept = tf.tidy(() => {
+      const o: Record<string, tf.Tensor> = {};
+      for (const [layer, kv] of projectImage(p, c, pool)) Object.assign(o, { [`k${layer}`]: kv.k, [`v${layer}`]: kv.v });
+      return o;
+    });
+    pool.dispose();
+    const cross = new Map(Object.keys(kept).filter((n) => n.startsWith('k')).map((n) => [Number(n.slice(1)), { k: kept[n] as tf.Tensor4D, v: kept[`v${n.slice(1)}`] as tf.Tensor4D }]));
+    // 2. Text features.
+    const tok = this.qformerTokenizer.encodeBatch(texts.map((t) => preCaption(t)));
+    const T = tok.seqLength;
+    const idsOf = (rows: readonly number[]) => {
+      const out = new Int32Array(rows.length * T);
+      rows.forEach((r, i) => out.set(tok.inputIds.subarray(r * T, (r + 1) * T), i * T));
+      return tf.tensor2d(out, [rows.length, T], 'int32');
+    };
+    const maskOf = (rows: readonly number[]) => rows.map((r) => Array.from(tok.attentionMask.subarray(r * T, (r + 1) * T)));
+    const textFeats: tf.Tensor2D[] = [];
+    for (let start = 0; start < texts.length; start += 64) {
+      const rows = Array.from({ length: Math.min(64, texts.length - start) }, (_, i) => start + i);
+      const ids = idsOf(rows);
+      textFeats.push(textItcFeatures(p, c, ids, maskOf(rows)));
+      ids.dispose();
+    }
+    // 3. sim[i][t] = max_q image_feat[i,q] · text_feat[t]: [N,M].
+    const sim = tf.tidy(() => {
+      const img = tf.concat(feats, 0) as tf.Tensor3D; // [N,Q,E]
+      const txt = tf.concat(textFeats, 0) as tf.Tensor2D; // [M,E]
+      const [n, q, e] = img.shape;
+      return tf.max(tf.reshape(tf.matMul(tf.reshape(img, [n * q, e]), txt, false, true), [n, q, txt.shape[0]]), 1) as tf.Tensor2D; // [N,M]
+    });
+    feats.forEach((t) => t.dispose());
+    textFeats.forEach((t) => t.dispose());
+    const flat = sim.dataSync();
+    sim.dispose();
+    const M = texts.length;
+    const simI2t = Array.from({ length: images.length }, (_, i) => flat.slice(i * M, (i + 1) * M));
+    // 4. The top k re-scored as ITM + ITC.
+    let done = 0;
+    const total = images.length + texts.length;
+    try {
+      const scores = await rerankTopK(simI2t, k, (pairs) => {
+        const ids = idsOf(pairs.map(([, t]) => t));
+        const s = itmScores(p, c, cross, pairs.map(([i]) => i), { inputIds: ids, attentionMask: maskOf(pairs.map(([, t]) => t)) });
+        ids.dispose();
+        const out = s.dataSync();
+        s.dispose();
+        progress?.(++done, total);
+        return out;
+      });
+      return { simI2t, ...scores };
+    } finally {
+      Object.values(kept).forEach((t) => t.dispose());
+    }
   }
 
   dispose(): void {

@@ -61,3 +61,22 @@ export function stage1FeatureBackward(
 export function crossAttentionLayers(config: Blip2Config): number[] {
   return Array.from({ length: config.qformer_config.num_hidden_layers }, (_, i) => i).filter((i) => hasCrossAttention(config.qformer_config, i));
 }
+
+/**
+ * Retrieval features (LAVIS blip2_qformer.py `compute_sim_matrix`): image_feats [B,Q,E] of the query pass over
+ * image_embeds = ln_vision(ViT output) [B,P,Dv], without gradients.
+ */
+export function imageItcFeatures(params: Params, config: Blip2Config, imageEmbeds: tf.Tensor3D): tf.Tensor3D {
+  return tf.tidy(() => {
+    const pass = itcQueryPass(params, config, projectImage(params, config, imageEmbeds), imageEmbeds.shape[0]);
+    return imageFeatures(params, qformerEncoder(params, config, pass.h, pass).out); // [B,Q,E]
+  });
+}
+
+/** Retrieval features: text_feat [B,E] of the text pass ([CLS] output, projected, normalised), without gradients. */
+export function textItcFeatures(params: Params, config: Blip2Config, inputIds: tf.Tensor2D, attentionRows: number[][]): tf.Tensor2D {
+  return tf.tidy(() => {
+    const pass = itcTextPass(params, config, inputIds, attentionRows);
+    return textFeature(params, qformerEncoder(params, config, pass.h, pass).out); // [B,E]
+  });
+}

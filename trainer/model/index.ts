@@ -56,13 +56,13 @@ export {
 } from './qformer';
 export { qformerLockstep, type LockstepStream } from './qformer-lockstep';
 export { itcSimilarities, itcLoss, imageFeatures, textFeature, type Pass } from './itc';
-export { itmWeights, itmSamplingWeights, sampleHardNegatives, drawIndex, localNegatives, itmLoss, type ItmNegatives, type NegativeKey } from './itm';
+export { itmWeights, itmSamplingWeights, sampleHardNegatives, drawIndex, localNegatives, itmLoss, itmScores, type ItmNegatives, type NegativeKey } from './itm';
 export { itgTargetCount, itgTargets, itgLoss, lmHead, type ItgTargets } from './itg';
 export {
   stage1Step, stage1StepWithSchedule, DEFAULT_SCHEDULE, OBJECTIVES,
   type Objective, type Stage1Inputs, type Stage1Options, type Stage1Result, type GatheredFeatures, type LossNormalisers, type PassSchedule,
 } from './stage1';
-export { stage1Features, stage1FeatureBackward, lnVision, crossAttentionLayers } from './features';
+export { stage1Features, stage1FeatureBackward, lnVision, crossAttentionLayers, imageItcFeatures, textItcFeatures } from './features';
 export * from './masks';
 export { FrozenWeights, frozenCall, type WideningCounters } from './frozen-weights';
 export type { LanguageModel, LanguageModelText, LanguageModelTargets } from './language-model';

@@ -11,7 +11,7 @@ import { ModelInputError } from './errors';
 import { itcSimilarities, maskTensor, type Pass } from './itc';
 import { crossEntropySum, linear } from './layers';
 import { itmMask } from './masks';
-import { embeddings, projectImage, queryTokens, selectImages, type HeadKeyValue } from './qformer';
+import { embeddings, projectImage, qformerEncoder, queryTokens, selectImages, type HeadKeyValue } from './qformer';
 import type { Params } from './params';
 
 /**
@@ -160,4 +160,27 @@ export function itmLoss(p: Params, queryOutput: tf.Tensor3D, rows: number): { lo
   const logits = tf.mean(linear(p, 'itm_head', queryOutput), 1) as tf.Tensor2D; // [3B,2]
   const labels = tf.tensor1d(Array.from({ length: 3 * B }, (_, i) => (i < B ? 1 : 0)), 'int32'); // [3B]
   return { loss: tf.div(crossEntropySum(logits, labels, 0), rows) as tf.Scalar, logits };
+}
+
+/**
+ * ITM scores for retrieval (LAVIS blip2_qformer.py `compute_itm`, used by `compute_sim_matrix`): for each pair, the
+ * queries and the text attend to each other (bidirectional mask), the queries cross-attend the pair's image, and the
+ * score is the positive-class logit `itm_head(query outputs)[:, :, 1]` averaged over the queries (no softmax).
+ * `cross` are the projected keys/values of an image pool, `imageRows` [n] the pool row of each pair's image, the
+ * texts [n,T] with their 0/1 mask rows. Returns [n].
+ */
+export function itmScores(
+  p: Params, config: Blip2Config, cross: Map<number, HeadKeyValue>, imageRows: readonly number[],
+  text: { inputIds: tf.Tensor2D; attentionMask: number[][] },
+): tf.Tensor1D {
+  return tf.tidy(() => {
+    const n = imageRows.length;
+    const Q = config.num_query_tokens;
+    const h = embeddings(p, config, queryTokens(p, n), text.inputIds); // [n,Q+T,H]
+    const out = qformerEncoder(p, config, h, {
+      queryLength: Q, selfMask: maskTensor(itmMask(text.attentionMask, Q)), cross: selectImages(cross, tf.tensor1d(Array.from(imageRows), 'int32')), lastLayerRows: Q,
+    }).out; // [n,Q,H]
+    const logits = linear(p, 'itm_head', out); // [n,Q,2]
+    return tf.reshape(tf.mean(tf.slice(logits, [0, 0, 1], [n, Q, 1]), 1), [n]) as tf.Tensor1D; // [n]
+  });
 }

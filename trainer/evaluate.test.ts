@@ -1,0 +1,187 @@
+// evaluateCheckpoint on checkpoints written here through the checkpoint code (tiny preset, random weights: nothing is
+// trained, the wiring is what is checked): the report's shape, chance levels against the closed form, the baselines
+// against the scorers run independently, figures in range and consistent, the same figures twice, the JSON file
+// beside the checkpoint, and the refusals (retrieval in stage 2, vqa in stage 1, a missing split).
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CaptionTokenizer, readEvalSplit, writeSynthDataset } from '../dataloader';
+import { writeCheckpoint } from './checkpoint';
+import { modelConfigFor } from './core';
+import { initEngine, tf } from './engine';
+import { scoreCaptions } from './eval';
+import { evaluateCheckpoint, formatEvalReport, singleAnswerAccuracy, taskRefusal, type EvalReport } from './evaluate';
+import { saveLanguageModel } from './lm-pretrain';
+import { createParams, disposeParams, presetConfig, type Params } from './model';
+import type { InferenceSettings } from './inference';
+
+let work = '';
+let data = '';
+let stage1 = '';
+let stage2 = '';
+let lmFile = '';
+let s1: InferenceSettings;
+let s2: InferenceSettings;
+
+/** A trainer checkpoint of `stage` holding `params` (as the loop writes one), in `root`. */
+function checkpointOf(root: string, params: Params, stage: 1 | 2, frozenSeed: number): string {
+  const values = new Map([...params].map(([name, t]) => [name, { shape: [...t.shape], data: Float32Array.from(t.dataSync() as Float32Array) }]));
+  return writeCheckpoint(root, {
+    step: 4, epoch: 0, stepInEpoch: 4, params: values,
+    optimizer: { step: 0, expAvg: new Map([...values].map(([n, v]) => [n, new Float32Array(v.data.length)])), expAvgSq: new Map([...values].map(([n, v]) => [n, new Float32Array(v.data.length)])) },
+    rng: { seed: 5, frozenSeed }, cursors: {}, ackedShards: [], configHash: 'evaluate-test', parent: null, extra: { stage },
+  });
+}
+
+beforeAll(async () => {
+  await initEngine({ engine: 'cpu' }); // the tiny model runs faster on cpu than on wasm
+  work = mkdtempSync(join(tmpdir(), 'blip2-evaluate-'));
+  data = join(work, 'data');
+  // 48 samples, 12 held out (2 captions and 6 questions each).
+  await writeSynthDataset({ out: data, samples: 48, shardSize: 16, imageSize: 32, seed: 4, valFraction: 0.25 });
+  const tokenizer = CaptionTokenizer.fromFile(join(data, 'tokenizer.json'), { maxLength: presetConfig('tiny').lavis_config.max_txt_len });
+  const config = modelConfigFor('tiny', undefined, tokenizer);
+  const p1 = createParams(config, 21, { stage: 1 });
+  stage1 = checkpointOf(join(work, 'stage1'), p1, 1, 9);
+  disposeParams(p1);
+  const lmTokenizer = CaptionTokenizer.fromFile(join(data, 'opt-tokenizer', 'tokenizer.json'), { kind: 'opt' });
+  config.text_config.vocab_size = lmTokenizer.vocabSize;
+  const lm = createParams(config, 22, { groups: ['language_model'] });
+  lmFile = join(work, 'lm.safetensors');
+  await saveLanguageModel(lmFile, lm);
+  disposeParams(lm);
+  const p2 = createParams(config, 23, { stage: 2 });
+  stage2 = checkpointOf(join(work, 'stage2'), p2, 2, 9);
+  disposeParams(p2);
+  const common = { preset: 'tiny', modelConfigFile: '', tokenizer: join(data, 'tokenizer.json'), lmTokenizer: join(data, 'opt-tokenizer', 'tokenizer.json') };
+  s1 = { ...common, checkpoint: stage1, languageModel: '' };
+  s2 = { ...common, checkpoint: stage2, languageModel: lmFile };
+}, 120_000);
+afterAll(() => rmSync(work, { recursive: true, force: true }));
+
+/** 1 − C(m − g, k) / C(m, k) in percent, from the binomial coefficients themselves. */
+function chance(m: number, g: number, k: number): number {
+  const binom = (n: number, r: number) => {
+    if (r > n) return 0;
+    let v = 1;
+    for (let i = 1; i <= r; i++) v = (v * (n - r + i)) / i;
+    return v;
+  };
+  return 100 * (1 - binom(m - g, Math.min(k, m)) / binom(m, Math.min(k, m)));
+}
+
+describe('evaluateCheckpoint, stage 1', () => {
+  let report: EvalReport;
+
+  it('retrieval and captions: the report\'s shape, chance levels, baseline, ranges, and the JSON beside the checkpoint', async () => {
+    const tensors = tf.memory().numTensors;
+    const parts = new Set<string>();
+    report = await evaluateCheckpoint({
+      checkpoint: stage1, data, tasks: ['retrieval', 'caption'], settings: s1, beams: 2, maxLength: 8, minLength: 2,
+      progress: (p) => parts.add(p.task),
+    });
+    expect(tf.memory().numTensors).toBe(tensors); // everything the evaluation made is freed
+    expect(parts).toEqual(new Set(['load', 'retrieval', 'caption']));
+    expect(report).toMatchObject({ checkpoint: stage1, split: 'val', stage: 1, step: 4 });
+    expect(report.vqa).toBeUndefined();
+
+    const r = report.retrieval!;
+    expect(r).toMatchObject({ images: 12, texts: 24, k: 24 });
+    // Chance: each image has 2 of the 24 texts; each text 1 of the 12 images.
+    for (const k of [1, 5, 10] as const) {
+      expect(r.chance[`txt_r${k}`]).toBeCloseTo(chance(24, 2, k), 10);
+      expect(r.chance[`img_r${k}`]).toBeCloseTo(chance(12, 1, k), 10);
+    }
+    expect(r.chance.img_r1).toBeCloseTo(100 / 12, 10);
+    for (const key of ['txt_r1', 'txt_r5', 'txt_r10', 'img_r1', 'img_r5', 'img_r10'] as const) {
+      expect(r[key]).toBeGreaterThanOrEqual(0);
+      expect(r[key]).toBeLessThanOrEqual(100);
+      // A recall is a count over 12 images or 24 texts.
+      expect(Number.isInteger(Math.round((r[key] * (key.startsWith('txt') ? 12 : 24)) / 100 * 1e6) / 1e6)).toBe(true);
+    }
+    expect(r.txt_r1).toBeLessThanOrEqual(r.txt_r5);
+    expect(r.txt_r5).toBeLessThanOrEqual(r.txt_r10);
+    expect(r.img_r1).toBeLessThanOrEqual(r.img_r5);
+    expect(r.r_mean).toBeCloseTo((r.txt_r1 + r.txt_r5 + r.txt_r10 + r.img_r1 + r.img_r5 + r.img_r10) / 6, 10);
+
+    const c = report.caption!;
+    expect(c).toMatchObject({ images: 12, beams: 2, maxLength: 8, minLength: 2 });
+    expect(c.samples).toHaveLength(5);
+    for (const key of ['Bleu_1', 'Bleu_2', 'Bleu_3', 'Bleu_4'] as const) {
+      expect(c[key]).toBeGreaterThanOrEqual(0);
+      expect(c[key]).toBeLessThanOrEqual(1);
+    }
+    expect(c.CIDEr).toBeGreaterThanOrEqual(0);
+    // The baseline: the most common caption of the train split, scored by the caption scorers directly.
+    const train = await readEvalSplit(data, 'train', { images: false });
+    const counts = new Map<string, number>();
+    for (const cap of train.samples.flatMap((s) => s.captions)) counts.set(cap, (counts.get(cap) ?? 0) + 1);
+    const top = Math.max(...counts.values());
+    expect(counts.get(c.baseline.caption)).toBe(top);
+    const val = await readEvalSplit(data, 'val', { images: false });
+    const ids = val.samples.map((s) => s.id);
+    const key = (id: string) => JSON.stringify(id); // scoreCaptions' map keys
+    const base = scoreCaptions({ ids, predictions: new Map(ids.map((id) => [key(id), c.baseline.caption])), references: new Map(val.samples.map((s) => [key(s.id), s.captions])) });
+    expect(c.baseline).toEqual({ caption: c.baseline.caption, Bleu_1: base.Bleu_1, Bleu_2: base.Bleu_2, Bleu_3: base.Bleu_3, Bleu_4: base.Bleu_4, CIDEr: base.CIDEr });
+    expect(c.samples[0]!.references).toEqual(val.samples[0]!.captions);
+
+    // The JSON beside the checkpoint is the report.
+    expect(report.file).toBe(join(stage1, 'eval-val.json'));
+    expect(JSON.parse(readFileSync(report.file!, 'utf8'))).toEqual(JSON.parse(JSON.stringify(report)));
+    const table = formatEvalReport(report);
+    expect(table).toContain(`retrieval  img_r1`);
+    expect(table).toMatch(new RegExp(`caption\\s+CIDEr\\s+${c.CIDEr.toFixed(4)}\\s+${c.baseline.CIDEr.toFixed(4)}`));
+  }, 120_000);
+
+  it('gives the same figures a second time (and --limit takes the first images)', async () => {
+    const again = await evaluateCheckpoint({ checkpoint: stage1, data, tasks: ['retrieval', 'caption'], settings: s1, beams: 2, maxLength: 8, minLength: 2, write: false });
+    expect({ ...again, seconds: 0, file: undefined }).toEqual({ ...report, seconds: 0, file: undefined });
+    const few = await evaluateCheckpoint({ checkpoint: stage1, data, tasks: ['retrieval'], settings: s1, limit: 5, k: 3, write: false });
+    expect(few.retrieval).toMatchObject({ images: 5, texts: 10, k: 3 });
+    expect(few.retrieval!.chance.img_r5).toBeCloseTo(100, 10);
+  }, 120_000);
+
+  it('refuses vqa, a missing split, and `all` runs what stage 1 can', async () => {
+    await expect(evaluateCheckpoint({ checkpoint: stage1, data, tasks: ['vqa'], settings: s1 })).rejects.toThrow(/--task vqa: vqa needs a stage-2 checkpoint/);
+    await expect(evaluateCheckpoint({ checkpoint: stage1, data, split: 'test', tasks: ['caption'], settings: s1 })).rejects.toThrow(/no dataset of split "test" \(the index has: train, val\)/);
+    expect(taskRefusal('retrieval', 1)).toBeUndefined();
+  }, 60_000);
+});
+
+describe('evaluateCheckpoint, stage 2', () => {
+  it('vqa and captions with the frozen LM; accuracy and its baseline from the train split\'s answers', async () => {
+    const r = await evaluateCheckpoint({ checkpoint: stage2, data, tasks: ['all'], settings: s2, limit: 4, beams: 1, maxLength: 4, minLength: 1 });
+    expect(r.stage).toBe(2);
+    expect(r.retrieval).toBeUndefined();
+    expect(r.caption).toMatchObject({ images: 4 });
+    const v = r.vqa!;
+    expect(v.questions).toBe(24);
+    expect(v.accuracy).toBeGreaterThanOrEqual(0);
+    expect(v.accuracy).toBeLessThanOrEqual(100);
+    // The baseline answers each question with its type's most common training answer.
+    const train = (await readEvalSplit(data, 'train', { images: false })).samples.flatMap((s) => s.qa);
+    const val = (await readEvalSplit(data, 'val', { images: false, limit: 4 })).samples.flatMap((s) => s.qa);
+    const type = (q: string) => q.split(' ').slice(0, 2).join(' ');
+    const top = (t: string) => {
+      const counts = new Map<string, number>();
+      for (const q of train.filter((x) => type(x.question) === t)) counts.set(q.answer, (counts.get(q.answer) ?? 0) + 1);
+      return [...counts].reduce((a, b) => (b[1] > a[1] ? b : a))[0];
+    };
+    const hits = val.filter((q) => top(type(q.question)) === q.answer).length;
+    expect(v.baseline).toBeCloseTo((100 * hits) / 24, 10);
+    expect(Object.values(v.byType).reduce((n, t) => n + t.questions, 0)).toBe(24);
+    expect(existsSync(join(stage2, 'eval-val.json'))).toBe(true);
+  }, 120_000);
+
+  it('refuses retrieval: a stage-2 checkpoint holds no ITC/ITM heads', async () => {
+    await expect(evaluateCheckpoint({ checkpoint: stage2, data, tasks: ['retrieval'], settings: s2 })).rejects.toThrow(/--task retrieval: retrieval needs a stage-1 checkpoint/);
+  }, 60_000);
+
+  it('one reference answer: 1 for the same answer after normalisation, else 0', () => {
+    expect(singleAnswerAccuracy('Red', 'red')).toBe(1);
+    expect(singleAnswerAccuracy('the red', 'red')).toBe(1);
+    expect(singleAnswerAccuracy('two', '2')).toBe(1);
+    expect(singleAnswerAccuracy('blue', 'red')).toBe(0);
+  });
+});
