@@ -7,8 +7,9 @@
  *  2. lm:     the frozen language model of stage 2, pre-trained on the training captions (`blip2 pretrain-lm`), kept in
  *     <runDir>/opt-lm.safetensors and reused when it is there;
  *  3. stage2: the stage-2 job (the LM loss through the frozen LM) from stage 1's last commit, in <runDir>/stage2;
- *  4. eval:   both checkpoints on the held-out split: retrieval with stage 1's ITC and ITM, captioning and VQA with
- *     stage 2's decoder, printed as tables beside their chance level or baseline (<runDir>/eval.json).
+ *  4. eval:   both checkpoints on the held-out split: retrieval with stage 1's ITC and ITM, captions from stage 1's
+ *     ITG head and from stage 2's decoder, VQA with stage 2's decoder, printed as tables beside their chance level or
+ *     baseline (<runDir>/eval.json).
  * When every phase asked for is done, <runDir>/demo.json records it, and the next launch starts a new demo.
  */
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -53,7 +54,7 @@ export interface DemoSummary {
   stage1?: LaunchSummary;
   stage2?: LaunchSummary;
   languageModel?: string;
-  /** The evaluation reports (retrieval of stage 1; caption and VQA of stage 2). */
+  /** The evaluation reports (retrieval and caption of stage 1; caption and VQA of stage 2). */
   eval?: EvalReport[];
   wallSeconds: number;
 }
@@ -173,17 +174,21 @@ export async function launchDemo(o: DemoOptions = {}): Promise<DemoSummary> {
   return end('finished');
 }
 
-/** The demo's evaluation settings (`blip2 eval`): candidates re-ranked with ITM per retrieval query, caption beams. */
-export const DEMO_EVAL = { k: 16, beams: 5 };
+/**
+ * The demo's evaluation settings (`blip2 eval`): the first `limit` images of the held-out split, candidates re-ranked
+ * with ITM per retrieval query, caption beams.
+ */
+export const DEMO_EVAL = { limit: 100, k: 16, beams: 5 };
 
 /**
- * 4. Retrieval with the stage-1 checkpoint, captioning and VQA with the stage-2 checkpoint (when those phases ran),
+ * 4. Retrieval and captioning (the ITG head) with the stage-1 checkpoint, captioning (the OPT decoder) and VQA with the
+ * stage-2 checkpoint (when those phases ran),
  * on the held-out split; the reports go to <root>/eval.json and their tables to the console.
  */
 async function evaluateDemo(x: { root: string; dataRoot: string; out: NodeJS.WritableStream; say: (line: string) => void }): Promise<EvalReport[]> {
   const { evaluateCheckpoint, formatEvalReport } = await import('../trainer');
   const runs: Array<{ checkpoint: string; tasks: Array<'retrieval' | 'caption' | 'vqa'> }> = [];
-  if (readJson<LaunchSummary>(join(x.root, 'summary.json'))?.status === 'finished') runs.push({ checkpoint: x.root, tasks: ['retrieval'] });
+  if (readJson<LaunchSummary>(join(x.root, 'summary.json'))?.status === 'finished') runs.push({ checkpoint: x.root, tasks: ['retrieval', 'caption'] });
   if (readJson<LaunchSummary>(join(x.root, 'stage2', 'summary.json'))?.status === 'finished') runs.push({ checkpoint: join(x.root, 'stage2'), tasks: ['caption', 'vqa'] });
   if (!runs.length) throw new UsageError(`nothing to evaluate in ${x.root}: neither stage finished (run the stage1 and stage2 phases first)`);
   const progress = createTaskProgress(x.out);
@@ -191,7 +196,7 @@ async function evaluateDemo(x: { root: string; dataRoot: string; out: NodeJS.Wri
   try {
     for (const r of runs) {
       reports.push(await evaluateCheckpoint({
-        checkpoint: r.checkpoint, data: x.dataRoot, split: 'val', tasks: r.tasks, k: DEMO_EVAL.k, beams: DEMO_EVAL.beams,
+        checkpoint: r.checkpoint, data: x.dataRoot, split: 'val', tasks: r.tasks, limit: DEMO_EVAL.limit, k: DEMO_EVAL.k, beams: DEMO_EVAL.beams,
         progress: (p) => progress.update(p.task === 'load' ? `loading ${r.checkpoint === x.root ? 'stage 1' : 'stage 2'}` : p.task, p.done, p.total),
       }));
     }

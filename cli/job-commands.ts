@@ -49,8 +49,10 @@ export function registerJobCommands(program: Command): void {
       'Run a training job: starts a nats-server (unless nats.url is set), the coordinator and world.trainers ' +
         'trainer processes, shows progress (step, epoch, samples/s, losses, ETA) and ends with a summary. ' +
         'With no --config it runs the built-in demo: the synthetic dataset generated into runs/blip2-demo/data, ' +
-        'the tiny preset, 2 trainers. Ctrl-C stops after the next committed checkpoint; launching the same job ' +
-        'again continues it.',
+        'stage 1 (the demo preset, 2 trainers), the frozen language model pre-trained on the captions, stage 2 from ' +
+        'stage 1 (runs/blip2-demo/stage2), then retrieval, caption and VQA figures on the held-out split beside their ' +
+        'chance level or baseline. Ctrl-C stops after the next committed checkpoint; launching the same job ' +
+        'again continues it (the demo: from the phase it stopped in).',
     )
     .option('--config <file>', 'job config, YAML or JSON (default: the built-in demo)')
     .addOption(new Option('--target <target>', 'where to run the job').choices(['local', 'kubernetes']).default('local'))
