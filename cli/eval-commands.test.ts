@@ -67,8 +67,8 @@ test('VQA accuracy from results and VQAv2 annotations', () => {
 test('bad input: one line, exit 2', () => {
   const cases: Array<[string[], RegExp]> = [
     [['eval', '--task', 'caption', '--predictions', join(tmp, 'nope.json'), '--references', refs], /nope\.json: no such file or directory$/],
-    [['eval', '--task', 'bleu', '--predictions', preds, '--references', refs], /argument 'bleu' is invalid\. Allowed choices are caption, vqa/],
-    [['eval', '--task', 'caption', '--predictions', preds], /required option '--references <file>' not specified/],
+    [['eval', '--task', 'bleu', '--predictions', preds, '--references', refs], /argument 'bleu' is invalid\. Allowed choices are retrieval, caption, vqa, all/],
+    [['eval', '--task', 'caption', '--predictions', preds], /give --predictions FILE and --references FILE/],
     [['eval', '--task', 'caption', '--predictions', write('short.json', [{ image_id: 1, caption: 'x' }]), '--references', refs], /short\.json: no caption for 2 of the 3 images/],
   ];
   for (const [args, message] of cases) {

@@ -75,7 +75,7 @@ async function evaluateModel(o: EvalOptions, tasks: Array<Task | 'all'>): Promis
     report = await evaluateCheckpoint({
       checkpoint: o.checkpoint!, data: o.data, split: o.split, tasks, limit, k, beams, maxLength, minLength,
       configFile: o.config, languageModel: o.languageModel, preset: o.preset,
-      progress: (p) => progress.update(p.task === 'load' ? 'loading the model' : p.task, p.done, p.total),
+      progress: (p) => progress.update(p.task, p.done, p.total),
     });
   } finally {
     progress.stop();
@@ -99,7 +99,7 @@ export function registerEvalCommands(program: Command): void {
     )
     .addOption(new Option('--task <task...>', 'what to evaluate; repeat it or give several (all = every task the checkpoint\'s stage can do)').choices([...TASKS, 'all']).makeOptionMandatory())
     .option('--checkpoint <path>', 'a trainer checkpoint (checkpoints/step-N), a job\'s run directory (its last commit), or safetensors')
-    .option('--data <dir>', 'with --checkpoint: the dataset folder (index.json; its tokenizer.json and opt-tokenizer/ are used)')
+    .option('--data <dir>', 'with --checkpoint: the dataset folder (index.json; its tokenizer.json and opt-tokenizer/ when it has them, else the job config\'s)')
     .option('--split <name>', 'with --checkpoint: the held-out split', 'val')
     .option('--limit <n>', 'with --checkpoint: at most this many images of the split')
     .option('--k <n>', 'retrieval: candidates per query re-ranked with ITM (LAVIS k_test)', '128')

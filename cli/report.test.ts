@@ -38,6 +38,8 @@ function writeRun(dir: string, losses: (step: number, gen: number) => Record<str
     a.observeStep(rec(s, 1, 1, 2));
   }
   for (let s = 5; s <= 8; s++) a.observeStep(rec(s, 2, 0, 1));
+  // An in-job evaluation's line among the steps: not a step, and not a bad line.
+  a.observeEval({ step: 8, epoch: 1, split: 'val', checkpointDir: join(dir, 'ck'), seconds: 1, figures: [{ task: 'caption', metric: 'CIDEr', value: 0.5, baseline: 0.2 }] });
 }
 
 const stage1 = (step: number, gen: number) => ({ itc: 2 - step / 10, itm: 0.7, itg: 3.6 - step / 20 + (gen === 2 ? 0.01 : 0) });

@@ -67,6 +67,7 @@ export function readRunMetrics(runDir: string): { lines: StepLine[]; badLines: n
         badLines++;
         continue;
       }
+      if ((o as { kind?: unknown }).kind === 'eval') continue; // an in-job evaluation's line, not a step
       if (!Number.isFinite(o.step) || typeof o.losses !== 'object' || o.losses === null) {
         badLines++;
         continue;

@@ -20,6 +20,10 @@ export class ConfigError extends UsageError {}
 
 export type LogLevelName = 'debug' | 'info' | 'warn' | 'error';
 
+/** Evaluation tasks (trainer/evaluate.ts): retrieval needs stage 1, vqa stage 2. */
+export const EVAL_TASK_NAMES = ['retrieval', 'caption', 'vqa'] as const;
+export type EvalTaskName = (typeof EVAL_TASK_NAMES)[number];
+
 export interface JobConfig {
   job: { id: string; token: string; runDir: string };
   node: { id: string };
@@ -34,6 +38,7 @@ export interface JobConfig {
     weightDecay: number; beta1: number; beta2: number; eps: number; gradClipNorm: number;
   };
   checkpoint: { dir: string; intervalSteps: number; keep: number };
+  eval: { tasks: EvalTaskName[]; intervalSteps: number; atEnd: boolean; split: string; limit: number };
   nats: { url: string; user: string; password: string; token: string; credsFile: string };
   grpc: { host: string; advertiseHost: string; port: number; tls: { certFile: string; keyFile: string; caFile: string } };
   metrics: { enabled: boolean; host: string; port: number };
@@ -116,6 +121,15 @@ convict.addFormats({
         if (!/^(nats|tls|ws|wss):\/\/[^\s/]+(:\d+)?\/?$/.test(part.trim()))
           throw new Error('must be empty (start a local nats-server) or nats://host:port, comma-separated for a cluster');
       }
+    },
+  },
+  'eval-tasks': {
+    name: 'eval-tasks',
+    coerce: (v: unknown) => (typeof v === 'string' ? (v.trim() === '' ? [] : v.split(',').map((x) => x.trim())) : v),
+    validate(v: unknown) {
+      if (!Array.isArray(v)) throw new Error(`must be a list of evaluation tasks (${EVAL_TASK_NAMES.join(', ')}; comma-separated in env and flags)`);
+      for (const t of v) if (!(EVAL_TASK_NAMES as readonly unknown[]).includes(t)) throw new Error(`evaluation task ${JSON.stringify(t)} is not one of ${EVAL_TASK_NAMES.join(', ')}`);
+      if (new Set(v).size !== v.length) throw new Error('lists a task twice');
     },
   },
   'dataset-names': {
@@ -209,6 +223,16 @@ const schema = {
     dir: { doc: 'Checkpoint directory. Empty: <runDir>/checkpoints.', format: String, default: '' },
     intervalSteps: { doc: 'Commit a checkpoint every this many steps (and at the end of every epoch).', format: 'int-positive', default: 20 },
     keep: { doc: 'Committed checkpoints to keep on disk.', format: 'int-positive', default: 3 },
+  },
+  eval: {
+    tasks: {
+      doc: 'Evaluate the held-out split during the job (rank 0, on the committed checkpoint): retrieval (stage 1), caption, vqa (stage 2). Empty: no evaluation.',
+      format: 'eval-tasks', default: [],
+    },
+    intervalSteps: { doc: 'With eval.tasks: evaluate every this many steps (a commit is made at those steps); 0 = only at the end (eval.atEnd).', format: 'int-nonneg', default: 0 },
+    atEnd: { doc: 'With eval.tasks: evaluate the job\'s last commit (at train.maxSteps, or the end of the last epoch).', format: 'strict-boolean', default: true },
+    split: { doc: 'The held-out split evaluated (datasets of the index whose split is this).', format: String, default: 'val' },
+    limit: { doc: 'Evaluate at most this many images of the split (0 = all): bounds the time each evaluation takes.', format: 'int-nonneg', default: 0 },
   },
   nats: {
     url: { doc: 'NATS server URL(s). Empty: `blip2 launch` starts a local nats-server.', format: 'nats-url', default: '' },
@@ -424,6 +448,11 @@ export function loadJobConfig(o: LoadJobConfigOptions = {}): LoadedJobConfig {
   rule(c.membership.heartbeatMs * 2 <= c.membership.timeoutMs,
     `membership.timeoutMs (${c.membership.timeoutMs}) must be at least twice membership.heartbeatMs (${c.membership.heartbeatMs})`);
   rule(c.optim.minLr <= c.optim.lr, `optim.minLr (${c.optim.minLr}) must be <= optim.lr (${c.optim.lr})`);
+  rule(!(c.train.stage === 2 && c.eval.tasks.includes('retrieval')),
+    'eval.tasks: retrieval needs stage 1 (it scores with the Q-Former\'s ITC and ITM heads, which stage 2 does not train or keep); drop it for train.stage 2');
+  rule(!(c.train.stage === 1 && c.eval.tasks.includes('vqa')),
+    'eval.tasks: vqa needs stage 2 (it answers with the language model); drop it for train.stage 1');
+  rule(c.eval.intervalSteps === 0 || c.eval.tasks.length > 0, `eval.intervalSteps (${c.eval.intervalSteps}) needs eval.tasks (the tasks to evaluate)`);
   const tls = [c.grpc.tls.certFile, c.grpc.tls.keyFile, c.grpc.tls.caFile];
   rule(tls.every((f) => f === '') || tls.every((f) => f !== ''),
     `grpc.tls.certFile, grpc.tls.keyFile and grpc.tls.caFile must be set together (got ${JSON.stringify(c.grpc.tls)})`);

@@ -70,6 +70,7 @@ test('a real job: true metrics, no NaN before the first step, probes, a clean pr
       world: { min: 2, max: 2, rendezvousSettleMs: 200 },
       membership: { heartbeatMs: 200, timeoutMs: 10_000 },
       metrics: { enabled: true, port: 0 },
+      eval: { tasks: ['retrieval', 'caption'], intervalSteps: 2, limit: 2 }, // the dashboard's evaluation panels
     },
     data: { samples: 40, shardSize: 16 }, // train: 36 samples, 5 descriptors per epoch
   }));

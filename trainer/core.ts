@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { createLogger, safetensorsHeader, safetensorsNames, UsageError, type Logger } from '../common';
 import { CaptionTokenizer } from '../dataloader';
 import { META_FILE, MODEL_FILE, readCheckpoint } from './checkpoint';
-import type { TrainerCore, VisionEncoder } from './loop';
+import type { LoopEvaluation, TrainerCore, VisionEncoder } from './loop';
 import type { TrainerMetrics } from './metrics';
 import {
   createParams, loadModelConfig, disposeParams, loadParams, OPT_POSITION_OFFSET, OptLanguageModel, presetConfig, VisionBackbone,
@@ -63,6 +63,8 @@ export interface TrainerCoreOptions {
   /** Checkpoints to keep on disk (0 = all). */
   keepCheckpoints?: number;
   ledgerPath?: string;
+  /** In-job evaluation of committed checkpoints (rank 0); undefined = none. */
+  evaluation?: LoopEvaluation;
   metrics?: TrainerMetrics;
   log?: Logger;
 }
@@ -239,6 +241,7 @@ export async function createTrainerCore(o: TrainerCoreOptions): Promise<BuiltTra
     options: {
       checkpointEvery: o.checkpointEvery, maxSteps: o.maxSteps, seed: o.seed, frozenSeed, checkpointRoot: o.checkpointRoot, configHash,
       learningRate: learningRateSchedule(o.optim, o.epochs), ledgerPath: o.ledgerPath, keepCheckpoints: o.keepCheckpoints,
+      evaluation: o.evaluation,
     },
     dispose() {
       model.dispose();

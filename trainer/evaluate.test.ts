@@ -2,61 +2,29 @@
 // trained, the wiring is what is checked): the report's shape, chance levels against the closed form, the baselines
 // against the scorers run independently, figures in range and consistent, the same figures twice, the JSON file
 // beside the checkpoint, and the refusals (retrieval in stage 2, vqa in stage 1, a missing split).
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CaptionTokenizer, readEvalSplit, writeSynthDataset } from '../dataloader';
-import { writeCheckpoint } from './checkpoint';
+import { CaptionTokenizer, preCaption, readEvalSplit } from '../dataloader';
+import { MODEL_FILE } from './checkpoint';
 import { modelConfigFor } from './core';
 import { initEngine, tf } from './engine';
 import { scoreCaptions } from './eval';
 import { evaluateCheckpoint, formatEvalReport, singleAnswerAccuracy, taskRefusal, type EvalReport } from './evaluate';
-import { saveLanguageModel } from './lm-pretrain';
-import { createParams, disposeParams, presetConfig, type Params } from './model';
-import type { InferenceSettings } from './inference';
+import { InferenceModel, readImageBytes, type InferenceSettings } from './inference';
+import { createParams, disposeParams, loadParams, presetConfig, stage1Features, VisionBackbone } from './model';
+import { makeEvalFixture } from './testing/eval-fixture';
 
 let work = '';
 let data = '';
 let stage1 = '';
 let stage2 = '';
-let lmFile = '';
 let s1: InferenceSettings;
 let s2: InferenceSettings;
 
-/** A trainer checkpoint of `stage` holding `params` (as the loop writes one), in `root`. */
-function checkpointOf(root: string, params: Params, stage: 1 | 2, frozenSeed: number): string {
-  const values = new Map([...params].map(([name, t]) => [name, { shape: [...t.shape], data: Float32Array.from(t.dataSync() as Float32Array) }]));
-  return writeCheckpoint(root, {
-    step: 4, epoch: 0, stepInEpoch: 4, params: values,
-    optimizer: { step: 0, expAvg: new Map([...values].map(([n, v]) => [n, new Float32Array(v.data.length)])), expAvgSq: new Map([...values].map(([n, v]) => [n, new Float32Array(v.data.length)])) },
-    rng: { seed: 5, frozenSeed }, cursors: {}, ackedShards: [], configHash: 'evaluate-test', parent: null, extra: { stage },
-  });
-}
-
 beforeAll(async () => {
   await initEngine({ engine: 'cpu' }); // the tiny model runs faster on cpu than on wasm
-  work = mkdtempSync(join(tmpdir(), 'blip2-evaluate-'));
-  data = join(work, 'data');
-  // 48 samples, 12 held out (2 captions and 6 questions each).
-  await writeSynthDataset({ out: data, samples: 48, shardSize: 16, imageSize: 32, seed: 4, valFraction: 0.25 });
-  const tokenizer = CaptionTokenizer.fromFile(join(data, 'tokenizer.json'), { maxLength: presetConfig('tiny').lavis_config.max_txt_len });
-  const config = modelConfigFor('tiny', undefined, tokenizer);
-  const p1 = createParams(config, 21, { stage: 1 });
-  stage1 = checkpointOf(join(work, 'stage1'), p1, 1, 9);
-  disposeParams(p1);
-  const lmTokenizer = CaptionTokenizer.fromFile(join(data, 'opt-tokenizer', 'tokenizer.json'), { kind: 'opt' });
-  config.text_config.vocab_size = lmTokenizer.vocabSize;
-  const lm = createParams(config, 22, { groups: ['language_model'] });
-  lmFile = join(work, 'lm.safetensors');
-  await saveLanguageModel(lmFile, lm);
-  disposeParams(lm);
-  const p2 = createParams(config, 23, { stage: 2 });
-  stage2 = checkpointOf(join(work, 'stage2'), p2, 2, 9);
-  disposeParams(p2);
-  const common = { preset: 'tiny', modelConfigFile: '', tokenizer: join(data, 'tokenizer.json'), lmTokenizer: join(data, 'opt-tokenizer', 'tokenizer.json') };
-  s1 = { ...common, checkpoint: stage1, languageModel: '' };
-  s2 = { ...common, checkpoint: stage2, languageModel: lmFile };
+  ({ work, data, stage1, stage2, s1, s2 } = await makeEvalFixture());
 }, 120_000);
 afterAll(() => rmSync(work, { recursive: true, force: true }));
 
@@ -82,7 +50,7 @@ describe('evaluateCheckpoint, stage 1', () => {
       progress: (p) => parts.add(p.task),
     });
     expect(tf.memory().numTensors).toBe(tensors); // everything the evaluation made is freed
-    expect(parts).toEqual(new Set(['load', 'retrieval', 'caption']));
+    expect(parts).toEqual(new Set(['retrieval', 'caption']));
     expect(report).toMatchObject({ checkpoint: stage1, split: 'val', stage: 1, step: 4 });
     expect(report.vqa).toBeUndefined();
 
@@ -147,6 +115,42 @@ describe('evaluateCheckpoint, stage 1', () => {
     await expect(evaluateCheckpoint({ checkpoint: stage1, data, split: 'test', tasks: ['caption'], settings: s1 })).rejects.toThrow(/no dataset of split "test" \(the index has: train, val\)/);
     expect(taskRefusal('retrieval', 1)).toBeUndefined();
   }, 60_000);
+});
+
+describe('retrieval scores', () => {
+  it('ITC similarity of each image with its caption equals the stage-1 features computed independently', async () => {
+    const model = await InferenceModel.load(s1);
+    const split = await readEvalSplit(data, 'val', { limit: 6 });
+    const pixels = (await readImageBytes(split.samples.map((x) => ({ name: x.id, bytes: x.image! })), model.imageSize)).map((x) => x.pixels);
+    const texts = split.samples.map((x) => x.captions[0]!);
+    const scores = await model.retrievalScores(pixels, texts, 3);
+    model.dispose();
+    // The same model by another path: the checkpoint's weights, the ViT from the recorded seed, the training step's
+    // feature function over (image i, caption i) pairs.
+    const tokenizer = CaptionTokenizer.fromFile(s1.tokenizer, { maxLength: presetConfig('tiny').lavis_config.max_txt_len });
+    const config = modelConfigFor('tiny', undefined, tokenizer);
+    const params = loadParams(join(stage1, MODEL_FILE), config, { stage: 1 });
+    const vp = createParams(config, 9, { groups: ['vision'] });
+    const vision = await VisionBackbone.fromParams(vp, config, { fp16: true });
+    disposeParams(vp);
+    const S = model.imageSize;
+    const tok = tokenizer.encodeBatch(texts.map((t) => preCaption(t)));
+    const diag = tf.tidy(() => {
+      const input = tf.tensor4d(Float32Array.from(pixels.flatMap((x) => Array.from(x))), [pixels.length, 3, S, S]);
+      const f = stage1Features(params, config, {
+        visionHidden: vision.encode(input),
+        inputIds: tf.tensor2d(tok.inputIds, [tok.batchSize, tok.seqLength], 'int32'),
+        attentionMask: tf.tensor2d(tok.attentionMask, [tok.batchSize, tok.seqLength], 'int32'),
+      });
+      return tf.max(tf.sum(tf.mul(f.imageFeats, tf.expandDims(f.textFeat, 1)), 2), 1).dataSync(); // [B]: max_q <img_q, txt>
+    });
+    disposeParams(params);
+    // Unit vectors in float32: a dot product of 16 terms is good to a few 1e-7.
+    diag.forEach((v, i) => expect(scores.simI2t[i]![i]!).toBeCloseTo(v, 5));
+    // Re-ranked entries are ITM + ITC, the others −100; the top 3 of each row are re-ranked.
+    for (const row of scores.scoresI2t) expect(Array.from(row).filter((v) => v !== -100)).toHaveLength(3);
+    expect(new Set(split.samples.map((_, i) => scores.simI2t[i]![0]!)).size).toBeGreaterThan(1); // images differ
+  }, 120_000);
 });
 
 describe('evaluateCheckpoint, stage 2', () => {

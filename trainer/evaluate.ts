@@ -10,7 +10,7 @@
  * `evaluateCheckpoint` runs the tasks and writes the report as JSON beside the checkpoint; `formatEvalReport` is
  * the console table. `blip2 eval --checkpoint`, the trainer's in-job evaluation and the launcher call them.
  */
-import { writeFileSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { UsageError } from '../common';
 import { readEvalSplit, type EvalSample } from '../dataloader';
@@ -58,7 +58,7 @@ export interface EvaluateOptions {
   /** Write `eval-<split>.json` beside the checkpoint. Default true. */
   write?: boolean;
   /** Progress of the long parts: `done` of `total` units of `task`. */
-  progress?: (p: { task: EvalTask | 'load'; done: number; total: number }) => void;
+  progress?: (p: { task: EvalTask; done: number; total: number }) => void;
 }
 
 type Chance = Pick<RetrievalMetrics, 'txt_r1' | 'txt_r5' | 'txt_r10' | 'img_r1' | 'img_r5' | 'img_r10'> & { r_mean: number };
@@ -160,24 +160,25 @@ export async function evaluateCheckpoint(o: EvaluateOptions): Promise<EvalReport
   if (!Number.isInteger(k) || k < 1) throw new UsageError(`--k must be an integer >= 1, got ${k}`);
   if (o.limit !== undefined && (!Number.isInteger(o.limit) || o.limit < 1)) throw new UsageError(`--limit must be an integer >= 1, got ${o.limit}`);
 
-  const settings = o.settings ?? inferenceSettings({ checkpoint: o.checkpoint, configFile: o.configFile, data: o.data, languageModel: o.languageModel, preset: o.preset });
-  // The data first (a missing split fails before the model loads).
+  // The data folder's tokenizers when it has them (the synthetic data's), else the job config's (`data.tokenizer`).
+  const dataTokenizers = existsSync(join(o.data, 'tokenizer.json')) ? o.data : undefined;
+  const settings = o.settings ?? inferenceSettings({ checkpoint: o.checkpoint, configFile: o.configFile, data: dataTokenizers, languageModel: o.languageModel, preset: o.preset });
+  // Every refusal before the model loads: the tasks against the checkpoint's stage, then the split.
+  const kind = InferenceModel.inspect(settings.checkpoint);
+  const tasks: EvalTask[] = o.tasks.includes('all')
+    ? STAGE_TASKS[kind.stage].concat(kind.stage === 2 && kind.canRetrieve ? ['retrieval'] : [])
+    : [...new Set(o.tasks as EvalTask[])];
+  for (const t of tasks) {
+    const why = taskRefusal(t, kind.stage, kind.canRetrieve);
+    if (why) throw new UsageError(`--task ${t}: ${why} (${settings.checkpoint} is stage ${kind.stage})`);
+  }
   const data = await readEvalSplit(o.data, split, { limit: o.limit });
   if (data.samples.length === 0) throw new UsageError(`${o.data}: split "${split}" has no image with a caption`);
-  o.progress?.({ task: 'load', done: 0, total: 1 });
+  if (tasks.includes('vqa') && !data.samples.some((s) => s.qa.length)) {
+    throw new UsageError(`--task vqa: split "${split}" of ${o.data} has no questions (the samples' json "qa", as \`blip2 data synth\` writes)`);
+  }
   const model = await InferenceModel.load(settings);
   try {
-    const tasks: EvalTask[] = o.tasks.includes('all')
-      ? STAGE_TASKS[model.stage].filter((t) => !taskRefusal(t, model.stage, model.canRetrieve)).concat(model.stage === 2 && model.canRetrieve ? ['retrieval'] : [])
-      : [...new Set(o.tasks as EvalTask[])];
-    for (const t of tasks) {
-      const why = taskRefusal(t, model.stage, model.canRetrieve);
-      if (why) throw new UsageError(`--task ${t}: ${why} (${model.source} is stage ${model.stage})`);
-    }
-    if (tasks.includes('vqa') && !data.samples.some((s) => s.qa.length)) {
-      throw new UsageError(`--task vqa: split "${split}" of ${o.data} has no questions (the samples' json "qa", as \`blip2 data synth\` writes)`);
-    }
-    o.progress?.({ task: 'load', done: 1, total: 1 });
     const pixels = (await readImageBytes(data.samples.map((s) => ({ name: s.id, bytes: s.image! })), model.imageSize)).map((x) => x.pixels);
     const report: EvalReport = { checkpoint: model.source, split, stage: model.stage, step: model.step, seconds: 0 };
     const train = tasks.includes('caption') || tasks.includes('vqa') ? await readEvalSplit(o.data, 'train', { images: false }).catch(() => undefined) : undefined;
@@ -258,21 +259,30 @@ export async function evaluateCheckpoint(o: EvaluateOptions): Promise<EvalReport
   }
 }
 
+/** The report's figures as rows (task, metric, value, chance level or baseline): what the job exports. */
+export function evalFigures(r: EvalReport): Array<{ task: EvalTask; metric: string; value: number; baseline: number }> {
+  const rows: Array<{ task: EvalTask; metric: string; value: number; baseline: number }> = [];
+  if (r.retrieval) {
+    for (const metric of ['txt_r1', 'txt_r5', 'txt_r10', 'img_r1', 'img_r5', 'img_r10', 'r_mean'] as const) {
+      rows.push({ task: 'retrieval', metric, value: r.retrieval[metric], baseline: r.retrieval.chance[metric] });
+    }
+  }
+  if (r.caption) {
+    for (const metric of ['Bleu_1', 'Bleu_2', 'Bleu_3', 'Bleu_4', 'CIDEr'] as const) rows.push({ task: 'caption', metric, value: r.caption[metric], baseline: r.caption.baseline[metric] });
+  }
+  if (r.vqa) rows.push({ task: 'vqa', metric: 'accuracy', value: r.vqa.accuracy, baseline: r.vqa.baseline });
+  return rows;
+}
+
 const f4 = (x: number) => x.toFixed(4);
 const f2 = (x: number) => x.toFixed(2);
 
 /** The console table: task, metric, value, and the chance level or baseline beside it. */
 export function formatEvalReport(r: EvalReport): string {
-  const rows: Array<[string, string, string, string]> = [];
-  if (r.retrieval) {
-    const m = r.retrieval;
-    for (const key of ['txt_r1', 'txt_r5', 'txt_r10', 'img_r1', 'img_r5', 'img_r10'] as const) rows.push(['retrieval', key, f2(m[key]), f2(m.chance[key])]);
-    rows.push(['retrieval', 'r_mean', f2(m.r_mean), f2(m.chance.r_mean)]);
-  }
-  if (r.caption) {
-    for (const key of ['Bleu_1', 'Bleu_2', 'Bleu_3', 'Bleu_4', 'CIDEr'] as const) rows.push(['caption', key, f4(r.caption[key]), f4(r.caption.baseline[key])]);
-  }
-  if (r.vqa) rows.push(['vqa', 'accuracy', f2(r.vqa.accuracy), f2(r.vqa.baseline)]);
+  const rows = evalFigures(r).map((f): [string, string, string, string] => {
+    const fmt = f.task === 'caption' ? f4 : f2;
+    return [f.task, f.metric, fmt(f.value), fmt(f.baseline)];
+  });
   const head: [string, string, string, string] = ['task', 'metric', 'value', 'chance/baseline'];
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i]!.length)));
   const line = (row: readonly string[]) => row.map((c, i) => (i < 2 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ').trimEnd();

@@ -12,6 +12,9 @@
  * - Metrics: `createTrainerMetrics({ registry, nodeId, runDir })`.
  * - Inference: `InferenceModel.load(inferenceSettings({ checkpoint }))`, then `caption(images)` / `ask(images, questions)`;
  *   `readImages` applies the evaluation transform.
+ * - Evaluation: `evaluateCheckpoint({ checkpoint, data, split, tasks })` -> `EvalReport` (retrieval, caption, vqa on a
+ *   held-out split, with chance levels and baselines; JSON beside the checkpoint), `formatEvalReport(report)` (the
+ *   console table), `evalFigures(report)` (task, metric, value, baseline rows).
  */
 export {
   AdamW, blip2ParamGroups, linearWarmupCosineLr, type AdamWOptions, type AdamWState, type LinearWarmupCosineOptions,
@@ -35,13 +38,13 @@ export {
 } from './loop';
 export { createTrainerCore, modelConfigFor, learningRateSchedule, resolveWeights, type BuiltTrainerCore, type OptimSettings, type TrainerCoreOptions } from './core';
 export { JetStreamEpochData, LocalEpochData, LocalShardQueue, LocalLease, type BatchOptions, type JetStreamEpochDataOptions } from './epoch-data';
-export { createTrainerMetrics, STEP_PHASES, type TrainerMetrics, type TrainerMetricsOptions, type StepRecord, type StepPhase } from './metrics';
+export { createTrainerMetrics, STEP_PHASES, type EvalRecord, type TrainerMetrics, type TrainerMetricsOptions, type StepRecord, type StepPhase } from './metrics';
 export type { Objective } from './model';
 export { type StageModel, type StageBatch, type StageStepResult } from './stage-model';
 export { Stage2Runtime, distributedStage2Step } from './stage2-runtime';
 export { pretrainLanguageModel, saveLanguageModel, type LmPretrainOptions } from './lm-pretrain';
 export { InferenceModel, inferenceSettings, readImages, readImageBytes, VQA_PROMPT, type CaptionOptions, type InferenceSettings, type InferenceSettingsOptions, type InputImage } from './inference';
 export {
-  evaluateCheckpoint, formatEvalReport, taskRefusal, questionType, singleAnswerAccuracy, EVAL_TASKS, STAGE_TASKS,
+  evaluateCheckpoint, formatEvalReport, evalFigures, taskRefusal, questionType, singleAnswerAccuracy, EVAL_TASKS, STAGE_TASKS,
   type EvalTask, type EvaluateOptions, type EvalReport, type RetrievalReport, type CaptionReport, type CaptionFigures, type VqaReport,
 } from './evaluate';

@@ -16,7 +16,7 @@ import { existsSync, readFileSync, statSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import { ConfigError, loadJobConfig, safetensorsHeader, safetensorsNames, UsageError } from '../common';
 import { CaptionTokenizer, preCaption, transformImage } from '../dataloader';
-import { rerankTopK } from './eval';
+import { rerankTopK, topK } from './eval';
 import { readCheckpointMeta } from './checkpoint';
 import { modelConfigFor, resolveWeights } from './core';
 import { initEngine, tf } from './engine';
@@ -141,6 +141,17 @@ export async function readImages(paths: readonly string[], imageSize: number): P
   return out;
 }
 
+/** What retrieval reads beyond the query side: the text embeddings, both projections and the ITM head. */
+const RETRIEVAL_HEADS = ['embeddings.word_embeddings.weight', 'vision_projection.weight', 'text_projection.weight', 'itm_head.weight'];
+
+/** Stage and retrieval heads of a checkpoint's weights (from the names its files hold). */
+function describeWeights(checkpoint: string): { stage: 1 | 2; canRetrieve: boolean } {
+  const source = resolveWeights(checkpoint);
+  const held = new Set(source.files.flatMap((f) => safetensorsNames(f)));
+  const stage: 1 | 2 = source.checkpoint ? (source.checkpoint.stage === 2 ? 2 : 1) : held.has('language_projection.weight') ? 2 : 1;
+  return { stage, canRetrieve: stage === 1 || RETRIEVAL_HEADS.every((n) => held.has(n)) };
+}
+
 /** Encoded images (e.g. read from a dataset's shards) through the evaluation transform; `name` identifies one in errors. */
 export async function readImageBytes(items: ReadonlyArray<{ name: string; bytes: Uint8Array }>, imageSize: number): Promise<InputImage[]> {
   const out: InputImage[] = [];
@@ -174,6 +185,14 @@ export class InferenceModel {
 
   get imageSize(): number {
     return this.config.vision_config.image_size;
+  }
+
+  /**
+   * What a checkpoint is, without loading it: its stage (a trainer checkpoint records it; bare weights are stage 2
+   * when they hold `language_projection`), and whether it holds the Q-Former's text side and ITC/ITM heads.
+   */
+  static inspect(checkpoint: string): { stage: 1 | 2; canRetrieve: boolean } {
+    return describeWeights(checkpoint);
   }
 
   /** Loads the checkpoint and what it needs (`inferenceSettings`); bad input throws UsageError naming it. */
@@ -305,7 +324,7 @@ export class InferenceModel {
    * features of the text pass (texts cleaned by `pre_caption`, tokenised to `max_txt_len`), ITC similarity
    * sim[i][t] = max over queries of image_feat[i,q] · text_feat[t] (no temperature); then for each image its top `k`
    * texts, and for each text its top `k` images, re-scored as ITM + ITC (every other entry −100).
-   * `progress(done, total)` counts the re-scored rows (images, then texts).
+   * `progress(done, total)` counts the (image, text) pairs scored with ITM.
    */
   async retrievalScores(images: readonly Float32Array[], texts: readonly string[], k: number, progress?: (done: number, total: number) => void) {
     if (!this.canRetrieve) throw new UsageError('retrieval needs the Q-Former\'s ITC and ITM heads: a stage-1 checkpoint (a stage-2 checkpoint holds the queries and the projection only)');
@@ -367,20 +386,29 @@ export class InferenceModel {
     sim.dispose();
     const M = texts.length;
     const simI2t = Array.from({ length: images.length }, (_, i) => flat.slice(i * M, (i + 1) * M));
-    // 4. The top k re-scored as ITM + ITC.
-    let done = 0;
-    const total = images.length + texts.length;
+    // 4. The top k re-scored as ITM + ITC. The pairs both directions need are scored once each, in large batches
+    // (a pair in an image's top k is often in its text's top k too), then looked up by `rerankTopK`.
+    const N = images.length;
+    const needed = new Set<number>();
+    for (let i = 0; i < N; i++) for (const t of topK(simI2t[i]!, k)) needed.add(i * M + t);
+    for (let t = 0; t < M; t++) for (const i of topK(Float32Array.from({ length: N }, (_, r) => simI2t[r]![t]!), k)) needed.add(i * M + t);
+    const pairs = [...needed].sort((a, b) => a - b);
+    const itm = new Map<number, number>();
+    const pairBatch = 256;
     try {
-      const scores = await rerankTopK(simI2t, k, (pairs) => {
-        const ids = idsOf(pairs.map(([, t]) => t));
-        const s = itmScores(p, c, cross, pairs.map(([i]) => i), { inputIds: ids, attentionMask: maskOf(pairs.map(([, t]) => t)) });
+      for (let start = 0; start < pairs.length; start += pairBatch) {
+        const chunk = pairs.slice(start, start + pairBatch);
+        const textRows = chunk.map((x) => x % M);
+        const ids = idsOf(textRows);
+        const s = itmScores(p, c, cross, chunk.map((x) => Math.floor(x / M)), { inputIds: ids, attentionMask: maskOf(textRows) });
         ids.dispose();
         const out = s.dataSync();
         s.dispose();
-        progress?.(++done, total);
-        return out;
-      });
-      return { simI2t, ...scores };
+        chunk.forEach((x, j) => itm.set(x, out[j]!));
+        progress?.(Math.min(pairs.length, start + pairBatch), pairs.length);
+      }
+      const scores = await rerankTopK(simI2t, k, (ps) => ps.map(([i, t]) => itm.get(i * M + t)!));
+      return { simI2t, ...scores, itmPairs: pairs.length };
     } finally {
       Object.values(kept).forEach((t) => t.dispose());
     }

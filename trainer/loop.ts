@@ -16,6 +16,10 @@
  *  4. The epoch ends when a step finds every rank without data and rank 0 sees the shard queue empty with no lease
  *     held outside this generation (a lease of a lost trainer comes back after the queue's ack wait).
  *  5. Rank 0 reports the epoch done; all wait for the next epoch (the coordinator publishes it) or the job's end.
+ * In-job evaluation (`LoopOptions.evaluation`): at every `intervalSteps`-th step a commit is made, and rank 0
+ * evaluates that checkpoint after writing it and before proposing it; at the end (the commit at `maxSteps`, or the
+ * last epoch's last commit) the same. The other ranks meanwhile wait for the commit to be recorded (a wait on the
+ * coordinator, not a collective, so no collective timeout runs while rank 0 evaluates).
  * A collective failure or a generation change aborts the generation: leases are handed back, the caller reports it
  * and waits for the next assignment.
  */
@@ -100,6 +104,20 @@ export interface LoopOptions {
   drainPollMs?: number;
   /** Checkpoints rank 0 keeps on disk (the last commit and the newest older ones); 0 or undefined = all. */
   keepCheckpoints?: number;
+  /** In-job evaluation of committed checkpoints by rank 0; undefined = none. */
+  evaluation?: LoopEvaluation;
+}
+
+/** When and how rank 0 evaluates a committed checkpoint. */
+export interface LoopEvaluation {
+  /** Every this many steps (a commit is made at those steps); 0 = none between. */
+  intervalSteps: number;
+  /** The job's last commit: at `maxSteps`, or the last commit of epoch `epochs - 1`. */
+  atEnd: boolean;
+  /** train.epochs (epochs are numbered from 0). */
+  epochs: number;
+  /** Evaluates the checkpoint just written (rank 0, before the commit is proposed); must not throw. */
+  run(c: { checkpointDir: string; step: number; epoch: number }): Promise<void>;
 }
 
 /** Everything that outlives a generation inside one trainer process. */
@@ -207,6 +225,8 @@ class GenerationRun<L extends TrainLease> {
   private readonly touched = new Map<string, Touched<L>>();
   private samplesSinceCommit: string[] = [];
   private stepsSinceCommit = 0;
+  /** Step of the last checkpoint rank 0 evaluated (-1: none). */
+  private evaluatedStep = -1;
 
   constructor(private readonly core: TrainerCore, private readonly g: GenerationInput<L>, private readonly onStep?: (s: StepSummary) => void) {
     this.log = (core.log ?? createLogger('trainer')).child({ generation: g.generation, rank: g.rank });
@@ -360,7 +380,9 @@ class GenerationRun<L extends TrainLease> {
       g.commits.progress?.({ step, epoch, losses: res.losses, samples: this.samplesCommitted + this.samplesSinceCommit.length, samplesPerSec: seconds > 0 ? res.globalBatch / seconds : 0 });
     }
     const atMax = o.maxSteps > 0 && step >= o.maxSteps;
-    if (step % o.checkpointEvery === 0 || atMax) await this.commit();
+    const ev = o.evaluation;
+    const evalDue = !!ev && ((ev.intervalSteps > 0 && step % ev.intervalSteps === 0) || (atMax && ev.atEnd));
+    if (step % o.checkpointEvery === 0 || atMax || evalDue) await this.commit(evalDue);
     if (atMax) {
       log.info('reached maxSteps', { step });
       return { kind: 'maxSteps', step };
@@ -390,8 +412,15 @@ class GenerationRun<L extends TrainLease> {
   async endEpoch(): Promise<GenerationOutcome | undefined> {
     const { g } = this;
     const finishedShards = [...this.touched.values()].some((t) => t.done);
+    const ev = this.core.options.evaluation;
+    const evalAtEnd = !!ev && ev.atEnd && this.epoch >= ev.epochs - 1;
     // Nothing trained or finished since the last commit (e.g. restored at the epoch's end): nothing to commit.
-    if (this.stepsSinceCommit > 0 || finishedShards) await this.commit();
+    if (this.stepsSinceCommit > 0 || finishedShards) await this.commit(evalAtEnd);
+    else if (evalAtEnd && g.rank === 0 && this.lastCommit && this.evaluatedStep !== this.step) {
+      // The last commit came at a step: rank 0 evaluates it before reporting the epoch done (the others wait for
+      // the next epoch or the job's end, on the coordinator).
+      await this.evaluate(this.lastCommit.checkpointDir);
+    }
     this.log.info('epoch done', { epoch: this.epoch, step: this.step });
     if (g.rank === 0) await g.commits.epochDone(this.epoch);
     let next: number;
@@ -407,12 +436,20 @@ class GenerationRun<L extends TrainLease> {
     return undefined;
   }
 
+  /** Rank 0: the in-job evaluation of a checkpoint on disk (its errors are the hook's to report). */
+  private async evaluate(checkpointDir: string): Promise<void> {
+    const ev = this.core.options.evaluation;
+    if (!ev || this.g.rank !== 0) return;
+    this.evaluatedStep = this.step;
+    await ev.run({ checkpointDir, step: this.step, epoch: this.epoch });
+  }
+
   /**
    * A commit: 1. ranks all-gather their cursors, finished shards and sample ids; 2. rank 0 writes the checkpoint and
    * proposes it; 3. every rank waits until it is recorded, then acks the shards it holds; 4. the new commit becomes
    * the base of the next one.
    */
-  private async commit(): Promise<void> {
+  private async commit(evaluate = false): Promise<void> {
     const { core, g, log } = this;
     const { model, optimizer, options: o } = core;
     const { step, epoch, stepInEpoch, touched } = this;
@@ -454,6 +491,7 @@ class GenerationRun<L extends TrainLease> {
         files: { 'ledger.json': JSON.stringify(nextLedger) },
       });
       core.metrics?.observeCheckpoint('write', (performance.now() - t0) / 1000);
+      if (evaluate) await this.evaluate(dir);
       await g.commits.propose({
         step, epoch, checkpointDir: dir, cursors, ackedShards: [...acked], samples: this.samplesCommitted + ids.length, generation: g.generation,
       });

@@ -10,6 +10,8 @@
  *  4. A collective failure is reported to the coordinator; a generation change aborts the step (pending collectives
  *     fail as the ring re-connects); either way the trainer waits for its next assignment and restores the commit.
  *  5. Exit 0 when the job finishes; 2 on bad input (config, token); 1 on any other failure.
+ * With `eval.tasks`, rank 0 evaluates the held-out split on committed checkpoints (trainer/evaluate.ts) every
+ * `eval.intervalSteps` and at the end, and exports the figures (`blip2_eval_value{task,metric}`, the JSONL).
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -22,12 +24,13 @@ import {
 import {
   AuthError, GenerationChangedError, JobFinishedError, JobMember, ProtocolError, type Assignment,
 } from '../coordinator/client';
-import { shardQueueOptions } from '../dataloader';
+import { loadDataIndex, shardQueueOptions, splitDatasets } from '../dataloader';
 import { CheckpointError } from './checkpoint';
 import { CollectiveError, createCollectiveGroup, type CollectiveGroup } from './collective';
 import { createTrainerCore, type BuiltTrainerCore } from './core';
+import { evalFigures, evaluateCheckpoint } from './evaluate';
 import { JetStreamEpochData } from './epoch-data';
-import { GenerationAbortedError, runGeneration, type CommitChannel } from './loop';
+import { GenerationAbortedError, runGeneration, type CommitChannel, type LoopEvaluation } from './loop';
 import { LeaseKeeper } from './lease-keeper';
 import { createTrainerMetrics, type TrainerMetrics } from './metrics';
 import { engineName, engineOptionsFromConfig, initEngine, tf } from './engine';
@@ -47,7 +50,7 @@ Options:
   -h, --help         this text
 
 Keys a trainer reads: job.{id,token,runDir}, node.id, model.{preset,config,checkpoint}, data.*, train.*, optim.*,
-checkpoint.{dir,intervalSteps}, nats.*, grpc.{host,advertiseHost,port,tls.*}, metrics.*, log.*, membership.heartbeatMs.
+checkpoint.{dir,intervalSteps}, eval.*, nats.*, grpc.{host,advertiseHost,port,tls.*}, metrics.*, log.*, membership.heartbeatMs.
 Tensor engine: BLIP2_ENGINE=tensorflow|wasm|cpu (default: the fastest that loads and can train).
 `;
 
@@ -273,12 +276,14 @@ runProcess('trainer', async () => {
   if (server) log.info('metrics at http://' + server.address + '/metrics');
 
   const tokenizerPath = config.data.tokenizer || join(config.data.root, 'tokenizer.json');
+  const evaluation = evaluationOf(config, tokenizerPath, metrics, health, log);
   const core = await createTrainerCore({
     preset: config.model.preset, modelConfigFile: config.model.config || undefined, weights: config.model.checkpoint || undefined,
     stage: config.train.stage === 2 ? 2 : 1, lmTokenizerPath: config.data.lmTokenizer, languageModel: config.model.languageModel || undefined,
     tokenizerPath, seed: config.train.seed, epochs: config.train.epochs,
     optim: config.optim, checkpointEvery: config.checkpoint.intervalSteps, maxSteps: config.train.maxSteps,
     checkpointRoot: config.checkpoint.dir, keepCheckpoints: config.checkpoint.keep, ledgerPath: join(config.job.runDir, 'ledger.jsonl'), metrics, log,
+    evaluation,
   });
 
   // 2. The collective server, NATS, the job.
@@ -321,6 +326,41 @@ runProcess('trainer', async () => {
   }
   return code;
 });
+
+/**
+ * The in-job evaluation (`eval.*`), or undefined without `eval.tasks`. The held-out split must exist before anything
+ * starts. Rank 0 runs it on the checkpoint it just wrote; a failed evaluation is logged and training goes on.
+ */
+function evaluationOf(config: JobConfig, tokenizerPath: string, metrics: TrainerMetrics, health: ProcessHealth, log: Logger): LoopEvaluation | undefined {
+  const e = config.eval;
+  if (e.tasks.length === 0) return undefined;
+  const { index } = loadDataIndex(config.data.root);
+  if (splitDatasets(index, e.split).length === 0) {
+    throw new UsageError(`eval.split "${e.split}": the index of ${config.data.root} has no dataset of that split (it has: ${[...new Set(index.datasets.map((d) => d.split ?? d.name))].join(', ')})`);
+  }
+  return {
+    intervalSteps: e.intervalSteps, atEnd: e.atEnd, epochs: config.train.epochs,
+    async run({ checkpointDir, step, epoch }) {
+      health.waiting(`the evaluation of step ${step}`);
+      try {
+        const report = await evaluateCheckpoint({
+          checkpoint: checkpointDir, data: config.data.root, split: e.split, tasks: e.tasks, limit: e.limit || undefined,
+          settings: {
+            checkpoint: checkpointDir, preset: config.model.preset, modelConfigFile: config.model.config, tokenizer: tokenizerPath,
+            lmTokenizer: config.data.lmTokenizer, languageModel: config.model.languageModel || config.model.checkpoint,
+          },
+        });
+        const figures = evalFigures(report);
+        metrics.observeEval({ step, epoch, split: e.split, checkpointDir, seconds: report.seconds, figures });
+        log.info('evaluation', { step, split: e.split, seconds: Number(report.seconds.toFixed(1)), ...Object.fromEntries(figures.map((f) => [`${f.task}.${f.metric}`, Number(f.value.toFixed(4))])) });
+      } catch (err) {
+        log.error('evaluation failed; training goes on', { step, error: (err as Error).message });
+      } finally {
+        health.beat(`the evaluation of step ${step}`);
+      }
+    },
+  };
+}
 
 function hostPort(address: string): { host: string; port: number } {
   const at = address.lastIndexOf(':');

@@ -53,4 +53,28 @@ describe('trainer metrics', () => {
       rmSync(runDir, { recursive: true, force: true });
     }
   });
+
+  it('exports an evaluation\'s figures only once there is one, and writes it as a kind:eval JSONL line', async () => {
+    const runDir = mkdtempSync(join(tmpdir(), 'blip2-metrics-'));
+    try {
+      const registry = new Registry();
+      const m = createTrainerMetrics({ registry, nodeId: 'node-e', runDir });
+      expect(await registry.metrics()).not.toMatch(/blip2_eval_/); // a job without evaluation shows none
+      m.observeEval({
+        step: 20, epoch: 1, split: 'val', checkpointDir: '/ck/step-20', seconds: 3.5,
+        figures: [{ task: 'retrieval', metric: 'img_r1', value: 40, baseline: 10 }, { task: 'caption', metric: 'CIDEr', value: 1.25, baseline: 0.5 }],
+      });
+      const text = await registry.metrics();
+      expect(text).toMatch(/^blip2_eval_value\{task="retrieval",metric="img_r1"\} 40$/m);
+      expect(text).toMatch(/^blip2_eval_baseline\{task="retrieval",metric="img_r1"\} 10$/m);
+      expect(text).toMatch(/^blip2_eval_value\{task="caption",metric="CIDEr"\} 1\.25$/m);
+      expect(text).toMatch(/^blip2_eval_step 20$/m);
+      expect(text).toMatch(/^blip2_eval_seconds 3\.5$/m);
+      const [line] = readFileSync(join(runDir, 'metrics-node-e.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+      expect(line).toMatchObject({ kind: 'eval', step: 20, epoch: 1, split: 'val', checkpointDir: '/ck/step-20', seconds: 3.5 });
+      expect(line.eval).toEqual({ retrieval: { img_r1: { value: 40, baseline: 10 } }, caption: { CIDEr: { value: 1.25, baseline: 0.5 } } });
+    } finally {
+      rmSync(runDir, { recursive: true, force: true });
+    }
+  });
 });

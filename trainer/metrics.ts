@@ -1,7 +1,9 @@
 /**
  * The trainer's metrics, registered on a registry the process passes in (its `/metrics` server serves that
  * registry), named `blip2_trainer_<what>_<unit>`. Every step's scalars also go to one JSON line in
- * `<runDir>/metrics-<nodeId>.jsonl`, so that a run can be plotted without Prometheus.
+ * `<runDir>/metrics-<nodeId>.jsonl`, so that a run can be plotted without Prometheus. The in-job evaluation's
+ * figures are gauges `blip2_eval_value{task,metric}` (with `blip2_eval_baseline{task,metric}`, the chance level or
+ * baseline beside each) and one JSONL line `{"kind": "eval", …}` per evaluation.
  */
 import { appendFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
@@ -33,6 +35,17 @@ export interface StepRecord {
   allReduceSeconds: number;
 }
 
+/** One evaluation of a committed checkpoint (trainer/evaluate.ts `evalFigures` flattens a report into `figures`). */
+export interface EvalRecord {
+  step: number;
+  epoch: number;
+  split: string;
+  checkpointDir: string;
+  seconds: number;
+  /** One row per (task, metric): the value and the chance level or baseline beside it (same units). */
+  figures: Array<{ task: string; metric: string; value: number; baseline: number }>;
+}
+
 export interface TrainerMetricsOptions {
   /** Registry to register on (required: the process owns it). */
   registry: Registry;
@@ -54,6 +67,8 @@ export interface TrainerMetrics {
   addShardsAcked(n: number): void;
   /** A checkpoint written (rank 0) or restored, with its duration. */
   observeCheckpoint(kind: 'write' | 'restore', seconds: number): void;
+  /** An in-job evaluation (rank 0): gauges and one JSONL line. */
+  observeEval(r: EvalRecord): void;
   /** A collective failure that sent this trainer back to rendezvous. */
   incRendezvous(reason: 'start' | 'failure' | 'generation_change'): void;
   /** Path of the JSONL file, if any. */
@@ -97,6 +112,20 @@ export function createTrainerMetrics(o: TrainerMetricsOptions): TrainerMetrics {
   const rendezvous = new Counter({ name: 'blip2_trainer_rendezvous_total', help: 'Rendezvous this trainer went through, by reason.', labelNames: ['reason'], registers });
   const info = new Gauge({ name: 'blip2_trainer_info', help: 'Constant 1, labelled with the node id and tensor engine.', labelNames: ['node', 'engine'], registers });
   info.set({ node: o.nodeId, engine: o.engine ?? 'unknown' }, 1);
+  // The evaluation's gauges are registered at the first evaluation: a job without one shows none of them.
+  let evalGauges: ReturnType<typeof createEvalGauges> | undefined;
+  const createEvalGauges = () => ({
+    value: new Gauge({
+      name: 'blip2_eval_value', help: 'Last in-job evaluation of the held-out split, by task and metric (retrieval recall and VQA accuracy in percent, BLEU in [0, 1], CIDEr-D).',
+      labelNames: ['task', 'metric'], registers,
+    }),
+    baseline: new Gauge({
+      name: 'blip2_eval_baseline', help: 'Chance level (retrieval) or trivial baseline (most common training caption or answer) beside each blip2_eval_value.',
+      labelNames: ['task', 'metric'], registers,
+    }),
+    step: new Gauge({ name: 'blip2_eval_step', help: 'Step of the checkpoint the last in-job evaluation scored.', registers }),
+    seconds: new Gauge({ name: 'blip2_eval_seconds', help: 'Wall time of the last in-job evaluation.', registers }),
+  });
   for (const reason of ['start', 'failure', 'generation_change'] as const) rendezvous.inc({ reason }, 0);
   // No loss series before the first step (a NaN there would read as a diverged run).
 
@@ -155,5 +184,20 @@ export function createTrainerMetrics(o: TrainerMetricsOptions): TrainerMetrics {
     addShardsAcked: (n) => acked.inc(n),
     observeCheckpoint: (kind, seconds) => ckpt.observe({ kind }, seconds),
     incRendezvous: (reason) => rendezvous.inc({ reason }),
+    observeEval(r) {
+      evalGauges ??= createEvalGauges();
+      for (const f of r.figures) {
+        evalGauges.value.set({ task: f.task, metric: f.metric }, f.value);
+        evalGauges.baseline.set({ task: f.task, metric: f.metric }, f.baseline);
+      }
+      evalGauges.step.set(r.step);
+      evalGauges.seconds.set(r.seconds);
+      if (jsonlPath) {
+        const figures: Record<string, Record<string, { value: number; baseline: number }>> = {};
+        for (const f of r.figures) (figures[f.task] ??= {})[f.metric] = { value: f.value, baseline: f.baseline };
+        const line = { time: new Date().toISOString(), kind: 'eval', step: r.step, epoch: r.epoch, split: r.split, checkpointDir: r.checkpointDir, seconds: r.seconds, eval: figures };
+        appendFileSync(jsonlPath, JSON.stringify(line) + '\n');
+      }
+    },
   };
 }

@@ -10,7 +10,7 @@ test('variables, rows, and every query scoped to the selected job', () => {
   expect(d.uid).toBe('blip2-training');
   expect(d.templating.list.map((v) => [v.name, v.type])).toEqual([['datasource', 'datasource'], ['job', 'query']]);
   expect(d.panels.filter((p) => p.type === 'row').map((p) => p.title)).toEqual([
-    'Losses', 'Throughput and progress', 'Step time', 'Collectives', 'Data pipeline', 'Membership', 'Processes',
+    'Losses', 'Evaluation (held-out split)', 'Throughput and progress', 'Step time', 'Collectives', 'Data pipeline', 'Membership', 'Processes',
   ]);
   const panels = d.panels.filter((p) => p.type !== 'row');
   expect(panels.length).toBe(dashboardQueries().map((q) => q.panel).filter((p, i, a) => a.indexOf(p) === i).length);
@@ -18,7 +18,7 @@ test('variables, rows, and every query scoped to the selected job', () => {
     expect(p.targets?.length, p.title).toBeGreaterThan(0);
     for (const t of p.targets!) {
       expect(metricNames(t.expr).length, t.expr).toBeGreaterThan(0);
-      for (const sel of t.expr.match(/\b(?:blip2|process|nodejs)_[a-z0-9_]+(\{[^}]*\})?/g)!) expect(sel, t.expr).toMatch(/\{job_id="\$job"\}$/);
+      for (const sel of t.expr.match(/\b(?:blip2|process|nodejs)_[a-z0-9_]+(\{[^}]*\})?/g)!) expect(sel, t.expr).toMatch(/\{job_id="\$job"(,[a-z_]+="[^"$]*")*\}$/); // the job first, then fixed labels
     }
   }
 });

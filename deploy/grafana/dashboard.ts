@@ -38,6 +38,26 @@ export const ROWS: { title: string; panels: PanelSpec[] }[] = [
     ],
   },
   {
+    title: 'Evaluation (held-out split)',
+    panels: [
+      { title: 'Retrieval recall', kind: 'timeseries', unit: 'percent', description: 'In-job evaluation (eval.tasks), stage 1: recall@k in percent, with the chance level of a random order ("chance").',
+        queries: [
+          { expr: `max by (metric) (blip2_eval_value{${J},task="retrieval"})`, legend: '{{metric}}' },
+          { expr: `max by (metric) (blip2_eval_baseline{${J},task="retrieval"})`, legend: 'chance {{metric}}' },
+        ] },
+      { title: 'Caption scores', kind: 'timeseries', description: 'BLEU-1..4 and CIDEr-D of the generated captions, and of always answering the most common training caption ("baseline").',
+        queries: [
+          { expr: `max by (metric) (blip2_eval_value{${J},task="caption"})`, legend: '{{metric}}' },
+          { expr: `max by (metric) (blip2_eval_baseline{${J},task="caption"})`, legend: 'baseline {{metric}}' },
+        ] },
+      { title: 'VQA accuracy', kind: 'timeseries', unit: 'percent', description: 'Stage 2: VQAv2 accuracy in percent, and the most common training answer per question type ("baseline").',
+        queries: [
+          { expr: `max(blip2_eval_value{${J},task="vqa",metric="accuracy"})`, legend: 'accuracy' },
+          { expr: `max(blip2_eval_baseline{${J},task="vqa",metric="accuracy"})`, legend: 'baseline' },
+        ] },
+    ],
+  },
+  {
     title: 'Throughput and progress',
     panels: [
       { title: 'Samples per second', kind: 'timeseries', unit: 'short',
