@@ -197,7 +197,7 @@ async function evaluateDemo(x: { root: string; dataRoot: string; out: NodeJS.Wri
     for (const r of runs) {
       reports.push(await evaluateCheckpoint({
         checkpoint: r.checkpoint, data: x.dataRoot, split: 'val', tasks: r.tasks, limit: DEMO_EVAL.limit, k: DEMO_EVAL.k, beams: DEMO_EVAL.beams,
-        progress: (p) => progress.update(p.task === 'load' ? `loading ${r.checkpoint === x.root ? 'stage 1' : 'stage 2'}` : p.task, p.done, p.total),
+        progress: (p) => progress.update(`${r.checkpoint === x.root ? 'stage 1' : 'stage 2'} ${p.task}`, p.done, p.total),
       }));
     }
   } finally {
