@@ -10,6 +10,7 @@ import { formatJobStatus, readJobStatus } from './job-status';
 import { joinJob } from './job-join';
 import { stopJob } from './job-stop';
 import { DEMO_OVERRIDES, launchLocal, natsFileOf } from './launcher';
+import { DEMO_LM, DEMO_PHASES, launchDemo, parseDemoPhases } from './demo';
 import { REPORT_CHARTS, writeRunReport } from './report';
 
 /**
@@ -34,6 +35,7 @@ function useLaunchedNats(config: JobConfig): void {
 interface LaunchFlags {
   config?: string; target: string; trainerEntry: string; renderDir?: string; image: string; namespace: string;
   trainerCpu: string; trainerMemory: string; gpus: string; storageClass?: string; dataVolumeSize: string;
+  phases?: string; lmSteps?: string;
 }
 
 const CONFIG_FLAGS_HELP = `
@@ -50,10 +52,12 @@ export function registerJobCommands(program: Command): void {
       'Run a training job: starts a nats-server (unless nats.url is set), the coordinator and world.trainers ' +
         'trainer processes, shows progress (step, epoch, samples/s, losses, ETA) and ends with a summary. ' +
         'With no --config it runs the built-in demo: the synthetic dataset generated into runs/blip2-demo/data, ' +
-        'the tiny preset, 2 trainers. Ctrl-C stops after the next committed checkpoint; launching the same job ' +
-        'again continues it. A trainer, the coordinator or the nats-server that dies before the job ends is ' +
-        'restarted (launch.restarts times each, after launch.backoffMs, doubled each time); <run-dir>/launch.lock ' +
-        'lets the next launch stop what a killed launcher left running.',
+        'stage 1 (the demo preset, 2 trainers), the frozen language model pre-trained on the captions, stage 2 from ' +
+        'stage 1 (runs/blip2-demo/stage2), then retrieval, caption and VQA figures on the held-out split beside their ' +
+        'chance level or baseline. Ctrl-C stops after the next committed checkpoint; launching the same job ' +
+        'again continues it (the demo: from the phase it stopped in). A trainer, the coordinator or the nats-server ' +
+        'that dies before the job ends is restarted (launch.restarts times each, after launch.backoffMs, doubled ' +
+        'each time); <run-dir>/launch.lock lets the next launch stop what a killed launcher left running.',
     )
     .option('--config <file>', 'job config, YAML or JSON (default: the built-in demo)')
     .addOption(new Option('--target <target>', 'where to run the job').choices(['local', 'kubernetes']).default('local'))
@@ -65,6 +69,8 @@ export function registerJobCommands(program: Command): void {
     .option('--gpus <n>', 'with --target kubernetes: nvidia.com/gpu per trainer (with the GPU image)', '0')
     .option('--storage-class <class>', 'with --target kubernetes: storage class of the ReadWriteMany data volume')
     .option('--data-volume-size <size>', 'with --target kubernetes: size of the data volume', '20Gi')
+    .option('--phases <list>', `with no --config: the demo's phases to run, comma-separated (${DEMO_PHASES.join(', ')}; default all)`)
+    .option('--lm-steps <n>', `with no --config: steps of the demo's language model pre-training (default ${DEMO_LM.steps})`)
     .addOption(new Option('--trainer-entry <script>', 'trainer entry script (tests)').default('trainer/main.ts').hideHelp())
     .allowUnknownOption(true)
     .allowExcessArguments(true)
@@ -84,6 +90,19 @@ export function registerJobCommands(program: Command): void {
         );
         return;
       }
+      if (!opts.config) {
+        // The built-in demo: stage 1, the frozen LM, stage 2, evaluation (cli/demo.ts).
+        let lmSteps: number | undefined;
+        if (opts.lmSteps !== undefined) {
+          lmSteps = Number(opts.lmSteps);
+          if (!/^\d+$/.test(opts.lmSteps) || lmSteps < 1) throw new UsageError(`--lm-steps must be an integer >= 1, got ${JSON.stringify(opts.lmSteps)}`);
+        }
+        const phases = opts.phases === undefined ? undefined : parseDemoPhases(opts.phases);
+        const demo = await launchDemo({ configArgs: cmd.args, trainerEntry: opts.trainerEntry, phases, lmSteps });
+        process.exitCode = demo.status === 'failed' ? 1 : 0;
+        return;
+      }
+      if (opts.phases !== undefined || opts.lmSteps !== undefined) throw new UsageError('--phases and --lm-steps are options of the built-in demo (launch with no --config)');
       const summary = await launchLocal({ configFile: opts.config, configArgs: cmd.args, trainerEntry: opts.trainerEntry });
       process.exitCode = summary.status === 'finished' || summary.status === 'stopped' ? 0 : 1;
     });

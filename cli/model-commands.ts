@@ -89,61 +89,87 @@ export function registerModelCommands(program: Command): void {
         if (!/^\d+$/.test(v) || Number(v) < min) throw new UsageError(`--${name} must be an integer >= ${min}, got "${v}"`);
         return Number(v);
       };
-      const steps = int('steps', opts.steps, 1);
-      const batchSize = int('batch', opts.batch, 1);
-      const seed = int('seed', opts.seed, 0);
       const lr = Number(opts.lr);
       if (!(lr > 0 && lr < 1)) throw new UsageError(`--lr must be a number in (0, 1), got "${opts.lr}"`);
-      const data = resolve(opts.data);
-      const indexPath = join(data, 'index.json');
-      if (!existsSync(indexPath)) throw new UsageError(`--data ${data}: no index.json (write one with \`blip2 data synth\` or \`blip2 data index\`)`);
-      const tokenizerPath = resolve(opts.tokenizer ?? join(data, 'opt-tokenizer', 'tokenizer.json'));
-      if (!existsSync(tokenizerPath)) throw new UsageError(`--tokenizer ${tokenizerPath}: not found (\`blip2 data synth\` writes opt-tokenizer/ beside the data)`);
-      const qformerTokenizer = join(data, 'tokenizer.json');
-      if (!existsSync(qformerTokenizer)) throw new UsageError(`--data ${data}: no tokenizer.json (the captions are read through the data pipeline, which needs it)`);
-      const out = resolve(opts.out ?? join(data, `opt-lm-${opts.preset}.safetensors`));
-      const config = presetConfig(opts.preset);
-      const tokenizer = CaptionTokenizer.fromFile(tokenizerPath, { kind: 'opt', maxLength: config.lavis_config.max_txt_len });
-      // The vocabulary is the tokenizer's; the other shapes are the preset's.
-      config.text_config.vocab_size = tokenizer.vocabSize;
-      config.text_config.pad_token_id = tokenizer.padTokenId;
-      config.text_config.bos_token_id = config.text_config.eos_token_id = tokenizer.bosTokenId;
-      const say = (line: string) => process.stdout.write(line + '\n');
-      // Parameters, gradients and AdamW's two moments all in float32: a few hundred million parameters at most.
-      const lmParams = paramManifest(config).filter((p) => p.group === 'language_model').reduce((n, p) => n + p.shape.reduce((a, c) => a * c, 1), 0);
-      if (lmParams > 200_000_000) {
-        throw new UsageError(`--preset ${opts.preset}: its language model has ${lmParams.toLocaleString('en-US')} parameters; pretrain-lm trains LMs of up to 200,000,000 (float32 weights, gradients and AdamW moments); use a pre-trained checkpoint for it (model.languageModel)`);
-      }
-
-      // The captions of every training dataset, cleaned as the trainer sees them.
-      const index = loadIndex(indexPath);
-      const datasets = index.datasets.filter((d) => d.split !== 'val' && d.split !== 'test').map((d) => d.name);
-      if (!datasets.length) throw new UsageError(`--data ${data}: the index has no training dataset (every split is val or test)`);
-      // The trainer (and its tensor engine) only for this command: the other commands start without it.
-      const { pretrainLanguageModel, saveLanguageModel } = await import('../trainer');
-      const { initEngine } = await import('../trainer/engine');
-      await initEngine();
-      const captions: string[] = [];
-      for await (const b of createBatchStream({
-        source: localShardSource(planEpoch({ index, datasets, epoch: 0, seed, shardSizeSamples: 64 })), dataRoot: data,
-        tokenizer: CaptionTokenizer.fromFile(qformerTokenizer), batchSize: 64, workers: 0, transform: { imageSize: 16 },
-      })) captions.push(...b.captions);
-      if (!captions.length) throw new UsageError(`--data ${data}: no usable caption`);
-      say(`training the ${opts.preset} preset's language model (${lmParams.toLocaleString('en-US')} parameters, vocabulary ${tokenizer.vocabSize}) on ${captions.length} captions: ${steps} steps of ${batchSize}`);
-      const t0 = Date.now();
-      const every = Math.max(1, Math.round(steps / 10));
-      const r = pretrainLanguageModel({
-        config, tokenizer, captions, steps, batchSize, lr, seed,
-        onStep: (s, loss) => {
-          if (s === 1 || s % every === 0 || s === steps) say(`step ${s}/${steps}  loss ${loss.toFixed(4)}  ${((Date.now() - t0) / 1000).toFixed(1)}s`);
-        },
+      const r = await pretrainLm({
+        data: opts.data, preset: opts.preset, tokenizer: opts.tokenizer, out: opts.out, steps: int('steps', opts.steps, 1),
+        batchSize: int('batch', opts.batch, 1), lr, seed: int('seed', opts.seed, 0), say: (line) => process.stdout.write(line + '\n'),
       });
-      mkdirSync(dirname(out), { recursive: true });
-      await saveLanguageModel(out, r.params, { preset: opts.preset, steps: String(steps), captions: String(captions.length) });
-      disposeParams(r.params);
-      const tail = r.losses.slice(-Math.min(10, r.losses.length));
-      say(`loss ${r.losses[0]!.toFixed(4)} at step 1 (chance: ln ${tokenizer.vocabSize} = ${Math.log(tokenizer.vocabSize).toFixed(4)}), ${(tail.reduce((a, b) => a + b, 0) / tail.length).toFixed(4)} over the last ${tail.length} steps`);
-      say(`wrote ${out}`);
-      say(`use it in a stage-2 job: model.languageModel: ${out}`);
+      process.stdout.write(`use it in a stage-2 job: model.languageModel: ${r.out}\n`);
     });
+}
+
+export interface PretrainLmOptions {
+  /** Data folder with index.json, tokenizer.json and (default) opt-tokenizer/tokenizer.json. */
+  data: string;
+  preset: string;
+  /** The LM's tokenizer.json; default <data>/opt-tokenizer/tokenizer.json. */
+  tokenizer?: string;
+  /** Output safetensors; default <data>/opt-lm-<preset>.safetensors. */
+  out?: string;
+  steps: number;
+  batchSize: number;
+  lr: number;
+  seed: number;
+  say: (line: string) => void;
+}
+
+/**
+ * `blip2 pretrain-lm`: trains the preset's OPT-shaped LM on the training captions of `data` and writes it; returns
+ * where, and the loss of the first step and the mean of the last ten.
+ */
+export async function pretrainLm(o: PretrainLmOptions): Promise<{ out: string; firstLoss: number; lastLoss: number }> {
+  const { steps, batchSize, seed, lr, say } = o;
+  const opts = { preset: o.preset };
+  const data = resolve(o.data);
+  const indexPath = join(data, 'index.json');
+  if (!existsSync(indexPath)) throw new UsageError(`--data ${data}: no index.json (write one with \`blip2 data synth\` or \`blip2 data index\`)`);
+  const tokenizerPath = resolve(o.tokenizer ?? join(data, 'opt-tokenizer', 'tokenizer.json'));
+  if (!existsSync(tokenizerPath)) throw new UsageError(`--tokenizer ${tokenizerPath}: not found (\`blip2 data synth\` writes opt-tokenizer/ beside the data)`);
+  const qformerTokenizer = join(data, 'tokenizer.json');
+  if (!existsSync(qformerTokenizer)) throw new UsageError(`--data ${data}: no tokenizer.json (the captions are read through the data pipeline, which needs it)`);
+  const out = resolve(o.out ?? join(data, `opt-lm-${opts.preset}.safetensors`));
+  const config = presetConfig(opts.preset);
+  const tokenizer = CaptionTokenizer.fromFile(tokenizerPath, { kind: 'opt', maxLength: config.lavis_config.max_txt_len });
+  // The vocabulary is the tokenizer's; the other shapes are the preset's.
+  config.text_config.vocab_size = tokenizer.vocabSize;
+  config.text_config.pad_token_id = tokenizer.padTokenId;
+  config.text_config.bos_token_id = config.text_config.eos_token_id = tokenizer.bosTokenId;
+  // Parameters, gradients and AdamW's two moments all in float32: a few hundred million parameters at most.
+  const lmParams = paramManifest(config).filter((p) => p.group === 'language_model').reduce((n, p) => n + p.shape.reduce((a, c) => a * c, 1), 0);
+  if (lmParams > 200_000_000) {
+    throw new UsageError(`--preset ${opts.preset}: its language model has ${lmParams.toLocaleString('en-US')} parameters; pretrain-lm trains LMs of up to 200,000,000 (float32 weights, gradients and AdamW moments); use a pre-trained checkpoint for it (model.languageModel)`);
+  }
+
+  // The captions of every training dataset, cleaned as the trainer sees them.
+  const index = loadIndex(indexPath);
+  const datasets = index.datasets.filter((d) => d.split !== 'val' && d.split !== 'test').map((d) => d.name);
+  if (!datasets.length) throw new UsageError(`--data ${data}: the index has no training dataset (every split is val or test)`);
+  // The trainer (and its tensor engine) only for this command: the other commands start without it.
+  const { pretrainLanguageModel, saveLanguageModel } = await import('../trainer');
+  const { initEngine } = await import('../trainer/engine');
+  await initEngine();
+  const captions: string[] = [];
+  for await (const b of createBatchStream({
+    source: localShardSource(planEpoch({ index, datasets, epoch: 0, seed, shardSizeSamples: 64 })), dataRoot: data,
+    tokenizer: CaptionTokenizer.fromFile(qformerTokenizer), batchSize: 64, workers: 0, transform: { imageSize: 16 },
+  })) captions.push(...b.captions);
+  if (!captions.length) throw new UsageError(`--data ${data}: no usable caption`);
+  say(`training the ${opts.preset} preset's language model (${lmParams.toLocaleString('en-US')} parameters, vocabulary ${tokenizer.vocabSize}) on ${captions.length} captions: ${steps} steps of ${batchSize}`);
+  const t0 = Date.now();
+  const every = Math.max(1, Math.round(steps / 10));
+  const r = pretrainLanguageModel({
+    config, tokenizer, captions, steps, batchSize, lr, seed,
+    onStep: (s, loss) => {
+      if (s === 1 || s % every === 0 || s === steps) say(`step ${s}/${steps}  loss ${loss.toFixed(4)}  ${((Date.now() - t0) / 1000).toFixed(1)}s`);
+    },
+  });
+  mkdirSync(dirname(out), { recursive: true });
+  await saveLanguageModel(out, r.params, { preset: opts.preset, steps: String(steps), captions: String(captions.length) });
+  disposeParams(r.params);
+  const tail = r.losses.slice(-Math.min(10, r.losses.length));
+  say(`loss ${r.losses[0]!.toFixed(4)} at step 1 (chance: ln ${tokenizer.vocabSize} = ${Math.log(tokenizer.vocabSize).toFixed(4)}), ${(tail.reduce((a, b) => a + b, 0) / tail.length).toFixed(4)} over the last ${tail.length} steps`);
+  say(`wrote ${out}`);
+  const tailMean = tail.reduce((a, b) => a + b, 0) / tail.length;
+  return { out, firstLoss: r.losses[0]!, lastLoss: tailMean };
 }

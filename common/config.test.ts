@@ -85,7 +85,7 @@ describe('strict validation names the key, the value and the rule', () => {
   test.each([
     [{ argv: ['--train.epochs', '3.5'] }, /train\.epochs: must be an integer >= 1: value was "3\.5"/],
     [{ env: { BLIP2_TRAIN_BATCH_SIZE_PER_TRAINER: 'abc' } }, /train\.batchSizePerTrainer: must be an integer >= 1: value was "abc"/],
-    [{ argv: ['--model.preset', 'huge'] }, /model\.preset: must be one of the possible values: \["tiny","small","base","blip2-opt-2.7b","blip2-opt-6.7b"\]: value was "huge"/],
+    [{ argv: ['--model.preset', 'huge'] }, /model\.preset: must be one of the possible values: \["tiny","demo","small","base","blip2-opt-2.7b","blip2-opt-6.7b"\]: value was "huge"/],
     [{ argv: ['--optim.beta2', '1'] }, /optim\.beta2: must be a number in \[0, 1\): value was 1/],
     [{ argv: ['--grpc.port', '70000'] }, /grpc\.port: must be a TCP port.*value was 70000/],
     [{ argv: ['--nats.url', 'http://x:4222'] }, /nats\.url: must be empty .*value was "http:\/\/x:4222"/],

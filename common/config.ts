@@ -148,7 +148,7 @@ convict.addFormats({
 });
 
 /** Model presets that the model package defines (trainer/model). */
-export const MODEL_PRESETS = ['tiny', 'small', 'base', 'blip2-opt-2.7b', 'blip2-opt-6.7b'] as const;
+export const MODEL_PRESETS = ['tiny', 'demo', 'small', 'base', 'blip2-opt-2.7b', 'blip2-opt-6.7b'] as const;
 export type ModelPresetName = (typeof MODEL_PRESETS)[number];
 
 // Every key: doc, format, default, and optionally env. `arg` is added below (the dotted path); `env` is BLIP2_<PATH>

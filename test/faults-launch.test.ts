@@ -20,7 +20,9 @@ function launch(runDir: string, extra: string[], entry = 'test/fixtures/standin-
   const child = spawn(
     process.execPath,
     [join(repoRoot, 'bin/blip2.js'), 'launch', '--trainer-entry', entry, '--job.runDir', runDir,
-      '--membership.heartbeatMs', '100', '--membership.timeoutMs', '1500', '--world.rendezvousSettleMs', '300', ...extra],
+      '--membership.heartbeatMs', '100', '--membership.timeoutMs', '1500', '--world.rendezvousSettleMs', '300',
+      // The demo's stage-1 phase only, on the smaller data the stand-ins were written for.
+      '--phases', 'stage1', '--data.synthSamples', '96', '--train.epochs', '2', ...extra],
     { cwd: repoRoot, env: { ...process.env, STANDIN_STEP_MS: String(stepMs) }, stdio: ['ignore', 'pipe', 'pipe'] },
   );
   let out = '';

@@ -1,7 +1,8 @@
 /**
  * `blip2 launch` end to end with trainer stand-ins (test/fixtures/standin-trainer.ts) in place of trainer/main.ts:
- * the launcher's own nats-server, the demo's synthetic data, progress, summary, Ctrl-C after a commit, and a
- * relaunch that continues the job from NATS KV and its last checkpoint.
+ * the demo's stage-1 phase (`--phases stage1`, smaller data than the demo's): the launcher's own nats-server, the
+ * synthetic data, progress, summary, Ctrl-C after a commit, and a relaunch that continues the job from NATS KV and
+ * its last checkpoint. The whole demo with real trainers: test/demo.test.ts.
  */
 import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync } from 'node:fs';
@@ -16,7 +17,8 @@ function launch(runDir: string, stepMs: number, extra: string[] = []) {
     process.execPath,
     [join(repoRoot, 'bin/blip2.js'), 'launch', '--trainer-entry', 'test/fixtures/standin-trainer.ts',
       '--job.runDir', runDir, '--data.ackWaitMs', '2000', '--membership.heartbeatMs', '100', '--membership.timeoutMs', '1500',
-      '--world.rendezvousSettleMs', '300', ...extra],
+      '--world.rendezvousSettleMs', '300', '--phases', 'stage1', '--data.synthSamples', '96', '--data.synthImageSize', '32',
+      '--train.epochs', '2', ...extra],
     { cwd: repoRoot, env: { ...process.env, STANDIN_STEP_MS: String(stepMs) }, stdio: ['ignore', 'pipe', 'pipe'] },
   );
   let out = '';

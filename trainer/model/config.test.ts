@@ -51,6 +51,15 @@ describe('model config', () => {
     expect(blip2ConfigFromJson(JSON.parse(JSON.stringify(small)))).toEqual(small);
   });
 
+  test('qformer_config.initializer_range: optional, read from config.json, a bad value named', () => {
+    const demo = presetConfig('demo');
+    expect(blip2ConfigFromJson(JSON.parse(JSON.stringify(demo))).qformer_config.initializer_range).toBe(0.08);
+    expect(blip2ConfigFromJson(JSON.parse(JSON.stringify(presetConfig('tiny')))).qformer_config).not.toHaveProperty('initializer_range');
+    const bad = JSON.parse(JSON.stringify(demo)) as { qformer_config: Record<string, unknown> };
+    bad.qformer_config.initializer_range = -1;
+    expect(() => blip2ConfigFromJson(bad)).toThrow(/qformer_config\.initializer_range must be a positive number, got -1/);
+  });
+
   test('model.config files: read and checked, a missing or broken file named', () => {
     const dir = mkdtempSync(join(tmpdir(), 'blip2-config-'));
     writeFileSync(join(dir, 'config.json'), JSON.stringify(hfConfigJson));

@@ -34,6 +34,13 @@ export interface Blip2QFormerConfig {
   cross_attention_frequency: number;
   /** Width of the image embeddings the cross-attention keys/values read (= vision hidden_size). */
   encoder_hidden_size: number;
+  /**
+   * Standard deviation of the normal initialisation of the Q-Former side's weights (Q-Former, query tokens,
+   * projections, heads, language_projection), HF's `initializer_range`. Absent: 0.02 (BERT's, and LAVIS's). A narrow
+   * Q-Former trained from scratch needs more (about 1/sqrt(hidden_size)): at 0.02 the image reaches the queries too
+   * weakly to be learned from in a short run.
+   */
+  initializer_range?: number;
 }
 
 /** The OPT decoder of stage 2 (HF OPTConfig); frozen. */
@@ -161,6 +168,22 @@ export const PRESETS: Record<ModelPresetName, Blip2Config> = {
     lavis_config: { ...LAVIS_DEFAULTS, embed_dim: 16, max_txt_len: 12, cls_token_id: 1, sep_token_id: 2, dec_token_id: 99, newline_token_id: 3 },
   },
   /**
+   * The built-in demo's model (`blip2 launch` with no config): the tiny ViT over 32px images, a Q-Former 128 wide
+   * with 2 layers that both cross-attend to the image, 16 queries, initialised at 0.08 (about 1/sqrt(128); at BERT's
+   * 0.02 a Q-Former this narrow, trained from scratch, takes far longer to learn anything from the image), and a
+   * small OPT-shaped LM for stage 2 with room for a question prompt.
+   */
+  demo: {
+    vision_config: { image_size: 32, patch_size: 8, hidden_size: 48, num_hidden_layers: 2, num_attention_heads: 4, intermediate_size: 96, layer_norm_eps: 1e-6 },
+    qformer_config: {
+      ...bertBase, vocab_size: 100, hidden_size: 128, num_hidden_layers: 2, num_attention_heads: 4, intermediate_size: 256, max_position_embeddings: 32,
+      cross_attention_frequency: 1, encoder_hidden_size: 48, initializer_range: 0.08,
+    },
+    text_config: { vocab_size: 120, hidden_size: 64, num_hidden_layers: 2, num_attention_heads: 4, ffn_dim: 128, max_position_embeddings: 64, pad_token_id: 1, bos_token_id: 2, eos_token_id: 2 },
+    num_query_tokens: 16,
+    lavis_config: { ...LAVIS_DEFAULTS, embed_dim: 64, max_txt_len: 16, cls_token_id: 1, sep_token_id: 2, dec_token_id: 99, newline_token_id: 3 },
+  },
+  /**
    * Small Q-Former (4 layers, 256 wide) over a 257×512 image grid, with an opt-125m-shaped language model for
    * stage 2: the `bench:step --preset small` model.
    */
@@ -211,7 +234,7 @@ export function blip2ConfigFromJson(json: unknown, source = 'config.json'): Blip
   return {
     // HF's own defaults fill what a config.json may leave out (HF writes only non-default values).
     vision_config: pick('vision_config', section('vision_config'), base.vision_config, HF_VISION_DEFAULTS),
-    qformer_config: pick('qformer_config', section('qformer_config'), base.qformer_config, HF_QFORMER_DEFAULTS),
+    qformer_config: withInitializerRange(pick('qformer_config', section('qformer_config'), base.qformer_config, HF_QFORMER_DEFAULTS), section('qformer_config'), source),
     text_config: pick('text_config', section('text_config'), base.text_config, HF_OPT_DEFAULTS),
     num_query_tokens: numQuery,
     // transformers' Blip2Config calls the ITC projection width image_text_hidden_size.
@@ -219,6 +242,14 @@ export function blip2ConfigFromJson(json: unknown, source = 'config.json'): Blip
       ...LAVIS_DEFAULTS, ...(typeof o.image_text_hidden_size === 'number' ? { embed_dim: o.image_text_hidden_size } : {}),
     }),
   };
+}
+
+/** `initializer_range` when the config.json gives one (optional: absent means 0.02). */
+function withInitializerRange(q: Blip2QFormerConfig, from: Record<string, unknown>, source: string): Blip2QFormerConfig {
+  const v = from.initializer_range;
+  if (v === undefined) return q;
+  if (typeof v !== 'number' || !(v > 0) || !Number.isFinite(v)) throw new UsageError(`${source}: qformer_config.initializer_range must be a positive number, got ${JSON.stringify(v)}`);
+  return { ...q, initializer_range: v };
 }
 
 /** transformers' class defaults (Blip2VisionConfig, Blip2QFormerConfig, OPTConfig), for keys a config.json omits. */

@@ -83,6 +83,28 @@ describe('parameters', () => {
     expect(tf.memory().numTensors).toBe(before);
   });
 
+  test('qformer_config.initializer_range sets the Q-Former side\'s initial std; the ViT and the LM keep 0.02', () => {
+    const config = presetConfig('demo');
+    expect(config.qformer_config.initializer_range).toBe(0.08);
+    const q = createParams(config, 3, { stage: 2 });
+    const frozen = createParams(config, 3, { groups: ['vision', 'language_model'] });
+    // A sample std over n normal draws has a relative standard error of about 1/sqrt(2n); the bound is 5 of those.
+    const close = (t: tf.Tensor, want: number) => {
+      const v = Array.from(t.dataSync());
+      const std = Math.sqrt(v.reduce((s, x) => s + x * x, 0) / v.length);
+      expect(Math.abs(std / want - 1), `std ${std} of ${v.length} draws`).toBeLessThan(5 / Math.sqrt(2 * v.length));
+    };
+    close(q.get('qformer.encoder.layer.0.crossattention.attention.value.weight')!, 0.08); // 128 x 48
+    close(q.get('query_tokens')!, 0.08); // 16 x 128
+    close(q.get('language_projection.weight')!, 0.08); // 64 x 128
+    close(frozen.get('vision_model.encoder.layers.0.mlp.fc1.weight')!, 0.02);
+    close(frozen.get('language_model.model.decoder.layers.0.fc1.weight')!, 0.02);
+    disposeParams(q);
+    disposeParams(frozen);
+    // The presets without it keep their JSON (and so their checkpoints' config hash) as before.
+    expect('initializer_range' in presetConfig('tiny').qformer_config).toBe(false);
+  });
+
   test('save then load round-trips; loading checks names and shapes both ways, naming file and tensor', async () => {
     const config = presetConfig('tiny');
     const dir = mkdtempSync(join(tmpdir(), 'params-'));

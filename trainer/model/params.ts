@@ -40,9 +40,15 @@ function wantedSpecs(config: Blip2Config, options: ParamSetOptions): ParamSpec[]
   return paramManifest(config).filter((p) => groups.has(p.group));
 }
 
+/** The normal initialisation's standard deviation: `qformer_config.initializer_range` on the Q-Former side, else 0.02. */
+function initStd(config: Blip2Config, spec: ParamSpec): number {
+  const qformerSide = spec.group === 'qformer_query' || spec.group === 'qformer_text' || spec.group === 'language_projection';
+  return qformerSide ? config.qformer_config.initializer_range ?? 0.02 : 0.02;
+}
+
 /**
  * Fresh parameters, initialised like the original: Linear/Embedding weights N(0, 0.02), biases 0, LayerNorm 1/0,
- * query_tokens N(0, 0.02), temp 0.07. As in LAVIS Blip2Qformer.__init__, each layer's `*_query` FFN starts as a
+ * query_tokens N(0, 0.02), temp 0.07 (0.02 is `qformer_config.initializer_range` on the Q-Former side when set). As in LAVIS Blip2Qformer.__init__, each layer's `*_query` FFN starts as a
  * copy of its text FFN. Deterministic in `seed`.
  */
 export function createParams(config: Blip2Config, seed: number, options: ParamSetOptions = {}): Params {
@@ -53,7 +59,7 @@ export function createParams(config: Blip2Config, seed: number, options: ParamSe
     if (spec.init === 'zeros') t = tf.zeros(spec.shape);
     else if (spec.init === 'ones') t = tf.ones(spec.shape);
     else if (spec.init === 'temp') t = tf.scalar(config.lavis_config.temp_init);
-    else t = tf.randomNormal(spec.shape, 0, 0.02, 'float32', seed * 100_003 + i);
+    else t = tf.randomNormal(spec.shape, 0, initStd(config, spec), 'float32', seed * 100_003 + i);
     params.set(spec.name, t);
   });
   for (const [name, t] of params) {
