@@ -31,7 +31,7 @@ export const DEMO_STAGE2_OVERRIDES: Record<string, unknown> = {
 };
 
 /** The demo's language model pre-training (`blip2 pretrain-lm` settings). */
-export const DEMO_LM = { steps: 300, batchSize: 16, lr: 3e-3, seed: 1 };
+export const DEMO_LM = { steps: 2000, batchSize: 16, lr: 3e-3, seed: 1 };
 
 export interface DemoOptions extends Omit<LaunchOptions, 'configFile' | 'overrides' | 'title'> {
   /** Phases to run, in their order. Default: all. */

@@ -5,7 +5,7 @@ import { existsSync, mkdirSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { Option, type Command } from 'commander';
 import { MODEL_PRESETS, UsageError } from '../common';
-import { CaptionTokenizer, createBatchStream, loadIndex, localShardSource, planEpoch } from '../dataloader';
+import { CaptionTokenizer, createBatchStream, loadIndex, localShardSource, planEpoch, readEvalSplit } from '../dataloader';
 import { disposeParams, paramManifest, presetConfig, PRESETS, trainableCount, trainableGroups, type Stage } from '../trainer/model';
 
 /** Subcommands about the model: `params`, `pretrain-lm`, `export`. */
@@ -146,7 +146,7 @@ export async function pretrainLm(o: PretrainLmOptions): Promise<{ out: string; f
   const datasets = index.datasets.filter((d) => d.split !== 'val' && d.split !== 'test').map((d) => d.name);
   if (!datasets.length) throw new UsageError(`--data ${data}: the index has no training dataset (every split is val or test)`);
   // The trainer (and its tensor engine) only for this command: the other commands start without it.
-  const { pretrainLanguageModel, saveLanguageModel } = await import('../trainer');
+  const { pretrainLanguageModel, saveLanguageModel, VQA_PROMPT } = await import('../trainer');
   const { initEngine } = await import('../trainer/engine');
   await initEngine();
   const captions: string[] = [];
@@ -155,11 +155,24 @@ export async function pretrainLm(o: PretrainLmOptions): Promise<{ out: string; f
     tokenizer: CaptionTokenizer.fromFile(qformerTokenizer), batchSize: 64, workers: 0, transform: { imageSize: 16 },
   })) captions.push(...b.captions);
   if (!captions.length) throw new UsageError(`--data ${data}: no usable caption`);
-  say(`training the ${opts.preset} preset's language model (${lmParams.toLocaleString('en-US')} parameters, vocabulary ${tokenizer.vocabSize}) on ${captions.length} captions: ${steps} steps of ${batchSize}`);
+  // Texts read after a context at the soft prompt's positions: each image's captions after one another (the other
+  // phrasing, or the same), and its questions in the VQA prompt with their answers after a caption.
+  const prefixLength = config.num_query_tokens;
+  const documents: Array<{ context: string; text: string }> = [];
+  for (const sample of (await readEvalSplit(data, 'train', { images: false })).samples) {
+    const cs = sample.captions.map((c) => c.trim().toLowerCase());
+    // As many caption texts as question texts, so that neither kind crowds out the other.
+    const repeat = Math.max(1, Math.ceil(sample.qa.length / cs.length));
+    for (const context of cs) {
+      for (let k = 0; k < repeat; k++) for (const text of cs) documents.push({ context, text: `${text}\n` });
+      for (const { question, answer } of sample.qa) documents.push({ context, text: `${VQA_PROMPT.replace('{}', question)} ${answer}\n` });
+    }
+  }
+  say(`training the ${opts.preset} preset's language model (${lmParams.toLocaleString('en-US')} parameters, vocabulary ${tokenizer.vocabSize}) on ${documents.length} texts after a context of ${prefixLength} positions (${captions.length} captions; questions with their answers): ${steps} steps of ${batchSize}`);
   const t0 = Date.now();
   const every = Math.max(1, Math.round(steps / 10));
   const r = pretrainLanguageModel({
-    config, tokenizer, captions, steps, batchSize, lr, seed,
+    config, tokenizer, captions, steps, batchSize, lr, seed, prefixLength, documents: documents.length ? documents : undefined,
     onStep: (s, loss) => {
       if (s === 1 || s % every === 0 || s === steps) say(`step ${s}/${steps}  loss ${loss.toFixed(4)}  ${((Date.now() - t0) / 1000).toFixed(1)}s`);
     },

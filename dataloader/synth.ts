@@ -213,7 +213,8 @@ export async function writeSynthDataset(options: SynthOptions): Promise<SynthRes
   // The stage-2 language model's tokenizer (OPT-style byte-level BPE), in its own folder as Hugging Face keeps one.
   const lmTokenizerPath = join(options.out, LM_TOKENIZER_PATH);
   mkdirSync(dirname(lmTokenizerPath), { recursive: true });
-  writeFileSync(lmTokenizerPath, JSON.stringify(byteLevelBpeTokenizerJson(synthVocabulary()), null, 1));
+  // The LM also reads LAVIS's VQA prompt ("Question: {} Short answer:"): its words are whole tokens too.
+  writeFileSync(lmTokenizerPath, JSON.stringify(byteLevelBpeTokenizerJson([...synthVocabulary(), 'Question', 'Short', 'answer']), null, 1));
   writeFileSync(join(dirname(lmTokenizerPath), 'tokenizer_config.json'), JSON.stringify({ add_bos_token: true, model_max_length: 2048, tokenizer_class: 'GPT2Tokenizer' }, null, 1));
   const index: DatasetIndex = { version: 1, datasets };
   const indexPath = join(options.out, 'index.json');

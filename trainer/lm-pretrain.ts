@@ -4,6 +4,13 @@
  * OPT-2.7b/6.7b); no such checkpoint can be downloaded here, and a randomly initialised frozen LM knows nothing: its
  * loss cannot fall far below ln(vocabulary), whatever the soft prompt says. This trains one, on text alone, and
  * writes it with BLIP-2's names (`language_model.model.decoder.*`), so that stage 2 loads it as it would load OPT.
+ *
+ * A real LLM has learned to read its context; one trained on captions that start its context has not, and stage 2
+ * then has nothing to teach the soft prompt (the LM writes the same caption whatever precedes it). So the texts are
+ * trained after a context: `documents` put the token embeddings of a context (another caption of the same image,
+ * or the same one) at the `prefixLength` positions that the soft prompt takes in stage 2, and the text (a caption,
+ * or a question in LAVIS's VQA prompt with its answer) after them. Stage 2 then has to make the query outputs say
+ * what a caption would.
  */
 import { AdamW } from './optim';
 import { tf, gradients } from './engine';
@@ -11,6 +18,8 @@ import {
   createParams, crossEntropySum, optDecoder, optLmHead, optTargets, paramManifest, saveParams, type Blip2Config, type Params,
 } from './model';
 import type { CaptionTokenizer } from '../dataloader';
+
+const EMBED_TOKENS = 'language_model.model.decoder.embed_tokens.weight';
 import { mulberry32 } from '../common';
 
 export interface LmPretrainOptions {
@@ -18,6 +27,15 @@ export interface LmPretrainOptions {
   /** The LM's tokenizer (kind `opt`). */
   tokenizer: CaptionTokenizer;
   captions: readonly string[];
+  /**
+   * Texts read after a context: each `text` follows `prefixLength` positions holding the token embeddings of its
+   * `context` (cut or filled with the pad token's), the positions stage 2's soft prompt takes. Trained on these
+   * instead of `captions` when given, so that the frozen LM learns to read what precedes the text, as BLIP-2
+   * relies on its LLM to do.
+   */
+  documents?: ReadonlyArray<{ context: string; text: string }>;
+  /** Positions of the context (stage 2: `num_query_tokens`). Default 0 (no context). */
+  prefixLength?: number;
   steps: number;
   batchSize: number;
   lr: number;
@@ -29,23 +47,35 @@ export interface LmPretrainOptions {
 /** Trains `language_model.*` from a fresh initialisation; returns the parameters and every step's loss. */
 export function pretrainLanguageModel(o: LmPretrainOptions): { params: Params; losses: number[] } {
   const { config, tokenizer } = o;
-  if (!o.captions.length) throw new RangeError('no captions to train the language model on');
+  if (!o.captions.length && !o.documents?.length) throw new RangeError('no captions or documents to train the language model on');
   const specs = paramManifest(config).filter((p) => p.group === 'language_model').map((p) => ({ name: p.name, shape: [...p.shape] }));
   const params = createParams(config, o.seed, { groups: ['language_model'] });
   const values = new Map(specs.map((s) => [s.name, Float32Array.from(params.get(s.name)!.dataSync() as Float32Array)]));
   const adam = new AdamW(specs, { weightDecay: 0.01 });
   const rand = mulberry32(o.seed);
   const D = config.text_config.hidden_size;
+  const P = o.prefixLength ?? 0;
+  const pad = config.text_config.pad_token_id;
   const losses: number[] = [];
   for (let step = 1; step <= o.steps; step++) {
-    const captions = Array.from({ length: o.batchSize }, () => o.captions[Math.floor(rand() * o.captions.length)]!);
-    const t = tokenizer.encodeBatch(captions);
+    const docs = o.documents?.length
+      ? Array.from({ length: o.batchSize }, () => o.documents![Math.floor(rand() * o.documents!.length)]!)
+      : Array.from({ length: o.batchSize }, () => ({ context: '', text: o.captions[Math.floor(rand() * o.captions.length)]! }));
+    const t = tokenizer.encodeBatch(docs.map((d) => d.text));
+    // The context's tokens (BOS dropped), cut or filled with the pad id to P positions.
+    const contextIds = docs.flatMap((d) => {
+      const ids = P ? tokenizer.encodePrompt(d.context).slice(1, P + 1) : [];
+      return [...ids, ...Array<number>(P - ids.length).fill(pad)];
+    });
     const rows = (a: Int32Array) => Array.from({ length: t.batchSize }, (_, b) => Array.from(a.subarray(b * t.seqLength, (b + 1) * t.seqLength)));
     const text = { ids: rows(t.inputIds), mask: rows(t.attentionMask) };
-    const targets = optTargets(config, 0, text.ids, 0);
+    const targets = optTargets(config, P, text.ids, 0);
     const xs = specs.map((s) => params.get(s.name)!);
     const r = gradients(() => {
-      const h = optDecoder(params, config, tf.zeros([t.batchSize, 0, D]) as tf.Tensor3D, text); // [B,T,D]
+      const prefix = P
+        ? (tf.reshape(tf.gather(params.get(EMBED_TOKENS)!, tf.tensor1d(contextIds, 'int32')), [t.batchSize, P, D]) as tf.Tensor3D)
+        : (tf.zeros([t.batchSize, 0, D]) as tf.Tensor3D);
+      const h = optDecoder(params, config, prefix, text); // [B,P+T,D]
       const flat = tf.reshape(h, [-1, D]) as tf.Tensor2D;
       const picked = tf.gather(flat, tf.tensor1d(targets.rowIndex, 'int32')) as tf.Tensor2D;
       return tf.div(crossEntropySum(optLmHead(params, picked), tf.tensor1d(targets.targets, 'int32'), 0), targets.targets.length);

@@ -181,7 +181,7 @@ export const PRESETS: Record<ModelPresetName, Blip2Config> = {
     },
     text_config: { vocab_size: 120, hidden_size: 64, num_hidden_layers: 2, num_attention_heads: 4, ffn_dim: 128, max_position_embeddings: 64, pad_token_id: 1, bos_token_id: 2, eos_token_id: 2 },
     num_query_tokens: 16,
-    lavis_config: { ...LAVIS_DEFAULTS, embed_dim: 64, max_txt_len: 16, cls_token_id: 1, sep_token_id: 2, dec_token_id: 99, newline_token_id: 3 },
+    lavis_config: { ...LAVIS_DEFAULTS, embed_dim: 64, max_txt_len: 24, cls_token_id: 1, sep_token_id: 2, dec_token_id: 99, newline_token_id: 3 },
   },
   /**
    * Small Q-Former (4 layers, 256 wide) over a 257×512 image grid, with an opt-125m-shaped language model for
