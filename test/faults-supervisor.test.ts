@@ -4,7 +4,8 @@
  * the launcher (SIGTERM, SIGKILL) leaves no process behind (SIGKILL: the next launch stops the nats-server it left,
  * via launch.lock, and says so); a second launch of a live run dir is refused; `blip2 join` adds a trainer that the
  * launcher did not start, and the launcher follows the job on it when its own trainers are gone; each role's NATS
- * user can do only its part (a trainer's cannot write the job state). Trainers are the stand-in
+ * user can do only its part (a trainer's cannot write the job state); a corrupt committed checkpoint, at a relaunch or
+ * found by the trainers while the job runs, sends the job back to the previous valid one. Trainers are the stand-in
  * (test/fixtures/standin-trainer.ts): the protocol and the shard queue for real, the model replaced by a sleep.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
@@ -277,3 +278,31 @@ describe('checkpoints on a relaunch', () => {
   });
 });
 
+describe('checkpoints while the job runs', () => {
+  test('the committed checkpoint found corrupt by the trainers restoring it: launch goes back to the previous valid one, restarts every process, and the job finishes with every sample once', async () => {
+    const runDir = mkdtempSync(join(tmpdir(), 'blip2-corrupt-live-'));
+    const l = launch(runDir, ['--train.epochs', '3', '--checkpoint.keep', '20'], 100);
+    const root = join(runDir, 'checkpoints');
+    const steps = () => (existsSync(root) ? readdirSync(root).filter((n) => /^step-\d+$/.test(n)).sort() : []);
+    await waitUntil('three checkpoints', () => steps().length >= 3, 120_000);
+    // Every checkpoint but the oldest gets a flipped byte in its model, so that the committed one (the newest, or
+    // the one before it while the newest awaits its commit) is surely corrupt; then both trainers are killed, and
+    // the trainers started again must restore it.
+    const [oldest, ...rest] = steps();
+    for (const d of rest) {
+      const model = join(root, d, 'model.safetensors');
+      const bytes = readFileSync(model);
+      bytes[bytes.length - 1] ^= 0xff;
+      writeFileSync(model, bytes);
+    }
+    for (const name of ['trainer-0', 'trainer-1']) process.kill(pidOf(runDir, name)!, 'SIGKILL');
+    expect(await l.exited, l.output()).toBe(0);
+    const out = l.output();
+    expect(out).toMatch(/trainer-\d exited with code 2, and the committed checkpoint fails its checks: stopping every process to go back to the previous valid one; its last lines [^\n]*\n[\s\S]*cannot restore the committed checkpoint/);
+    expect(out).toMatch(/the committed checkpoint \S+step-\d+ \(step \d+\) fails its checks: .*model\.safetensors: sha256 \w+ does not match/);
+    expect(out).toContain(`going back to the previous valid checkpoint ${join(root, oldest!)}`);
+    expect(out).toMatch(/started the coordinator and 2 trainer\(s\) again from the previous valid checkpoint/);
+    expect(out).toMatch(/job blip2-demo finished after/);
+    expectLedgerOnce(runDir, 3, DEMO_SAMPLES);
+  });
+});

@@ -5,6 +5,9 @@
  *  - disturbed with seed S (the "twin" is the undisturbed run with seed S): a random trainer SIGKILLed every
  *    SOAK_TRAINER_EVERY (default 3) steps, SOAK_TRAINER_KILLS (default 10) times, the coordinator after the 3rd
  *    and the 7th, the nats-server after the 5th (the kill schedule of supervisor.soak.ts).
+ * All four with world.min 2 (SOAK_WORLD_MIN): the job trains only with both trainers, so that every step has the
+ * twin's global batch of 8 (with world.min 1 the survivor trains on alone, with batches of 4, while a trainer
+ * restarts: a different job, whose losses move further than a seed's).
  * Every run must finish (exit 0) with every sample once per epoch in its last checkpoint and in `ledger.jsonl`.
  * The result compared is the mean of each objective (ITC, ITM, ITG) over the steps of the last epoch, from the
  * run's `metrics-<node>.jsonl` (a step trained again after a restore counts in its last generation only).
@@ -24,6 +27,9 @@ const EPOCHS = Number(process.env.SOAK_TRAINER_EPOCHS ?? '8');
 const EVERY = Number(process.env.SOAK_TRAINER_EVERY ?? '3');
 const KILLS = Number(process.env.SOAK_TRAINER_KILLS ?? '10');
 const TRAINERS = 2;
+// world.min: with 2 (the default here) the job trains only with both trainers, so that every step has the twin's
+// global batch; with 1 it trains on with the survivor while a trainer restarts (global batch 4, not 8).
+const WORLD_MIN = Number(process.env.SOAK_WORLD_MIN ?? String(TRAINERS));
 const DEMO_SAMPLES = 86; // the demo's synthetic data: training samples per epoch
 const OBJECTIVES = ['itc', 'itm', 'itg'] as const;
 type Objective = (typeof OBJECTIVES)[number];
@@ -37,6 +43,8 @@ interface Run {
   generations: number;
   steps: number;
   lastEpoch: Record<Objective, number>;
+  /** Steps (of the final trajectory) trained by fewer than TRAINERS trainers. */
+  stepsShortWorld: number;
 }
 
 /** The fault plan: a trainer at each of KILLS points, the coordinator after the 3rd and 7th, nats-server after the 5th. */
@@ -51,12 +59,12 @@ function faultPlan(): string[] {
 }
 
 /** Mean of each objective over the last epoch's steps; each step from the last generation that trained it. */
-function lastEpochMeans(runDir: string): { means: Record<Objective, number>; steps: number } {
-  const byStep = new Map<number, { generation: number; epoch: number; losses: Record<Objective, number> }>();
+function lastEpochMeans(runDir: string): { means: Record<Objective, number>; steps: number; stepsShortWorld: number } {
+  const byStep = new Map<number, { generation: number; epoch: number; worldSize: number; losses: Record<Objective, number> }>();
   for (const f of readdirSync(runDir).filter((n) => /^metrics-.*\.jsonl$/.test(n))) {
     for (const line of readFileSync(join(runDir, f), 'utf8').split('\n')) {
       if (!line.trim()) continue;
-      const r = JSON.parse(line) as { kind?: string; step: number; epoch: number; generation: number; losses: Record<Objective, number> };
+      const r = JSON.parse(line) as { kind?: string; step: number; epoch: number; generation: number; worldSize: number; losses: Record<Objective, number> };
       if (r.kind) continue; // an evaluation line
       const had = byStep.get(r.step);
       if (!had || r.generation >= had.generation) byStep.set(r.step, r);
@@ -66,7 +74,7 @@ function lastEpochMeans(runDir: string): { means: Record<Objective, number>; ste
   const rows = [...byStep.values()].filter((r) => r.epoch === lastEpoch);
   const means = {} as Record<Objective, number>;
   for (const o of OBJECTIVES) means[o] = rows.reduce((a, r) => a + r.losses[o], 0) / rows.length;
-  return { means, steps: Math.max(...byStep.keys()) };
+  return { means, steps: Math.max(...byStep.keys()), stepsShortWorld: [...byStep.values()].filter((r) => r.worldSize < TRAINERS).length };
 }
 
 /** Every sample once per epoch, in the last checkpoint's ledger and in the run dir's ledger.jsonl. */
@@ -91,7 +99,7 @@ async function runJob(seed: number, disturb: boolean): Promise<Run> {
   const t0 = Date.now();
   const child = spawn(
     process.execPath,
-    [join(repoRoot, 'bin/blip2.js'), 'launch', '--job.runDir', runDir, '--world.trainers', String(TRAINERS),
+    [join(repoRoot, 'bin/blip2.js'), 'launch', '--job.runDir', runDir, '--world.trainers', String(TRAINERS), '--world.min', String(WORLD_MIN),
       '--train.epochs', String(EPOCHS), '--train.seed', String(seed), '--launch.restarts', '20', '--launch.backoffMs', '200'],
     { cwd: repoRoot, env: process.env, stdio: ['ignore', 'pipe', 'pipe'] },
   );
@@ -129,10 +137,10 @@ async function runJob(seed: number, disturb: boolean): Promise<Run> {
   const summary = JSON.parse(readFileSync(join(runDir, 'summary.json'), 'utf8')) as { status: string; checkpointDir: string; generations: number; step: number };
   expect(summary.status).toBe('finished');
   checkLedgers(runDir, summary.checkpointDir);
-  const { means, steps } = lastEpochMeans(runDir);
+  const { means, steps, stepsShortWorld } = lastEpochMeans(runDir);
   const run: Run = {
     seed, runDir, seconds: Math.round((Date.now() - t0) / 1000), faults, restarts: [...out.matchAll(/restarting it/g)].length,
-    generations: summary.generations, steps, lastEpoch: means,
+    generations: summary.generations, steps, lastEpoch: means, stepsShortWorld,
   };
   process.stdout.write(`soak: ${disturb ? 'disturbed' : 'undisturbed'} run, seed ${seed}: ${JSON.stringify({ ...run, runDir: undefined })}\n`);
   return run;
@@ -147,11 +155,12 @@ test(`the real trainer through ${KILLS} trainer kills, 2 coordinator kills, 1 na
     for (let i = 0; i < calm.length; i++) for (let j = i + 1; j < calm.length; j++) spread = Math.max(spread, Math.abs(calm[i]!.lastEpoch[o] - calm[j]!.lastEpoch[o]));
     return { objective: o, twin: twin.lastEpoch[o], disturbed: disturbed.lastEpoch[o], difference: Math.abs(disturbed.lastEpoch[o] - twin.lastEpoch[o]), seedSpread: spread, seeds: calm.map((r) => r.lastEpoch[o]) };
   });
-  const report = { seed: SEED, epochs: EPOCHS, every: EVERY, trainers: TRAINERS, undisturbed: calm, disturbed, comparison: rows };
+  const report = { seed: SEED, epochs: EPOCHS, every: EVERY, trainers: TRAINERS, worldMin: WORLD_MIN, undisturbed: calm, disturbed, comparison: rows };
   writeFileSync(join(process.env.SOAK_OUT ?? disturbed.runDir, 'soak-losses.json'), JSON.stringify(report, null, 2) + '\n');
   process.stdout.write(
     `soak (real trainer): ${disturbed.faults.length} faults (${disturbed.faults.join(', ')}), ${disturbed.restarts} restarts, ${disturbed.generations} generations, ` +
-      `${disturbed.seconds} s (undisturbed: ${calm.map((r) => `${r.seconds} s`).join(', ')})\n` +
+      `${disturbed.seconds} s, ${disturbed.steps} steps of which ${disturbed.stepsShortWorld} by fewer than ${TRAINERS} trainers (world.min ${WORLD_MIN}) ` +
+      `(undisturbed: ${calm.map((r) => `${r.seconds} s, ${r.steps} steps`).join('; ')})\n` +
       'mean over the last epoch   twin (seed ' + SEED + ')   disturbed   |difference|   seed spread (max pairwise of seeds ' + calm.map((r) => r.seed).join(', ') + ')\n' +
       rows.map((r) => `  ${r.objective}                      ${r.twin.toFixed(4)}            ${r.disturbed.toFixed(4)}      ${r.difference.toFixed(4)}         ${r.seedSpread.toFixed(4)}  (${r.seeds.map((v) => v.toFixed(4)).join(', ')})`).join('\n') + '\n',
   );
