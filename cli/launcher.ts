@@ -31,7 +31,7 @@ import { checkCommittedCheckpoint, removeStaleCheckpointTemporaries, rewindJobSt
 import { launchTokenFile } from './job-stop';
 import { freePort, jobNatsPermissions, startNatsServer, type NatsRole, type NatsServerHandle, type NatsUser } from './nats-server';
 import { createProgressView, fmtDuration, fmtLosses } from './progress';
-import { LaunchLock, Supervisor } from './supervisor';
+import { LaunchLock, Supervisor, restartsReset } from './supervisor';
 
 const repoRoot = resolve(import.meta.dirname, '..');
 
@@ -109,7 +109,7 @@ export async function launchLocal(o: LaunchOptions = {}): Promise<LaunchSummary>
   if (stale.length) say(`removed ${stale.length} unfinished checkpoint director${stale.length === 1 ? 'y' : 'ies'} a killed writer left: ${stale.join(', ')}`);
   let ended = false;
   const supervisor = new Supervisor({
-    restarts: c.launch.restarts, backoffMs: c.launch.backoffMs, logDir, say: (l) => sayNow(l), lock,
+    restarts: c.launch.restarts, backoffMs: c.launch.backoffMs, restartsResetMs: c.launch.restartsResetMs, logDir, say: (l) => sayNow(l), lock,
     keepGoing: () => !ended, lastLines,
   });
   // The console line writer: plain lines until the progress view takes over (followJob).
@@ -261,7 +261,11 @@ async function superviseNats(
   const start = async (port?: number): Promise<NatsServerHandle> => {
     const server = await startNatsServer({ storeDir, detached: true, users, logFile, ...(port ? { port } : {}) });
     if (server.process.pid) x.lock.set({ name: 'nats-server', pid: server.process.pid, mark: 'nats-server' });
-    server.process.once('exit', (code, signal) => void onExit(code, signal));
+    const startedAt = Date.now();
+    server.process.once('exit', (code, signal) => {
+      if (restarts > 0 && restartsReset(startedAt, c.launch.restartsResetMs)) restarts = 0; // up long enough: a new series
+      void onExit(code, signal);
+    });
     return server;
   };
   const h: SupervisedNats = {

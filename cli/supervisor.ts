@@ -125,6 +125,8 @@ export interface SupervisorOptions {
   restarts: number;
   /** First restart's wait (`launch.backoffMs`), doubled at each further restart of the same process, at most 30 s. */
   backoffMs: number;
+  /** A process up this long before it died has its restart count reset (`launch.restartsResetMs`; 0: never). */
+  restartsResetMs: number;
   logDir: string;
   say: Say;
   lock: LaunchLock;
@@ -150,6 +152,9 @@ export interface Supervised {
   /** Set once it has exited and will not be restarted: its last exit code (null: a signal). */
   gone?: { code: number | null; signal: NodeJS.Signals | null };
 }
+
+/** True when a process started at `startedAt` has run `resetMs` (> 0): its restart count starts again. */
+export const restartsReset = (startedAt: number, resetMs: number): boolean => resetMs > 0 && Date.now() - startedAt >= resetMs;
 
 /** Exit status of a job process for bad input (its config, its token): starting it again would fail the same way. */
 const EXIT_BAD_INPUT = 2;
@@ -221,9 +226,12 @@ export class Supervisor {
     const { o } = this;
     if (s.proc.pid) o.lock.set({ name: s.name, pid: s.proc.pid, mark });
     const proc = s.proc;
+    const startedAt = Date.now();
     proc.once('exit', (code, signal) => {
       void (async () => {
         if (this.killedForRestart.has(proc)) return; // started again by guardCheckpoint
+        // Up for launch.restartsResetMs: this failure is the first of a new series.
+        if (s.restarts > 0 && restartsReset(startedAt, o.restartsResetMs)) s.restarts = 0;
         const how = code !== null ? `exited with code ${code}` : `was killed by ${signal}`;
         const log = join(o.logDir, `${s.name}.log`);
         // A trainer that exits with a failure (not one killed by a signal) may have found the commit it restores corrupt.

@@ -111,6 +111,35 @@ describe('launch supervises its processes', () => {
     for (const pid of [victim, coordinator, nats]) expect(alive(pid)).toBe(false);
   });
 
+  test('launch.restarts counts restarts in a row: a process up for launch.restartsResetMs before it dies starts its count again (with 0, it does not)', async () => {
+    const killAfterUp = async (l: Launched, runDir: string, upMs: number) => {
+      const pid = await waitUntil('trainer-0 running', () => pidOf(runDir, 'trainer-0'), 30_000);
+      await new Promise((r) => setTimeout(r, upMs)); // how long it is up before it dies: the rule under test
+      process.kill(pid, 'SIGKILL');
+      return pid;
+    };
+    const restartsOf = (out: string) => [...out.matchAll(/trainer-0 was killed by SIGKILL; restarting it in 0\.2 s \(restart 1 of 1\)/g)].length;
+    // Reset after 1 s up: three kills after 2 s up each, every one restarted although launch.restarts is 1.
+    const runDir = mkdtempSync(join(tmpdir(), 'blip2-supervise-reset-'));
+    const l = launch(runDir, ['--train.epochs', '4', '--launch.restarts', '1', '--launch.restartsResetMs', '1000'], 300);
+    for (let k = 1; k <= 3; k++) {
+      const pid = await killAfterUp(l, runDir, 2000);
+      await waitUntil(`restart ${k}`, () => restartsOf(l.output()) >= k && pidOf(runDir, 'trainer-0') !== pid, 30_000);
+    }
+    expect(await l.exited, l.output()).toBe(0);
+    expect(l.output()).not.toMatch(/not restarted/);
+    expectLedgerOnce(runDir, 4, DEMO_SAMPLES);
+    // No reset (0): the second kill is one too many.
+    const runDir2 = mkdtempSync(join(tmpdir(), 'blip2-supervise-noreset-'));
+    const l2 = launch(runDir2, ['--train.epochs', '4', '--launch.restarts', '1', '--launch.restartsResetMs', '0'], 300);
+    const first = await killAfterUp(l2, runDir2, 2000);
+    await waitUntil('the restart', () => restartsOf(l2.output()) === 1 && pidOf(runDir2, 'trainer-0') !== first, 30_000);
+    await killAfterUp(l2, runDir2, 2000);
+    await waitUntil('no second restart', () => /trainer-0 was killed by SIGKILL \(not restarted: launch\.restarts is 1\)/.test(l2.output()), 30_000);
+    l2.child.kill('SIGTERM');
+    expect(await l2.exited, l2.output()).toBe(0);
+  });
+
   test('a trainer that keeps dying is restarted launch.restarts times, then the job fails with its last lines', async () => {
     const runDir = mkdtempSync(join(tmpdir(), 'blip2-supervise-fail-'));
     const child = spawn(
