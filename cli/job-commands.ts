@@ -52,7 +52,9 @@ export function registerJobCommands(program: Command): void {
         'With no --config it runs the built-in demo: the synthetic dataset generated into runs/blip2-demo/data, ' +
         'the tiny preset, 2 trainers. Ctrl-C stops after the next committed checkpoint; launching the same job ' +
         'again continues it. A trainer, the coordinator or the nats-server that dies before the job ends is ' +
-        'restarted (launch.restarts times each, after launch.backoffMs, doubled each time); <run-dir>/launch.lock ' +
+        'restarted (launch.restarts times in a row each, after launch.backoffMs, doubled each time; the count starts ' +
+        'again after launch.restartsResetMs up); a committed checkpoint that fails its checksums sends the job back ' +
+        'to the previous valid one; <run-dir>/launch.lock ' +
         'lets the next launch stop what a killed launcher left running.',
     )
     .option('--config <file>', 'job config, YAML or JSON (default: the built-in demo)')
