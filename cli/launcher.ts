@@ -151,7 +151,7 @@ export async function launchLocal(o: LaunchOptions = {}): Promise<LaunchSummary>
     if (previous) say(`continuing job ${c.job.id}: epoch ${previous.state.epoch}, committed step ${previous.state.committed?.step ?? 0}`);
     // The committed checkpoint must restore: one that fails a checksum sends the job back to the previous valid one.
     if (previous) previous = await guardCommittedCheckpoint(c, previous, { nc, natsUrl, roles, say });
-    // While the job runs: a trainer that fails (a non-zero exit) may have found the committed checkpoint corrupt. When
+    // While the job runs: a trainer that exits for bad input (2) may have found the committed checkpoint corrupt. When
     // it is, restarting trainers would fail again: the supervisor stops every process, the job state goes back to
     // the previous valid checkpoint (as at a relaunch, above), and every process starts again.
     const conn = nc;

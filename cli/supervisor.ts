@@ -137,7 +137,7 @@ export interface SupervisorOptions {
 }
 
 /**
- * Asked when a trainer fails (a non-zero exit): undefined when the job's committed checkpoint passes its checks, else
+ * Asked when a trainer exits for bad input (2; e.g. it cannot restore the committed checkpoint): undefined when the job's committed checkpoint passes its checks, else
  * the rewind to run while no process of the job runs (the job state back to the previous valid checkpoint); it
  * throws when there is none.
  */
@@ -185,7 +185,7 @@ export class Supervisor {
   }
 
   /**
-   * A trainer failed: when the committed checkpoint fails its checks (no trainer can restore it, so restarting them
+   * A trainer exited for bad input: when the committed checkpoint fails its checks (no trainer can restore it, so restarting them
    * alone would fail again), every process is stopped (SIGKILL to its group), the job state goes back to the
    * previous valid checkpoint, and every process is started again (none of this counts as a restart).
    */
@@ -234,8 +234,9 @@ export class Supervisor {
         if (s.restarts > 0 && restartsReset(startedAt, o.restartsResetMs)) s.restarts = 0;
         const how = code !== null ? `exited with code ${code}` : `was killed by ${signal}`;
         const log = join(o.logDir, `${s.name}.log`);
-        // A trainer that exits with a failure (not one killed by a signal) may have found the commit it restores corrupt.
-        if (s.kind === 'trainer' && code !== null && code !== 0 && !this.stopping && o.keepGoing() && this.checkpointGuard) {
+        // A trainer that exits for bad input (2, never restarted as such) may have found the commit it restores corrupt;
+        // other failures are restarted at once, without waiting for a look at the job state (NATS may be down).
+        if (s.kind === 'trainer' && code === EXIT_BAD_INPUT && !this.stopping && o.keepGoing() && this.checkpointGuard) {
           if (await this.guardCheckpoint(`${s.name} ${how}`, log)) return; // every process started again, this one too
           if (this.failure) {
             s.gone = { code, signal };
