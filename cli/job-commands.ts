@@ -56,8 +56,10 @@ export function registerJobCommands(program: Command): void {
         'stage 1 (runs/blip2-demo/stage2), then retrieval, caption and VQA figures on the held-out split beside their ' +
         'chance level or baseline. Ctrl-C stops after the next committed checkpoint; launching the same job ' +
         'again continues it (the demo: from the phase it stopped in). A trainer, the coordinator or the nats-server ' +
-        'that dies before the job ends is restarted (launch.restarts times each, after launch.backoffMs, doubled ' +
-        'each time); <run-dir>/launch.lock lets the next launch stop what a killed launcher left running.',
+        'that dies before the job ends is restarted (launch.restarts times in a row each, after launch.backoffMs, ' +
+        'doubled each time; the count starts again after launch.restartsResetMs up); a committed checkpoint that ' +
+        'fails its checksums sends the job back to the previous valid one; <run-dir>/launch.lock lets the next ' +
+        'launch stop what a killed launcher left running.',
     )
     .option('--config <file>', 'job config, YAML or JSON (default: the built-in demo)')
     .addOption(new Option('--target <target>', 'where to run the job').choices(['local', 'kubernetes']).default('local'))

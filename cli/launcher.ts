@@ -31,7 +31,7 @@ import { checkCommittedCheckpoint, removeStaleCheckpointTemporaries, rewindJobSt
 import { launchTokenFile } from './job-stop';
 import { freePort, jobNatsPermissions, startNatsServer, type NatsRole, type NatsServerHandle, type NatsUser } from './nats-server';
 import { createProgressView, fmtDuration, fmtLosses } from './progress';
-import { LaunchLock, Supervisor } from './supervisor';
+import { LaunchLock, Supervisor, restartsReset } from './supervisor';
 
 const repoRoot = resolve(import.meta.dirname, '..');
 
@@ -115,7 +115,7 @@ export async function launchLocal(o: LaunchOptions = {}): Promise<LaunchSummary>
   if (stale.length) say(`removed ${stale.length} unfinished checkpoint director${stale.length === 1 ? 'y' : 'ies'} a killed writer left: ${stale.join(', ')}`);
   let ended = false;
   const supervisor = new Supervisor({
-    restarts: c.launch.restarts, backoffMs: c.launch.backoffMs, logDir, say: (l) => sayNow(l), lock,
+    restarts: c.launch.restarts, backoffMs: c.launch.backoffMs, restartsResetMs: c.launch.restartsResetMs, logDir, say: (l) => sayNow(l), lock,
     keepGoing: () => !ended, lastLines,
   });
   // The console line writer: plain lines until the progress view takes over (followJob).
@@ -157,6 +157,24 @@ export async function launchLocal(o: LaunchOptions = {}): Promise<LaunchSummary>
     if (previous) say(`continuing job ${c.job.id}: epoch ${previous.state.epoch}, committed step ${previous.state.committed?.step ?? 0}`);
     // The committed checkpoint must restore: one that fails a checksum sends the job back to the previous valid one.
     if (previous) previous = await guardCommittedCheckpoint(c, previous, { nc, natsUrl, roles, say });
+    // While the job runs: a trainer that exits for bad input (2) may have found the committed checkpoint corrupt. When
+    // it is, restarting trainers would fail again: the supervisor stops every process, the job state goes back to
+    // the previous valid checkpoint (as at a relaunch, above), and every process starts again.
+    const conn = nc;
+    const url = natsUrl;
+    supervisor.checkpointGuard = async () => {
+      let now: StoredState | null;
+      try {
+        now = await Promise.race([store.read(), unrefSleep(5000).then(() => { throw new Error('timeout'); })]);
+      } catch {
+        return undefined; // the job state cannot be read now (NATS down): a plain restart
+      }
+      if (!checkCommittedCheckpoint(now?.state.committed ?? null)) return undefined;
+      return async () => {
+        const fresh = await store.read();
+        if (fresh) await guardCommittedCheckpoint(c, fresh, { nc: conn, natsUrl: url, roles, say: (l) => sayNow(l) });
+      };
+    };
     // 4. Processes.
     await startProcesses(c, o, { natsUrl, logDir, supervisor, roles, say });
     // 5. Progress, until the job ends or is stopped.
@@ -249,7 +267,11 @@ async function superviseNats(
   const start = async (port?: number): Promise<NatsServerHandle> => {
     const server = await startNatsServer({ storeDir, detached: true, users, logFile, ...(port ? { port } : {}) });
     if (server.process.pid) x.lock.set({ name: 'nats-server', pid: server.process.pid, mark: 'nats-server' });
-    server.process.once('exit', (code, signal) => void onExit(code, signal));
+    const startedAt = Date.now();
+    server.process.once('exit', (code, signal) => {
+      if (restarts > 0 && restartsReset(startedAt, c.launch.restartsResetMs)) restarts = 0; // up long enough: a new series
+      void onExit(code, signal);
+    });
     return server;
   };
   const h: SupervisedNats = {
@@ -621,7 +643,9 @@ function lastLines(path: string, n = 8): string {
   } catch (e) {
     return `    (log not readable: ${(e as Error).message})`;
   }
-  const bad = lines.filter((l) => /\b(error|fatal|warn)\b|Error\b/i.test(l));
+  // Warnings and errors, and always the last line (a process's closing message, e.g. a bad input's, says neither).
+  const isBad = (l: string) => /\b(error|fatal|warn)\b|Error\b/i.test(l);
+  const bad = lines.filter((l, i) => isBad(l) || (i === lines.length - 1 && lines.some(isBad)));
   return (bad.length ? bad : lines).slice(-n).map((l) => `    ${l.length > 400 ? l.slice(0, 400) + '…' : l}`).join('\n');
 }
 

@@ -125,6 +125,8 @@ export interface SupervisorOptions {
   restarts: number;
   /** First restart's wait (`launch.backoffMs`), doubled at each further restart of the same process, at most 30 s. */
   backoffMs: number;
+  /** A process up this long before it died has its restart count reset (`launch.restartsResetMs`; 0: never). */
+  restartsResetMs: number;
   logDir: string;
   say: Say;
   lock: LaunchLock;
@@ -133,6 +135,13 @@ export interface SupervisorOptions {
   /** The last lines of a process's log, for the console. */
   lastLines(path: string): string;
 }
+
+/**
+ * Asked when a trainer exits for bad input (2; e.g. it cannot restore the committed checkpoint): undefined when the job's committed checkpoint passes its checks, else
+ * the rewind to run while no process of the job runs (the job state back to the previous valid checkpoint); it
+ * throws when there is none.
+ */
+export type CheckpointGuard = () => Promise<(() => Promise<void>) | undefined>;
 
 /** A supervised process: its current incarnation and how it ended. */
 export interface Supervised {
@@ -144,6 +153,9 @@ export interface Supervised {
   gone?: { code: number | null; signal: NodeJS.Signals | null };
 }
 
+/** True when a process started at `startedAt` has run `resetMs` (> 0): its restart count starts again. */
+export const restartsReset = (startedAt: number, resetMs: number): boolean => resetMs > 0 && Date.now() - startedAt >= resetMs;
+
 /** Exit status of a job process for bad input (its config, its token): starting it again would fail the same way. */
 const EXIT_BAD_INPUT = 2;
 
@@ -153,6 +165,13 @@ export class Supervisor {
   private failure: Error | undefined;
   private onFailure: ((e: Error) => void) | undefined;
   private stopping = false;
+  private readonly spawners = new Map<Supervised, { mark: string; spawnIt: () => ChildProcess }>();
+  /** Processes this supervisor killed itself to restart the whole job: their exits are not failures. */
+  private readonly killedForRestart = new WeakSet<ChildProcess>();
+  /** The check (and rewind) a failed trainer started; resolves true when the whole job was restarted. */
+  private guarding: Promise<boolean> | undefined;
+  /** Set by the launcher once it can read the job state: see `CheckpointGuard`. */
+  checkpointGuard: CheckpointGuard | undefined;
 
   constructor(private readonly o: SupervisorOptions) {}
 
@@ -160,17 +179,71 @@ export class Supervisor {
   start(name: string, kind: Supervised['kind'], mark: string, spawnIt: () => ChildProcess): Supervised {
     const s: Supervised = { name, kind, proc: spawnIt(), restarts: 0 };
     this.procs.push(s);
+    this.spawners.set(s, { mark, spawnIt });
     this.watch(s, mark, spawnIt);
     return s;
+  }
+
+  /**
+   * A trainer exited for bad input: when the committed checkpoint fails its checks (no trainer can restore it, so restarting them
+   * alone would fail again), every process is stopped (SIGKILL to its group), the job state goes back to the
+   * previous valid checkpoint, and every process is started again (none of this counts as a restart).
+   */
+  private guardCheckpoint(failed: string, log: string): Promise<boolean> {
+    this.guarding ??= (async () => {
+      try {
+        const rewind = await this.checkpointGuard?.();
+        if (!rewind || this.stopping || !this.o.keepGoing()) return false;
+        this.o.say(`${failed}, and the committed checkpoint fails its checks: stopping every process to go back to the previous valid one; its last lines (${log}):\n${this.o.lastLines(log)}`);
+        const running = () => this.procs.filter((p) => p.proc.exitCode === null && p.proc.signalCode === null && p.proc.pid);
+        for (const p of running()) {
+          this.killedForRestart.add(p.proc);
+          signalGroup(p.proc.pid!, 'SIGKILL');
+        }
+        const deadline = Date.now() + 10_000;
+        while (Date.now() < deadline && running().length) await sleep(100);
+        await rewind();
+        if (this.stopping || !this.o.keepGoing()) return true;
+        for (const s of this.procs) {
+          const sp = this.spawners.get(s)!;
+          s.gone = undefined;
+          s.proc = sp.spawnIt();
+          this.watch(s, sp.mark, sp.spawnIt);
+        }
+        this.o.say(`started the coordinator and ${this.procs.filter((p) => p.kind === 'trainer').length} trainer(s) again from the previous valid checkpoint`);
+        return true;
+      } catch (e) {
+        this.fail(e instanceof Error ? e : new Error(String(e)));
+        return false;
+      } finally {
+        this.guarding = undefined;
+      }
+    })();
+    return this.guarding;
   }
 
   private watch(s: Supervised, mark: string, spawnIt: () => ChildProcess): void {
     const { o } = this;
     if (s.proc.pid) o.lock.set({ name: s.name, pid: s.proc.pid, mark });
-    s.proc.once('exit', (code, signal) => {
+    const proc = s.proc;
+    const startedAt = Date.now();
+    proc.once('exit', (code, signal) => {
       void (async () => {
+        if (this.killedForRestart.has(proc)) return; // started again by guardCheckpoint
+        // Up for launch.restartsResetMs: this failure is the first of a new series.
+        if (s.restarts > 0 && restartsReset(startedAt, o.restartsResetMs)) s.restarts = 0;
         const how = code !== null ? `exited with code ${code}` : `was killed by ${signal}`;
         const log = join(o.logDir, `${s.name}.log`);
+        // A trainer that exits for bad input (2, never restarted as such) may have found the commit it restores corrupt;
+        // other failures are restarted at once, without waiting for a look at the job state (NATS may be down).
+        if (s.kind === 'trainer' && code === EXIT_BAD_INPUT && !this.stopping && o.keepGoing() && this.checkpointGuard) {
+          if (await this.guardCheckpoint(`${s.name} ${how}`, log)) return; // every process started again, this one too
+          if (this.failure) {
+            s.gone = { code, signal };
+            for (const w of [...this.waiters]) w();
+            return;
+          }
+        }
         if (code === 0 || this.stopping || !o.keepGoing()) {
           s.gone = { code, signal };
         } else if (code === EXIT_BAD_INPUT || s.restarts >= o.restarts) {

@@ -45,7 +45,7 @@ export interface JobConfig {
   log: { level: LogLevelName; format: 'text' | 'json' };
   world: { min: number; max: number; trainers: number; rendezvousSettleMs: number };
   membership: { heartbeatMs: number; timeoutMs: number };
-  launch: { target: 'local' | 'kubernetes'; restarts: number; backoffMs: number };
+  launch: { target: 'local' | 'kubernetes'; restarts: number; backoffMs: number; restartsResetMs: number };
   engine: EngineConfig;
 }
 
@@ -279,6 +279,10 @@ const schema = {
     backoffMs: {
       doc: 'Wait before `blip2 launch` restarts a process that died: this, doubled at each further restart of the same process (at most 30 s).',
       format: 'int-positive', default: 1000,
+    },
+    restartsResetMs: {
+      doc: 'A process that has run this long since it was last started, then dies, counts as a first failure again: its restart count and backoff start from 0 (launch.restarts limits restarts in a row, not over the whole job); 0: never reset.',
+      format: 'int-nonneg', default: 600_000,
     },
   },
   engine: {

@@ -4,7 +4,8 @@
  * the launcher (SIGTERM, SIGKILL) leaves no process behind (SIGKILL: the next launch stops the nats-server it left,
  * via launch.lock, and says so); a second launch of a live run dir is refused; `blip2 join` adds a trainer that the
  * launcher did not start, and the launcher follows the job on it when its own trainers are gone; each role's NATS
- * user can do only its part (a trainer's cannot write the job state). Trainers are the stand-in
+ * user can do only its part (a trainer's cannot write the job state); a corrupt committed checkpoint, at a relaunch or
+ * found by the trainers while the job runs, sends the job back to the previous valid one. Trainers are the stand-in
  * (test/fixtures/standin-trainer.ts): the protocol and the shard queue for real, the model replaced by a sleep.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
@@ -108,6 +109,35 @@ describe('launch supervises its processes', () => {
     expectLedgerOnce(runDir, 3, DEMO_SAMPLES);
     expect(existsSync(join(runDir, 'launch.lock'))).toBe(false);
     for (const pid of [victim, coordinator, nats]) expect(alive(pid)).toBe(false);
+  });
+
+  test('launch.restarts counts restarts in a row: a process up for launch.restartsResetMs before it dies starts its count again (with 0, it does not)', async () => {
+    const killAfterUp = async (l: Launched, runDir: string, upMs: number) => {
+      const pid = await waitUntil('trainer-0 running', () => pidOf(runDir, 'trainer-0'), 30_000);
+      await new Promise((r) => setTimeout(r, upMs)); // how long it is up before it dies: the rule under test
+      process.kill(pid, 'SIGKILL');
+      return pid;
+    };
+    const restartsOf = (out: string) => [...out.matchAll(/trainer-0 was killed by SIGKILL; restarting it in 0\.2 s \(restart 1 of 1\)/g)].length;
+    // Reset after 1 s up: three kills after 2 s up each, every one restarted although launch.restarts is 1.
+    const runDir = mkdtempSync(join(tmpdir(), 'blip2-supervise-reset-'));
+    const l = launch(runDir, ['--train.epochs', '4', '--launch.restarts', '1', '--launch.restartsResetMs', '1000'], 300);
+    for (let k = 1; k <= 3; k++) {
+      const pid = await killAfterUp(l, runDir, 2000);
+      await waitUntil(`restart ${k}`, () => restartsOf(l.output()) >= k && pidOf(runDir, 'trainer-0') !== pid, 30_000);
+    }
+    expect(await l.exited, l.output()).toBe(0);
+    expect(l.output()).not.toMatch(/not restarted/);
+    expectLedgerOnce(runDir, 4, DEMO_SAMPLES);
+    // No reset (0): the second kill is one too many.
+    const runDir2 = mkdtempSync(join(tmpdir(), 'blip2-supervise-noreset-'));
+    const l2 = launch(runDir2, ['--train.epochs', '4', '--launch.restarts', '1', '--launch.restartsResetMs', '0'], 300);
+    const first = await killAfterUp(l2, runDir2, 2000);
+    await waitUntil('the restart', () => restartsOf(l2.output()) === 1 && pidOf(runDir2, 'trainer-0') !== first, 30_000);
+    await killAfterUp(l2, runDir2, 2000);
+    await waitUntil('no second restart', () => /trainer-0 was killed by SIGKILL \(not restarted: launch\.restarts is 1\)/.test(l2.output()), 30_000);
+    l2.child.kill('SIGTERM');
+    expect(await l2.exited, l2.output()).toBe(0);
   });
 
   test('a trainer that keeps dying is restarted launch.restarts times, then the job fails with its last lines', async () => {
@@ -277,3 +307,31 @@ describe('checkpoints on a relaunch', () => {
   });
 });
 
+describe('checkpoints while the job runs', () => {
+  test('the committed checkpoint found corrupt by the trainers restoring it: launch goes back to the previous valid one, restarts every process, and the job finishes with every sample once', async () => {
+    const runDir = mkdtempSync(join(tmpdir(), 'blip2-corrupt-live-'));
+    const l = launch(runDir, ['--train.epochs', '3', '--checkpoint.keep', '20'], 100);
+    const root = join(runDir, 'checkpoints');
+    const steps = () => (existsSync(root) ? readdirSync(root).filter((n) => /^step-\d+$/.test(n)).sort() : []);
+    await waitUntil('three checkpoints', () => steps().length >= 3, 120_000);
+    // Every checkpoint but the oldest gets a flipped byte in its model, so that the committed one (the newest, or
+    // the one before it while the newest awaits its commit) is surely corrupt; then both trainers are killed, and
+    // the trainers started again must restore it.
+    const [oldest, ...rest] = steps();
+    for (const d of rest) {
+      const model = join(root, d, 'model.safetensors');
+      const bytes = readFileSync(model);
+      bytes[bytes.length - 1] ^= 0xff;
+      writeFileSync(model, bytes);
+    }
+    for (const name of ['trainer-0', 'trainer-1']) process.kill(pidOf(runDir, name)!, 'SIGKILL');
+    expect(await l.exited, l.output()).toBe(0);
+    const out = l.output();
+    expect(out).toMatch(/trainer-\d exited with code 2, and the committed checkpoint fails its checks: stopping every process to go back to the previous valid one; its last lines [^\n]*\n[\s\S]*cannot restore the committed checkpoint/);
+    expect(out).toMatch(/the committed checkpoint \S+step-\d+ \(step \d+\) fails its checks: .*model\.safetensors: sha256 \w+ does not match/);
+    expect(out).toContain(`going back to the previous valid checkpoint ${join(root, oldest!)}`);
+    expect(out).toMatch(/started the coordinator and 2 trainer\(s\) again from the previous valid checkpoint/);
+    expect(out).toMatch(/job blip2-demo finished after/);
+    expectLedgerOnce(runDir, 3, DEMO_SAMPLES);
+  });
+});
