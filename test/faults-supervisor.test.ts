@@ -32,7 +32,12 @@ afterEach((ctx) => {
   for (const pid of extraPids.splice(0)) if (alive(pid)) process.kill(pid, 'SIGKILL');
 });
 
-const FAST = ['--membership.heartbeatMs', '100', '--membership.timeoutMs', '1500', '--world.rendezvousSettleMs', '300', '--launch.backoffMs', '200'];
+const FAST = [
+  '--membership.heartbeatMs', '100', '--membership.timeoutMs', '1500', '--world.rendezvousSettleMs', '300', '--launch.backoffMs', '200',
+  // The built-in demo's stage-1 phase only, in the shape these tests were written for: 96 images, 4 per trainer, a
+  // commit every 5 steps.
+  '--phases', 'stage1', '--data.synthSamples', '96', '--train.batchSizePerTrainer', '4', '--checkpoint.intervalSteps', '5',
+];
 
 function launch(runDir: string, extra: string[], stepMs = 300): Launched {
   const child = spawn(

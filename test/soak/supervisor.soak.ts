@@ -24,7 +24,9 @@ test('13 faults in one job (10 trainer kills, 2 coordinator kills, 1 nats-server
     process.execPath,
     [join(repoRoot, 'bin/blip2.js'), 'launch', '--trainer-entry', 'test/fixtures/standin-trainer.ts', '--job.runDir', runDir,
       '--world.trainers', '3', '--train.epochs', String(EPOCHS), '--launch.restarts', '20', '--launch.backoffMs', '200',
-      '--membership.heartbeatMs', '100', '--membership.timeoutMs', '1500', '--world.rendezvousSettleMs', '300'],
+      '--membership.heartbeatMs', '100', '--membership.timeoutMs', '1500', '--world.rendezvousSettleMs', '300',
+      // The built-in demo's stage-1 phase only: 96 images, 4 per trainer, a commit every 5 steps.
+      '--phases', 'stage1', '--data.synthSamples', '96', '--train.batchSizePerTrainer', '4', '--checkpoint.intervalSteps', '5'],
     { cwd: repoRoot, env: { ...process.env, STANDIN_STEP_MS: '100' }, stdio: ['ignore', 'pipe', 'pipe'] },
   );
   let out = '';
