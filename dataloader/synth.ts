@@ -155,6 +155,11 @@ export function synthVocabulary(): string[] {
   return [...words];
 }
 
+/** The stage-2 LM's words: the captions' and questions', and those of LAVIS's VQA prompt ("Question: {} Short answer:"). */
+export function synthLmVocabulary(): string[] {
+  return [...synthVocabulary(), 'Question', 'Short', 'answer'];
+}
+
 export interface SynthResult {
   index: DatasetIndex;
   indexPath: string;
@@ -213,8 +218,7 @@ export async function writeSynthDataset(options: SynthOptions): Promise<SynthRes
   // The stage-2 language model's tokenizer (OPT-style byte-level BPE), in its own folder as Hugging Face keeps one.
   const lmTokenizerPath = join(options.out, LM_TOKENIZER_PATH);
   mkdirSync(dirname(lmTokenizerPath), { recursive: true });
-  // The LM also reads LAVIS's VQA prompt ("Question: {} Short answer:"): its words are whole tokens too.
-  writeFileSync(lmTokenizerPath, JSON.stringify(byteLevelBpeTokenizerJson([...synthVocabulary(), 'Question', 'Short', 'answer']), null, 1));
+  writeFileSync(lmTokenizerPath, JSON.stringify(byteLevelBpeTokenizerJson(synthLmVocabulary()), null, 1));
   writeFileSync(join(dirname(lmTokenizerPath), 'tokenizer_config.json'), JSON.stringify({ add_bos_token: true, model_max_length: 2048, tokenizer_class: 'GPT2Tokenizer' }, null, 1));
   const index: DatasetIndex = { version: 1, datasets };
   const indexPath = join(options.out, 'index.json');
