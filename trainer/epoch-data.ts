@@ -190,19 +190,12 @@ export class JetStreamEpochData implements EpochData<LeasedShard> {
   open(epoch: number, opts: OpenOptions) {
     const heartbeatMs = Math.max(50, Math.floor(this.o.ackWaitMs / 3));
     let streamClosed = false;
-    let leased = false;
     const source: ShardSource<LeasedShard> = {
       next: async () => {
         while (!this.closed && !streamClosed) {
           let msg;
           try {
             const consumer = await this.getConsumer();
-            // Once this stream has had a lease, nothing undelivered means dry at once: a pull on an empty queue only
-            // returns when it expires (1 s at least), and every rank made one at the end of each epoch while its
-            // peers waited for it. Before its first lease the pull waits as before: at the start of an epoch its
-            // descriptors may not be visible yet, and a rank that ran dry then would sit out the whole epoch (a dry
-            // rank pulls again only when every rank is dry).
-            if (leased && (await consumer.info(false)).num_pending === 0) return null;
             msg = await consumer.next({ expires: Math.max(1000, this.o.pollMs ?? 1000) });
             if (!msg) {
               const info = await consumer.info(false);
@@ -262,7 +255,6 @@ export class JetStreamEpochData implements EpochData<LeasedShard> {
             return null;
           }
           this.held.add(lease);
-          leased = true;
           if (lease.deliveryCount > 1) this.log.info('descriptor redelivered', { id: d.id, deliveryCount: lease.deliveryCount, cursor: lease.cursor });
           return lease;
         }
