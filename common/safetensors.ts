@@ -185,12 +185,7 @@ export class SafetensorsReader {
     const fail = (msg: string): never => {
       throw new SafetensorsError(`${path}: ${msg}`);
     };
-    let fd: number;
-    try {
-      fd = openSync(path, 'r');
-    } catch (err) {
-      throw new SafetensorsError(`${path}: cannot read (${(err as Error).message})`, { cause: err });
-    }
+    const fd = openForReading(path);
     try {
       const size = fstatSync(fd).size;
       const head = Buffer.alloc(8);
@@ -251,17 +246,21 @@ export function safetensorsNames(path: string): string[] {
   return [...safetensorsHeader(path).keys()];
 }
 
+/** A file descriptor for reading `path`; a file that cannot be opened is a SafetensorsError naming it. */
+function openForReading(path: string): number {
+  try {
+    return openSync(path, 'r');
+  } catch (err) {
+    throw new SafetensorsError(`${path}: cannot read (${(err as Error).message})`, { cause: err });
+  }
+}
+
 /**
  * Each tensor's dtype and shape, from the file's header alone (a multi-GiB checkpoint is not read to learn what it
  * holds). The data is not checked: `readSafetensors` does that when the tensors are loaded.
  */
 export function safetensorsHeader(path: string): Map<string, { dtype: string; shape: number[] }> {
-  let fd: number;
-  try {
-    fd = openSync(path, 'r');
-  } catch (err) {
-    throw new SafetensorsError(`${path}: cannot read (${(err as Error).message})`, { cause: err });
-  }
+  const fd = openForReading(path);
   try {
     const head = Buffer.alloc(8);
     if (readSync(fd, head, 0, 8, 0) !== 8) throw new SafetensorsError(`${path}: shorter than the 8-byte header length`);
