@@ -84,6 +84,10 @@ export const DEMO_OVERRIDES: Record<string, unknown> = {
   'data.synthImageSize': 32,
   // 32px images decode in microseconds: no decode thread (one fewer thread on the trainers' cores, none to start per epoch).
   'data.workers': 0,
+  // The synthetic captions name both objects and say where one is relative to the other: a crop can cut an object
+  // out and a flip swaps left and right, so the demo trains on whole, unflipped images.
+  'data.cropMinScale': 1,
+  'data.flipProbability': 0,
 };
 
 /** A sleep that does not keep the process alive. */

@@ -29,7 +29,7 @@ export interface JobConfig {
   node: { id: string };
   model: { preset: string; config: string; checkpoint: string; languageModel: string };
   data: {
-    root: string; datasets: string[]; tokenizer: string; lmTokenizer: string; samplesPerShard: number; workers: number; ackWaitMs: number;
+    root: string; datasets: string[]; tokenizer: string; lmTokenizer: string; samplesPerShard: number; workers: number; cropMinScale: number; flipProbability: number; ackWaitMs: number;
     synthSamples: number; synthImageSize: number;
   };
   train: { stage: number; batchSizePerTrainer: number; epochs: number; maxSteps: number; seed: number };
@@ -98,6 +98,8 @@ convict.addFormats({
   'num-positive': numFormat('num-positive', (n) => n > 0, 'a number > 0'),
   'num-nonneg': numFormat('num-nonneg', (n) => n >= 0, 'a number >= 0'),
   'num-unit-open': numFormat('num-unit-open', (n) => n >= 0 && n < 1, 'a number in [0, 1)'),
+  'num-unit-closed': numFormat('num-unit-closed', (n) => n >= 0 && n <= 1, 'a number in [0, 1]'),
+  'num-unit-positive': numFormat('num-unit-positive', (n) => n > 0 && n <= 1, 'a number in (0, 1]'),
   'strict-boolean': {
     name: 'strict-boolean',
     coerce: toBool,
@@ -193,6 +195,14 @@ const schema = {
     },
     samplesPerShard: { doc: 'Most samples in one shard descriptor (larger shards are split into ranges).', format: 'int-positive', default: 16 },
     workers: { doc: 'Image transform worker threads per trainer.', format: 'int-nonneg', default: 1 },
+    cropMinScale: {
+      doc: 'Training augmentation: RandomResizedCrop takes between this fraction of the image area and all of it (LAVIS: 0.5); 1 = no crop, the whole image resized. A crop can cut out what the caption names: use 1 when captions name every object (the synthetic data).',
+      format: 'num-unit-positive', default: 0.5,
+    },
+    flipProbability: {
+      doc: 'Training augmentation: probability of a horizontal flip (LAVIS: 0.5); 0 = never. A flip makes "left" and "right" in a caption false: use 0 when captions say where things are (the synthetic data).',
+      format: 'num-unit-closed', default: 0.5,
+    },
     ackWaitMs: { doc: 'A shard descriptor held this long without a sign of life is redelivered to another trainer.', format: 'int-positive', default: 60_000 },
     synthSamples: { doc: 'Samples of the synthetic dataset when it is generated (train + val).', format: 'int-positive', default: 128 },
     synthImageSize: { doc: 'Side in pixels of the synthetic images.', format: 'int-positive', default: 32 },

@@ -69,6 +69,23 @@ describe('transformImage', () => {
     expect(crops.size).toBeGreaterThan(10);
   });
 
+  test('train with no crop (scale [1, 1]) and no flip (data.cropMinScale 1, data.flipProbability 0) is the eval transform, whatever the key', async () => {
+    const img = await sharp({ create: { width: 40, height: 30, channels: 3, background: { r: 0, g: 0, b: 0 } } })
+      .composite([{ input: { create: { width: 10, height: 30, channels: 3, background: { r: 200, g: 30, b: 30 } } }, left: 0, top: 0 }])
+      .png().toBuffer();
+    const ev = await transformImage(img, { mode: 'eval', imageSize: 16 });
+    for (let i = 0; i < 8; i++) {
+      const tr = await transformImage(img, { mode: 'train', imageSize: 16, scale: [1, 1], flipProbability: 0 }, [0, i, `x/${i}`]);
+      expect(tr.flipped).toBe(false);
+      expect(tr.crop).toEqual({ left: 0, top: 0, width: 40, height: 30 });
+      expect(Array.from(tr.pixels)).toEqual(Array.from(ev.pixels));
+    }
+    // The default (LAVIS) augmentation crops and flips.
+    const lavis = await Promise.all(Array.from({ length: 8 }, (_, i) => transformImage(img, { mode: 'train', imageSize: 16 }, [0, i, `x/${i}`])));
+    expect(lavis.some((t) => t.flipped)).toBe(true);
+    expect(lavis.some((t) => t.crop.width < 40 || t.crop.height < 30)).toBe(true);
+  });
+
   test('greyscale and RGBA images come out as three channels', async () => {
     const grey = await sharp(Buffer.alloc(400, 128), { raw: { width: 20, height: 20, channels: 1 } }).toColourspace('b-w').png().toBuffer();
     expect((await sharp(grey).metadata()).channels).toBe(1);

@@ -105,9 +105,12 @@ export async function transformImage(
   let pipeline = input.toColourspace('srgb').removeAlpha();
   if (mode === 'train') {
     const rand = seededRandom('transform', ...randomKey);
-    crop = randomResizedCropParams(width, height, rand, options.scale, options.ratio);
+    // A lower scale of 1 is no crop at all (data.cropMinScale 1): the whole image, as in eval mode.
+    if ((options.scale?.[0] ?? 0.5) < 1) {
+      crop = randomResizedCropParams(width, height, rand, options.scale, options.ratio);
+      pipeline = pipeline.extract(crop);
+    }
     flipped = rand() < (options.flipProbability ?? 0.5);
-    pipeline = pipeline.extract(crop);
   }
   pipeline = pipeline.resize(side, side, { kernel: 'cubic', fit: 'fill' });
   if (flipped) pipeline = pipeline.flop();

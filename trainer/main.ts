@@ -164,7 +164,8 @@ class GenerationDriver {
     const data = new JetStreamEpochData({
       nc, stream: queue.stream, durable: queue.durable, ackWaitMs: queue.ackWaitMs, keeper, dataRoot: config.data.root,
       tokenizer: core.tokenizer, batchSize: config.train.batchSizePerTrainer, workers: config.data.workers,
-      transform: { mode: 'train', imageSize: core.config.vision_config.image_size }, registry, logger: log,
+      transform: { mode: 'train', imageSize: core.config.vision_config.image_size, scale: [config.data.cropMinScale, 1], flipProbability: config.data.flipProbability },
+      registry, logger: log,
     });
     // Waits on the coordinator are healthy however long they take; the loop beats again when they end.
     const waitingOn = <T>(what: string, p: () => Promise<T>): Promise<T> => {

@@ -4,6 +4,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { blip2ConfigFromJson, blip2ConfigFromLavis, LAVIS_DEFAULTS, loadModelConfig, presetConfig, trainableCount } from './config';
+import { hfConfigJson as writtenConfigJson } from './hf-checkpoint';
 
 /** Shaped like the config.json of an HF BLIP-2 OPT-2.7b checkpoint (keys the model does not read included). */
 const hfConfigJson = {
@@ -54,6 +55,8 @@ describe('model config', () => {
   test('qformer_config.initializer_range: optional, read from config.json, a bad value named', () => {
     const demo = presetConfig('demo');
     expect(blip2ConfigFromJson(JSON.parse(JSON.stringify(demo))).qformer_config.initializer_range).toBe(0.08);
+    // The config.json that `blip2 export` writes (transformers' keys) keeps it too: the demo model round-trips.
+    expect(blip2ConfigFromJson(JSON.parse(JSON.stringify(writtenConfigJson(demo))))).toEqual(demo);
     expect(blip2ConfigFromJson(JSON.parse(JSON.stringify(presetConfig('tiny')))).qformer_config).not.toHaveProperty('initializer_range');
     const bad = JSON.parse(JSON.stringify(demo)) as { qformer_config: Record<string, unknown> };
     bad.qformer_config.initializer_range = -1;
