@@ -151,6 +151,19 @@ describe('retrieval scores', () => {
     for (const row of scores.scoresI2t) expect(Array.from(row).filter((v) => v !== -100)).toHaveLength(3);
     expect(new Set(split.samples.map((_, i) => scores.simI2t[i]![0]!)).size).toBeGreaterThan(1); // images differ
   }, 120_000);
+
+  it('one image: its ITC and ITM scores against every text (a single image once crashed the ITM row selection)', async () => {
+    const model = await InferenceModel.load(s1);
+    const split = await readEvalSplit(data, 'val', { limit: 2 });
+    const pixels = (await readImageBytes(split.samples.map((x) => ({ name: x.id, bytes: x.image! })), model.imageSize)).map((x) => x.pixels);
+    const texts = split.samples.map((x) => x.captions[0]!);
+    const one = await model.retrievalScores(pixels.slice(0, 1), texts, 2);
+    const two = await model.retrievalScores(pixels, texts, 2);
+    model.dispose();
+    expect(one.scoresI2t).toHaveLength(1);
+    // The first image's row is the same whether it is scored alone or with another.
+    Array.from(one.scoresI2t[0]!).forEach((v, t) => expect(v).toBeCloseTo(two.scoresI2t[0]![t]!, 5));
+  }, 120_000);
 });
 
 describe('evaluateCheckpoint, stage 2', () => {

@@ -98,7 +98,8 @@ export function selectImages(cross: Map<number, HeadKeyValue>, rows: tf.Tensor1D
       // Row selection as a product with a one-hot matrix: exact (each output is 1·x plus exact zeros), and its
       // gradient is a matmul too, far cheaper than gather/UnsortedSegmentSum over [N,n,P,d] blocks on wasm.
       // (int32 one-hot, then cast: tfjs-backend-wasm 4.22's OneHot writes integer bits into float32 outputs.)
-      const pick = tf.cast(tf.oneHot(rows, n), 'float32'); // [R,N]
+      // tfjs's oneHot needs a depth of 2 or more: with one image every row picks it.
+      const pick = n === 1 ? tf.ones([rows.shape[0], 1]) : tf.cast(tf.oneHot(rows, n), 'float32'); // [R,N]
       const sel = (t: tf.Tensor4D) => tf.reshape(tf.matMul(pick, tf.reshape(t, [n, heads * P * d])), [rows.shape[0], heads, P, d]) as tf.Tensor4D;
       out.set(i, { k: sel(kv.k), v: sel(kv.v) });
     }
