@@ -7,6 +7,7 @@ import { Option, type Command } from 'commander';
 import { MODEL_PRESETS, UsageError } from '../common';
 import { CaptionTokenizer, createBatchStream, loadIndex, localShardSource, planEpoch, readEvalSplit } from '../dataloader';
 import { disposeParams, paramManifest, presetConfig, PRESETS, trainableCount, trainableGroups, type Stage } from '../trainer/model';
+import type { LmDocument } from '../trainer';
 
 /** Subcommands about the model: `params`, `pretrain-lm`, `export`. */
 export function registerModelCommands(program: Command): void {
@@ -158,14 +159,15 @@ export async function pretrainLm(o: PretrainLmOptions): Promise<{ out: string; f
   // Texts read after a context at the soft prompt's positions: each image's captions after one another (the other
   // phrasing, or the same), and its questions in the VQA prompt with their answers after a caption.
   const prefixLength = config.num_query_tokens;
-  const documents: Array<{ context: string; text: string }> = [];
+  const documents: LmDocument[] = [];
   for (const sample of (await readEvalSplit(data, 'train', { images: false })).samples) {
     const cs = sample.captions.map((c) => c.trim().toLowerCase());
     // As many caption texts as question texts, so that neither kind crowds out the other.
     const repeat = Math.max(1, Math.ceil(sample.qa.length / cs.length));
     for (const context of cs) {
       for (let k = 0; k < repeat; k++) for (const text of cs) documents.push({ context, text: `${text}\n` });
-      for (const { question, answer } of sample.qa) documents.push({ context, text: `${VQA_PROMPT.replace('{}', question)} ${answer}\n` });
+      // The question is read, not trained on (its words are a random draw no context determines); the answer is.
+      for (const { question, answer } of sample.qa) documents.push({ context, prompt: VQA_PROMPT.replace('{}', question), text: ` ${answer}` });
     }
   }
   say(`training the ${opts.preset} preset's language model (${lmParams.toLocaleString('en-US')} parameters, vocabulary ${tokenizer.vocabSize}) on ${documents.length} texts after a context of ${prefixLength} positions (${captions.length} captions; questions with their answers): ${steps} steps of ${batchSize}`);

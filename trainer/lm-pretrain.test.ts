@@ -5,7 +5,7 @@
  * caption whatever the prompt says).
  */
 import { afterAll, beforeAll, expect, test } from 'vitest';
-import { byteLevelBpeTokenizerJson, CaptionTokenizer, synthScene, synthVocabulary } from '../dataloader';
+import { byteLevelBpeTokenizerJson, CaptionTokenizer, synthLmVocabulary, synthScene, synthVocabulary } from '../dataloader';
 import { initEngine, tf } from './engine';
 import { crossEntropySum, disposeParams, optDecoder, optLmHead, optTargets, presetConfig, type Blip2Config, type Params } from './model';
 import { pretrainLanguageModel } from './lm-pretrain';
@@ -59,4 +59,39 @@ test('trained after a context, the LM reads it: a held-out caption costs far les
   // average. Half of that is asked, far from any rounding.
   expect(own).toBeLessThan(other - 0.5);
   expect(own).toBeLessThan(0.5 * other);
+}, 60_000);
+
+test('a document\'s prompt is read, not trained on: after captions and prompted questions, a caption does not start with the prompt', () => {
+  // The LM vocabulary with the VQA prompt's words; half the documents are questions in the prompt with their answers.
+  const tok = new CaptionTokenizer(byteLevelBpeTokenizerJson(synthLmVocabulary()), {}, { kind: 'opt', maxLength: config.lavis_config.max_txt_len });
+  const c: Blip2Config = structuredClone(config);
+  c.text_config.vocab_size = tok.vocabSize;
+  c.text_config.pad_token_id = tok.padTokenId;
+  c.text_config.bos_token_id = c.text_config.eos_token_id = tok.bosTokenId;
+  const prompt = (q: string) => `Question: ${q} Short answer:`;
+  const firstTokenProbability = (masked: boolean): number => {
+    const documents = train.flatMap((s) => s.captions.flatMap((context) => [
+      ...s.captions.map((text) => ({ context, text: `${text}\n` })),
+      ...s.qa.slice(0, 2).map(({ question, answer }) => (masked ? { context, prompt: prompt(question), text: ` ${answer}` } : { context, text: `${prompt(question)} ${answer}` })),
+    ]));
+    const lm = pretrainLanguageModel({ config: c, tokenizer: tok, captions: [], documents, prefixLength: P, steps: 200, batchSize: 16, lr: 3e-3, seed: 2 }).params;
+    const question = tok.encodePrompt('Question').at(-1)!;
+    // P(first token = "Question" | a held-out image's caption as the context, BOS).
+    const p = tf.tidy(() => {
+      const D = c.text_config.hidden_size, pad = c.text_config.pad_token_id;
+      const ctx = held.flatMap((s) => {
+        const ids = tok.encodePrompt(s.captions[0]!).slice(1, P + 1);
+        return [...ids, ...Array<number>(P - ids.length).fill(pad)];
+      });
+      const prefix = tf.reshape(tf.gather(lm.get('language_model.model.decoder.embed_tokens.weight')!, tf.tensor1d(ctx, 'int32')), [held.length, P, D]) as tf.Tensor3D;
+      const h = optDecoder(lm, c, prefix, { ids: held.map(() => [tok.bosTokenId]), mask: held.map(() => [1]) }); // [B,P+1,D]
+      const last = tf.reshape(tf.slice(h, [0, P, 0], [held.length, 1, D]), [held.length, D]) as tf.Tensor2D;
+      return tf.mean(tf.gather(tf.softmax(optLmHead(lm, last)), [question], 1)).dataSync()[0]!;
+    });
+    disposeParams(lm);
+    return p;
+  };
+  // Trained on the prompt's tokens, a third of the texts start with "Question"; with the prompt read only, none do.
+  expect(firstTokenProbability(false)).toBeGreaterThan(0.15);
+  expect(firstTokenProbability(true)).toBeLessThan(0.02);
 }, 60_000);

@@ -10,7 +10,8 @@
  * trained after a context: `documents` put the token embeddings of a context (another caption of the same image,
  * or the same one) at the `prefixLength` positions that the soft prompt takes in stage 2, and the text (a caption,
  * or a question in LAVIS's VQA prompt with its answer) after them. Stage 2 then has to make the query outputs say
- * what a caption would.
+ * what a caption would. A question is a document's `prompt`: read, not trained on, so the LM never learns to start
+ * a text with "Question:" (stage 2's captions did, when the prompt was part of the trained text).
  */
 import { AdamW } from './optim';
 import { tf, gradients } from './engine';
@@ -21,6 +22,18 @@ import type { CaptionTokenizer } from '../dataloader';
 
 const EMBED_TOKENS = 'language_model.model.decoder.embed_tokens.weight';
 import { mulberry32 } from '../common';
+
+/**
+ * A text read after a context. With a `prompt`, the sequence is `prompt` then `text`, and only `text` is trained on
+ * (a question's answer): the prompt's tokens are read, not predicted, as instruction tuning masks its prompts. A
+ * question's words are a random draw that no context determines, and left in the loss they outweigh its one-token
+ * answer many times over.
+ */
+export interface LmDocument {
+  context: string;
+  prompt?: string;
+  text: string;
+}
 
 export interface LmPretrainOptions {
   config: Blip2Config;
@@ -33,7 +46,7 @@ export interface LmPretrainOptions {
    * instead of `captions` when given, so that the frozen LM learns to read what precedes the text, as BLIP-2
    * relies on its LLM to do.
    */
-  documents?: ReadonlyArray<{ context: string; text: string }>;
+  documents?: ReadonlyArray<LmDocument>;
   /** Positions of the context (stage 2: `num_query_tokens`). Default 0 (no context). */
   prefixLength?: number;
   steps: number;
@@ -58,10 +71,12 @@ export function pretrainLanguageModel(o: LmPretrainOptions): { params: Params; l
   const pad = config.text_config.pad_token_id;
   const losses: number[] = [];
   for (let step = 1; step <= o.steps; step++) {
-    const docs = o.documents?.length
+    const docs: LmDocument[] = o.documents?.length
       ? Array.from({ length: o.batchSize }, () => o.documents![Math.floor(rand() * o.documents!.length)]!)
       : Array.from({ length: o.batchSize }, () => ({ context: '', text: o.captions[Math.floor(rand() * o.captions.length)]! }));
-    const t = tokenizer.encodeBatch(docs.map((d) => d.text));
+    const t = tokenizer.encodeBatch(docs.map((d) => (d.prompt === undefined ? d.text : d.prompt + d.text)));
+    // Per row, the positions not trained on: the prompt's tokens, BOS included (none without a prompt).
+    const promptLengths = docs.map((d) => (d.prompt === undefined ? 0 : Math.min(t.seqLength, tokenizer.encodePrompt(d.prompt).length)));
     // The context's tokens (BOS dropped), cut or filled with the pad id to P positions.
     const contextIds = docs.flatMap((d) => {
       const ids = P ? tokenizer.encodePrompt(d.context).slice(1, P + 1) : [];
@@ -69,7 +84,7 @@ export function pretrainLanguageModel(o: LmPretrainOptions): { params: Params; l
     });
     const rows = (a: Int32Array) => Array.from({ length: t.batchSize }, (_, b) => Array.from(a.subarray(b * t.seqLength, (b + 1) * t.seqLength)));
     const text = { ids: rows(t.inputIds), mask: rows(t.attentionMask) };
-    const targets = optTargets(config, P, text.ids, 0);
+    const targets = rowTargets(config, P, text.ids, promptLengths);
     const xs = specs.map((s) => params.get(s.name)!);
     const r = gradients(() => {
       const prefix = P
@@ -93,6 +108,19 @@ export function pretrainLanguageModel(o: LmPretrainOptions): { params: Params; l
     o.onStep?.(step, loss);
   }
   return { params, losses };
+}
+
+/** `optTargets` with a prompt length per row: the rows' (flat position, next token) pairs of the whole batch. */
+function rowTargets(config: Blip2Config, prefixLength: number, ids: number[][], promptLengths: readonly number[]): { rowIndex: number[]; targets: number[] } {
+  const S = prefixLength + (ids[0]?.length ?? 0);
+  const rowIndex: number[] = [];
+  const targets: number[] = [];
+  ids.forEach((row, b) => {
+    const r = optTargets(config, prefixLength, [row], promptLengths[b]!);
+    for (const i of r.rowIndex) rowIndex.push(b * S + i);
+    targets.push(...r.targets);
+  });
+  return { rowIndex, targets };
 }
 
 /** Writes the trained LM as safetensors with BLIP-2's names. */
