@@ -10,7 +10,7 @@ import { paramManifest, type Blip2Config, type ParamGroup } from './config';
 import { tf, widenF16Into } from '../engine';
 import { gradients } from '../engine';
 import { ModelInputError } from './errors';
-import { matchCheckpoint, type Params } from './params';
+import { initStd, matchCheckpoint, type Params } from './params';
 
 type Resident = { shape: number[]; f16?: Uint16Array; bf16?: Uint16Array; f32?: Float32Array };
 
@@ -64,7 +64,7 @@ export class FrozenWeights {
   }
 
   /**
-   * Random F16 weights initialised as `createParams` does (N(0, 0.02), zeros, ones), generated in JS memory without
+   * Random F16 weights initialised as `createParams` does (N(0, `initStd`), zeros, ones), generated in JS memory without
    * going through the engine: what a benchmark of a model too large for the wasm heap needs. Deterministic in `seed`.
    */
   static random(config: Blip2Config, group: ParamGroup, seed: number): FrozenWeights {
@@ -73,10 +73,11 @@ export class FrozenWeights {
     const chunk = new Float32Array(1 << 16);
     for (const spec of paramManifest(config).filter((s) => s.group === group)) {
       const n = spec.shape.reduce((a, b) => a * b, 1);
+      const std = initStd(config, spec);
       const f16 = new Uint16Array(n);
       for (let begin = 0; begin < n; begin += chunk.length) {
         const len = Math.min(chunk.length, n - begin);
-        for (let i = 0; i < len; i++) chunk[i] = spec.init === 'ones' ? 1 : spec.init === 'zeros' ? 0 : 0.02 * normal();
+        for (let i = 0; i < len; i++) chunk[i] = spec.init === 'ones' ? 1 : spec.init === 'zeros' ? 0 : std * normal();
         f16.set(narrowToF16(chunk.subarray(0, len)), begin);
       }
       found.set(spec.name, { shape: spec.shape, f16 });

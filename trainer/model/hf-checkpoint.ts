@@ -100,7 +100,7 @@ export function hfConfigJson(config: Blip2Config): Record<string, unknown> {
     vision_config: {
       model_type: 'blip_2_vision_model', hidden_size: v.hidden_size, intermediate_size: v.intermediate_size, num_hidden_layers: v.num_hidden_layers,
       num_attention_heads: v.num_attention_heads, image_size: v.image_size, patch_size: v.patch_size, layer_norm_eps: v.layer_norm_eps,
-      hidden_act: 'gelu', qkv_bias: true, attention_dropout: 0.0,
+      hidden_act: 'gelu', qkv_bias: true, attention_dropout: 0.0, ...(v.initializer_range === undefined ? {} : { initializer_range: v.initializer_range }),
     },
     qformer_config: {
       model_type: 'blip_2_qformer', vocab_size: q.vocab_size, hidden_size: q.hidden_size, num_hidden_layers: q.num_hidden_layers,

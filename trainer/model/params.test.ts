@@ -8,6 +8,7 @@ import {
   CheckpointMismatchError,
   createParams,
   disposeParams,
+  FrozenWeights,
   loadParams,
   paramManifest,
   presetConfig,
@@ -103,6 +104,28 @@ describe('parameters', () => {
     disposeParams(frozen);
     // The presets without it keep their JSON (and so their checkpoints' config hash) as before.
     expect('initializer_range' in presetConfig('tiny').qformer_config).toBe(false);
+  });
+
+  test('vision_config.initializer_range sets the ViT\'s position and class embeddings (as transformers does), nothing else', () => {
+    const config = presetConfig('demo');
+    expect(config.vision_config.initializer_range).toBe(0.3);
+    const close = (t: tf.Tensor, want: number) => {
+      const v = Array.from(t.dataSync());
+      const std = Math.sqrt(v.reduce((s, x) => s + x * x, 0) / v.length);
+      expect(Math.abs(std / want - 1), `std ${std} of ${v.length} draws`).toBeLessThan(5 / Math.sqrt(2 * v.length));
+    };
+    const v = createParams(config, 4, { groups: ['vision'] });
+    close(v.get('vision_model.embeddings.position_embedding')!, 0.3); // 65 x 48
+    close(v.get('vision_model.embeddings.class_embedding')!, 0.3);
+    close(v.get('vision_model.embeddings.patch_embedding.weight')!, 0.02);
+    close(v.get('vision_model.encoder.layers.0.self_attn.qkv.weight')!, 0.02);
+    disposeParams(v);
+    // The F16 stand-in of benchmarks draws with the same standard deviations.
+    const f = FrozenWeights.random(config, 'vision', 4).widen(['vision_model.embeddings.']);
+    close(f.get('vision_model.embeddings.position_embedding')!, 0.3);
+    close(f.get('vision_model.embeddings.patch_embedding.weight')!, 0.02);
+    disposeParams(f);
+    expect('initializer_range' in presetConfig('tiny').vision_config).toBe(false);
   });
 
   test('save then load round-trips; loading checks names and shapes both ways, naming file and tensor', async () => {

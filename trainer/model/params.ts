@@ -40,8 +40,15 @@ function wantedSpecs(config: Blip2Config, options: ParamSetOptions): ParamSpec[]
   return paramManifest(config).filter((p) => groups.has(p.group));
 }
 
-/** The normal initialisation's standard deviation: `qformer_config.initializer_range` on the Q-Former side, else 0.02. */
-function initStd(config: Blip2Config, spec: ParamSpec): number {
+const VISION_EMBEDDINGS = new Set(['vision_model.embeddings.position_embedding', 'vision_model.embeddings.class_embedding']);
+
+/**
+ * The normal initialisation's standard deviation: `qformer_config.initializer_range` on the Q-Former side,
+ * `vision_config.initializer_range` for the ViT's position and class embeddings (as transformers initialises them),
+ * else 0.02.
+ */
+export function initStd(config: Blip2Config, spec: ParamSpec): number {
+  if (VISION_EMBEDDINGS.has(spec.name)) return config.vision_config.initializer_range ?? 0.02;
   const qformerSide = spec.group === 'qformer_query' || spec.group === 'qformer_text' || spec.group === 'language_projection';
   return qformerSide ? config.qformer_config.initializer_range ?? 0.02 : 0.02;
 }
