@@ -7,7 +7,7 @@ import { Option, type Command } from 'commander';
 import { MODEL_PRESETS, UsageError } from '../common';
 import { CaptionTokenizer, createBatchStream, loadIndex, localShardSource, planEpoch, readEvalSplit } from '../dataloader';
 import { disposeParams, paramManifest, presetConfig, PRESETS, trainableCount, trainableGroups, type Stage } from '../trainer/model';
-import type { LmDocument } from '../trainer';
+import type { ContextQaReport, LmDocument } from '../trainer';
 
 /** Subcommands about the model: `params`, `pretrain-lm`, `export`. */
 export function registerModelCommands(program: Command): void {
@@ -119,7 +119,7 @@ export interface PretrainLmOptions {
  * `blip2 pretrain-lm`: trains the preset's OPT-shaped LM on the training captions of `data` and writes it; returns
  * where, and the loss of the first step and the mean of the last ten.
  */
-export async function pretrainLm(o: PretrainLmOptions): Promise<{ out: string; firstLoss: number; lastLoss: number }> {
+export async function pretrainLm(o: PretrainLmOptions): Promise<{ out: string; firstLoss: number; lastLoss: number; contextQa?: ContextQaReport }> {
   const { steps, batchSize, seed, lr, say } = o;
   const opts = { preset: o.preset };
   const data = resolve(o.data);
@@ -147,7 +147,7 @@ export async function pretrainLm(o: PretrainLmOptions): Promise<{ out: string; f
   const datasets = index.datasets.filter((d) => d.split !== 'val' && d.split !== 'test').map((d) => d.name);
   if (!datasets.length) throw new UsageError(`--data ${data}: the index has no training dataset (every split is val or test)`);
   // The trainer (and its tensor engine) only for this command: the other commands start without it.
-  const { pretrainLanguageModel, saveLanguageModel, VQA_PROMPT } = await import('../trainer');
+  const { pretrainLanguageModel, saveLanguageModel, contextQaAccuracy, VQA_PROMPT } = await import('../trainer');
   const { initEngine } = await import('../trainer/engine');
   await initEngine();
   const captions: string[] = [];
@@ -181,10 +181,18 @@ export async function pretrainLm(o: PretrainLmOptions): Promise<{ out: string; f
   });
   mkdirSync(dirname(out), { recursive: true });
   await saveLanguageModel(out, r.params, { preset: opts.preset, steps: String(steps), captions: String(captions.length) });
+  // The ceiling of zero-shot VQA through this LM: held-out questions answered from their image's caption.
+  const held = (await readEvalSplit(data, 'val', { images: false, limit: 30 }).catch(() => undefined))?.samples.filter((x) => x.qa.length) ?? [];
+  let contextQa: ContextQaReport | undefined;
+  if (held.length) {
+    contextQa = contextQaAccuracy(r.params, config, tokenizer, held, prefixLength);
+    const types = Object.entries(contextQa.byType).map(([t, v]) => `${t} ${v.accuracy.toFixed(0)}`).join(', ');
+    say(`given a held-out image's caption as its context, the LM answers ${contextQa.accuracy.toFixed(1)} % of ${contextQa.questions} questions (${types}): the most that zero-shot VQA through it can score`);
+  }
   disposeParams(r.params);
   const tail = r.losses.slice(-Math.min(10, r.losses.length));
   say(`loss ${r.losses[0]!.toFixed(4)} at step 1 (chance: ln ${tokenizer.vocabSize} = ${Math.log(tokenizer.vocabSize).toFixed(4)}), ${(tail.reduce((a, b) => a + b, 0) / tail.length).toFixed(4)} over the last ${tail.length} steps`);
   say(`wrote ${out}`);
   const tailMean = tail.reduce((a, b) => a + b, 0) / tail.length;
-  return { out, firstLoss: r.losses[0]!, lastLoss: tailMean };
+  return { out, firstLoss: r.losses[0]!, lastLoss: tailMean, contextQa };
 }

@@ -43,7 +43,7 @@ export { createTrainerMetrics, STEP_PHASES, type EvalRecord, type TrainerMetrics
 export type { Objective } from './model';
 export { type StageModel, type StageBatch, type StageStepResult } from './stage-model';
 export { Stage2Runtime, distributedStage2Step } from './stage2-runtime';
-export { pretrainLanguageModel, saveLanguageModel, type LmPretrainOptions, type LmDocument } from './lm-pretrain';
+export { pretrainLanguageModel, saveLanguageModel, contextQaAccuracy, type LmPretrainOptions, type LmDocument, type ContextQaReport } from './lm-pretrain';
 export { exportHfCheckpoint, type ExportResult } from './export';
 export {
   InferenceModel, inferenceImageSize, inferenceSettings, modelConfigOf, readImages, readImageBytes, VQA_PROMPT,

@@ -19,6 +19,9 @@ import {
   createParams, crossEntropySum, optDecoder, optLmHead, optTargets, paramManifest, saveParams, type Blip2Config, type Params,
 } from './model';
 import type { CaptionTokenizer } from '../dataloader';
+import { beamSearch, CachedOptDecoder } from './generate';
+import { questionType, singleAnswerAccuracy } from './evaluate';
+import { VQA_PROMPT } from './inference';
 
 const EMBED_TOKENS = 'language_model.model.decoder.embed_tokens.weight';
 import { mulberry32 } from '../common';
@@ -121,6 +124,67 @@ function rowTargets(config: Blip2Config, prefixLength: number, ids: number[][], 
     targets.push(...r.targets);
   });
   return { rowIndex, targets };
+}
+
+/** What `contextQaAccuracy` measured: percent of questions answered right, over all and by question type. */
+export interface ContextQaReport {
+  accuracy: number;
+  questions: number;
+  byType: Record<string, { accuracy: number; questions: number }>;
+}
+
+/**
+ * How well the LM answers questions about a context it is given as stage 2 would give it: each sample's first
+ * caption as token embeddings at the `prefixLength` soft-prompt positions, then LAVIS's VQA prompt, beam 5, at most
+ * 10 new tokens, up to "\n", scored as `blip2 eval --task vqa` scores (one reference answer). Zero-shot VQA reads
+ * the image only through this LM, so this is its ceiling: a soft prompt that said exactly what the caption says
+ * would score this, and no better.
+ */
+export function contextQaAccuracy(
+  params: Params, config: Blip2Config, tokenizer: CaptionTokenizer, samples: ReadonlyArray<{ captions: readonly string[]; qa: ReadonlyArray<{ question: string; answer: string }> }>, prefixLength: number,
+): ContextQaReport {
+  const P = prefixLength;
+  const D = config.text_config.hidden_size;
+  const pad = config.text_config.pad_token_id;
+  const newline = tokenizer.encode('')[1]!;
+  const types = new Map<string, { right: number; questions: number }>();
+  let right = 0;
+  let questions = 0;
+  for (const s of samples) {
+    const context = s.captions[0];
+    if (context === undefined || !s.qa.length) continue;
+    const ids = tokenizer.encodePrompt(context.trim().toLowerCase()).slice(1, P + 1);
+    const contextIds = [...ids, ...Array<number>(P - ids.length).fill(pad)];
+    const prompts = s.qa.map((q) => tokenizer.encodePrompt(VQA_PROMPT.replace('{}', q.question)).slice(0, config.lavis_config.max_txt_len));
+    const width = Math.max(...prompts.map((p) => p.length));
+    const B = prompts.length;
+    // Left padding, as batched prompts are padded for generation.
+    const prompt = { ids: prompts.map((p) => [...Array<number>(width - p.length).fill(pad), ...p]), mask: prompts.map((p) => [...Array<number>(width - p.length).fill(0), ...p.map(() => 1)]) };
+    const soft = tf.tidy(() => tf.tile(tf.reshape(tf.gather(params.get(EMBED_TOKENS)!, tf.tensor1d(contextIds, 'int32')), [1, P, D]), [B, 1, 1]) as tf.Tensor3D);
+    const decoder = new CachedOptDecoder(params, config, soft, prompt);
+    let answers: string[];
+    try {
+      answers = beamSearch(decoder, { beams: 5, maxLength: 10, minLength: 1, eosTokenId: newline, repetitionPenalty: 1, lengthPenalty: 0 }).map((g) => tokenizer.decode(g.tokens));
+    } finally {
+      decoder.dispose();
+      soft.dispose();
+    }
+    s.qa.forEach((q, i) => {
+      const a = singleAnswerAccuracy(answers[i]!, q.answer);
+      const type = questionType(q.question);
+      const t = types.get(type) ?? { right: 0, questions: 0 };
+      t.right += a;
+      t.questions++;
+      types.set(type, t);
+      right += a;
+      questions++;
+    });
+  }
+  return {
+    accuracy: questions ? (100 * right) / questions : 0,
+    questions,
+    byType: Object.fromEntries([...types].map(([k, t]) => [k, { accuracy: (100 * t.right) / t.questions, questions: t.questions }])),
+  };
 }
 
 /** Writes the trained LM as safetensors with BLIP-2's names. */
