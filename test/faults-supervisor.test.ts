@@ -189,18 +189,7 @@ test('a nats-server that dies with launch.restarts 0: launch fails at once, says
 });
 
 describe('no orphans', () => {
-  test('SIGTERM to the launcher stops every process it started', async () => {
-    const runDir = mkdtempSync(join(tmpdir(), 'blip2-orphans-term-'));
-    const l = launch(runDir, ['--train.epochs', '5']);
-    await waitUntil('a step', () => /step \d+/.test(l.output()), 120_000);
-    const pids = readLock(runDir)!.processes.map((p) => p.pid);
-    expect(pids.length).toBe(4); // nats-server, coordinator, 2 trainers
-    l.child.kill('SIGTERM');
-    expect(await l.exited, l.output()).toBe(0);
-    expect(l.output()).toMatch(/SIGTERM: stopping now/);
-    for (const pid of pids) expect(alive(pid), `pid ${pid}`).toBe(false);
-    expect(existsSync(join(runDir, 'launch.lock'))).toBe(false);
-  });
+  // SIGTERM to the launcher: the first launch of 'checkpoints on a relaunch' below (one job for both).
 
   test('SIGKILL to the launcher: its trainers and coordinator stop by themselves, the next launch stops the nats-server it left and continues the job; a live launch is not launched twice', async () => {
     const runDir = mkdtempSync(join(tmpdir(), 'blip2-orphans-kill-'));
@@ -292,12 +281,19 @@ describe('blip2 join and per-role NATS users', () => {
 });
 
 describe('checkpoints on a relaunch', () => {
-  test('a committed checkpoint that fails its checksum: the job goes back to the previous valid one, says so, and finishes with every sample once; unfinished checkpoint directories are removed', async () => {
+  test('SIGTERM to the launcher stops every process it started; a committed checkpoint that then fails its checksum: the job goes back to the previous valid one, says so, and finishes with every sample once; unfinished checkpoint directories are removed', async () => {
     const runDir = mkdtempSync(join(tmpdir(), 'blip2-corrupt-'));
     const first = launch(runDir, ['--train.epochs', '3'], 100);
     await waitUntil('a few commits', () => [...first.output().matchAll(/step (\d+)/g)].some((m) => Number(m[1]) >= 28), 120_000);
+    // SIGTERM to the launcher stops every process it started.
+    const pids = readLock(runDir)!.processes.map((p) => p.pid);
+    expect(pids.length, 'SIGTERM: processes running before it (nats-server, coordinator, 2 trainers)').toBe(4);
     first.child.kill('SIGTERM');
-    expect(await first.exited, first.output()).toBe(0);
+    expect(await first.exited, `SIGTERM: the launcher's exit status\n${first.output()}`).toBe(0);
+    expect(first.output(), 'SIGTERM: the launcher says so').toMatch(/SIGTERM: stopping now/);
+    for (const pid of pids) expect(alive(pid), `SIGTERM: pid ${pid} stopped`).toBe(false);
+    expect(existsSync(join(runDir, 'launch.lock')), 'SIGTERM: launch.lock removed').toBe(false);
+    // Then the checkpoint it leaves, corrupted, at the next launch.
     const stopped = JSON.parse(readFileSync(join(runDir, 'summary.json'), 'utf8')) as { status: string; checkpointDir: string; step: number };
     expect(stopped.status).toBe('stopped');
     // One flipped byte in the committed checkpoint's model.
