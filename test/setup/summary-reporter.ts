@@ -7,10 +7,15 @@ import type { Reporter, TestModule } from 'vitest/node';
 /** How many of the slowest files are listed. */
 const SLOWEST = 12;
 
-/** A file's own time: its environment, harness, import, setup files, and its tests and hooks. */
+/** A file's own time: its environment, harness, import, setup files, and its tests and hooks (0 when unknown). */
 function fileMs(mod: TestModule): number {
-  const d = mod.diagnostic();
-  return d.environmentSetupDuration + d.prepareDuration + d.collectDuration + d.setupDuration + d.duration;
+  try {
+    const d = mod.diagnostic();
+    const ms = d.environmentSetupDuration + d.prepareDuration + d.collectDuration + d.setupDuration + d.duration;
+    return Number.isFinite(ms) ? ms : 0;
+  } catch {
+    return 0; // never lose the closing line over a file's timing
+  }
 }
 
 export default class SummaryReporter implements Reporter {
