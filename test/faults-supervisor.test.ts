@@ -16,12 +16,16 @@ import { connect } from '@nats-io/transport-node';
 import { Kvm } from '@nats-io/kv';
 import { afterEach, describe, expect, test } from 'vitest';
 import { jobSubjects } from '../common';
-import { repoRoot, waitUntil } from './helpers/procs';
+import { FAST_STEP_MS, repoRoot, standinPace, waitUntil } from './helpers/procs';
 
 interface Launched {
   child: ChildProcess;
   output(): string;
   exited: Promise<number | null>;
+  /** The stand-in trainers' step time from their next step on (their STANDIN_STEP_MS_FILE), restarted ones too. */
+  pace(stepMs: number): void;
+  /** That file, for a trainer started by hand (`blip2 join`). */
+  stepMsFile: string;
 }
 const launched: Launched[] = [];
 const extraPids: number[] = [];
@@ -39,17 +43,20 @@ const FAST = [
   '--phases', 'stage1', '--data.synthSamples', '96', '--train.batchSizePerTrainer', '4', '--checkpoint.intervalSteps', '5',
 ];
 
+// The stand-ins' step time can change while the job runs (standinPace): slow while a test injects its faults, fast
+// once they are done, so that the rest of the job (still checked: every sample once per epoch) takes little time.
 function launch(runDir: string, extra: string[], stepMs = 300): Launched {
+  const { env, pace } = standinPace(stepMs);
   const child = spawn(
     process.execPath,
     [join(repoRoot, 'bin/blip2.js'), 'launch', '--trainer-entry', 'test/fixtures/standin-trainer.ts', '--job.runDir', runDir, ...FAST, ...extra],
-    { cwd: repoRoot, env: { ...process.env, STANDIN_STEP_MS: String(stepMs) }, stdio: ['ignore', 'pipe', 'pipe'] },
+    { cwd: repoRoot, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] },
   );
   let out = '';
   child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
   child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
   const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
-  const l = { child, output: () => out, exited };
+  const l = { child, output: () => out, exited, pace, stepMsFile: env.STANDIN_STEP_MS_FILE };
   launched.push(l);
   return l;
 }
@@ -107,6 +114,7 @@ describe('launch supervises its processes', () => {
     const nats = pidOf(runDir, 'nats-server')!;
     process.kill(nats, 'SIGKILL');
     await waitUntil('the nats-server restarted', () => /nats-server restarted at/.test(l.output()), 30_000);
+    l.pace(FAST_STEP_MS); // the faults are done: the rest of the job quickly
     expect(await l.exited, l.output()).toBe(0);
     const out = l.output();
     expect(out).toMatch(/job blip2-demo finished after/);
@@ -124,22 +132,24 @@ describe('launch supervises its processes', () => {
       return pid;
     };
     const restartsOf = (out: string) => [...out.matchAll(/trainer-0 was killed by SIGKILL; restarting it in 0\.2 s \(restart 1 of 1\)/g)].length;
-    // Reset after 1 s up: three kills after 2 s up each, every one restarted although launch.restarts is 1.
+    // Reset after 0.6 s up: three kills after 1.2 s up each (twice the reset time), every one restarted although
+    // launch.restarts is 1.
     const runDir = mkdtempSync(join(tmpdir(), 'blip2-supervise-reset-'));
-    const l = launch(runDir, ['--train.epochs', '4', '--launch.restarts', '1', '--launch.restartsResetMs', '1000'], 300);
+    const l = launch(runDir, ['--train.epochs', '4', '--launch.restarts', '1', '--launch.restartsResetMs', '600'], 300);
     for (let k = 1; k <= 3; k++) {
-      const pid = await killAfterUp(l, runDir, 2000);
+      const pid = await killAfterUp(l, runDir, 1200);
       await waitUntil(`restart ${k}`, () => restartsOf(l.output()) >= k && pidOf(runDir, 'trainer-0') !== pid, 30_000);
     }
+    l.pace(FAST_STEP_MS); // the kills are done: the rest of the job quickly
     expect(await l.exited, l.output()).toBe(0);
     expect(l.output()).not.toMatch(/not restarted/);
     expectLedgerOnce(runDir, 4, DEMO_SAMPLES);
-    // No reset (0): the second kill is one too many.
+    // No reset (0): the second kill is one too many, after the same 1.2 s up that reset the count above.
     const runDir2 = mkdtempSync(join(tmpdir(), 'blip2-supervise-noreset-'));
     const l2 = launch(runDir2, ['--train.epochs', '4', '--launch.restarts', '1', '--launch.restartsResetMs', '0'], 300);
-    const first = await killAfterUp(l2, runDir2, 2000);
+    const first = await killAfterUp(l2, runDir2, 1200);
     await waitUntil('the restart', () => restartsOf(l2.output()) === 1 && pidOf(runDir2, 'trainer-0') !== first, 30_000);
-    await killAfterUp(l2, runDir2, 2000);
+    await killAfterUp(l2, runDir2, 1200);
     await waitUntil('no second restart', () => /trainer-0 was killed by SIGKILL \(not restarted: launch\.restarts is 1\)/.test(l2.output()), 30_000);
     l2.child.kill('SIGTERM');
     expect(await l2.exited, l2.output()).toBe(0);
@@ -156,7 +166,7 @@ describe('launch supervises its processes', () => {
     let out = '';
     child.stdout.on('data', (d: Buffer) => (out += d.toString()));
     child.stderr.on('data', (d: Buffer) => (out += d.toString()));
-    launched.push({ child, output: () => out, exited: new Promise((r) => child.once('exit', r)) });
+    launched.push({ child, output: () => out, exited: new Promise((r) => child.once('exit', r)), pace: () => undefined, stepMsFile: '' });
     const code = await new Promise<number | null>((r) => child.once('exit', (c) => r(c)));
     expect(code, out).toBe(1);
     expect(out).toMatch(/trainer-0 exited with code 1; restarting it in 0\.2 s \(restart 1 of 2\)/);
@@ -179,18 +189,7 @@ test('a nats-server that dies with launch.restarts 0: launch fails at once, says
 });
 
 describe('no orphans', () => {
-  test('SIGTERM to the launcher stops every process it started', async () => {
-    const runDir = mkdtempSync(join(tmpdir(), 'blip2-orphans-term-'));
-    const l = launch(runDir, ['--train.epochs', '5']);
-    await waitUntil('a step', () => /step \d+/.test(l.output()), 120_000);
-    const pids = readLock(runDir)!.processes.map((p) => p.pid);
-    expect(pids.length).toBe(4); // nats-server, coordinator, 2 trainers
-    l.child.kill('SIGTERM');
-    expect(await l.exited, l.output()).toBe(0);
-    expect(l.output()).toMatch(/SIGTERM: stopping now/);
-    for (const pid of pids) expect(alive(pid), `pid ${pid}`).toBe(false);
-    expect(existsSync(join(runDir, 'launch.lock'))).toBe(false);
-  });
+  // SIGTERM to the launcher: the first launch of 'checkpoints on a relaunch' below (one job for both).
 
   test('SIGKILL to the launcher: its trainers and coordinator stop by themselves, the next launch stops the nats-server it left and continues the job; a live launch is not launched twice', async () => {
     const runDir = mkdtempSync(join(tmpdir(), 'blip2-orphans-kill-'));
@@ -211,7 +210,7 @@ describe('no orphans', () => {
     await waitUntil('the trainers and the coordinator stop by themselves', () => jobProcs.every((pid) => !alive(pid)), 30_000);
     expect(alive(nats)).toBe(true); // a nats-server cannot watch its parent: the next launch stops it
 
-    const third = launch(runDir, ['--train.epochs', '3'], 50);
+    const third = launch(runDir, ['--train.epochs', '3'], FAST_STEP_MS);
     expect(await third.exited, third.output()).toBe(0);
     const out = third.output();
     expect(out).toMatch(new RegExp(`a previous launch of this run dir \\(pid ${first.child.pid}\\) ended without stopping its processes: stopping nats-server \\(pid ${nats}\\)`));
@@ -253,7 +252,7 @@ describe('blip2 join and per-role NATS users', () => {
 
     // One more trainer, started by hand with the run dir's credentials.
     const join_ = spawn(process.execPath, [join(repoRoot, 'bin/blip2.js'), 'join', '--run-dir', runDir, '--node-id', 'extra', '--trainer-entry', 'test/fixtures/standin-trainer.ts'], {
-      cwd: repoRoot, env: { ...process.env, STANDIN_STEP_MS: '300' }, stdio: ['ignore', 'pipe', 'pipe'],
+      cwd: repoRoot, env: { ...process.env, STANDIN_STEP_MS: '300', STANDIN_STEP_MS_FILE: l.stepMsFile }, stdio: ['ignore', 'pipe', 'pipe'],
     });
     let joinOut = '';
     join_.stdout.on('data', (d: Buffer) => (joinOut += d.toString()));
@@ -264,6 +263,7 @@ describe('blip2 join and per-role NATS users', () => {
     // The launcher's only trainer dies and is not restarted (launch.restarts 0): the job goes on with `extra`.
     process.kill(pidOf(runDir, 'trainer-0')!, 'SIGKILL');
     await waitUntil('the launcher follows the job on the joined trainer', () => /every trainer this launch started has exited; following the job with 1 other member\(s\): extra/.test(l.output()), 30_000);
+    l.pace(FAST_STEP_MS); // the joined trainer's too: the rest of the job quickly
     expect(await l.exited, l.output()).toBe(0);
     expect(await joinExit, joinOut).toBe(0);
     expect(l.output()).toMatch(/job blip2-demo finished after/);
@@ -281,12 +281,19 @@ describe('blip2 join and per-role NATS users', () => {
 });
 
 describe('checkpoints on a relaunch', () => {
-  test('a committed checkpoint that fails its checksum: the job goes back to the previous valid one, says so, and finishes with every sample once; unfinished checkpoint directories are removed', async () => {
+  test('SIGTERM to the launcher stops every process it started; a committed checkpoint that then fails its checksum: the job goes back to the previous valid one, says so, and finishes with every sample once; unfinished checkpoint directories are removed', async () => {
     const runDir = mkdtempSync(join(tmpdir(), 'blip2-corrupt-'));
     const first = launch(runDir, ['--train.epochs', '3'], 100);
     await waitUntil('a few commits', () => [...first.output().matchAll(/step (\d+)/g)].some((m) => Number(m[1]) >= 28), 120_000);
+    // SIGTERM to the launcher stops every process it started.
+    const pids = readLock(runDir)!.processes.map((p) => p.pid);
+    expect(pids.length, 'SIGTERM: processes running before it (nats-server, coordinator, 2 trainers)').toBe(4);
     first.child.kill('SIGTERM');
-    expect(await first.exited, first.output()).toBe(0);
+    expect(await first.exited, `SIGTERM: the launcher's exit status\n${first.output()}`).toBe(0);
+    expect(first.output(), 'SIGTERM: the launcher says so').toMatch(/SIGTERM: stopping now/);
+    for (const pid of pids) expect(alive(pid), `SIGTERM: pid ${pid} stopped`).toBe(false);
+    expect(existsSync(join(runDir, 'launch.lock')), 'SIGTERM: launch.lock removed').toBe(false);
+    // Then the checkpoint it leaves, corrupted, at the next launch.
     const stopped = JSON.parse(readFileSync(join(runDir, 'summary.json'), 'utf8')) as { status: string; checkpointDir: string; step: number };
     expect(stopped.status).toBe('stopped');
     // One flipped byte in the committed checkpoint's model.
@@ -299,7 +306,7 @@ describe('checkpoints on a relaunch', () => {
     mkdirSync(stale);
     writeFileSync(join(stale, 'model.safetensors'), 'partial');
 
-    const second = launch(runDir, ['--train.epochs', '3'], 50);
+    const second = launch(runDir, ['--train.epochs', '3'], FAST_STEP_MS);
     expect(await second.exited, second.output()).toBe(0);
     const out = second.output();
     expect(out).toMatch(/removed 1 unfinished checkpoint directory a killed writer left: .*\.step-00000099\.tmp-4242-1/);
@@ -330,6 +337,7 @@ describe('checkpoints while the job runs', () => {
       writeFileSync(model, bytes);
     }
     for (const name of ['trainer-0', 'trainer-1']) process.kill(pidOf(runDir, name)!, 'SIGKILL');
+    l.pace(FAST_STEP_MS); // the faults are in: the trainers started again run the rest of the job quickly
     expect(await l.exited, l.output()).toBe(0);
     const out = l.output();
     expect(out).toMatch(/trainer-\d exited with code 2, and the committed checkpoint fails its checks: stopping every process to go back to the previous valid one; its last lines [^\n]*\n[\s\S]*cannot restore the committed checkpoint/);

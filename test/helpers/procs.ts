@@ -1,7 +1,7 @@
 // Helpers for tests that run the job's processes for real: spawn through tsx, collect output, wait for exit,
 // SIGKILL, and a per-test job directory with a config file and a small synthetic dataset.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, renameSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { writeSynthDataset } from '../../dataloader';
@@ -58,6 +58,24 @@ export async function exitWithin(p: Proc, ms: number, name = 'process'): Promise
   const timer = new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`${name} did not exit within ${ms} ms; output:\n${p.output().slice(-4000)}`)), ms));
   return Promise.race([p.exited, timer]);
 }
+
+/**
+ * A step time the trainer stand-in (test/fixtures/standin-trainer.ts) reads again at every step: `env` goes into the
+ * environment of every stand-in of a job (those a launcher restarts too), and `pace(ms)` changes the step time from
+ * their next step on. A test runs its job slowly while it injects its faults and quickly once they are done.
+ */
+export function standinPace(stepMs: number): { env: { STANDIN_STEP_MS: string; STANDIN_STEP_MS_FILE: string }; pace(stepMs: number): void } {
+  const file = join(mkdtempSync(join(tmpdir(), 'blip2-pace-')), 'step-ms');
+  const pace = (ms: number) => {
+    writeFileSync(`${file}.new`, String(ms));
+    renameSync(`${file}.new`, file); // whole: a stand-in never reads half a number
+  };
+  pace(stepMs);
+  return { env: { STANDIN_STEP_MS: String(stepMs), STANDIN_STEP_MS_FILE: file }, pace };
+}
+
+/** The stand-in's step time once a test's faults are done. */
+export const FAST_STEP_MS = 20;
 
 export interface JobDir {
   dir: string;
