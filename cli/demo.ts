@@ -18,7 +18,7 @@ import { loadJobConfig, UsageError } from '../common';
 import { DEMO_OVERRIDES, launchLocal, type LaunchOptions, type LaunchSummary } from './launcher';
 import { pretrainLm } from './model-commands';
 import { createTaskProgress, fmtDuration } from './progress';
-import type { EvalReport } from '../trainer';
+import type { ContextQaReport, EvalReport } from '../trainer';
 
 export const DEMO_PHASES = ['stage1', 'lm', 'stage2', 'eval'] as const;
 export type DemoPhase = (typeof DEMO_PHASES)[number];
@@ -58,6 +58,9 @@ export interface DemoSummary {
   eval?: EvalReport[];
   wallSeconds: number;
 }
+
+/** Where the demo keeps the LM's context-QA figure (`contextQaAccuracy`): beside the LM. */
+const contextQaPath = (lmPath: string) => lmPath.replace(/\.safetensors$/, '.context-qa.json');
 
 /** `--phases stage1,lm`: the phases, checked. */
 export function parseDemoPhases(text: string): DemoPhase[] {
@@ -134,10 +137,12 @@ export async function launchDemo(o: DemoOptions = {}): Promise<DemoSummary> {
       skipped('lm');
     } else {
       if (!existsSync(join(c1.data.root, 'index.json'))) throw new UsageError(`the demo's data ${c1.data.root} is missing: run the stage1 phase first`);
-      await timed('lm', () => pretrainLm({
+      const lm = await timed('lm', () => pretrainLm({
         data: c1.data.root, preset: c1.model.preset, out: lmPath, steps: o.lmSteps ?? DEMO_LM.steps, batchSize: DEMO_LM.batchSize,
         lr: DEMO_LM.lr, seed: DEMO_LM.seed, say,
       }));
+      // Kept beside the LM, for the evaluation to print beside the VQA accuracy (also when the LM is reused).
+      if (lm.contextQa) writeFileSync(contextQaPath(lmPath), JSON.stringify(lm.contextQa, null, 2) + '\n');
     }
     summary.languageModel = lmPath;
   }
@@ -204,6 +209,10 @@ async function evaluateDemo(x: { root: string; dataRoot: string; out: NodeJS.Wri
     progress.stop();
   }
   for (const r of reports) x.say('\n' + formatEvalReport(r));
+  const ceiling = readJson<ContextQaReport>(contextQaPath(join(x.root, 'opt-lm.safetensors')));
+  if (ceiling && reports.some((r) => r.vqa)) {
+    x.say(`vqa ceiling: the frozen LM, given each held-out image's caption in place of the soft prompt, answers ${ceiling.accuracy.toFixed(1)} % of ${ceiling.questions} questions; zero-shot VQA reads the image only through it`);
+  }
   writeFileSync(join(x.root, 'eval.json'), JSON.stringify(reports, null, 2) + '\n');
   x.say(`\nreports: ${join(x.root, 'eval.json')}`);
   return reports;

@@ -75,7 +75,7 @@ export const DEMO_OVERRIDES: Record<string, unknown> = {
   'model.preset': 'demo',
   'world.trainers': 2,
   'world.min': 1,
-  'train.epochs': 5,
+  'train.epochs': 10,
   'train.batchSizePerTrainer': 16,
   'optim.warmupSteps': 20,
   'optim.lr': 2e-3,

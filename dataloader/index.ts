@@ -45,7 +45,7 @@ export {
 export { shardQueueOptions } from './job-queue';
 export { BadSampleError, DescriptorError, DatasetError, SKIP_REASONS, type SkipReason } from './errors';
 export { dataSkipCounts, trainerDataMetrics, coordinatorDataMetrics, type TrainerDataMetrics, type CoordinatorDataMetrics } from './metrics';
-export { writeSynthDataset, synthScene, synthVocabulary, synthLmVocabulary, LM_TOKENIZER_PATH, type SynthOptions } from './synth';
+export { writeSynthDataset, synthScene, synthVocabulary, synthLmVocabulary, synthCaptionVariants, LM_TOKENIZER_PATH, type SynthOptions, type SynthVariantKind } from './synth';
 export { bertWords, missingTokenizerMessage, readIndexCaptions, wordPieceVocabulary, type WordPieceVocabulary } from './wordpiece-vocab';
 export { checkDatasets, type CheckOptions, type CheckReport, type DatasetReport, type Distribution } from './check';
 export { readEvalSplit, loadDataIndex, splitDatasets, type EvalSample, type EvalSplit, type ReadSplitOptions } from './eval-split';

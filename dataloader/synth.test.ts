@@ -6,7 +6,7 @@ import sharp from 'sharp';
 import { beforeAll, describe, expect, test, afterAll } from 'vitest';
 import { buildIndex, loadIndex } from './dataset-index';
 import { countTarSamples, readTarSamples } from './formats/webdataset';
-import { SYNTH_COLOURS, SYNTH_RELATIONS, renderScene, synthScene, writeSynthDataset, type SynthScene } from './synth';
+import { SYNTH_COLOURS, SYNTH_RELATIONS, renderScene, synthCaptionVariants, synthScene, writeSynthDataset, type SynthScene } from './synth';
 import { CaptionTokenizer } from './tokenizer';
 
 const tempDirs: string[] = [];
@@ -87,4 +87,23 @@ describe('synthetic caption dataset', () => {
     await writeSynthDataset({ out: again, samples: 60, shardSize: 25, imageSize: 48, seed: 3, imageFormat: 'png' });
     expect(Buffer.compare(readFileSync(join(out, 'train/00001.tar')), readFileSync(join(again, 'train/00001.tar')))).toBe(0);
   });
+});
+
+test('synthCaptionVariants: each variant changes one thing of the caption; other captions have none', () => {
+  const v = synthCaptionVariants('a small red circle above a large blue square')!;
+  const of = (kind: string) => v.filter((x) => x.kind === kind).map((x) => x.caption);
+  expect(of('colour')).toHaveLength(8); // 4 colours the image lacks, for each object
+  expect(of('colour')).toContain('a small green circle above a large blue square');
+  expect(of('colour')).toContain('a small red circle above a large yellow square');
+  expect(of('shape')).toEqual(['a small red triangle above a large blue square', 'a small red circle above a large blue triangle']);
+  expect(of('size')).toEqual(['a large red circle above a large blue square', 'a small red circle above a small blue square']);
+  expect(of('relation')).toEqual(['a small red circle below a large blue square']);
+  expect(of('axis')).toEqual(['a small red circle to the left of a large blue square', 'a small red circle to the right of a large blue square']);
+  expect(of('colour binding')).toEqual(['a small blue circle above a large red square']);
+  expect(of('shape binding')).toEqual(['a small red square above a large blue circle']);
+  expect(new Set(v.map((x) => x.caption)).size).toBe(v.length);
+  expect(v.map((x) => x.caption)).not.toContain('a small red circle above a large blue square');
+  // Every generated caption parses, and its variants are captions of the same grammar.
+  for (let n = 0; n < 50; n++) for (const c of synthScene(5, n, 32).captions) expect(synthCaptionVariants(c), c).toBeDefined();
+  expect(synthCaptionVariants('a dog on a sofa')).toBeUndefined();
 });

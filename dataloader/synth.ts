@@ -146,6 +146,43 @@ export function renderScene(scene: SynthScene, side: number, seed: number, n: nu
   return px;
 }
 
+/** What one word of a caption changes in a `synthCaptionVariants` variant. */
+export type SynthVariantKind = 'colour' | 'size' | 'shape' | 'axis' | 'relation' | 'colour binding' | 'shape binding';
+
+const CAPTION_PATTERN = new RegExp(
+  `^a (${SYNTH_SIZES.join('|')}) (${Object.keys(SYNTH_COLOURS).join('|')}) (${SYNTH_SHAPES.join('|')}) (${Object.values(SYNTH_RELATIONS).join('|')}) ` +
+  `a (${SYNTH_SIZES.join('|')}) (${Object.keys(SYNTH_COLOURS).join('|')}) (${SYNTH_SHAPES.join('|')})$`,
+);
+
+/**
+ * False captions that differ from a synthetic caption in one thing: an object's colour (to one the image does not
+ * have), its size, its shape (to the one the image does not have), the relation's axis (above/below for left/right,
+ * or the reverse), the relation reversed (which object is where), or the two objects' colours or shapes swapped. A model that prefers the true caption to each variant of a kind can tell that kind
+ * apart. Undefined for a caption that is not in the synthetic grammar.
+ */
+export function synthCaptionVariants(caption: string): Array<{ kind: SynthVariantKind; caption: string }> | undefined {
+  const m = CAPTION_PATTERN.exec(caption.trim().toLowerCase());
+  if (!m) return undefined;
+  type Obj = { size: string; colour: string; shape: string };
+  const a: Obj = { size: m[1]!, colour: m[2]!, shape: m[3]! };
+  const b: Obj = { size: m[5]!, colour: m[6]!, shape: m[7]! };
+  const rel = m[4]!;
+  const say = (x: Obj, r: string, y: Obj) => `a ${x.size} ${x.colour} ${x.shape} ${r} a ${y.size} ${y.colour} ${y.shape}`;
+  const other = { small: 'large', large: 'small' } as Record<string, string>;
+  const reverse: Record<string, string> = { above: 'below', below: 'above', 'to the left of': 'to the right of', 'to the right of': 'to the left of' };
+  const out: Array<{ kind: SynthVariantKind; caption: string }> = [];
+  const unusedColours = Object.keys(SYNTH_COLOURS).filter((c) => c !== a.colour && c !== b.colour);
+  const unusedShapes = SYNTH_SHAPES.filter((s) => s !== a.shape && s !== b.shape);
+  for (const c of unusedColours) out.push({ kind: 'colour', caption: say({ ...a, colour: c }, rel, b) }, { kind: 'colour', caption: say(a, rel, { ...b, colour: c }) });
+  for (const s of unusedShapes) out.push({ kind: 'shape', caption: say({ ...a, shape: s }, rel, b) }, { kind: 'shape', caption: say(a, rel, { ...b, shape: s }) });
+  out.push({ kind: 'size', caption: say({ ...a, size: other[a.size]! }, rel, b) }, { kind: 'size', caption: say(a, rel, { ...b, size: other[b.size]! }) });
+  out.push({ kind: 'relation', caption: say(a, reverse[rel]!, b) });
+  for (const r of Object.values(SYNTH_RELATIONS)) if (r !== rel && r !== reverse[rel]) out.push({ kind: 'axis', caption: say(a, r, b) });
+  if (a.colour !== b.colour) out.push({ kind: 'colour binding', caption: say({ ...a, colour: b.colour }, rel, { ...b, colour: a.colour }) });
+  if (a.shape !== b.shape) out.push({ kind: 'shape binding', caption: say({ ...a, shape: b.shape }, rel, { ...b, shape: a.shape }) });
+  return out;
+}
+
 /** Every word the synthetic captions, questions and answers use (the tokenizer's vocabulary). */
 export function synthVocabulary(): string[] {
   const words = new Set<string>([

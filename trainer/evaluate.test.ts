@@ -10,7 +10,7 @@ import { MODEL_FILE } from './checkpoint';
 import { modelConfigFor } from './core';
 import { initEngine, tf } from './engine';
 import { scoreCaptions } from './eval';
-import { evaluateCheckpoint, formatEvalReport, singleAnswerAccuracy, taskRefusal, type EvalReport } from './evaluate';
+import { evalFigures, evaluateCheckpoint, formatEvalReport, singleAnswerAccuracy, taskRefusal, type EvalReport } from './evaluate';
 import { InferenceModel, readImageBytes, type InferenceSettings } from './inference';
 import { createParams, disposeParams, loadParams, presetConfig, stage1Features, VisionBackbone } from './model';
 import { makeEvalFixture } from './testing/eval-fixture';
@@ -72,6 +72,16 @@ describe('evaluateCheckpoint, stage 1', () => {
     expect(r.txt_r5).toBeLessThanOrEqual(r.txt_r10);
     expect(r.img_r1).toBeLessThanOrEqual(r.img_r5);
     expect(r.r_mean).toBeCloseTo((r.txt_r1 + r.txt_r5 + r.txt_r10 + r.img_r1 + r.img_r5 + r.img_r10) / 6, 10);
+    // The synthetic captions' probe: per image, 8 colour (4 absent colours for each object), 2 shape, 2 size, 2 axis, 1 relation and 1 of each swap
+    // variant; each figure a count over those pairs.
+    const pairs = { colour: 8, shape: 2, size: 2, axis: 2, relation: 1, 'colour binding': 1, 'shape binding': 1 };
+    expect(Object.keys(r.attributes!).sort()).toEqual(Object.keys(pairs).sort());
+    for (const [kind, n] of Object.entries(pairs)) {
+      const a = r.attributes![kind as keyof typeof pairs]!;
+      expect(a.pairs, kind).toBe(12 * n);
+      expect(Number.isInteger(Math.round(((a.preferred * a.pairs) / 100) * 1e6) / 1e6), kind).toBe(true);
+    }
+    expect(evalFigures(report).filter((f) => f.metric.startsWith('tells_')).map((f) => [f.metric, f.baseline])).toContainEqual(['tells_colour_binding', 50]);
 
     const c = report.caption!;
     expect(c).toMatchObject({ images: 12, beams: 2, maxLength: 8, minLength: 2 });

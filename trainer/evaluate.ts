@@ -13,7 +13,7 @@
 import { existsSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { UsageError } from '../common';
-import { readEvalSplit, type EvalSample } from '../dataloader';
+import { readEvalSplit, synthCaptionVariants, type EvalSample, type SynthVariantKind } from '../dataloader';
 import { retrievalChance, retrievalMetrics, scoreCaptions, vqaAccuracy, normalizeVqaAnswer, type RetrievalMetrics } from './eval';
 import { InferenceModel, inferenceSettings, readImageBytes, yieldToEventLoop, type InferenceSettings } from './inference';
 
@@ -69,6 +69,11 @@ export interface RetrievalReport extends RetrievalMetrics {
   images: number;
   texts: number;
   k: number;
+  /**
+   * Synthetic captions only (`synthCaptionVariants`): per kind of change, the percent of (image, false variant of
+   * its caption) pairs in which ITC scores the true caption higher: what the model tells apart (chance 50).
+   */
+  attributes?: Partial<Record<SynthVariantKind, { preferred: number; pairs: number }>>;
 }
 
 export interface CaptionFigures {
@@ -192,6 +197,8 @@ export async function evaluateCheckpoint(o: EvaluateOptions): Promise<EvalReport
       const c = retrievalChance(imgToTexts, texts.length);
       const chance: Chance = { ...c, r_mean: (c.txt_r1 + c.txt_r5 + c.txt_r10 + c.img_r1 + c.img_r5 + c.img_r10) / 6 };
       report.retrieval = { ...m, chance, images: pixels.length, texts: texts.length, k: Math.min(k, Math.max(pixels.length, texts.length)) };
+      const attributes = await attributeProbe(model, pixels, data.samples.map((x) => x.captions[0] ?? ''));
+      if (attributes) report.retrieval.attributes = attributes;
     }
 
     if (tasks.includes('caption')) {
@@ -261,6 +268,33 @@ export async function evaluateCheckpoint(o: EvaluateOptions): Promise<EvalReport
   }
 }
 
+/**
+ * For synthetic captions (every image's first caption in the grammar of `blip2 data synth`): ITC similarity of each
+ * image with its caption against each variant that changes one thing (`synthCaptionVariants`), tallied by kind.
+ * Undefined for any other data.
+ */
+async function attributeProbe(model: InferenceModel, pixels: readonly Float32Array[], captions: readonly string[]): Promise<RetrievalReport['attributes']> {
+  const variants = captions.map((c) => synthCaptionVariants(c));
+  if (!variants.length || variants.some((v) => !v)) return undefined;
+  const texts: string[] = [];
+  const rows = variants.map((v, i) => {
+    const own = texts.push(captions[i]!) - 1;
+    return { own, variants: v!.map((x) => ({ kind: x.kind, text: texts.push(x.caption) - 1 })) };
+  });
+  // ITC only: k 0 re-ranks nothing with ITM.
+  const { simI2t } = await model.retrievalScores(pixels, texts, 0);
+  const tally: NonNullable<RetrievalReport['attributes']> = {};
+  rows.forEach((r, i) => {
+    for (const v of r.variants) {
+      const t = (tally[v.kind] ??= { preferred: 0, pairs: 0 });
+      t.pairs++;
+      if (simI2t[i]![r.own]! > simI2t[i]![v.text]!) t.preferred++;
+    }
+  });
+  for (const t of Object.values(tally)) t.preferred = (100 * t.preferred) / t.pairs;
+  return tally;
+}
+
 /** The report's figures as rows (task, metric, value, chance level or baseline): what the job exports. */
 export function evalFigures(r: EvalReport): Array<{ task: EvalTask; metric: string; value: number; baseline: number }> {
   const rows: Array<{ task: EvalTask; metric: string; value: number; baseline: number }> = [];
@@ -268,6 +302,7 @@ export function evalFigures(r: EvalReport): Array<{ task: EvalTask; metric: stri
     for (const metric of ['txt_r1', 'txt_r5', 'txt_r10', 'img_r1', 'img_r5', 'img_r10', 'r_mean'] as const) {
       rows.push({ task: 'retrieval', metric, value: r.retrieval[metric], baseline: r.retrieval.chance[metric] });
     }
+    for (const [kind, a] of Object.entries(r.retrieval.attributes ?? {})) rows.push({ task: 'retrieval', metric: `tells_${kind.replace(/ /g, '_')}`, value: a.preferred, baseline: 50 });
   }
   if (r.caption) {
     for (const metric of ['Bleu_1', 'Bleu_2', 'Bleu_3', 'Bleu_4', 'CIDEr'] as const) rows.push({ task: 'caption', metric, value: r.caption[metric], baseline: r.caption.baseline[metric] });
@@ -294,6 +329,7 @@ export function formatEvalReport(r: EvalReport): string {
     ...rows.map(line),
   ];
   if (r.retrieval) out.push(`retrieval: ${r.retrieval.images} images, ${r.retrieval.texts} texts, top ${r.retrieval.k} re-ranked with ITM; recall in percent, chance = a random order`);
+  if (r.retrieval?.attributes) out.push('tells_*: percent of images whose caption ITC scores above the same caption with one thing changed (an object\'s colour, size or shape; the relation on the other axis, or reversed; the two colours or shapes swapped); chance 50');
   if (r.caption) {
     out.push(`caption: ${r.caption.images} images, beam ${r.caption.beams}, ${r.caption.minLength}..${r.caption.maxLength} tokens; baseline = always "${r.caption.baseline.caption}" (the most common training caption)`);
     for (const s of r.caption.samples.slice(0, 3)) out.push(`  ${s.image}: "${s.generated}"  (reference: "${s.references[0] ?? ''}")`);
