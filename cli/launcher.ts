@@ -84,8 +84,9 @@ export const DEMO_OVERRIDES: Record<string, unknown> = {
   'data.synthImageSize': 32,
   // 32px images decode in microseconds: no decode thread (one fewer thread on the trainers' cores, none to start per epoch).
   'data.workers': 0,
-  // The synthetic captions name both objects and say where one is relative to the other: a crop can cut an object
-  // out and a flip swaps left and right, so the demo trains on whole, unflipped images.
+  // The synthetic captions name both objects: a crop (LAVIS keeps 50-100 % of the area) can cut one out, and then the
+  // caption is false. The demo trains on whole images, unflipped (the setting its README figures were measured with;
+  // a flip would be safe, as a flipped image's caption has left and right swapped).
   'data.cropMinScale': 1,
   'data.flipProbability': 0,
 };

@@ -200,7 +200,7 @@ const schema = {
       format: 'num-unit-positive', default: 0.5,
     },
     flipProbability: {
-      doc: 'Training augmentation: probability of a horizontal flip (LAVIS: 0.5); 0 = never. A flip makes "left" and "right" in a caption false: use 0 when captions say where things are (the synthetic data).',
+      doc: 'Training augmentation: probability of a horizontal flip (LAVIS: 0.5); 0 = never. A flipped image\'s caption has "left" and "right" swapped.',
       format: 'num-unit-closed', default: 0.5,
     },
     ackWaitMs: { doc: 'A shard descriptor held this long without a sign of life is redelivered to another trainer.', format: 'int-positive', default: 60_000 },
