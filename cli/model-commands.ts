@@ -165,7 +165,8 @@ export async function pretrainLm(o: PretrainLmOptions): Promise<{ out: string; f
     // As many caption texts as question texts, so that neither kind crowds out the other.
     const repeat = Math.max(1, Math.ceil(sample.qa.length / cs.length));
     for (const context of cs) {
-      for (let k = 0; k < repeat; k++) for (const text of cs) documents.push({ context, text: `${text}\n` });
+      // The tokenizer ends every text with one "\n", as stage 2's captions end (and as generation stops).
+      for (let k = 0; k < repeat; k++) for (const text of cs) documents.push({ context, text });
       // The question is read, not trained on (its words are a random draw no context determines); the answer is.
       for (const { question, answer } of sample.qa) documents.push({ context, prompt: VQA_PROMPT.replace('{}', question), text: ` ${answer}` });
     }

@@ -77,11 +77,23 @@ describe('opt (GPT-2 byte-level BPE) tokenizer', () => {
     expect(Array.from(b.inputIds)).toEqual([2, 4, 9, 1, 2, 4, 12, 9]);
     expect(Array.from(b.attentionMask)).toEqual([1, 1, 1, 0, 1, 1, 1, 1]);
   });
+
+  test('newlineTokenId: the token of "\\n" (GPT-2 style, no prefix space)', () => {
+    expect(tok.newlineTokenId).toBe(9);
+  });
 });
 
 describe('the synthetic dataset\'s OPT-style tokenizer (byteLevelBpeTokenizerJson)', () => {
   const words = ['a', 'small', 'red', 'circle', 'above', 'large', 'blue', 'square', '?'];
   const tok = new CaptionTokenizer(byteLevelBpeTokenizerJson(words), {}, { maxLength: 32 });
+
+  test('newlineTokenId is the "\\n" that ends every caption, not the prefix space before it (generation stops on it)', () => {
+    const nl = tok.newlineTokenId!;
+    expect(tok.decode([nl])).toBe('\n');
+    expect(tok.encode('a red circle').at(-1)).toBe(nl);
+    // "\n" alone encodes as [" ", "\n"] with this tokenizer's prefix space: its first token is the space.
+    expect(tok.encodePrompt('\n').slice(1)).toEqual([tok.encodePrompt(' ')[1], nl]);
+  });
 
   test('OPT\'s special ids, and every word one token', () => {
     expect(tok.kind).toBe('opt');

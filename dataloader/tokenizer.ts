@@ -121,6 +121,17 @@ export class CaptionTokenizer {
     return [this.bosTokenId, ...this.tok.encode(text, { add_special_tokens: false }).ids];
   }
 
+  /**
+   * The id of the token "\n" (opt kind: what ends a caption, and a generation), or undefined when the vocabulary
+   * has none. The last token of "\n" encoded alone: a tokenizer that adds a prefix space (as the synthetic data's
+   * does) encodes it as [" ", "\n"], so its first token is not the one.
+   */
+  get newlineTokenId(): number | undefined {
+    const ids = this.tok.encode('\n', { add_special_tokens: false }).ids;
+    const last = ids[ids.length - 1];
+    return last !== undefined && this.tok.decode([last], { skip_special_tokens: false }) === '\n' ? last : undefined;
+  }
+
   /** Tokenizes and pads a batch: bert to `maxLength`, opt to the longest caption. */
   encodeBatch(captions: readonly string[]): TokenizedBatch {
     const rows = captions.map((c) => this.encode(c));

@@ -177,7 +177,7 @@ describe('launch supervises its processes', () => {
   });
 });
 
-test('a nats-server that dies with launch.restarts 0: launch fails at once, says why, and leaves nothing running', async () => {
+test('a nats-server that dies with launch.restarts 0: launch fails (within seconds), says why, and leaves nothing running', async () => {
   const runDir = mkdtempSync(join(tmpdir(), 'blip2-nats-gone-'));
   const l = launch(runDir, ['--launch.restarts', '0', '--train.epochs', '5']);
   await waitUntil('a step', () => /step \d+/.test(l.output()), 120_000);

@@ -262,7 +262,7 @@ export class InferenceModel {
         throw new UsageError(`LM tokenizer ${s.lmTokenizer}: ${lmTokenizer.vocabSize} ids, more than the language model's vocabulary of ${config.text_config.vocab_size}`);
       }
       // "\n" ends a caption (LAVIS: the first id of the tokenizer's "\n").
-      const newline = lmTokenizer.encode('')[1];
+      const newline = lmTokenizer.newlineTokenId;
       if (newline === undefined) throw new UsageError(`LM tokenizer ${s.lmTokenizer}: has no token for "\\n"`);
       lm = { files: lmFiles, hf: Boolean(lmSource?.hf), tokenizer: lmTokenizer, newline };
     }

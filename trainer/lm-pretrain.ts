@@ -146,7 +146,8 @@ export function contextQaAccuracy(
   const P = prefixLength;
   const D = config.text_config.hidden_size;
   const pad = config.text_config.pad_token_id;
-  const newline = tokenizer.encode('')[1]!;
+  const newline = tokenizer.newlineTokenId;
+  if (newline === undefined) throw new RangeError('the LM tokenizer has no token for "\\n" (what ends an answer)');
   const types = new Map<string, { right: number; questions: number }>();
   let right = 0;
   let questions = 0;
