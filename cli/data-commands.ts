@@ -4,13 +4,12 @@
 import { InvalidArgumentError, type Command } from 'commander';
 import { existsSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join, relative, resolve } from 'node:path';
-import cliProgress from 'cli-progress';
 import { UsageError } from '../common';
-import {
-  CaptionTokenizer, checkDatasets, DatasetError, describeIndex, loadIndex, readIndexCaptions, scanDatasets, wordPieceVocabulary, writeIndex, writeSynthDataset,
-  type CheckReport, type DatasetReport, type Distribution, type IndexNote,
-} from '../dataloader';
+import type { CheckReport, DatasetReport, Distribution, IndexNote } from '../dataloader';
 import { CommandFailedError } from './errors';
+
+// The data pipeline (image codecs, tokenizers, tar readers) and the progress bar are imported by the actions, so
+// `blip2 --help` and the other commands start without them.
 
 const int = (name: string) => (v: string): number => {
   const n = Number(v);
@@ -43,6 +42,7 @@ export function registerDataCommands(program: Command): void {
     .option('--format <fmt>', 'image encoding: jpeg or png', 'jpeg')
     .action(async (o: { out: string; samples: number; shardSize: number; seed: number; imageSize: number; valFraction: number; format: string }) => {
       if (o.format !== 'jpeg' && o.format !== 'png') throw new InvalidArgumentError(`--format must be jpeg or png, got ${JSON.stringify(o.format)}`);
+      const { writeSynthDataset } = await import('../dataloader');
       const t0 = Date.now();
       const r = await writeSynthDataset({
         out: resolve(o.out), samples: o.samples, shardSize: o.shardSize, seed: o.seed, imageSize: o.imageSize,
@@ -68,6 +68,7 @@ export function registerDataCommands(program: Command): void {
       if (o.cocoImages && !existsSync(o.cocoImages)) throw new UsageError(`--coco-images ${o.cocoImages}: no such folder`);
       const out = o.out ?? join(dir, 'index.json');
       if (!existsSync(dirname(resolve(out)))) throw new UsageError(`--out ${out}: its folder ${dirname(resolve(out))} does not exist`);
+      const { describeIndex, scanDatasets, writeIndex } = await import('../dataloader');
       const { index } = await scanDatasets(dir, { cocoImageRoot: o.cocoImages, onNote: printNote });
       // Paths in an index are relative to the index file's folder.
       const rebase = (p: string) => relative(dirname(resolve(out)), resolve(dir, p)) || '.';
@@ -104,6 +105,7 @@ export function registerDataCommands(program: Command): void {
       const out = resolve(o.out ?? join(root, 'tokenizer.json'));
       if (existsSync(out) && !o.force) throw new UsageError(`--out ${out}: already exists (give --force to replace it, or another --out)`);
       if (!existsSync(dirname(out))) throw new UsageError(`--out ${out}: its folder ${dirname(out)} does not exist`);
+      const { CaptionTokenizer, DatasetError, loadIndex, readIndexCaptions, wordPieceVocabulary } = await import('../dataloader');
       const t0 = Date.now();
       let captions: string[];
       let vocab;
@@ -140,8 +142,9 @@ export function registerDataCommands(program: Command): void {
       const beside = paths.map((p) => join(statSync(p).isDirectory() ? p : dirname(p), 'tokenizer.json')).find((f) => existsSync(f));
       const tokenizerFile = o.tokenizer ?? beside;
       if (o.tokenizer && !existsSync(o.tokenizer)) throw new UsageError(`--tokenizer ${o.tokenizer}: no such file`);
+      const { CaptionTokenizer, checkDatasets } = await import('../dataloader');
       const tokenizer = tokenizerFile ? CaptionTokenizer.fromFile(tokenizerFile, { maxLength: 1_000_000 }) : undefined;
-      const progress = progressDisplay();
+      const progress = await progressDisplay();
       let report: CheckReport;
       try {
         report = await checkDatasets(paths, { imageSize: o.imageSize, tokenizer, cocoImageRoot: o.cocoImages, onProgress: progress.update, onNote: printNote });
@@ -160,8 +163,9 @@ function printNote(n: IndexNote): void {
 }
 
 /** A progress bar on a terminal; elsewhere (a pipe, a log file) a plain line at every tenth. Both on stderr. */
-function progressDisplay(): { update: (p: { done: number; total: number; dataset: string }) => void; stop: () => void } {
+async function progressDisplay(): Promise<{ update: (p: { done: number; total: number; dataset: string }) => void; stop: () => void }> {
   if (process.stdout.isTTY && process.stderr.isTTY) {
+    const { default: cliProgress } = await import('cli-progress');
     const bar = new cliProgress.SingleBar(
       { format: 'checking {dataset} [{bar}] {value}/{total} samples  {percentage}%  ETA {eta_formatted}', stream: process.stderr, hideCursor: true },
       cliProgress.Presets.shades_classic,

@@ -16,12 +16,12 @@ import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { loadJobConfig, UsageError } from '../common';
 import { DEMO_OVERRIDES, launchLocal, type LaunchOptions, type LaunchSummary } from './launcher';
-import { pretrainLm } from './model-commands';
+import { pretrainLm } from './pretrain-lm';
 import { createTaskProgress, fmtDuration } from './progress';
 import type { ContextQaReport, EvalReport } from '../trainer';
+import { DEMO_LM, DEMO_PHASES, parseDemoPhases, type DemoPhase } from './defaults';
 
-export const DEMO_PHASES = ['stage1', 'lm', 'stage2', 'eval'] as const;
-export type DemoPhase = (typeof DEMO_PHASES)[number];
+export { DEMO_LM, DEMO_PHASES, parseDemoPhases, type DemoPhase };
 
 /** Stage 2's settings on top of the demo's (flags and environment still win, except the keys `stage2Flags` sets). */
 export const DEMO_STAGE2_OVERRIDES: Record<string, unknown> = {
@@ -29,9 +29,6 @@ export const DEMO_STAGE2_OVERRIDES: Record<string, unknown> = {
   'optim.lr': 1e-3,
   'optim.warmupSteps': 20,
 };
-
-/** The demo's language model pre-training (`blip2 pretrain-lm` settings). */
-export const DEMO_LM = { steps: 2000, batchSize: 16, lr: 3e-3, seed: 1 };
 
 export interface DemoOptions extends Omit<LaunchOptions, 'configFile' | 'overrides' | 'title'> {
   /** Phases to run, in their order. Default: all. */
@@ -61,14 +58,6 @@ export interface DemoSummary {
 
 /** Where the demo keeps the LM's context-QA figure (`contextQaAccuracy`): beside the LM. */
 const contextQaPath = (lmPath: string) => lmPath.replace(/\.safetensors$/, '.context-qa.json');
-
-/** `--phases stage1,lm`: the phases, checked. */
-export function parseDemoPhases(text: string): DemoPhase[] {
-  const names = text.split(',').map((s) => s.trim()).filter(Boolean);
-  const bad = names.filter((n) => !(DEMO_PHASES as readonly string[]).includes(n));
-  if (bad.length || !names.length) throw new UsageError(`--phases ${JSON.stringify(text)}: expected a comma-separated list of ${DEMO_PHASES.join(', ')}`);
-  return DEMO_PHASES.filter((p) => names.includes(p));
-}
 
 const readJson = <T>(path: string): T | undefined => {
   try {

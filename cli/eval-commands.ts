@@ -4,8 +4,9 @@
 // caption results against a COCO captions file (BLEU-1..4, CIDEr-D), VQA answers against VQAv2 annotations.
 import { Option, type Command } from 'commander';
 import { MODEL_PRESETS, UsageError } from '../common';
-import { scoreCaptionFiles, scoreVqaFiles } from '../trainer/eval';
-import { createTaskProgress } from './progress';
+
+// The scoring (trainer/eval), the trainer and the progress display are imported by the action that uses them, so
+// `blip2 --help` and the other commands start without them.
 
 const TASKS = ['retrieval', 'caption', 'vqa'] as const;
 type Task = (typeof TASKS)[number];
@@ -34,8 +35,9 @@ function int(name: string, v: string, min: number): number {
 }
 
 /** Scores of output files (no model). */
-function scoreFiles(o: EvalOptions, task: Task): void {
+async function scoreFiles(o: EvalOptions, task: Task): Promise<void> {
   if (!o.predictions || !o.references) throw new UsageError('give --predictions FILE and --references FILE (score output files), or --checkpoint CKPT and --data DIR (evaluate a model)');
+  const { scoreCaptionFiles, scoreVqaFiles } = await import('../trainer/eval');
   if (task === 'caption') {
     const s = scoreCaptionFiles(o.predictions, o.references);
     if (o.json) {
@@ -69,6 +71,7 @@ async function evaluateModel(o: EvalOptions, tasks: Array<Task | 'all'>): Promis
   const minLength = int('min-len', o.minLen, 0);
   // The trainer (and its tensor engine) only for this form: the other commands start without it.
   const { evaluateCheckpoint, formatEvalReport } = await import('../trainer');
+  const { createTaskProgress } = await import('./progress');
   const progress = createTaskProgress(process.stderr);
   let report;
   try {
@@ -116,7 +119,7 @@ export function registerEvalCommands(program: Command): void {
       const named = [...new Set(o.task)];
       if (!o.checkpoint) {
         if (named.length !== 1 || named[0] === 'all') throw new UsageError('scoring files takes one --task (caption or vqa)');
-        scoreFiles(o, named[0] as Task);
+        await scoreFiles(o, named[0] as Task);
         return;
       }
       await evaluateModel(o, named as Array<Task | 'all'>);

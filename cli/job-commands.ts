@@ -5,13 +5,10 @@ import { Option, type Command } from 'commander';
 import { existsSync, readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { describeConfigKeys, loadJobConfig, UsageError, type JobConfig } from '../common';
-import { renderKubernetesTarget } from './kubernetes';
-import { formatJobStatus, readJobStatus } from './job-status';
-import { joinJob } from './job-join';
-import { stopJob } from './job-stop';
-import { DEMO_OVERRIDES, launchLocal, natsFileOf } from './launcher';
-import { DEMO_LM, DEMO_PHASES, launchDemo, parseDemoPhases } from './demo';
-import { REPORT_CHARTS, writeRunReport } from './report';
+import { DEMO_LM, DEMO_OVERRIDES, DEMO_PHASES, natsFileOf, parseDemoPhases, REPORT_CHARTS } from './defaults';
+
+// Each command's implementation (the Kubernetes renderer, the launcher, the demo, NATS clients, the chart renderer)
+// is imported by its action, so `blip2 --help` and the other commands start without it.
 
 /**
  * With no nats.url, a job that `blip2 launch` runs on its own nats-server: its URL and user from <runDir>/nats.json
@@ -81,6 +78,7 @@ export function registerJobCommands(program: Command): void {
       if (opts.target === 'kubernetes') {
         const gpus = Number(opts.gpus);
         if (!Number.isInteger(gpus) || gpus < 0) throw new UsageError(`--gpus must be an integer >= 0, got ${JSON.stringify(opts.gpus)}`);
+        const { renderKubernetesTarget } = await import('./kubernetes');
         const files = renderKubernetesTarget({
           configFile: opts.config, configArgs: cmd.args, renderDir: opts.renderDir, image: opts.image, namespace: opts.namespace,
           trainerCpu: opts.trainerCpu, trainerMemory: opts.trainerMemory, trainerGpus: gpus, storageClass: opts.storageClass,
@@ -100,11 +98,13 @@ export function registerJobCommands(program: Command): void {
           if (!/^\d+$/.test(opts.lmSteps) || lmSteps < 1) throw new UsageError(`--lm-steps must be an integer >= 1, got ${JSON.stringify(opts.lmSteps)}`);
         }
         const phases = opts.phases === undefined ? undefined : parseDemoPhases(opts.phases);
+        const { launchDemo } = await import('./demo');
         const demo = await launchDemo({ configArgs: cmd.args, trainerEntry: opts.trainerEntry, phases, lmSteps });
         process.exitCode = demo.status === 'failed' ? 1 : 0;
         return;
       }
       if (opts.phases !== undefined || opts.lmSteps !== undefined) throw new UsageError('--phases and --lm-steps are options of the built-in demo (launch with no --config)');
+      const { launchLocal } = await import('./launcher');
       const summary = await launchLocal({ configFile: opts.config, configArgs: cmd.args, trainerEntry: opts.trainerEntry });
       process.exitCode = summary.status === 'finished' || summary.status === 'stopped' ? 0 : 1;
     });
@@ -124,6 +124,7 @@ export function registerJobCommands(program: Command): void {
     .addOption(new Option('--trainer-entry <script>', 'trainer entry script (tests)').default('trainer/main.ts').hideHelp())
     .action(async (opts: { job?: string; runDir?: string; nodeId?: string; trainerEntry: string }) => {
       const runDir = opts.runDir ?? resolve('runs', opts.job ?? String(DEMO_OVERRIDES['job.id']));
+      const { joinJob } = await import('./job-join');
       process.exitCode = await joinJob({ runDir, jobId: opts.job, nodeId: opts.nodeId, trainerEntry: opts.trainerEntry });
     });
 
@@ -144,6 +145,7 @@ export function registerJobCommands(program: Command): void {
     .action(async (opts: { config?: string; job?: string; json?: boolean }, cmd: Command) => {
       const { config } = loadJobConfig({ file: opts.config, argv: cmd.args, overrides: opts.config ? {} : DEMO_OVERRIDES });
       useLaunchedNats(config);
+      const { formatJobStatus, readJobStatus } = await import('./job-status');
       const report = await readJobStatus(config, { jobId: opts.job });
       process.stdout.write((opts.json ? JSON.stringify(report, null, 2) : formatJobStatus(report)) + '\n');
     });
@@ -167,6 +169,7 @@ export function registerJobCommands(program: Command): void {
       const { config } = loadJobConfig({ file: opts.config, argv: cmd.args, overrides: opts.config ? {} : DEMO_OVERRIDES });
       useLaunchedNats(config); // a job that `launch` runs on its own nats-server: its URL and user
       const say = (line: string) => process.stdout.write(line + '\n');
+      const { stopJob } = await import('./job-stop');
       const r = await stopJob(config, { jobId: opts.job, wait: opts.wait, say });
       const jobId = opts.job ?? config.job.id;
       if (r.outcome === 'already-finished') say(`job ${jobId} has already ended${r.state ? ` (${r.state.reason})` : ''}; nothing to stop`);
@@ -182,6 +185,7 @@ export function registerJobCommands(program: Command): void {
     .argument('<run-dir>', 'the job\'s run dir (job.runDir; the demo\'s is runs/blip2-demo)')
     .option('--out <dir>', 'where to write the page and images (default: <run-dir>/report)')
     .action(async (runDir: string, opts: { out?: string }) => {
+      const { writeRunReport } = await import('./report');
       const r = await writeRunReport(runDir, opts.out);
       const say = (line: string) => process.stdout.write(line + '\n');
       say(`report of ${r.steps} step(s), objectives ${r.objectives.join(', ')}: ${r.html}`);

@@ -32,6 +32,9 @@ import { launchTokenFile } from './job-stop';
 import { freePort, jobNatsPermissions, startNatsServer, type NatsRole, type NatsServerHandle, type NatsUser } from './nats-server';
 import { createProgressView, fmtDuration, fmtLosses } from './progress';
 import { LaunchLock, Supervisor, restartsReset } from './supervisor';
+import { DEMO_OVERRIDES, natsFileOf } from './defaults';
+
+export { DEMO_OVERRIDES, natsFileOf };
 
 const repoRoot = resolve(import.meta.dirname, '..');
 
@@ -68,28 +71,6 @@ export interface LaunchSummary {
   /** Samples the trainers skipped (bad images, captions, truncated tars), by reason, from their metrics JSONL. */
   skipped: Record<string, number>;
 }
-
-/** The demo's settings (applied only when no config file is given; env and flags still win). */
-export const DEMO_OVERRIDES: Record<string, unknown> = {
-  'job.id': 'blip2-demo',
-  'model.preset': 'demo',
-  'world.trainers': 2,
-  'world.min': 1,
-  'train.epochs': 10,
-  'train.batchSizePerTrainer': 16,
-  'optim.warmupSteps': 20,
-  'optim.lr': 2e-3,
-  'checkpoint.intervalSteps': 50,
-  'data.synthSamples': 3000,
-  'data.synthImageSize': 32,
-  // 32px images decode in microseconds: no decode thread (one fewer thread on the trainers' cores, none to start per epoch).
-  'data.workers': 0,
-  // The synthetic captions name both objects: a crop (LAVIS keeps 50-100 % of the area) can cut one out, and then the
-  // caption is false. The demo trains on whole images, unflipped (the setting its README figures were measured with;
-  // a flip would be safe, as a flipped image's caption has left and right swapped).
-  'data.cropMinScale': 1,
-  'data.flipProbability': 0,
-};
 
 /** A sleep that does not keep the process alive. */
 const unrefSleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms).unref());
@@ -193,13 +174,6 @@ export async function launchLocal(o: LaunchOptions = {}): Promise<LaunchSummary>
     await cleanup();
   }
 }
-
-/**
- * <runDir>/nats.json (mode 0600): the URL of the job's own nats-server while `launch` runs it and its users: `user`
- * and `password` (the launcher's, read-only: `blip2 status`, `blip2 stop`) and `roles` (coordinator, trainer,
- * launcher; `blip2 join` uses the trainer's).
- */
-export const natsFileOf = (c: JobConfig) => join(c.job.runDir, 'nats.json');
 
 const ROLES: NatsRole[] = ['coordinator', 'trainer', 'launcher'];
 

@@ -1,6 +1,8 @@
 // Entry point of the `blip2` command (bin/blip2.js loads it): the model, data, job, eval, caption and ask subcommands, each defined in
 // this folder over the logic its room exports, and the exit statuses: 0 done (also help and --version), 1 failed,
 // 2 bad input (commander's usage errors, UsageError, a missing path), each with a one-line `blip2: …` message.
+// Every command's name, options and help are defined at start; its implementation is imported by its action when it
+// runs, so `--help`, `--version` and the light commands start without the trainer (`npm run bench:cli` times it).
 import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';

@@ -1,8 +1,10 @@
-// `blip2 params` through the real command (bin/blip2.js).
+// `blip2 params` through the real command (bin/blip2.js), and the preset list its help names without loading the model.
 import { execFileSync, spawnSync } from 'node:child_process';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { expect, test } from 'vitest';
+import { PRESETS } from '../trainer/model';
+import { PARAMS_PRESETS } from './model-commands';
 
 const bin = join(dirname(fileURLToPath(import.meta.url)), '..', 'bin', 'blip2.js');
 
@@ -14,4 +16,8 @@ test('blip2 params prints the trainable counts of the original modules', () => {
   const bad = spawnSync('node', [bin, 'params', '--stage', '3'], { encoding: 'utf8' });
   expect(bad.status).not.toBe(0);
   expect(bad.stderr).toContain('--stage must be 1 or 2, got "3"');
+});
+
+test("params' --preset help names trainer/model's presets, in their order, without loading the model", () => {
+  expect([...PARAMS_PRESETS]).toEqual(Object.keys(PRESETS));
 });

@@ -11,6 +11,9 @@ import { Resvg } from '@resvg/resvg-js';
 import * as vega from 'vega';
 import { compile, type TopLevelSpec } from 'vega-lite';
 import { UsageError } from '../common';
+import { REPORT_CHARTS } from './defaults';
+
+export { REPORT_CHARTS };
 
 /** One step of one trainer, as trainer/metrics.ts writes it (the fields the report reads). */
 export interface StepLine {
@@ -25,14 +28,6 @@ export interface StepLine {
   stepSeconds: number;
   phaseSeconds: Record<string, number>;
 }
-
-/** The charts, in page order: file name, title, and what the chart draws (the page's caption). */
-export const REPORT_CHARTS = [
-  { file: 'loss.png', title: 'Loss per objective', caption: 'Loss of the global batch for each objective, by step (rank 0).' },
-  { file: 'throughput.png', title: 'Throughput', caption: 'Global samples per second of each step (its samples over its compute time), over seconds since the first step (rank 0).' },
-  { file: 'step-time.png', title: 'Step time by phase', caption: 'Seconds of each step in data, forward/backward, communication and optimizer (rank 0), stacked.' },
-  { file: 'membership.png', title: 'Membership', caption: 'World size and membership generation, by step.' },
-] as const;
 
 /** Size of each chart in CSS pixels (the SVG), and the PNG's scale over it (2: sharp on high-density screens). */
 export const CHART_WIDTH = 800;
