@@ -107,7 +107,7 @@ export function hfConfigJson(config: Blip2Config): Record<string, unknown> {
       num_attention_heads: q.num_attention_heads, intermediate_size: q.intermediate_size, max_position_embeddings: q.max_position_embeddings,
       layer_norm_eps: q.layer_norm_eps, pad_token_id: q.pad_token_id, cross_attention_frequency: q.cross_attention_frequency,
       encoder_hidden_size: q.encoder_hidden_size, hidden_act: 'gelu', hidden_dropout_prob: 0.1, attention_probs_dropout_prob: 0.1,
-      position_embedding_type: 'absolute', initializer_range: q.initializer_range ?? 0.02,
+      position_embedding_type: 'absolute', ...(q.initializer_range === undefined ? {} : { initializer_range: q.initializer_range }),
     },
     text_config: {
       model_type: 'opt', architectures: ['OPTForCausalLM'], vocab_size: t.vocab_size, hidden_size: t.hidden_size, word_embed_proj_dim: t.hidden_size,
