@@ -68,7 +68,10 @@ test('rank 0 evaluates at eval.intervalSteps and at the end; /metrics and the JS
     'task="caption",metric="Bleu_1"', 'task="caption",metric="Bleu_2"', 'task="caption",metric="Bleu_3"', 'task="caption",metric="Bleu_4"', 'task="caption",metric="CIDEr"',
     'task="retrieval",metric="img_r1"', 'task="retrieval",metric="img_r10"', 'task="retrieval",metric="img_r5"', 'task="retrieval",metric="r_mean"',
     'task="retrieval",metric="txt_r1"', 'task="retrieval",metric="txt_r10"', 'task="retrieval",metric="txt_r5"',
+    // What the model tells apart on the synthetic captions (beside chance 50).
+    ...['axis', 'colour', 'colour_binding', 'relation', 'shape', 'shape_binding', 'size'].map((k) => `task="retrieval",metric="tells_${k}"`),
   ].sort());
+  expect(baselines.get('task="retrieval",metric="tells_shape"')).toBe(50);
   // Chance with 3 images of 2 captions each: a text finds its image in the top 1 of 3 with 1/3.
   expect(baselines.get('task="retrieval",metric="img_r1"')).toBeCloseTo(100 / 3, 10);
   expect(baselines.get('task="retrieval",metric="img_r5"')).toBe(100);
