@@ -322,7 +322,7 @@ function resolveLaunchConfig(o: LaunchOptions): { config: JobConfig; generatedTo
   const generatedToken = !config.job.token;
   if (generatedToken) config.job.token = randomBytes(16).toString('hex'); // this run's secret
   if (config.launch.target !== 'local') {
-    throw new UsageError(`launch.target ${JSON.stringify(config.launch.target)}: only "local" is implemented; render manifests with deploy/ (Kubernetes target not yet)`);
+    throw new UsageError(`launch.target ${JSON.stringify(config.launch.target)}: this launch runs the job here; for Kubernetes write its manifests with \`blip2 launch --target kubernetes --render-dir DIR\` (then \`kubectl apply -f DIR\`), or set launch.target local`);
   }
   if (config.model.config) loadModelConfig(config.model.config); // a bad model config.json is refused here, not by every trainer
   if (config.world.trainers < config.world.min) {

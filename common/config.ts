@@ -281,7 +281,7 @@ const schema = {
     timeoutMs: { doc: 'A trainer silent this long is declared lost.', format: 'int-positive', default: 5000 },
   },
   launch: {
-    target: { doc: 'Where `blip2 launch` runs the job (kubernetes: not implemented yet).', format: ['local', 'kubernetes'], default: 'local' },
+    target: { doc: 'Where the job runs: local (`blip2 launch` runs every process on this machine). kubernetes is chosen on the command line, `blip2 launch --target kubernetes --render-dir DIR` (it writes the manifests); a local launch of a job file that says kubernetes is refused.', format: ['local', 'kubernetes'], default: 'local' },
     restarts: {
       doc: 'How many times `blip2 launch` restarts each of its processes (a trainer, the coordinator, its nats-server) that dies before the job ends; 0: never.',
       format: 'int-nonneg', default: 5,

@@ -49,6 +49,11 @@ describe('blip2 launch refuses up front', () => {
     await refused(runDir, ['--world.trainers', '1', '--world.min', '2'], /world\.trainers is 1, below world\.min 2/);
   });
 
+  test('launch.target kubernetes in the config: a local launch says how to write the manifests', async () => {
+    const runDir = mkdtempSync(join(tmpdir(), 'blip2-refuse-'));
+    await refused(runDir, ['--launch.target', 'kubernetes'], /launch\.target "kubernetes": this launch runs the job here; for Kubernetes write its manifests with `blip2 launch --target kubernetes --render-dir DIR`/);
+  });
+
   test('an index with no dataset to train on, and datasets that hold no sample', async () => {
     const runDir = mkdtempSync(join(tmpdir(), 'blip2-refuse-'));
     const dataRoot = join(runDir, 'own-data');
