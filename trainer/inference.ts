@@ -20,7 +20,7 @@ import { rerankTopK, topK } from './eval';
 import { readCheckpointMeta } from './checkpoint';
 import { modelConfigFor, resolveWeights } from './core';
 import { initEngine, tf } from './engine';
-import { generateWithItg, generateWithOpt, type SearchOptions } from './generate';
+import { generateWithItg, generateWithOpt, leftPaddedPrompt, type SearchOptions } from './generate';
 import {
   createParams, disposeParams, HF_CONFIG_FILE, imageItcFeatures, isHfFolder, itmScores, lnVision, loadModelConfig, loadParams, matchCheckpoint,
   OptLanguageModel, paramManifest, presetConfig, projectImage, textItcFeatures, trainableGroups, VisionBackbone,
@@ -32,6 +32,8 @@ const RUN_CONFIG = 'job.resolved.json';
 
 /** LAVIS's zero-shot VQA prompt (its eval configs, for OPT and FlanT5). */
 export const VQA_PROMPT = 'Question: {} Short answer:';
+/** LAVIS's VQA generation (its eval configs): beam 5, at most 10 new tokens, at least 1, no length penalty. */
+export const VQA_SEARCH = { beams: 5, maxLength: 10, minLength: 1, lengthPenalty: 0 } as const;
 
 export interface InferenceSettings {
   /** The checkpoint as given (a checkpoint directory, a job's run directory, or safetensors). */
@@ -315,7 +317,7 @@ export class InferenceModel {
     if (this.stage !== 2) throw new UsageError('answering questions needs a stage-2 checkpoint (the OPT decoder); this is a stage-1 checkpoint');
     // LAVIS predict_answers truncates the prompt to max_txt_len tokens (BOS included).
     return this.generate(images, (i) => VQA_PROMPT.replace('{}', questions[i]!), {
-      beams: o.beams ?? 5, maxLength: o.maxNewTokens ?? 10, minLength: 1, lengthPenalty: 0,
+      ...VQA_SEARCH, beams: o.beams ?? VQA_SEARCH.beams, maxLength: o.maxNewTokens ?? VQA_SEARCH.maxLength,
     }, 8, this.config.lavis_config.max_txt_len);
   }
 
@@ -341,11 +343,7 @@ export class InferenceModel {
             beams: o.beams, maxLength: o.maxLength, minLength: o.minLength, eosTokenId: this.lm.newline,
             repetitionPenalty: o.repetitionPenalty ?? 1, lengthPenalty: o.lengthPenalty ?? 1,
           };
-          // Left padding, as LAVIS pads batched prompts.
-          const pad = this.lm.tokenizer.padTokenId;
-          const ids = prompts.map((p) => [...Array<number>(width - p.length).fill(pad), ...p]);
-          const mask = prompts.map((p) => [...Array<number>(width - p.length).fill(0), ...p.map(() => 1)]);
-          const g = generateWithOpt(this.params, this.lm.model, this.config, hidden, search, { ids, mask });
+          const g = generateWithOpt(this.params, this.lm.model, this.config, hidden, search, leftPaddedPrompt(prompts, this.lm.tokenizer.padTokenId));
           out.push(...g.map((r) => this.lm!.tokenizer.decode(r.tokens).trim()));
         } else {
           const search: SearchOptions = {

@@ -19,12 +19,23 @@ import {
   createParams, crossEntropySum, optDecoder, optLmHead, optTargets, paramManifest, saveParams, type Blip2Config, type Params,
 } from './model';
 import type { CaptionTokenizer } from '../dataloader';
-import { beamSearch, CachedOptDecoder } from './generate';
+import { mulberry32 } from '../common';
+import { beamSearch, CachedOptDecoder, leftPaddedPrompt } from './generate';
 import { questionType, singleAnswerAccuracy } from './evaluate';
-import { VQA_PROMPT } from './inference';
+import { VQA_PROMPT, VQA_SEARCH } from './inference';
 
 const EMBED_TOKENS = 'language_model.model.decoder.embed_tokens.weight';
-import { mulberry32 } from '../common';
+
+/** A context's token ids (BOS dropped), cut or filled with the pad id to the `P` soft-prompt positions. */
+function contextIds(tokenizer: CaptionTokenizer, context: string, P: number, pad: number): number[] {
+  const ids = P ? tokenizer.encodePrompt(context).slice(1, P + 1) : [];
+  return [...ids, ...Array<number>(P - ids.length).fill(pad)];
+}
+
+/** The LM's token embeddings of `ids` ([rows × P] flat) as the soft prompt stage 2 would give: [rows, P, D]. */
+function contextPrefix(params: Params, ids: readonly number[], rows: number, P: number, D: number): tf.Tensor3D {
+  return tf.reshape(tf.gather(params.get(EMBED_TOKENS)!, tf.tensor1d(ids as number[], 'int32')), [rows, P, D]) as tf.Tensor3D;
+}
 
 /**
  * A text read after a context. With a `prompt`, the sequence is `prompt` then `text`, and only `text` is trained on
@@ -80,19 +91,13 @@ export function pretrainLanguageModel(o: LmPretrainOptions): { params: Params; l
     const t = tokenizer.encodeBatch(docs.map((d) => (d.prompt === undefined ? d.text : d.prompt + d.text)));
     // Per row, the positions not trained on: the prompt's tokens, BOS included (none without a prompt).
     const promptLengths = docs.map((d) => (d.prompt === undefined ? 0 : Math.min(t.seqLength, tokenizer.encodePrompt(d.prompt).length)));
-    // The context's tokens (BOS dropped), cut or filled with the pad id to P positions.
-    const contextIds = docs.flatMap((d) => {
-      const ids = P ? tokenizer.encodePrompt(d.context).slice(1, P + 1) : [];
-      return [...ids, ...Array<number>(P - ids.length).fill(pad)];
-    });
+    const contexts = docs.flatMap((d) => contextIds(tokenizer, d.context, P, pad));
     const rows = (a: Int32Array) => Array.from({ length: t.batchSize }, (_, b) => Array.from(a.subarray(b * t.seqLength, (b + 1) * t.seqLength)));
     const text = { ids: rows(t.inputIds), mask: rows(t.attentionMask) };
     const targets = rowTargets(config, P, text.ids, promptLengths);
     const xs = specs.map((s) => params.get(s.name)!);
     const r = gradients(() => {
-      const prefix = P
-        ? (tf.reshape(tf.gather(params.get(EMBED_TOKENS)!, tf.tensor1d(contextIds, 'int32')), [t.batchSize, P, D]) as tf.Tensor3D)
-        : (tf.zeros([t.batchSize, 0, D]) as tf.Tensor3D);
+      const prefix = P ? contextPrefix(params, contexts, t.batchSize, P, D) : (tf.zeros([t.batchSize, 0, D]) as tf.Tensor3D);
       const h = optDecoder(params, config, prefix, text); // [B,P+T,D]
       const flat = tf.reshape(h, [-1, D]) as tf.Tensor2D;
       const picked = tf.gather(flat, tf.tensor1d(targets.rowIndex, 'int32')) as tf.Tensor2D;
@@ -154,18 +159,14 @@ export function contextQaAccuracy(
   for (const s of samples) {
     const context = s.captions[0];
     if (context === undefined || !s.qa.length) continue;
-    const ids = tokenizer.encodePrompt(context.trim().toLowerCase()).slice(1, P + 1);
-    const contextIds = [...ids, ...Array<number>(P - ids.length).fill(pad)];
+    const ids = contextIds(tokenizer, context.trim().toLowerCase(), P, pad);
+    // As `InferenceModel.ask` asks: the prompt cut to max_txt_len tokens, left-padded, LAVIS's VQA search.
     const prompts = s.qa.map((q) => tokenizer.encodePrompt(VQA_PROMPT.replace('{}', q.question)).slice(0, config.lavis_config.max_txt_len));
-    const width = Math.max(...prompts.map((p) => p.length));
-    const B = prompts.length;
-    // Left padding, as batched prompts are padded for generation.
-    const prompt = { ids: prompts.map((p) => [...Array<number>(width - p.length).fill(pad), ...p]), mask: prompts.map((p) => [...Array<number>(width - p.length).fill(0), ...p.map(() => 1)]) };
-    const soft = tf.tidy(() => tf.tile(tf.reshape(tf.gather(params.get(EMBED_TOKENS)!, tf.tensor1d(contextIds, 'int32')), [1, P, D]), [B, 1, 1]) as tf.Tensor3D);
-    const decoder = new CachedOptDecoder(params, config, soft, prompt);
+    const soft = tf.tidy(() => tf.tile(contextPrefix(params, ids, 1, P, D), [prompts.length, 1, 1]) as tf.Tensor3D);
+    const decoder = new CachedOptDecoder(params, config, soft, leftPaddedPrompt(prompts, pad));
     let answers: string[];
     try {
-      answers = beamSearch(decoder, { beams: 5, maxLength: 10, minLength: 1, eosTokenId: newline, repetitionPenalty: 1, lengthPenalty: 0 }).map((g) => tokenizer.decode(g.tokens));
+      answers = beamSearch(decoder, { ...VQA_SEARCH, eosTokenId: newline, repetitionPenalty: 1 }).map((g) => tokenizer.decode(g.tokens));
     } finally {
       decoder.dispose();
       soft.dispose();

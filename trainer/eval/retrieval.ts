@@ -77,6 +77,7 @@ export function retrievalChance(imgToTexts: readonly (readonly number[])[], numT
 
 /** Indices of the k largest entries of a row, largest first (ties: lower index first). */
 export function topK(row: ArrayLike<number>, k: number): number[] {
+  if (k <= 0) return []; // ITC only (the attribute probe): nothing to sort
   const idx = Array.from({ length: row.length }, (_, j) => j);
   idx.sort((a, b) => row[b]! - row[a]! || a - b);
   return idx.slice(0, Math.min(k, row.length));

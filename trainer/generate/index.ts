@@ -6,5 +6,5 @@
  */
 export { greedySearch, beamSearch, sequenceScore, type StepDecoder, type GenerationOptions, type Generated } from './search';
 export { CachedItgDecoder } from './itg-decoder';
-export { CachedOptDecoder, type PromptTokens } from './opt-decoder';
+export { CachedOptDecoder, leftPaddedPrompt, type PromptTokens } from './opt-decoder';
 export { optSoftPrompt, generateWithOpt, generateWithItg, type SearchOptions } from './captions';

@@ -22,6 +22,15 @@ export interface PromptTokens {
   mask: number[][];
 }
 
+/** Prompts of different lengths as one batch, padded on the left (as LAVIS pads batched prompts) with `pad`. */
+export function leftPaddedPrompt(prompts: readonly (readonly number[])[], pad: number): PromptTokens {
+  const width = Math.max(0, ...prompts.map((p) => p.length));
+  return {
+    ids: prompts.map((p) => [...Array<number>(width - p.length).fill(pad), ...p]),
+    mask: prompts.map((p) => [...Array<number>(width - p.length).fill(0), ...p.map(() => 1)]),
+  };
+}
+
 export class CachedOptDecoder implements StepDecoder {
   private keys: tf.Tensor3D[] = [];
   private values: tf.Tensor3D[] = [];
